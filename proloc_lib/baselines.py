@@ -1,0 +1,85 @@
+"""Baselines on the same splits: label frequency, amino-acid composition + logistic
+regression, and small MLP heads on pooled single-modality embeddings."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from .sequences import AMINO_ACIDS
+
+_DIPEPTIDES = ["".join(p) for p in itertools.product(AMINO_ACIDS, repeat=2)]
+_AA_INDEX = {a: i for i, a in enumerate(AMINO_ACIDS)}
+
+
+def label_frequency(y_train: np.ndarray, n: int) -> np.ndarray:
+    """Every protein gets the training prevalence of each label as its probability."""
+    return np.tile(np.asarray(y_train, dtype=np.float64).mean(0), (n, 1))
+
+
+def composition_features(seq: str) -> np.ndarray:
+    """20 amino-acid + 400 dipeptide frequencies (non-standard residues ignored)."""
+    idx = np.array([_AA_INDEX.get(c, -1) for c in seq])
+    aac = np.bincount(idx[idx >= 0], minlength=20) / max(1, (idx >= 0).sum())
+    a, b = idx[:-1], idx[1:]
+    ok = (a >= 0) & (b >= 0)
+    dpc = np.bincount(a[ok] * 20 + b[ok], minlength=400) / max(1, ok.sum())
+    return np.concatenate([aac, dpc]).astype(np.float32)
+
+
+def composition_matrix(seqs) -> np.ndarray:
+    return np.stack([composition_features(s) for s in seqs])
+
+
+def fit_logreg(X: np.ndarray, Y: np.ndarray, C: float = 1.0, seed: int = 0):
+    """One-vs-rest logistic regression on standardised features; returns a predict_proba fn."""
+    clf = make_pipeline(StandardScaler(), OneVsRestClassifier(
+        LogisticRegression(C=C, max_iter=3000, random_state=seed)))
+    clf.fit(X, Y)
+    return lambda Xn: np.asarray(clf.predict_proba(Xn))
+
+
+class MLPHead(nn.Module):
+    def __init__(self, d_in: int, hidden: int, n_out: int, dropout: float = 0.2):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, n_out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def fit_mlp(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.ndarray, hidden: int = 128,
+            epochs: int = 100, lr: float = 1e-3, seed: int = 0):
+    """Full-batch MLP; keeps the epoch with the lowest validation loss. Returns a predict fn."""
+    torch.manual_seed(seed)
+    Xt, Yt = torch.tensor(X, dtype=torch.float32), torch.tensor(Y, dtype=torch.float32)
+    Xv, Yv = torch.tensor(X_val, dtype=torch.float32), torch.tensor(Y_val, dtype=torch.float32)
+    model = MLPHead(X.shape[1], hidden, Y.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+    lossf = nn.BCEWithLogitsLoss()
+    best, best_state = float("inf"), None
+    for _ in range(epochs):
+        model.train()
+        opt.zero_grad()
+        lossf(model(Xt), Yt).backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            v = float(lossf(model(Xv), Yv))
+        if v < best:
+            best, best_state = v, {k: t.clone() for k, t in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+
+    def predict(Xn):
+        with torch.no_grad():
+            return torch.sigmoid(model(torch.tensor(Xn, dtype=torch.float32))).numpy()
+
+    return predict

@@ -1,0 +1,102 @@
+"""The ProLoc-IHS fusion model, with the published code's defects available only as switches.
+
+image tokens (B,T,Di) --proj--> (B,T,d) ---- queries ----\
+                                                          cross-attention --> N blocks --> mean pool --> 5 logits
+sequence tokens (B,L,Ds) --proj--> (B,L,d) -- keys/values /   (key padding mask applied)
+
+``apply_mask=False`` reproduces the authors' unused padding mask, ``share_blocks=True`` their
+single block applied N times, ``query="sequence"`` the reversed cross-attention ablation.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class FusionConfig:
+    seq_dim: int
+    img_dim: int
+    n_labels: int = 5
+    d_model: int = 512
+    n_heads: int = 8
+    n_blocks: int = 2
+    ff_mult: int = 4
+    dropout: float = 0.1
+    apply_mask: bool = True
+    share_blocks: bool = False
+    query: str = "image"  # which modality asks: "image" (paper) or "sequence"
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.query not in ("image", "sequence"):
+            raise ValueError(f"query must be 'image' or 'sequence', got '{self.query}'")
+        if self.n_blocks < 0:
+            raise ValueError("n_blocks must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Block(nn.Module):
+    """Self-attention + feed-forward, each with a residual and post-LayerNorm."""
+
+    def __init__(self, d: int, heads: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
+        self.norm2 = nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, pad_mask=None):
+        a, _ = self.attn(x, x, x, key_padding_mask=pad_mask, need_weights=False)
+        x = self.norm1(x + self.drop(a))
+        return self.norm2(x + self.drop(self.ff(x)))
+
+
+class FusionModel(nn.Module):
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.img_proj = nn.Linear(cfg.img_dim, d)
+        self.seq_proj = nn.Linear(cfg.seq_dim, d)
+        self.cross = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+        self.cross_norm = nn.LayerNorm(d)
+        n_distinct = min(1, cfg.n_blocks) if cfg.share_blocks else cfg.n_blocks
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(n_distinct))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(d, cfg.n_labels)
+
+    def _layers(self):
+        return [self.blocks[0]] * self.cfg.n_blocks if self.cfg.share_blocks else list(self.blocks)
+
+    def forward(self, img_tokens, seq_tokens, seq_mask, return_attention: bool = False):
+        """img_tokens (B,T,Di); seq_tokens (B,L,Ds); seq_mask (B,L) bool, True = real residue."""
+        if seq_mask.dtype != torch.bool:
+            seq_mask = seq_mask.bool()
+        img = self.img_proj(img_tokens)
+        seq = self.seq_proj(seq_tokens)
+        seq_pad = ~seq_mask
+        if self.cfg.query == "image":
+            q, kv, kv_pad, q_pad = img, seq, seq_pad, None
+        else:
+            q, kv, kv_pad, q_pad = seq, img, None, seq_pad
+        attn_mask = kv_pad if self.cfg.apply_mask else None
+        a, weights = self.cross(q, kv, kv, key_padding_mask=attn_mask, need_weights=return_attention,
+                                average_attn_weights=True)
+        x = self.cross_norm(q + self.drop(a))
+        self_pad = q_pad if self.cfg.apply_mask else None
+        for blk in self._layers():
+            x = blk(x, self_pad)
+        if q_pad is not None and self.cfg.apply_mask:
+            keep = (~q_pad).unsqueeze(-1).to(x.dtype)
+            pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        else:
+            pooled = x.mean(1)
+        logits = self.head(pooled)
+        return (logits, weights) if return_attention else logits

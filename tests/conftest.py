@@ -1,0 +1,15 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def reference_dir():
+    if not (REFERENCE / "proloc_ihs_test.csv").exists():
+        pytest.skip(f"reference files not found at {REFERENCE}")
+    return REFERENCE

@@ -1,0 +1,50 @@
+"""The demo dataset: real SCL2205 sequences, explicit drops, seeded and reproducible."""
+import pandas as pd
+import pytest
+
+from proloc_lib import demo_data
+from proloc_lib.config import project_path
+from proloc_lib.labels import LabelMap, UnknownLocationError
+
+
+@pytest.fixture(scope="module")
+def source():
+    return demo_data.load_scldata()
+
+
+@pytest.fixture(scope="module")
+def label_map():
+    return LabelMap.load(project_path("data/mappings/scl2205_to_proloc5.yaml"))
+
+
+def test_selection_drops_unmapped_classes_and_counts_them(source, label_map):
+    prot, rep = demo_data.select_proteins(source, label_map, 50, seed=3, min_length=50, max_length=800)
+    assert len(prot) == 50 and prot["protein_id"].is_unique
+    assert (prot[label_map.labels].sum(axis=1) > 0).all()
+    assert prot["sequence"].str.len().between(50, 800).all()
+    assert rep["dropped_no_target_label"]["Secreted"] == (source["locations"] == "Secreted").sum()
+    assert rep["dropped_no_target_label_total"] == sum(rep["dropped_no_target_label"].values())
+
+
+def test_same_seed_same_tables_and_images(source, label_map, tmp_path):
+    a, _ = demo_data.select_proteins(source, label_map, 12, seed=5, max_length=600)
+    b, _ = demo_data.select_proteins(source, label_map, 12, seed=5, max_length=600)
+    c, _ = demo_data.select_proteins(source, label_map, 12, seed=6, max_length=600)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["protein_id"].equals(c["protein_id"])
+    ia = demo_data.make_demo_images(a, label_map.labels, tmp_path / "x" / "images", 2, seed=5, size=96)
+    ib = demo_data.make_demo_images(b, label_map.labels, tmp_path / "y" / "images", 2, seed=5, size=96)
+    pd.testing.assert_frame_equal(ia, ib)          # same checksums, tissues, paths
+    assert ia["image_id"].is_unique and len(ia) == 24
+    assert (ia["path"].str.startswith("images/")).all()
+
+
+def test_unknown_class_and_bad_sequence_are_named(source, label_map):
+    bad = pd.DataFrame({"accession": ["Q1"], "sequence": ["MKT"], "locations": ["Golgi"]})
+    with pytest.raises(UnknownLocationError, match="golgi"):
+        demo_data.select_proteins(bad, label_map, 1, seed=0)
+    bad = pd.DataFrame({"accession": ["Q2"], "sequence": ["MK7T"], "locations": ["Nucleus"]})
+    with pytest.raises(ValueError, match="Q2"):
+        demo_data.select_proteins(bad, label_map, 1, seed=0)
+    with pytest.raises(KeyError, match="sequence"):
+        demo_data.select_proteins(bad.drop(columns="sequence"), label_map, 1, seed=0)

@@ -1,0 +1,262 @@
+"""Encoders: ProtT5 tokenization conventions, padding, determinism, ViT tokens, offline behaviour.
+
+All models here are the demo (random-weight) configs, so the file runs offline on a CPU.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+import requests
+import torch
+from PIL import Image
+
+import timm  # noqa: F401  (imported up front so the timed offline tests time only the loaders)
+import transformers  # noqa: F401
+
+from proloc_lib import encoders as E
+from proloc_lib.images import load_image
+from proloc_lib.sequences import prott5_format
+
+SEQ_DEMO = {"model": "tiny-prott5", "pretrained": False,
+            "config": {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16},
+            "init_seed": 0}
+IMG_DEMO = {"model": "vit_base_patch16_224", "pretrained": False,
+            "overrides": {"embed_dim": 64, "depth": 2, "num_heads": 2}, "init_seed": 0}
+SEQ_FULL = {"model": "Rostlab/prot_t5_xl_half_uniref50-enc", "revision": "main", "pretrained": True}
+IMG_FULL = {"model": "vit_base_patch16_224.augreg_in21k", "pretrained": True}
+HF_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("enc_cache")
+
+
+@pytest.fixture(scope="module")
+def seq_enc(cache):
+    return E.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
+
+
+@pytest.fixture(scope="module")
+def img_enc():
+    return E.load_image_encoder(IMG_DEMO, device="cpu")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any HTTP probe fails as on an offline machine; HF env vars unset; nothing cached."""
+    calls = []
+
+    def refuse(url, *args, **kwargs):
+        calls.append(url)
+        raise requests.ConnectionError(f"no route to host for {url}")
+
+    monkeypatch.setattr(requests, "head", refuse)
+    monkeypatch.setattr(requests, "get", refuse)
+    for var in HF_ENV:
+        monkeypatch.delenv(var, raising=False)
+    return calls
+
+
+# -- tokenizer and sequence embeddings -----------------------------------------------------------
+def test_tokenizer_follows_prott5_convention(seq_enc):
+    tok = seq_enc.tokenizer
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    rare = tok(prott5_format("MKUZOB"))["input_ids"]
+    assert rare == tok(prott5_format("MKXXXX"))["input_ids"]
+    assert len(rare) == 6 + 1 and rare[-1] == tok.eos_token_id
+    for aa in "ACDEFGHIKLMNPQRSTVWYX":  # one known piece per residue, never <unk>
+        pieces = tok.tokenize(prott5_format(aa * 3))
+        assert pieces == ["\u2581" + aa] * 3
+    out = seq_enc.embed_batch(["MKUZOB", "MKXXXX", "ACDEFG" * 7])
+    assert [tuple(t.shape) for t in out] == [(6, 64), (6, 64), (42, 64)]
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in out)
+    assert torch.equal(out[0], out[1])  # rare residues embed as X
+
+
+def test_vocab_is_deterministic_and_reused(tmp_path):
+    a = E.build_prott5_vocab(tmp_path / "a")
+    b = E.build_prott5_vocab(tmp_path / "b")
+    assert a.name == "spiece.model" and a.read_bytes() == b.read_bytes()
+    stamp = a.stat().st_mtime_ns
+    assert E.build_prott5_vocab(tmp_path / "a") == a and a.stat().st_mtime_ns == stamp
+    a.write_bytes(b"corrupt")  # a damaged cached file is rebuilt, not trusted
+    assert E.build_prott5_vocab(tmp_path / "a").read_bytes() == b.read_bytes()
+
+
+def test_padding_does_not_leak(seq_enc):
+    short = "MSTNPKPQRKTKRNTNRRPQDVKFPGG"
+    alone = seq_enc.embed_batch([short])[0]
+    batched = seq_enc.embed_batch(["ACDEFGHIKLMNPQRSTVWY" * 15, short])
+    assert batched[1].shape == alone.shape
+    assert torch.allclose(batched[1], alone, atol=1e-5)
+    assert batched[0].shape == (300, 64)
+
+
+def test_seed_determines_weights_and_fingerprint(seq_enc, cache):
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "GLSDGEWQQVLNVWGKVEAD"]
+    again = E.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
+    assert again.fingerprint() == seq_enc.fingerprint()
+    for x, y in zip(seq_enc.embed_batch(seqs), again.embed_batch(seqs)):
+        assert torch.equal(x, y)
+    other = E.load_sequence_encoder(dict(SEQ_DEMO, init_seed=1), device="cpu", cache_dir=str(cache))
+    assert other.fingerprint() != seq_enc.fingerprint()
+    assert not torch.allclose(other.embed_batch(seqs)[0], seq_enc.embed_batch(seqs)[0])
+
+
+def test_seeding_leaves_global_rng_alone(cache):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    E.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_fingerprint_labels_random_weights(seq_enc, img_enc):
+    fp = seq_enc.fingerprint()
+    assert fp["random_weights"] is True and fp["init_seed"] == 0
+    assert fp["model_id"] == "tiny-prott5" and fp["config"] == SEQ_DEMO["config"]
+    assert fp["preprocessing"] == E.PROTT5_PREPROCESSING and fp["dtype"] == "float32"
+    ifp = img_enc.fingerprint()
+    assert ifp["random_weights"] is True and ifp["overrides"] == IMG_DEMO["overrides"]
+    assert ifp["n_tokens"] == 197 and ifp["hidden_size"] == 64
+
+
+# -- images --------------------------------------------------------------------------------------
+def test_vit_tokens_and_transform(img_enc):
+    assert (img_enc.n_tokens, img_enc.hidden_size) == (197, 64)
+    im = Image.new("RGB", (300, 260), (200, 120, 40))
+    assert tuple(img_enc.transform(im).shape) == (3, 224, 224)
+    out = img_enc.embed_batch([im, im.rotate(90)])
+    assert out.shape == (2, 197, 64) and out.dtype == torch.float32 and out.device.type == "cpu"
+
+
+def test_demo_vit_uses_the_in21k_transform(img_enc):
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    ref = resolve_data_config(pretrained_cfg=get_pretrained_cfg(IMG_FULL["model"]).to_dict())
+    assert img_enc.data_config == ref
+
+
+def test_grayscale_and_cmyk_images_embed(img_enc, tmp_path):
+    gray = tmp_path / "gray.png"
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("L", (300, 260), 90).save(gray)
+    Image.new("CMYK", (280, 300), (10, 200, 30, 0)).save(cmyk)
+    pics = [load_image(gray), load_image(cmyk)]
+    assert [p.mode for p in pics] == ["RGB", "RGB"]
+    out = img_enc.embed_batch(pics)
+    assert out.shape == (2, 197, 64) and torch.isfinite(out).all()
+
+
+def test_image_seed_determinism():
+    im = Image.new("RGB", (240, 240), (30, 60, 90))
+    a = E.load_image_encoder(IMG_DEMO, device="cpu").embed_batch([im])
+    b = E.load_image_encoder(IMG_DEMO, device="cpu").embed_batch([im])
+    c = E.load_image_encoder(dict(IMG_DEMO, init_seed=1), device="cpu").embed_batch([im])
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+# -- offline behaviour ---------------------------------------------------------------------------
+def test_check_reachable_converts_connection_errors(monkeypatch):
+    url_a, url_b = "https://hub.invalid/api/models/a", "https://hub.invalid/api/models/b"
+
+    def fail(url, *args, **kwargs):
+        raise (requests.ConnectionError if url == url_a else requests.Timeout)(f"boom {url}")
+
+    monkeypatch.setattr(requests, "head", fail)
+    with pytest.raises(E.OfflineError) as err:
+        E.check_reachable([url_a, url_b], timeout=0.5)
+    msg = str(err.value)
+    assert url_a in msg and url_b in msg and "Colab" in msg
+
+
+def test_check_reachable_never_hangs(monkeypatch):
+    # A stalled DNS lookup is not covered by requests' own timeout; the hard deadline is.
+    monkeypatch.setattr(E, "_probe", lambda url, timeout: time.sleep(30))
+    t0 = time.perf_counter()
+    with pytest.raises(E.OfflineError, match="no answer"):
+        E.check_reachable(["https://stalled.invalid/"], timeout=0.2)
+    assert time.perf_counter() - t0 < 3
+
+
+def test_check_reachable_passes_on_any_http_answer(monkeypatch):
+    class Resp:
+        status_code = 401  # gated/private repos answer 401: the host is still reachable
+
+    monkeypatch.setattr(requests, "head", lambda url, *a, **k: Resp())
+    E.check_reachable(["https://huggingface.co/api/models/x/y"])
+
+
+def test_full_sequence_encoder_fails_fast_offline(no_network, tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(E.OfflineError) as err:
+        E.load_sequence_encoder(SEQ_FULL, device="cpu", cache_dir=str(tmp_path))  # empty cache
+    assert time.perf_counter() - t0 < 1.0
+    assert SEQ_FULL["model"] in str(err.value) and "Colab" in str(err.value)
+    assert no_network  # it did try the hub, once, before any download
+
+
+def test_full_image_encoder_fails_fast_offline(no_network, monkeypatch):
+    monkeypatch.setattr(E, "_cached_file", lambda *a, **k: None)  # ignore any real HF cache
+    t0 = time.perf_counter()
+    with pytest.raises(E.OfflineError) as err:
+        E.load_image_encoder(IMG_FULL, device="cpu")
+    assert time.perf_counter() - t0 < 1.0
+    assert IMG_FULL["model"] in str(err.value) and "Colab" in str(err.value)
+
+
+def test_hf_hub_offline_fails_without_any_request(no_network, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(E.OfflineError, match="HF_HUB_OFFLINE"):
+        E.load_sequence_encoder(SEQ_FULL, device="cpu", cache_dir=str(tmp_path))
+    assert no_network == []
+
+
+def test_pretrained_path_loads_from_local_hf_cache_without_network(no_network, seq_enc, tmp_path):
+    """The real from_pretrained path, fed from a hub-layout cache holding a tiny model."""
+    repo, commit = "local/tiny-prott5-pretrained", "0" * 40
+    root = tmp_path / "models--local--tiny-prott5-pretrained"
+    snap = root / "snapshots" / commit
+    seq_enc.model.save_pretrained(snap)
+    shutil.copy(E.build_prott5_vocab(tmp_path / "vocab"), snap / "spiece.model")
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    enc = E.load_sequence_encoder({"model": repo, "revision": "main", "pretrained": True},
+                                  device="cpu", cache_dir=str(tmp_path))
+    assert no_network == []
+    fp = enc.fingerprint()
+    assert fp["random_weights"] is False and fp["model_id"] == repo and fp["dtype"] == "float32"
+    seqs = ["MKUZOBACDE", "GLSDGEWQQVLNVWGKVEAD"]
+    for x, y in zip(enc.embed_batch(seqs), seq_enc.embed_batch(seqs)):
+        assert torch.allclose(x, y, atol=1e-6)
+
+
+# -- configuration -------------------------------------------------------------------------------
+@pytest.mark.parametrize("loader, cfg, bad", [
+    (E.load_sequence_encoder, dict(SEQ_DEMO, init_sead=0), "init_sead"),
+    (E.load_sequence_encoder, dict(SEQ_FULL, revison="v1"), "revison"),
+    (E.load_image_encoder, dict(IMG_DEMO, overides={}), "overides"),
+    (E.load_image_encoder, dict(IMG_FULL, revision="main"), "revision"),
+    (E.load_sequence_encoder, dict(SEQ_DEMO, config=dict(SEQ_DEMO["config"], n_layers=3)), "n_layers"),
+])
+def test_unknown_config_key_is_named(loader, cfg, bad):
+    with pytest.raises(ValueError, match=bad):
+        loader(cfg, device="cpu")
+
+
+def test_pretrained_flag_is_required_and_consistent():
+    with pytest.raises(ValueError, match="pretrained"):
+        E.load_image_encoder({"model": "vit_base_patch16_224"}, device="cpu")
+    with pytest.raises(ValueError, match="init_seed"):
+        E.load_sequence_encoder(dict(SEQ_FULL, init_seed=0), device="cpu")
+
+
+def test_resolve_device():
+    assert E.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert E.resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="tpu"):
+        E.resolve_device("tpu")

@@ -1,0 +1,313 @@
+"""Tests for proloc_lib.hpa and the data CLI: the authors' reference tables and hand-made fixtures."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from proloc_lib import data as data_cli
+from proloc_lib.hpa import (
+    IMAGE_COLUMNS, SRC_PREFIX, SchemaError, audit, filter_images, format_audit, image_url,
+    parse_vislocas_csv, protein_table, read_authors_csv,
+)
+from proloc_lib.labels import LABELS, LabelMap, UnknownLocationError
+from proloc_lib.sequences import InvalidSequenceError
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "hpa"
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF_TEST = REFERENCE / "proloc_ihs_test.csv"
+REF_URL = REFERENCE / "proloc_ihs_test_img_URL.csv"
+needs_reference = pytest.mark.skipif(
+    not (REF_TEST.exists() and REF_URL.exists()),
+    reason=f"authors' reference tables not found in {REFERENCE} (../shared/reference beside the project)")
+
+
+@pytest.fixture(scope="module")
+def label_map():
+    return LabelMap.load(ROOT / "data" / "mappings" / "hpa_to_proloc5.yaml")
+
+
+def _edit(src: Path, dst: Path, **changes) -> Path:
+    """Copy a fixture with some cells changed: changes = {column: {row: value}} or renames."""
+    df = pd.read_csv(src, dtype=str, keep_default_na=False)
+    for col, cells in changes.items():
+        for row, value in cells.items():
+            df.loc[row, col] = value
+    df.to_csv(dst, index=False)
+    return dst
+
+
+# ----------------------------------------------------------------------------- reference files
+
+@needs_reference
+def test_mapping_reproduces_reference_label_columns_on_every_row(label_map):
+    raw = pd.read_csv(REF_TEST)
+    mapped = label_map.matrix(raw["locations"])
+    assert mapped.shape == (566, 5)
+    np.testing.assert_array_equal(mapped, raw[LABELS].to_numpy())
+    # and through the reader: the source label columns survive as src:<label>
+    df = read_authors_csv(REF_TEST)
+    np.testing.assert_array_equal(df[[SRC_PREFIX + lab for lab in LABELS]].to_numpy(),
+                                  raw[LABELS].to_numpy())
+
+
+@needs_reference
+def test_image_url_matches_reference_modified_url_on_every_row():
+    raw = pd.read_csv(REF_URL, dtype=str)
+    got = [image_url(a, n) for a, n in zip(raw["Antibody Id"], raw["Image Name"])]
+    assert got == raw["Modified URL"].tolist()
+    assert image_url("HPA005560", "15519_B_9_7.jpg") == "http://images.proteinatlas.org/5560/15519_B_9_7.jpg"
+
+
+def test_image_url_rejects_malformed_antibody():
+    with pytest.raises(ValueError, match="HPA-5560"):
+        image_url("HPA-5560", "1_A_1_1.jpg")
+
+
+@needs_reference
+def test_reference_tables_join_by_ensembl_id_and_image_name(label_map):
+    a = read_authors_csv(REF_TEST, label_map)
+    u = read_authors_csv(REF_URL, label_map)
+    assert list(a.columns[:len(IMAGE_COLUMNS)]) == IMAGE_COLUMNS
+    assert len(a) == len(u) == 566 and a["protein_id"].nunique() == 54
+    # the two files list the images in different orders: row order is no key
+    assert (a["image_name"] != u["image_name"]).any()
+    m = a.merge(u, on=["protein_id", "image_name"], suffixes=("_a", "_u"), validate="one_to_one")
+    assert len(m) == 566
+    assert (m["antibody_a"] == m["antibody_u"]).all()
+    assert (m["sequence_a"] == m["sequence_u"]).all()
+    assert (m["url_a"] == m["url_u"]).all()
+    # the locations in a File Name are the HPA metadata's locations for that image
+    assert (m["locations_a"] == m["locations_u"]).all()
+    assert (m[[f"{lab}_a" for lab in LABELS]].to_numpy() == m[[f"{lab}_u" for lab in LABELS]].to_numpy()).all()
+
+
+@needs_reference
+def test_reference_filters_and_protein_table(label_map):
+    u = read_authors_csv(REF_URL)
+    kept, report = filter_images(u)
+    assert report["n_in"] == 566 and report["n_kept"] == 566  # the authors' set already passed them
+    assert report["dropped"] == {"if_verification": 0, "intensity": 0, "quantity": 0}
+    proteins = protein_table(kept, label_map)
+    assert len(proteins) == 54 and proteins["protein_id"].is_unique
+    assert (proteins["n_location_sets"] == 2).sum() == 7
+    row = proteins.set_index("protein_id").loc["ENSG00000154229"]  # cytosol | plasma membrane;cytosol
+    assert row["cytoplasm"] == 1 and row["plasma membrane"] == 1 and row["n_location_sets"] == 2
+
+
+@needs_reference
+def test_reference_audit_and_cli(label_map, capsys):
+    report = audit([REF_TEST, REF_URL], label_map)
+    assert report["disagreeing_rows"] == []  # the mapping reproduces the label columns
+    assert report["unknown_location_rows"] == []
+    # proloc_ihs_test.csv: its locations column differs from the File Name on 42 rows
+    assert len(report["name_vs_column_rows"]) == 42
+    assert {r["file"] for r in report["name_vs_column_rows"]} == {str(REF_TEST)}
+    within = {(r["protein_id"], r["antibody"]) for r in report["location_conflicts_within_antibody"]}
+    assert len(within) == 7 and ("ENSG00000162599", "HPA006111") in within
+    assert {r["protein_id"] for r in report["location_conflicts_across_antibodies"]} == {
+        "ENSG00000154229", "ENSG00000162599"}
+    assert report["duplicate_images"] == [] and report["shared_sequences"] == []
+    assert report["cross_file"]["n_common_images"] == 566
+    assert report["cross_file"]["location_mismatches"] == []
+
+    assert data_cli.main(["audit", str(REF_TEST), str(REF_URL)]) == 0
+    out = capsys.readouterr().out
+    assert "Rows whose label columns disagree with their locations under the mapping: 0" in out
+    assert "differs from the locations in their File Name" in out and ": 42" in out
+    assert "ENSG00000154229: HPA006563 [cytosol;plasma membrane] x8" in out
+
+
+# ----------------------------------------------------------------------------- readers
+
+def test_read_file_name_layout(label_map):
+    df = read_authors_csv(FIXTURES / "authors_file_name.csv", label_map)
+    assert len(df) == 4
+    r = df.iloc[2]
+    assert (r["protein_id"], r["image_name"], r["antibody"]) == ("ENSG00000000102", "2002_B_3_4.jpg", "CAB000123")
+    assert r["locations"] == "nucleoplasm;plasma membrane;cytosol"  # spaces and ';' inside the name
+    assert r["url"] == "http://images.proteinatlas.org/123/2002_B_3_4.jpg"
+    assert [r[lab] for lab in LABELS] == [1, 0, 0, 1, 1]
+    assert df.iloc[3]["endoplasmic reticulum"] == 1  # golgi apparatus -> ER under this mapping
+    assert df[["protein_name", "tissue", "intensity", "if_verification"]].isna().all().all()
+    assert df["source_row"].tolist() == [0, 1, 2, 3]
+
+
+def test_read_metadata_layout(label_map):
+    df = read_authors_csv(FIXTURES / "authors_metadata.csv", label_map)
+    assert len(df) == 6
+    r = df.iloc[0]
+    assert r["protein_name"] == "GENEA" and r["antibody"] == "HPA000201"
+    assert r["url"] == "http://images.proteinatlas.org/201/5001_A_1_1.jpg"
+    assert r["intensity"] == "strong;weak" and r["quantity"] == "<25%;>75%"
+    assert pd.isna(df.iloc[4]["protein_name"])
+    assert pd.isna(df.iloc[5]["if_verification"])
+    assert df.iloc[5]["endoplasmic reticulum"] == 1  # vesicles -> ER
+
+
+def test_missing_column_is_named(tmp_path):
+    df = pd.read_csv(FIXTURES / "authors_metadata.csv", dtype=str).drop(columns=["Sequence"])
+    df.to_csv(tmp_path / "no_seq.csv", index=False)
+    with pytest.raises(SchemaError, match=r"no_seq\.csv.*'Sequence'"):
+        read_authors_csv(tmp_path / "no_seq.csv")
+
+
+def test_renamed_column_is_pointed_out(tmp_path):
+    df = pd.read_csv(FIXTURES / "authors_metadata.csv", dtype=str).rename(columns={"Antibody Id": "Antibody ID"})
+    df.to_csv(tmp_path / "renamed.csv", index=False)
+    with pytest.raises(KeyError, match=r"renamed\.csv.*'Antibody Id' \(renamed\? found 'Antibody ID'\)"):
+        read_authors_csv(tmp_path / "renamed.csv")
+
+
+def test_unknown_layout(tmp_path):
+    pd.DataFrame({"a": [1]}).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(ValueError, match="File Name"):
+        read_authors_csv(tmp_path / "other.csv")
+
+
+def test_unknown_location_names_row(tmp_path, label_map):
+    path = _edit(FIXTURES / "authors_metadata.csv", tmp_path / "unknown.csv",
+                 locations={3: "mitochondria;moon base"})
+    with pytest.raises(UnknownLocationError, match=r"'moon base' at .*unknown\.csv row 3"):
+        read_authors_csv(path, label_map)
+    read_authors_csv(path)  # without a mapping the table still reads (the audit reports it)
+
+
+@pytest.mark.parametrize("bad,what", [("", "missing"), ("MKT4Y1", "non-amino-acid")])
+def test_bad_sequence_names_row(tmp_path, bad, what):
+    path = _edit(FIXTURES / "authors_file_name.csv", tmp_path / "badseq.csv", Sequence={1: bad})
+    with pytest.raises(InvalidSequenceError, match=rf"{what}.*badseq\.csv row 1"):
+        read_authors_csv(path)
+
+
+def test_malformed_file_name_names_row(tmp_path):
+    path = _edit(FIXTURES / "authors_file_name.csv", tmp_path / "badname.csv",
+                 **{"File Name": {2: "ENSG00000000102_2002_B_3_4.jpg"}})
+    with pytest.raises(ValueError, match=r"badname\.csv row 2: File Name"):
+        read_authors_csv(path)
+
+
+def test_parse_vislocas_assumed_layout(tmp_path, label_map):
+    pd.DataFrame({
+        "Protein Id": ["ENSG00000000401.7"], "Antibody Id": ["HPA000401"],
+        "URL": ["ENSG00000000401/Liver/Liver/HPA000401/7001_A_1_1.jpg"], "IF Verification": ["enhanced"],
+        "Intensity Level": ["strong"], "Quantity": [">75%"], "locations": ["Nucleoplasm; Cytosol"],
+    }).to_csv(tmp_path / "data_test.csv", index=False)
+    df = parse_vislocas_csv(tmp_path / "data_test.csv", label_map)
+    r = df.iloc[0]
+    assert r["protein_id"] == "ENSG00000000401"  # Ensembl version dropped
+    assert r["image_name"] == "7001_A_1_1.jpg"
+    assert r["url"] == "http://images.proteinatlas.org/401/7001_A_1_1.jpg"
+    assert r["locations"] == "nucleoplasm;cytosol" and pd.isna(r["sequence"])
+    assert r["cytoplasm"] == 1 and r["nucleus"] == 1
+
+    # a full URL in the URL column is taken as it is
+    pd.DataFrame({"Protein Id": ["ENSG00000000402"], "Antibody Id": ["HPA000402"],
+                  "URL": ["https://example.org/402/7002_A_1_1.jpg"], "locations": ["nucleus"]}
+                 ).to_csv(tmp_path / "full_url.csv", index=False)
+    r = parse_vislocas_csv(tmp_path / "full_url.csv").iloc[0]
+    assert (r["url"], r["image_name"]) == ("https://example.org/402/7002_A_1_1.jpg", "7002_A_1_1.jpg")
+
+    pd.DataFrame({"gene": ["x"], "img": ["y"]}).to_csv(tmp_path / "odd.csv", index=False)
+    with pytest.raises(SchemaError, match=r"odd\.csv.*'Protein Id'.*found columns \['gene', 'img'\].*expected"):
+        parse_vislocas_csv(tmp_path / "odd.csv")
+
+
+# ----------------------------------------------------------------------------- filters, proteins
+
+def test_filters_count_what_each_drops():
+    df = read_authors_csv(FIXTURES / "authors_metadata.csv")
+    kept, report = filter_images(df)
+    assert report["dropped"] == {"if_verification": 2, "intensity": 1, "quantity": 1}
+    assert report["n_in"] == 6 and report["n_kept"] == 2
+    assert kept["image_name"].tolist() == ["5001_A_1_1.jpg", "5003_C_1_1.jpg"]  # '75%-25%' is not '>75%'
+    assert report["n_proteins_kept"] == 2
+
+    kept, report = filter_images(df, if_verification=None, intensity="moderate", quantity=None)
+    assert report["dropped"] == {"intensity": 4} and kept["image_name"].tolist() == ["5002_B_1_1.jpg", "5003_C_1_1.jpg"]
+    assert report["thresholds"]["if_verification"] is None
+
+
+def test_filters_need_metadata():
+    df = read_authors_csv(FIXTURES / "authors_file_name.csv")
+    with pytest.raises(ValueError, match="if_verification=None"):
+        filter_images(df)
+    kept, report = filter_images(df, None, None, None)
+    assert len(kept) == 4 and report["dropped"] == {}
+
+
+def test_protein_table_unions_location_sets(label_map):
+    df = read_authors_csv(FIXTURES / "audit_planted.csv")
+    proteins = protein_table(df.drop_duplicates(["protein_id", "image_name"]), label_map).set_index("protein_id")
+    assert len(proteins) == 5
+    p = proteins.loc["ENSG00000000301"]  # nucleoplasm | nucleoplasm;cytosol
+    assert (p["n_location_sets"], p["cytoplasm"], p["nucleus"], p["n_images"]) == (2, 1, 1, 2)
+    assert proteins.loc["ENSG00000000302", "antibodies"] == "HPA000302;HPA000303"
+    assert proteins.loc["ENSG00000000305", "n_location_sets"] == 1
+    assert proteins["seq_hash"].str.len().eq(32).all() and proteins["uniprot"].isna().all()
+
+    clash = df.copy()
+    clash.loc[clash.index[0], "sequence"] = "MKTAYIAK"
+    with pytest.raises(InvalidSequenceError, match="ENSG00000000301: 2 distinct sequences"):
+        protein_table(clash, label_map)
+
+
+# ----------------------------------------------------------------------------- audit
+
+def test_audit_finds_planted_problems(label_map):
+    report = audit([FIXTURES / "audit_planted.csv"], label_map)
+    [wrong] = report["disagreeing_rows"]
+    assert (wrong["row"], wrong["protein_id"]) == (4, "ENSG00000000304")
+    assert wrong["columns"] == {"cytoplasm": {"given": 1, "mapped": 0}}
+    [within] = report["location_conflicts_within_antibody"]
+    assert (within["protein_id"], within["antibody"]) == ("ENSG00000000301", "HPA000301")
+    assert within["location_sets"] == {"nucleoplasm": {"n": 1, "organs": ["Brain"]},
+                                       "cytosol;nucleoplasm": {"n": 1, "organs": ["Skin"]}}
+    [across] = report["location_conflicts_across_antibodies"]
+    assert across["protein_id"] == "ENSG00000000302"
+    assert set(across["antibodies"]) == {"HPA000302", "HPA000303"}
+    [dup] = report["duplicate_images"]
+    assert (dup["image_name"], dup["n"], dup["rows"]) == ("6005_A_1_1.jpg", 2, [5, 6])
+    assert dup["kind"] == "same protein+image"
+    [shared] = report["shared_sequences"]
+    assert shared["protein_ids"] == ["ENSG00000000305", "ENSG00000000306"]
+    assert report["cross_file"] is None
+
+    text = format_audit(report)
+    for line in ("disagree with their locations under the mapping: 1",
+                 "different location sets (images counted once): 1",
+                 "antibodies carry different location sets: 1",
+                 "Duplicate images within a file: 1", "Sequences shared by several proteins: 1",
+                 "cytoplasm given 1 mapped 0"):
+        assert line in text
+
+
+def test_audit_reports_unknown_locations_and_same_name_other_protein(tmp_path, label_map):
+    path = _edit(FIXTURES / "audit_planted.csv", tmp_path / "more.csv",
+                 locations={0: "moon base"}, **{"Image Name": {7: "6001_A_2_1.jpg"}})
+    report = audit([path], label_map)
+    assert [r["row"] for r in report["unknown_location_rows"]] == [0]
+    kinds = {d["image_name"]: d["kind"] for d in report["duplicate_images"]}
+    assert kinds["6001_A_2_1.jpg"] == "same image name, different proteins"
+    assert "moon base" in format_audit(report)
+
+
+def test_audit_cross_file_join(tmp_path, label_map):
+    # the same images in another order, one location changed: found by key, not by row
+    df = pd.read_csv(FIXTURES / "audit_planted.csv", dtype=str, keep_default_na=False)
+    other = df.iloc[::-1].copy()
+    other.loc[other["Image Name"] == "6002_A_1_1.jpg", "locations"] = "nucleus"
+    other.to_csv(tmp_path / "reordered.csv", index=False)
+    report = audit([FIXTURES / "audit_planted.csv", tmp_path / "reordered.csv"], label_map)
+    cf = report["cross_file"]
+    assert cf["n_common_images"] == 7
+    assert [(m["protein_id"], m["image_name"]) for m in cf["location_mismatches"]] == [
+        ("ENSG00000000302", "6002_A_1_1.jpg")]
+
+
+def test_cli_requires_existing_files(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        data_cli.main(["audit", str(tmp_path / "absent.csv")])
+    assert "absent.csv" in capsys.readouterr().err
+    assert data_cli.DEFAULT_MAPPING.exists()

@@ -1,0 +1,60 @@
+"""Protein-disjoint splits on a generated table with shared sequences and antibodies."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from proloc_lib.labels import LABELS
+from proloc_lib.splits import SplitLeakError, assign_splits, check_disjoint, link_groups
+
+
+def make_tables(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 5)) < 0.3).astype(int)
+    y[y.sum(1) == 0, 3] = 1
+    seq_hash = [f"s{i}" for i in range(n)]
+    for i in range(0, 30, 3):        # pairs of proteins with identical sequences
+        seq_hash[i + 1] = seq_hash[i]
+    proteins = pd.DataFrame(y, columns=LABELS).assign(protein_id=[f"P{i}" for i in range(n)], seq_hash=seq_hash)
+    rows = []
+    for i in range(n):
+        ab = f"AB{i}" if i < 60 or i % 4 else f"AB{i - 1}"   # some antibodies stain two proteins
+        rows += [{"protein_id": f"P{i}", "antibody": ab, "image_id": f"P{i}_{k}"} for k in range(3)]
+    return proteins, pd.DataFrame(rows)
+
+
+def test_groups_link_shared_sequences_and_antibodies():
+    proteins, images = make_tables()
+    g = link_groups(proteins, images).to_numpy()
+    assert g[0] == g[1]                     # same sequence
+    assert g[63] == g[64]                   # P64 uses P63's antibody
+    assert g[2] != g[3]
+
+
+def test_split_is_disjoint_stratified_and_seeded():
+    proteins, images = make_tables()
+    split = assign_splits(proteins, LABELS, 0.15, 0.2, seed=1, images=images)
+    p = proteins.assign(split=split)
+    check_disjoint(p, images)
+    frac = p["split"].value_counts(normalize=True)
+    assert abs(frac["test"] - 0.2) < 0.06 and abs(frac["val"] - 0.15) < 0.06
+    for lab in LABELS:      # every label present on every side
+        assert (p.groupby("split")[lab].sum() > 0).all()
+    again = assign_splits(proteins, LABELS, 0.15, 0.2, seed=1, images=images)
+    assert split.equals(again)
+    assert not split.equals(assign_splits(proteins, LABELS, 0.15, 0.2, seed=2, images=images))
+
+
+def test_leaks_are_caught():
+    proteins, images = make_tables()
+    p = proteins.assign(split=assign_splits(proteins, LABELS, 0.15, 0.2, seed=0, images=images))
+    leak = p.copy()
+    i = leak.index[leak["seq_hash"] == "s0"]
+    leak.loc[i, "split"] = ["train", "test"]
+    with pytest.raises(SplitLeakError, match="seq_hash"):
+        check_disjoint(leak)
+    j = p.index[p["protein_id"] == "P64"][0]
+    k = p.index[p["protein_id"] == "P63"][0]
+    leak = p.copy()
+    leak.loc[j, "split"] = "test" if leak.loc[k, "split"] != "test" else "train"
+    with pytest.raises(SplitLeakError, match="antibod"):
+        check_disjoint(leak, images)
