@@ -507,3 +507,57 @@ def format_audit(report: dict, max_examples: int = 10) -> str:
         for r in cf["location_mismatches"][:max_examples]:
             lines.append(f"  - {r['protein_id']} {r['image_name']}: {' vs '.join(r['locations'])}")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- full build
+
+def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, seed: int = 0, progress: bool = True):
+    """Build the full profile's tables from public sources (needs network).
+
+    Vislocas tables (Zenodo, MD5-checked) -> the paper's image filters -> reviewed UniProt
+    sequences by Ensembl id -> HPA images (validated, cached, resumable) -> protein and image
+    tables. Reachability is checked first, so offline it stops at once and writes nothing.
+    Returns (proteins, images, report); every drop is counted in the report.
+    """
+    from . import download
+    from .encoders import check_reachable
+    from .images import file_sha256
+    from .labels import add_label_columns
+
+    check_reachable([f"{download.ZENODO_BASE}/data_test.csv/content", f"{download.UNIPROT_BASE}/",
+                     f"{HPA_IMAGE_HOST}/"])
+    profile_dir = Path(profile_dir)
+    files = data_cfg.get("benchmark_files", ["data_train.csv", "data_test.csv"])
+    tables = []
+    for name in files:
+        path = download.fetch_zenodo(name, profile_dir / "cache" / "zenodo", progress=progress)
+        tables.append(parse_vislocas_csv(path).assign(benchmark_split=Path(name).stem.replace("data_", "")))
+    images = pd.concat(tables, ignore_index=True)
+    report: dict = {"source_images": int(len(images)), "source_files": files}
+    filters = data_cfg.get("filters", {})
+    images, report["filters"] = filter_images(images, filters.get("if_verification"), filters.get("intensity"),
+                                              filters.get("quantity"))
+    mapped, dropped = download.uniprot_map_ensembl(images["protein_id"].unique())
+    report["uniprot_dropped"] = dropped
+    seqs = mapped.set_index("ensembl")
+    images = images[images["protein_id"].isin(seqs.index)].copy()
+    images["sequence"] = images["protein_id"].map(seqs["sequence"])
+    images["uniprot"] = images["protein_id"].map(seqs["accession"])
+    images["url"] = [image_url(a, n) for a, n in zip(images["antibody"], images["image_name"])]
+    print(f"downloading up to {len(images)} images of {images['protein_id'].nunique()} proteins "
+          f"into {profile_dir / 'images'}")
+    images, failures = download.fetch_images(images, profile_dir / "images", progress=progress)
+    report["image_failures"] = [{"url": u, "reason": r} for u, r in failures]
+    images = add_label_columns(images, "locations", label_map, where="image")
+    images["image_id"] = [file_sha256(p) for p in images["path"]]
+    images["path"] = [str(Path(p).resolve().relative_to(profile_dir.resolve())) for p in images["path"]]
+    dup = images.duplicated("image_id")
+    report["duplicate_image_files"] = int(dup.sum())
+    images = images[~dup].reset_index(drop=True)
+    proteins = protein_table(images, label_map)
+    has_label = proteins[label_map.labels].sum(axis=1) > 0
+    report["dropped_proteins_no_target_label"] = int((~has_label).sum())
+    proteins = proteins[has_label].reset_index(drop=True)
+    images = images[images["protein_id"].isin(proteins["protein_id"])].reset_index(drop=True)
+    report.update(n_proteins=int(len(proteins)), n_images=int(len(images)))
+    return proteins, images, report
