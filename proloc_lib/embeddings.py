@@ -314,10 +314,13 @@ def extract_images(images: dict[str, str | Path], encoder, store_dir: str | Path
 
 
 # -- reading for training ----------------------------------------------------------------------
-def pad_batch(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack variable-length (L_i, D) tensors to (B, Lmax, D) with a bool mask (True = real)."""
+def pad_batch(tensors: list[torch.Tensor], pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length (L_i, D) tensors to (B, Lmax, D) with a bool mask (True = real).
+
+    ``pad_to`` pads further, to a fixed length (the published code's global padding)."""
     lengths = torch.tensor([t.shape[0] for t in tensors])
-    out = torch.zeros(len(tensors), int(lengths.max()), tensors[0].shape[-1], dtype=tensors[0].dtype)
+    width = max(int(lengths.max()), pad_to or 0)
+    out = torch.zeros(len(tensors), width, tensors[0].shape[-1], dtype=tensors[0].dtype)
     for i, t in enumerate(tensors):
         out[i, : t.shape[0]] = t
     mask = torch.arange(out.shape[1])[None, :] < lengths[:, None]
@@ -326,3 +329,11 @@ def pad_batch(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def store_size_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .benchmarks import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -47,11 +47,19 @@ def overall_bars(table: pd.DataFrame):
 
 
 def training_curves(history: pd.DataFrame):
-    long = history.melt(id_vars="epoch", value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sns.lineplot(data=long, x="epoch", y="loss", hue="split", marker="o", ax=ax)
-    best = history.loc[history["best"], "epoch"]
-    if len(best):
-        ax.axvline(int(best.iloc[0]), color="gray", ls="--", lw=1, label="selected (val loss)")
-    ax.legend()
+    """Train and validation loss per epoch, one panel per model (first seed); the selected epoch dashed."""
+    if "model" not in history.columns:
+        history = history.assign(model="fusion", seed=0)
+    history = history[history["seed"] == history["seed"].min()]
+    models = list(dict.fromkeys(history["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        h = history[history["model"] == name]
+        long = h.melt(id_vars="epoch", value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss")
+        sns.lineplot(data=long, x="epoch", y="loss", hue="split", marker="o", ax=ax)
+        best = h.loc[h["best"].astype(bool), "epoch"]
+        if len(best):
+            ax.axvline(int(best.iloc[0]), color="gray", ls="--", lw=1, label="selected epoch")
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=8)
     return fig

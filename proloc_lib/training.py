@@ -5,10 +5,12 @@ validation loss only, and the test split is touched once, for the final evaluati
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +21,46 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .embeddings import EmbeddingStore, pad_batch
-from .losses import bce_focal_loss
+from .losses import authors_loss, bce_focal_loss
 from .model import FusionConfig, FusionModel
 
 
 @dataclass
 class TrainConfig:
+    """Every way the published setting differs from the corrected one is a switch here."""
     d_model: int = 512
     n_heads: int = 8
-    n_blocks: int = 2
+    n_blocks: int = 6
     dropout: float = 0.1
+    apply_mask: bool = True          # authors: mask computed, never applied
+    share_blocks: bool = False       # authors: one block's weights reused for every layer
+    query: str = "image"             # cross-attention direction (ablation: "sequence")
+    optimizer: str = "adamw"         # authors: "adam"
     lr: float = 1e-4
     weight_decay: float = 0.01
+    schedule: str = "warmup_cosine"  # authors: "constant"
+    warmup_frac: float = 0.05
     batch_size: int = 32
+    bucket_batches: bool = True      # batches of similar sequence length
+    pad_global: bool = False         # authors: every batch padded to the longest sequence of all
     max_epochs: int = 30
-    patience: int = 5
+    patience: int | None = 5         # None: no early stopping
+    loss: str = "bce_focal"          # authors: "authors" (plasma-membrane-weighted)
     bce_weight: float = 1.0
     focal_weight: float = 1.0
     focal_gamma: float = 2.0
-    apply_mask: bool = True
-    share_blocks: bool = False
-    query: str = "image"
-    bucket_batches: bool = True
+    select_on: str = "val_loss"      # authors: "train_loss"
+    thresholds: str = "tuned"        # per-label, on validation; authors: "fixed" (0.5)
+    amp: bool = True                 # mixed precision, on CUDA only
+
+    CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
+               "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
+               "thresholds": ("fixed", "tuned"), "query": ("image", "sequence")}
+
+    def __post_init__(self):
+        for key, allowed in self.CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"training option {key}={getattr(self, key)!r}: choose one of {allowed}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -49,6 +69,28 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)} (known: {sorted(known)})")
         return cls(**d)
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# The two named configurations. A profile's ``training.base`` (sizes, epochs) applies to both.
+NAMED_CONFIGS = {
+    "authors": dict(n_heads=8, n_blocks=6, share_blocks=True, apply_mask=False, dropout=0.5, optimizer="adam",
+                    lr=1e-5, weight_decay=0.0, schedule="constant", batch_size=2, bucket_batches=False,
+                    pad_global=True, loss="authors", select_on="train_loss", patience=None,
+                    thresholds="fixed", amp=False),
+    "corrected": dict(apply_mask=True, share_blocks=False, loss="bce_focal", optimizer="adamw",
+                      schedule="warmup_cosine", bucket_batches=True, pad_global=False, select_on="val_loss",
+                      thresholds="tuned", amp=True),
+}
+
+
+def make_config(name: str, base: dict | None = None, **overrides) -> TrainConfig:
+    """Named configuration + the profile's base settings + explicit switches (ablations)."""
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"unknown training configuration '{name}' (known: {sorted(NAMED_CONFIGS)})")
+    return TrainConfig.from_dict({**NAMED_CONFIGS[name], **(base or {}), **overrides})
 
 
 class NaNLossError(FloatingPointError):
@@ -96,9 +138,9 @@ class FusionDataset(Dataset):
         return self.img_store.get(row["image_id"]).float(), self._seq(row["seq_hash"]), self.y[i]
 
 
-def collate(batch):
+def collate(batch, pad_to: int | None = None):
     imgs, seqs, ys = zip(*batch)
-    seq, mask = pad_batch(list(seqs))
+    seq, mask = pad_batch(list(seqs), pad_to)
     return torch.stack(imgs), seq, mask, torch.stack(ys)
 
 
@@ -111,13 +153,14 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
     return batches
 
 
-def make_loader(ds: FusionDataset, batch_size: int, shuffle: bool, bucket: bool, seed: int) -> DataLoader:
-    if bucket:
+def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
+    pad_to = int(ds.seq_lengths.max()) if cfg.pad_global else None
+    fn = partial(collate, pad_to=pad_to)
+    if cfg.bucket_batches:
         rng = np.random.default_rng(seed)
-        batches = bucketed_batches(ds.seq_lengths, batch_size, rng)
-        return DataLoader(ds, batch_sampler=batches, collate_fn=collate)
+        return DataLoader(ds, batch_sampler=bucketed_batches(ds.seq_lengths, cfg.batch_size, rng), collate_fn=fn)
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, collate_fn=fn, generator=gen)
 
 
 def build_model(cfg: TrainConfig, seq_dim: int, img_dim: int, n_labels: int) -> FusionModel:
@@ -126,66 +169,124 @@ def build_model(cfg: TrainConfig, seq_dim: int, img_dim: int, n_labels: int) -> 
                                     apply_mask=cfg.apply_mask, share_blocks=cfg.share_blocks, query=cfg.query))
 
 
-def _loss(model, batch, cfg, device):
-    img, seq, mask, y = (t.to(device) for t in batch)
-    logits = model(img, seq, mask)
-    return bce_focal_loss(logits, y, cfg.bce_weight, cfg.focal_weight, cfg.focal_gamma), len(y)
+def loss_fn(cfg: TrainConfig, pm_index: int):
+    if cfg.loss == "authors":
+        return lambda logits, y: authors_loss(logits, y, pm_index, cfg.focal_gamma)
+    return lambda logits, y: bce_focal_loss(logits, y, cfg.bce_weight, cfg.focal_weight, cfg.focal_gamma)
+
+
+def _autocast(cfg: TrainConfig, device: str):
+    on_cuda = str(device).startswith("cuda")
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and on_cuda) if on_cuda \
+        else torch.autocast("cpu", enabled=False)
 
 
 @torch.no_grad()
-def evaluate_loss(model, loader, cfg, device) -> float:
+def evaluate_loss(model, loader, lossf, cfg, device) -> float:
     model.eval()
     total, n = 0.0, 0
-    for batch in loader:
-        loss, b = _loss(model, batch, cfg, device)
-        total += float(loss) * b
-        n += b
+    for img, seq, mask, y in loader:
+        with _autocast(cfg, device):
+            logits = model(img.to(device), seq.to(device), mask.to(device))
+        total += float(lossf(logits.float(), y.to(device))) * len(y)
+        n += len(y)
     return total / max(n, 1)
 
 
-def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, n_labels: int,
-                 device: str = "cpu", seed: int = 0, progress: bool = True):
-    """Train with early stopping on validation loss; returns (best model, history frame)."""
+def _schedule(opt, cfg: TrainConfig, total_steps: int):
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    warm = max(1, int(cfg.warmup_frac * total_steps))
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, labels: list[str],
+                 device: str = "cpu", seed: int = 0, progress: bool = True, resume_dir: str | Path | None = None):
+    """Train; keep the epoch best by ``cfg.select_on``; returns (model, history frame).
+
+    With ``resume_dir``, the state after every epoch is saved there (weights-only torch
+    format, loaded without arbitrary pickle) and an interrupted run continues from it.
+    A non-finite loss stops training with NaNLossError; the best model so far is kept on it.
+    """
     torch.manual_seed(seed)
-    model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size, n_labels).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    val_loader = make_loader(val_ds, cfg.batch_size, False, cfg.bucket_batches, seed)
-    best, best_state, bad_epochs, history = math.inf, None, 0, []
-    for epoch in tqdm(range(1, cfg.max_epochs + 1), desc="epochs", disable=not progress):
+    model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size, len(labels)).to(device)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(make_loader(train_ds, cfg, True, seed))
+    sched = _schedule(opt, cfg, cfg.max_epochs * steps_per_epoch)
+    lossf = loss_fn(cfg, labels.index("plasma membrane") if "plasma membrane" in labels else len(labels) - 1)
+    val_loader = make_loader(val_ds, cfg, False, seed)
+    state = {"epoch": 0, "best": math.inf, "bad_epochs": 0, "history": []}
+    best_state = None
+    resume = Path(resume_dir) / "last_state.pt" if resume_dir else None
+    if resume is not None and resume.exists():
+        saved = torch.load(resume, map_location=device, weights_only=True)
+        if saved["config_hash"] != cfg.hash():
+            raise ValueError(f"{resume} was written by another training configuration; delete it to start afresh")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        best_state = saved["best_model"]
+        state = json.loads(saved["state_json"])
+    for epoch in tqdm(range(state["epoch"] + 1, cfg.max_epochs + 1), desc="epochs", disable=not progress):
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
-        for batch in make_loader(train_ds, cfg.batch_size, True, cfg.bucket_batches, seed + epoch):
-            loss, b = _loss(model, batch, cfg, device)
+        for img, seq, mask, y in make_loader(train_ds, cfg, True, seed + epoch):
+            with _autocast(cfg, device):
+                logits = model(img.to(device), seq.to(device), mask.to(device))
+            loss = lossf(logits.float(), y.to(device))
             if not torch.isfinite(loss):
-                raise NaNLossError(f"non-finite training loss at epoch {epoch}; best model so far kept "
-                                   f"(val loss {best:.4f}). Lower the learning rate or check the inputs.")
+                if best_state is not None:
+                    model.load_state_dict(best_state)
+                err = NaNLossError(f"non-finite training loss at epoch {epoch}; the best model so far is kept "
+                                   f"(epoch {state['history'][-1]['epoch'] if state['history'] else 'none'}). "
+                                   "Lower the learning rate or check the inputs.")
+                err.model, err.history = model, pd.DataFrame(state["history"])
+                raise err
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            total += float(loss) * b
-            n += b
-        val = evaluate_loss(model, val_loader, cfg, device)
-        history.append({"epoch": epoch, "train_loss": total / n, "val_loss": val,
-                        "seconds": time.perf_counter() - t0, "samples_per_s": n / (time.perf_counter() - t0)})
-        if val < best - 1e-6:
-            best, bad_epochs = val, 0
+            sched.step()
+            total += float(loss) * len(y)
+            n += len(y)
+        seconds = time.perf_counter() - t0
+        val = evaluate_loss(model, val_loader, lossf, cfg, device)
+        state["history"].append({"epoch": epoch, "train_loss": total / n, "val_loss": val, "seconds": seconds,
+                                 "samples_per_s": n / seconds})
+        score = val if cfg.select_on == "val_loss" else total / n
+        if score < state["best"] - 1e-6:
+            state["best"], state["bad_epochs"], state["best_epoch"] = score, 0, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                break
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        if resume is not None:
+            resume.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "best_model": best_state, "state_json": json.dumps(state), "config_hash": cfg.hash()},
+                       resume.with_suffix(".tmp"))
+            resume.with_suffix(".tmp").replace(resume)
+        if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+            break
     model.load_state_dict(best_state)
-    hist = pd.DataFrame(history)
-    hist["best"] = hist["val_loss"] == best
+    hist = pd.DataFrame(state["history"])
+    hist["best"] = hist["epoch"] == state["best_epoch"]
     return model, hist
 
 
 @torch.no_grad()
-def predict_proba(model, ds: FusionDataset, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
-    """Probabilities in the dataset's row order."""
+def predict_proba(model, ds: FusionDataset, device: str = "cpu", batch_size: int = 64,
+                  pad_to: int | None = None) -> np.ndarray:
+    """Probabilities in the dataset's row order (``pad_to``: the authors' global padding)."""
     model.eval()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=partial(collate, pad_to=pad_to))
     out = []
     for img, seq, mask, _ in loader:
         out.append(torch.sigmoid(model(img.to(device), seq.to(device), mask.to(device))).cpu())
@@ -211,3 +312,30 @@ def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu") -> tuple[FusionMo
 
 def train_config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
+
+
+PLAN_KEYS = {"seeds", "base", "configurations", "ablations"}
+
+
+def training_plan(section: dict) -> list[dict]:
+    """Expand a profile's ``training`` section into runs; every option is checked up front.
+
+    ``configurations: {name: overrides}`` are the named settings (authors, corrected);
+    ``ablations: {label: {of: name, switches}}`` change single switches of one of them.
+    """
+    unknown = set(section) - PLAN_KEYS
+    if unknown:
+        raise ValueError(f"unknown keys in the training section {sorted(unknown)} (allowed: {sorted(PLAN_KEYS)})")
+    base = section.get("base", {})
+    runs = []
+    for seed in section.get("seeds", [0]):
+        for name, over in (section.get("configurations") or {"corrected": {}}).items():
+            runs.append({"model": f"fusion ({name})", "config": name, "seed": seed,
+                         "train": make_config(name, base, **(over or {}))})
+    for label, spec in (section.get("ablations") or {}).items():
+        spec = dict(spec)
+        of = spec.pop("of", "corrected")
+        over = {**(section.get("configurations") or {}).get(of, {}), **spec}
+        runs.append({"model": f"ablation: {label}", "config": of, "seed": section.get("seeds", [0])[0],
+                     "train": make_config(of, base, **over), "ablation": label})
+    return runs

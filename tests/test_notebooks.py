@@ -72,11 +72,40 @@ def test_smoke_results_table_holds_every_model_and_level(smoke_run):
     stages, _, _ = smoke_run
     res = pd.read_csv(stages / "05_figures" / "all_metrics.csv")
     models = set(res["model"])
-    assert {"fusion", "label frequency", "composition + LR", "sequence-only (pooled ProtT5 + MLP)",
+    assert {"fusion (corrected)", "fusion (authors)", "label frequency", "composition + LR", "sequence-only (pooled ProtT5 + MLP)",
             "image-only (pooled ViT + MLP)"} <= models
     assert {"image", "protein"} <= set(res["level"])
     scores = res[~res["metric"].isin(["support"])]
     assert scores["value"].dropna().between(0, 1).all()
+
+
+def test_thresholds_come_from_validation_and_authors_keep_half(smoke_run):
+    stages, _, _ = smoke_run
+    res = pd.read_csv(stages / "03_training" / "metrics.csv")
+    th = res[res["metric"] == "threshold"]
+    assert (th[th["config"] == "authors"]["value"] == 0.5).all()
+    for (model, level), grp in th.groupby(["model", "level"]):   # one threshold set per model and level
+        assert (grp.groupby("label")["value"].nunique() == 1).all()
+    assert res["config_hash"].notna().all() and res["git_commit"].notna().all()
+
+
+def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
+    from proloc_lib import predict
+
+    stages, _, _ = smoke_run
+    proteins = pd.read_parquet(stages / "01_data_assembly" / "proteins.parquet")
+    test = proteins[proteins["split"] == "test"].head(3)
+    fasta = tmp_path / "new.fasta"
+    fasta.write_text("".join(f">{p}\n{s}\n" for p, s in zip(test["protein_id"], test["sequence"])))
+    out = tmp_path / "pred.csv"
+    rc = predict.main(["--checkpoint", str(stages / "03_training" / "checkpoint-corrected"), "--fasta", str(fasta),
+                       "--images", str(stages / "images"), "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    pred = pd.read_csv(out)
+    assert list(pred["protein_id"]) == list(test["protein_id"]) and (pred["n_images"] == 2).all()
+    prob_cols = [c for c in pred.columns if c.startswith("prob_")]
+    assert len(prob_cols) == 5 and pred[prob_cols].stack().between(0, 1).all()
+    assert pred["provenance"].str.contains("not biologically meaningful").all()
 
 
 def test_executed_notebooks_label_synthetic_numbers(smoke_run):
@@ -84,3 +113,25 @@ def test_executed_notebooks_label_synthetic_numbers(smoke_run):
     for name in ("03_training.ipynb", "04_baselines.ipynb", "05_figures.ipynb"):
         text = json.dumps(nbformat.read(executed / name, as_version=4).cells)
         assert "SYNTHETIC" in text and "RANDOM-WEIGHT" in text, name
+
+
+def test_full_profile_offline_stops_at_once_and_writes_nothing(tmp_path):
+    """Offline, the paper-scale profile must fail fast naming what it could not reach."""
+    import time
+
+    import papermill as pm
+    import requests
+
+    try:
+        requests.head("https://zenodo.org", timeout=3)
+        pytest.skip("this machine is online; the offline behaviour cannot be checked here")
+    except requests.RequestException:
+        pass
+    t0 = time.perf_counter()
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(NOTEBOOKS[0]), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "full", "data_root": str(tmp_path / "data")},
+                            cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+    assert "OfflineError" in str(err.value) and "zenodo.org" in str(err.value) and "Colab" in str(err.value)
+    assert time.perf_counter() - t0 < 120
+    assert not (tmp_path / "data" / "full" / "01_data_assembly").exists()
