@@ -234,6 +234,7 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
         sched.load_state_dict(saved["scheduler"])
         best_state = saved["best_model"]
         state = json.loads(saved["state_json"])
+        torch.set_rng_state(saved["rng"])  # dropout continues as if never interrupted
     for epoch in tqdm(range(state["epoch"] + 1, cfg.max_epochs + 1), desc="epochs", disable=not progress):
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
@@ -254,7 +255,7 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            total += float(loss) * len(y)
+            total += loss.item() * len(y)
             n += len(y)
         seconds = time.perf_counter() - t0
         val = evaluate_loss(model, val_loader, lossf, cfg, device)
@@ -270,7 +271,8 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
         if resume is not None:
             resume.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "best_model": best_state, "state_json": json.dumps(state), "config_hash": cfg.hash()},
+                        "best_model": best_state, "state_json": json.dumps(state), "config_hash": cfg.hash(),
+                        "rng": torch.get_rng_state()},
                        resume.with_suffix(".tmp"))
             resume.with_suffix(".tmp").replace(resume)
         if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
