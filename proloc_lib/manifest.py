@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import platform
 import shutil
@@ -17,18 +16,11 @@ from importlib import metadata
 from pathlib import Path
 
 from .config import PROJECT_ROOT
+from .images import file_sha256 as sha256
 
 PACKAGES = ("torch", "transformers", "timm", "numpy", "pandas", "scikit-learn", "safetensors",
             "p-scldata", "iterative-stratification", "papermill")
 MANIFEST = "manifest.json"
-
-
-def sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions(names=PACKAGES) -> dict:
