@@ -73,6 +73,49 @@ def assign_splits(proteins: pd.DataFrame, labels: list[str], val_fraction: float
     return split
 
 
+def benchmark_splits(proteins: pd.DataFrame, images: pd.DataFrame, labels: list[str], val_fraction: float,
+                     seed: int) -> pd.Series:
+    """The benchmark's own train/test (``images.benchmark_split``), validation carved from train.
+
+    A protein listed on both sides of the benchmark is an error (it would leak).
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    if "benchmark_split" not in images.columns:
+        raise KeyError("the image table has no 'benchmark_split' column: the benchmark split needs the "
+                       "benchmark's own train/test files (full profile)")
+    sides = images.groupby("protein_id")["benchmark_split"].agg(lambda s: set(s))
+    both = sides[sides.map(len) > 1]
+    if len(both):
+        raise SplitLeakError(f"{len(both)} proteins are in both benchmark files, e.g. {list(both.index[:3])}")
+    split = proteins["protein_id"].map(sides.map(lambda s: next(iter(s)))).rename("split")
+    groups = link_groups(proteins, images)
+    train_groups = groups[split == "train"]
+    y = proteins.loc[train_groups.index, labels].groupby(train_groups.to_numpy()).max()
+    sss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    _, val_idx = next(sss.split(np.zeros(len(y)), y.to_numpy()))
+    val_groups = set(y.index[val_idx])
+    split = split.where(~groups.isin(val_groups) | (split != "train"), "val")
+    check_disjoint(proteins.assign(split=split), images)
+    return split
+
+
+def assign_folds(proteins: pd.DataFrame, labels: list[str], k: int, seed: int,
+                 images: pd.DataFrame | None = None) -> pd.Series:
+    """Grouped, multi-label-stratified k-fold: fold number (0..k-1) per protein."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    groups = link_groups(proteins, images)
+    y = proteins[labels].groupby(groups.to_numpy()).max()
+    if len(y) < k:
+        raise ValueError(f"{len(y)} independent protein groups cannot fill {k} folds")
+    fold_of = {}
+    for fold, (_, idx) in enumerate(MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+                                    .split(np.zeros(len(y)), y.to_numpy())):
+        fold_of.update({int(g): fold for g in y.index[idx]})
+    return groups.map(fold_of).rename("fold")
+
+
 def check_disjoint(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -> None:
     """Raise SplitLeakError if a protein, identical sequence or antibody is on two sides."""
     if proteins["split"].isna().any():

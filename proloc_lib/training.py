@@ -316,14 +316,16 @@ def train_config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
 
 
-PLAN_KEYS = {"seeds", "base", "configurations", "ablations"}
+PLAN_KEYS = {"seeds", "base", "configurations", "ablations", "ablation_overrides"}
 
 
 def training_plan(section: dict) -> list[dict]:
     """Expand a profile's ``training`` section into runs; every option is checked up front.
 
     ``configurations: {name: overrides}`` are the named settings (authors, corrected);
-    ``ablations: {label: {of: name, switches}}`` change single switches of one of them.
+    ``ablations: {label: {of: name, switches}}`` change single switches of one of them (first
+    seed only; ``ablation_overrides``, e.g. a shorter schedule, apply to every ablation run and to
+    the reference run they are compared with).
     """
     unknown = set(section) - PLAN_KEYS
     if unknown:
@@ -334,10 +336,13 @@ def training_plan(section: dict) -> list[dict]:
         for name, over in (section.get("configurations") or {"corrected": {}}).items():
             runs.append({"model": f"fusion ({name})", "config": name, "seed": seed,
                          "train": make_config(name, base, **(over or {}))})
-    for label, spec in (section.get("ablations") or {}).items():
+    ablations = section.get("ablations") or {}
+    common = section.get("ablation_overrides") or {}
+    seed = section.get("seeds", [0])[0]
+    for label, spec in ({"reference": {}, **ablations} if ablations else {}).items():
         spec = dict(spec)
         of = spec.pop("of", "corrected")
-        over = {**(section.get("configurations") or {}).get(of, {}), **spec}
-        runs.append({"model": f"ablation: {label}", "config": of, "seed": section.get("seeds", [0])[0],
+        over = {**(section.get("configurations") or {}).get(of, {}), **common, **spec}
+        runs.append({"model": f"ablation: {label}", "config": of, "seed": seed,
                      "train": make_config(of, base, **over), "ablation": label})
     return runs

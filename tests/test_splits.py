@@ -58,3 +58,34 @@ def test_leaks_are_caught():
     leak.loc[j, "split"] = "test" if leak.loc[k, "split"] != "test" else "train"
     with pytest.raises(SplitLeakError, match="antibod"):
         check_disjoint(leak, images)
+
+
+def test_grouped_kfold_keeps_groups_together_and_covers_everyone():
+    from proloc_lib.splits import assign_folds
+
+    proteins, images = make_tables()
+    folds = assign_folds(proteins, LABELS, 5, seed=0, images=images)
+    assert sorted(folds.unique()) == [0, 1, 2, 3, 4] and folds.notna().all()
+    groups = link_groups(proteins, images)
+    assert (folds.groupby(groups).nunique() == 1).all()       # a group never spans two folds
+    for f in range(5):   # each fold is a valid test side
+        check_disjoint(proteins.assign(split=np.where(folds == f, "test", "train")), images)
+
+
+def test_benchmark_split_keeps_the_benchmark_test_side():
+    from proloc_lib.splits import benchmark_splits
+
+    proteins, images = make_tables()
+    side = {f"P{i}": ("test" if i % 5 == 0 else "train") for i in range(len(proteins))}
+    groups = link_groups(proteins, images)
+    for g, grp in proteins.groupby(groups):      # the benchmark keeps linked proteins together
+        first = side[grp["protein_id"].iloc[0]]
+        side.update({p: first for p in grp["protein_id"]})
+    images = images.assign(benchmark_split=images["protein_id"].map(side))
+    split = benchmark_splits(proteins, images, LABELS, 0.15, seed=0)
+    assert (split[proteins["protein_id"].map(side) == "test"] == "test").all()
+    assert set(split) == {"train", "val", "test"}
+    leak = images.copy()
+    leak.loc[0, "benchmark_split"] = "test" if leak.loc[1, "benchmark_split"] == "train" else "train"
+    with pytest.raises(SplitLeakError, match="both benchmark files"):
+        benchmark_splits(proteins, leak, LABELS, 0.15, seed=0)

@@ -32,7 +32,8 @@ def test_unknown_options_fail_before_any_work():
     plan = training.training_plan({"seeds": [0, 1], "base": {"d_model": 16, "n_heads": 2},
                                    "configurations": {"corrected": {}, "authors": {}},
                                    "ablations": {"mask off": {"of": "corrected", "apply_mask": False}}})
-    assert [r["model"] for r in plan] == ["fusion (corrected)", "fusion (authors)"] * 2 + ["ablation: mask off"]
+    assert [r["model"] for r in plan] == ["fusion (corrected)", "fusion (authors)"] * 2 + [
+        "ablation: reference", "ablation: mask off"]
     assert plan[-1]["train"].apply_mask is False and plan[-1]["train"].d_model == 16
 
 
@@ -64,12 +65,12 @@ def test_thresholds_are_tuned_on_validation_only():
         evaluation.tune_thresholds(y, p, split="test")
     prot = pd.DataFrame(y, columns=LABELS).assign(protein_id=[f"P{i}" for i in range(60)])
     val, test = prot.iloc[:30], prot.iloc[30:]
-    res, ths = evaluation.evaluate("m", LABELS, prot, (val, p[:30]), (test, p[30:]), tune=True, image_level=False)
+    res, ths, _ = evaluation.evaluate("m", LABELS, prot, (val, p[:30]), (test, p[30:]), tune=True, image_level=False)
     np.testing.assert_allclose(ths["protein"], evaluation.tune_thresholds(y[:30], p[:30], "val"))
     # changing test labels cannot change the thresholds
     prot2 = prot.copy()
     prot2.loc[30:, LABELS] = 1 - prot2.loc[30:, LABELS]
-    _, ths2 = evaluation.evaluate("m", LABELS, prot2, (prot2.iloc[:30], p[:30]), (prot2.iloc[30:], p[30:]),
+    _, ths2, _ = evaluation.evaluate("m", LABELS, prot2, (prot2.iloc[:30], p[:30]), (prot2.iloc[30:], p[30:]),
                                   tune=True, image_level=False)
     assert ths == ths2
 
