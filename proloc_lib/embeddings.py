@@ -283,13 +283,29 @@ def extract_sequences(sequences: dict[str, str], encoder, store_dir: str | Path,
     return report
 
 
+def crop_grid(image, grid: int) -> list:
+    """Split an image into grid x grid tiles (row-major), each later resized by the ViT transform.
+
+    Downscaling a ~3000-pixel IHC image to 224 pixels loses the subcellular detail the task needs;
+    a bag of tiles keeps it (high-resolution mode)."""
+    if grid <= 1:
+        return [image]
+    w, h = image.size
+    return [image.crop((c * w // grid, r * h // grid, (c + 1) * w // grid, (r + 1) * h // grid))
+            for r in range(grid) for c in range(grid)]
+
+
 def extract_images(images: dict[str, str | Path], encoder, store_dir: str | Path, batch_size: int = 32,
                    shard_size: int = 256, shard: str | None = None, on_stale: str = "error",
-                   progress: bool = True) -> dict:
-    """Embed each image once ({image checksum: path}) with all its tokens; resumable."""
+                   progress: bool = True, grid: int = 1) -> dict:
+    """Embed each image once ({image checksum: path}) with all its tokens; resumable.
+
+    ``grid > 1``: high-resolution mode, grid x grid tiles embedded as one bag of
+    grid^2 x n_tokens tokens."""
     from .images import BadImageError, load_image
 
-    store = EmbeddingStore.open(store_dir, encoder.fingerprint(), encoder.hidden_size, "image", on_stale)
+    fp = dict(encoder.fingerprint(), crop_grid=grid) if grid > 1 else encoder.fingerprint()
+    store = EmbeddingStore.open(store_dir, fp, encoder.hidden_size, "image", on_stale)
     todo = [k for k in select_shard(images, parse_shard(shard)) if k not in store.keys()]
     tag = "all" if shard is None else "s{}of{}".format(*parse_shard(shard))
     failures, buffer, embedded = [], {}, 0
@@ -297,12 +313,14 @@ def extract_images(images: dict[str, str | Path], encoder, store_dir: str | Path
         keys, pics = [], []
         for k in todo[start:start + batch_size]:
             try:
-                pics.append(load_image(images[k]))
+                pics.extend(crop_grid(load_image(images[k]), grid))
                 keys.append(k)
             except BadImageError as exc:
                 failures.append({"key": k, "path": str(images[k]), "error": str(exc)})
         if pics:
-            buffer.update(zip(keys, encoder.embed_batch(pics)))
+            tokens = encoder.embed_batch(pics)   # (n_images * grid^2, T, D)
+            tokens = tokens.reshape(len(keys), -1, tokens.shape[-1])
+            buffer.update(zip(keys, tokens))
         if len(buffer) >= shard_size:
             store.commit(buffer, tag)
             embedded += len(buffer)
@@ -331,9 +349,85 @@ def store_size_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+# -- the stage, as notebook 02 and the command line run it ---------------------------------------
+def embed_sequence_stage(cfg: dict, proteins, out_dir: str | Path, device: str, shard: str | None = None,
+                         on_stale: str = "recompute", progress: bool = True) -> dict:
+    from .encoders import load_sequence_encoder
+
+    ecfg = cfg["embeddings"]
+    encoder = load_sequence_encoder(ecfg["sequence"], device=device)
+    unique = dict(zip(proteins["seq_hash"], proteins["sequence"]))
+    return extract_sequences(unique, encoder, Path(out_dir) / "sequences", token_budget=ecfg["token_budget"],
+                             max_residues=ecfg["max_residues"], long_policy=ecfg["long_policy"],
+                             shard_size=ecfg["shard_size"], shard=shard, on_stale=on_stale, progress=progress)
+
+
+def embed_image_stage(cfg: dict, images, profile_dir: str | Path, out_dir: str | Path, device: str,
+                      shard: str | None = None, on_stale: str = "recompute", progress: bool = True) -> dict:
+    from .encoders import load_image_encoder
+
+    ecfg = cfg["embeddings"]
+    encoder = load_image_encoder(ecfg["image"], device=device)
+    paths = {row.image_id: Path(profile_dir) / row.path for row in images.itertuples()}
+    return extract_images(paths, encoder, Path(out_dir) / "images", batch_size=ecfg["image_batch_size"],
+                          shard_size=ecfg["shard_size"], shard=shard, on_stale=on_stale, progress=progress,
+                          grid=ecfg.get("crop_grid", 1))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``extract`` (sharded; under torchrun each rank takes its share), ``merge``, ``bench*``."""
+    import argparse
+    import os
+
+    import pandas as pd
+
+    from . import config, manifest
+
+    argv = list(argv if argv is not None else __import__("sys").argv[1:])
+    if not argv or argv[0] not in ("extract", "merge"):
+        from .benchmarks import main as bench_main
+        return bench_main(argv)
+    parser = argparse.ArgumentParser(prog="python -m proloc_lib.embeddings")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("extract", help="embed the stage-01 tables of a profile (resumable, shardable)")
+    ex.add_argument("--profile", default="demo")
+    ex.add_argument("--data-root", default=None)
+    ex.add_argument("--device", default="auto")
+    ex.add_argument("--shard", default=None, help="i/N: this machine's share (default under torchrun: RANK/WORLD_SIZE)")
+    ex.add_argument("--modality", choices=["sequences", "images", "both"], default="both")
+    ex.add_argument("--on-stale", choices=["error", "recompute"], default="error")
+    mg = sub.add_parser("merge", help="join stores written on several machines into one")
+    mg.add_argument("dest")
+    mg.add_argument("sources", nargs="+")
+    args = parser.parse_args(argv)
+    if args.command == "merge":
+        store = merge_stores(args.sources, args.dest)
+        print(f"merged {len(args.sources)} stores into {store.path}: {len(store)} items")
+        return 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    shard, device = args.shard, args.device
+    if world > 1:  # launched by torchrun / accelerate: one deterministic share per rank
+        shard = shard or f"{os.environ['RANK']}/{world}"
+        if device == "auto":
+            import torch
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    device = config.resolve_device(device)
+    cfg = config.load_profile(args.profile)
+    in_dir = config.stage_dir(args.profile, "01_data_assembly", args.data_root)
+    out_dir = config.stage_dir(args.profile, "02_embeddings", args.data_root)
+    manifest.read_manifest(in_dir)
+    if args.modality in ("sequences", "both"):
+        rep = embed_sequence_stage(cfg, pd.read_parquet(in_dir / "proteins.parquet"), out_dir, device, shard, args.on_stale)
+        print(f"sequences: {rep['embedded']} embedded, {len(rep['failures'])} failures")
+    if args.modality in ("images", "both"):
+        rep = embed_image_stage(cfg, pd.read_parquet(in_dir / "images.parquet"), config.data_root(args.data_root) / args.profile,
+                                out_dir, device, shard, args.on_stale)
+        print(f"images: {rep['embedded']} embedded, {len(rep['failures'])} failures")
+    print("done; run notebook 02 to verify the stores and write the stage manifest")
+    return 0
+
+
 if __name__ == "__main__":
     import sys
 
-    from .benchmarks import main
-
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli(sys.argv[1:]))

@@ -163,3 +163,27 @@ def test_bad_sequences_and_images_are_listed_and_the_rest_goes_on(tmp_path):
     rep = E.extract_images({"ok": ok, "junk": junk}, ImgEnc(), tmp_path / "i", progress=False)
     assert rep["embedded"] == 1 and [f["key"] for f in rep["failures"]] == ["junk"]
     assert json.loads((tmp_path / "i" / "failures.json").read_text())[0]["path"] == str(junk)
+
+
+def test_high_resolution_mode_embeds_a_bag_of_tiles(tmp_path):
+    class TileEnc:
+        hidden_size = 2
+
+        def fingerprint(self):
+            return {"model_id": "tiles"}
+
+        def embed_batch(self, images):   # 3 tokens per tile: tile mean colour and width
+            return torch.stack([torch.tensor([[float(np.asarray(im).mean()), im.size[0]]] * 3) for im in images])
+
+    img = Image.new("RGB", (300, 300), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 100, 100))     # only the top-left tile is white
+    path = tmp_path / "big.png"
+    img.save(path)
+    E.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=3, progress=False)
+    store = E.EmbeddingStore(tmp_path / "grid")
+    tokens = store.get("big").float()
+    assert tokens.shape == (9 * 3, 2)
+    assert tokens[0, 0] == 255 and (tokens[3:, 0] == 0).all() and (tokens[:, 1] == 100).all()
+    assert store.meta["fingerprint"]["crop_grid"] == 3
+    with pytest.raises(E.StaleStoreError):      # whole-image and tiled stores never mix
+        E.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=1, progress=False)

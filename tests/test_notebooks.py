@@ -108,6 +108,17 @@ def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
     assert pred["provenance"].str.contains("not biologically meaningful").all()
 
 
+def test_sharded_extract_command_resumes_on_a_complete_store(smoke_run, capsys):
+    from proloc_lib import embeddings
+
+    stages, _, _ = smoke_run
+    before = embeddings.store_size_bytes(stages / "02_embeddings")
+    rc = embeddings.cli(["extract", "--profile", "smoke", "--data-root", str(stages.parent), "--shard", "1/2",
+                         "--device", "cpu"])
+    assert rc == 0 and "sequences: 0 embedded" in capsys.readouterr().out
+    assert embeddings.store_size_bytes(stages / "02_embeddings") == before
+
+
 def test_executed_notebooks_label_synthetic_numbers(smoke_run):
     _, _, executed = smoke_run
     for name in ("03_training.ipynb", "04_baselines.ipynb", "05_figures.ipynb"):
