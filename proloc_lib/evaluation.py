@@ -65,7 +65,8 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
     """Score ``(samples, probs)`` pairs for val and test, at image and protein level.
 
     With ``tune``, per-label thresholds come from the validation predictions of the same
-    level; the test predictions are only ever scored. Returns (tidy frame, thresholds by level).
+    level; the test predictions are only ever scored. Returns (tidy frame, thresholds by level,
+    prediction frame of both splits).
     """
     frames, thresholds = [], {}
     levels = (["image"] if image_level else []) + ["protein"]
@@ -81,12 +82,77 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
         thresholds[level] = th.tolist()
         for split, (y, p) in pairs.items():
             frames.append(tidy(model, level, split, seed, y, p, labels, th, config, config_hash))
-    return pd.concat(frames, ignore_index=True), thresholds
+    preds = pd.concat([prediction_frame(model, seed, split, samples, probs, proteins, labels, thresholds)
+                       for split, (samples, probs) in (("val", val), ("test", test))], ignore_index=True)
+    return pd.concat(frames, ignore_index=True), thresholds, preds
 
 
 def paper_table(results: pd.DataFrame, level: str = "protein", split: str = "test") -> pd.DataFrame:
     """Models x the paper's nine metrics (+ macro F1), mean over seeds."""
     sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")]
     wide = sel.pivot_table(index="model", columns="metric", values="value", aggfunc="mean")
+    cols = [c for c in metrics.METRIC_NAMES + ["macro_f1"] if c in wide.columns]
+    return wide[cols].rename(columns=metrics.PAPER_NAMES)
+
+
+def prediction_frame(model: str, seed: int, split: str, samples: pd.DataFrame, probs: np.ndarray,
+                     proteins: pd.DataFrame, labels: list[str], thresholds: dict | None = None) -> pd.DataFrame:
+    """Long-lived predictions for figures and paired tests: one row per image and per protein."""
+    frames = []
+    img = pd.DataFrame({"id": samples["image_id"].to_numpy() if "image_id" in samples else samples["protein_id"].to_numpy(),
+                        "protein_id": samples["protein_id"].to_numpy()})
+    levels = [("image", img, samples[labels].to_numpy(dtype=int), probs)] if "image_id" in samples else []
+    ids, y, p = protein_level(samples, probs, proteins, labels)
+    levels.append(("protein", pd.DataFrame({"id": ids, "protein_id": ids}), y, p))
+    for level, keys, y_true, prob in levels:
+        th = np.asarray((thresholds or {}).get(level, [0.5] * len(labels)))
+        df = keys.assign(model=model, seed=seed, split=split, level=level)
+        for j, lab in enumerate(labels):
+            df[f"y:{lab}"] = y_true[:, j]
+            df[f"p:{lab}"] = prob[:, j]
+            df[f"t:{lab}"] = th[j]
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def unpack(pred: pd.DataFrame, labels: list[str]):
+    """(y_true, probs, thresholds) arrays from a prediction frame slice."""
+    return (pred[[f"y:{lab}" for lab in labels]].to_numpy(dtype=int), pred[[f"p:{lab}" for lab in labels]].to_numpy(),
+            pred[[f"t:{lab}" for lab in labels]].iloc[0].to_numpy() if len(pred) else np.full(len(labels), 0.5))
+
+
+def sample_f1(y_true, y_pred) -> np.ndarray:
+    """Per-sample F1 (both empty = 1, the metrics module's convention)."""
+    inter = (y_true & y_pred).sum(1)
+    den = y_true.sum(1) + y_pred.sum(1)
+    return np.where(den == 0, 1.0, 2 * inter / np.maximum(den, 1))
+
+
+def bootstrap_f1_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels: list[str], n_boot: int = 2000,
+                            seed: int = 0, ci: float = 0.95) -> dict:
+    """Paired per-protein bootstrap of the sample-F1 difference (a - b) on the same proteins."""
+    a = pred_a.set_index("protein_id")
+    b = pred_b.set_index("protein_id").loc[a.index]
+    ya, pa, ta = unpack(a, labels)
+    yb, pb, tb = unpack(b, labels)
+    if not np.array_equal(ya, yb):
+        raise ValueError("the two prediction sets disagree on the true labels: not the same proteins/split")
+    diff = sample_f1(ya, (pa >= ta).astype(int)) - sample_f1(yb, (pb >= tb).astype(int))
+    rng = np.random.default_rng(seed)
+    boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(1)
+    lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    return {"mean_difference": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "n_proteins": int(len(diff)), "n_boot": n_boot}
+
+
+def summary_table(results: pd.DataFrame, level: str = "protein", split: str = "test") -> pd.DataFrame:
+    """The paper's metrics per model as 'mean ± sd' over seeds (sd shown with several seeds)."""
+    sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")
+                  & results["metric"].isin(metrics.METRIC_NAMES + ["macro_f1"])]
+    g = sel.groupby(["model", "metric"])["value"]
+    stats = g.agg(["mean", "std", "count"]).reset_index()
+    stats["cell"] = [f"{m:.3f}" + (f" ± {s:.3f}" if c > 1 else "") for m, s, c in
+                     zip(stats["mean"], stats["std"].fillna(0), stats["count"])]
+    wide = stats.pivot(index="model", columns="metric", values="cell")
     cols = [c for c in metrics.METRIC_NAMES + ["macro_f1"] if c in wide.columns]
     return wide[cols].rename(columns=metrics.PAPER_NAMES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -32,6 +33,7 @@ def per_label_f1(results: pd.DataFrame, level: str = "protein", split: str = "te
     fig, ax = plt.subplots(figsize=(9, 4.2))
     sns.barplot(data=sel, x="label", y="value", hue="model", ax=ax, errorbar="sd")
     ax.set(xlabel="", ylabel=f"F1 ({level} level, {split})", ylim=(0, 1))
+    ax.set_xticks(ax.get_xticks(), [t.get_text().replace(" ", "\n") for t in ax.get_xticklabels()])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
@@ -62,4 +64,113 @@ def training_curves(history: pd.DataFrame):
             ax.axvline(int(best.iloc[0]), color="gray", ls="--", lw=1, label="selected epoch")
         ax.set_title(name, fontsize=10)
         ax.legend(fontsize=8)
+    return fig
+
+
+def _slice(pred: pd.DataFrame, model: str, level: str, split: str) -> pd.DataFrame:
+    sel = pred[(pred["model"] == model) & (pred["level"] == level) & (pred["split"] == split)]
+    return sel[sel["seed"] == sel["seed"].min()]
+
+
+def pr_curves(pred: pd.DataFrame, labels: list[str], models: list[str], level: str = "protein", split: str = "test"):
+    """Precision-recall curve per label (one panel each), one line per model."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.4), sharey=True)
+    for ax, lab in zip(axes, labels):
+        for model in models:
+            s = _slice(pred, model, level, split)
+            if s[f"y:{lab}"].sum() == 0:
+                continue
+            prec, rec, _ = precision_recall_curve(s[f"y:{lab}"], s[f"p:{lab}"])
+            ax.plot(rec, prec, label=model, lw=1.3)
+        ax.set(title=lab, xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
+    axes[0].set_ylabel(f"precision ({level}, {split})")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def f1_vs_threshold(pred: pd.DataFrame, labels: list[str], model: str, level: str = "protein", split: str = "val"):
+    """F1 of each label against its threshold on validation; dots mark the chosen thresholds."""
+    grid = np.linspace(0.02, 0.98, 49)
+    s = _slice(pred, model, level, split)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for lab, color in zip(labels, sns.color_palette(n_colors=len(labels))):
+        y, p = s[f"y:{lab}"].to_numpy(), s[f"p:{lab}"].to_numpy()
+        f1 = [2 * np.sum((p >= t) & (y == 1)) / max(1, np.sum(p >= t) + y.sum()) for t in grid]
+        ax.plot(grid, f1, label=lab, color=color)
+        t = s[f"t:{lab}"].iloc[0]
+        ax.plot([t], [2 * np.sum((p >= t) & (y == 1)) / max(1, np.sum(p >= t) + y.sum())], "o", color=color)
+    ax.set(xlabel="threshold", ylabel=f"F1 ({level}, {split})", ylim=(0, 1.02), title=model)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def reliability(pred: pd.DataFrame, labels: list[str], models: list[str], level: str = "protein",
+                split: str = "test", n_bins: int = 10):
+    """Observed frequency against predicted probability, all labels pooled."""
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
+    for model in models:
+        s = _slice(pred, model, level, split)
+        p = s[[f"p:{lab}" for lab in labels]].to_numpy().ravel()
+        y = s[[f"y:{lab}" for lab in labels]].to_numpy().ravel()
+        bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+        xs, ys = [], []
+        for b in range(n_bins):
+            if (bins == b).sum() >= 3:
+                xs.append(p[bins == b].mean())
+                ys.append(y[bins == b].mean())
+        ax.plot(xs, ys, marker="o", label=model)
+    ax.set(xlabel="predicted probability", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7)
+    return fig
+
+
+def cooccurrence(proteins: pd.DataFrame, pred: pd.DataFrame, labels: list[str], model: str,
+                 level: str = "protein", split: str = "test"):
+    """Label co-occurrence (fraction of proteins) in the data and in a model's calls."""
+    s = _slice(pred, model, level, split)
+    truth = proteins[labels].to_numpy(dtype=int)
+    calls = np.stack([(s[f"p:{lab}"] >= s[f"t:{lab}"]).to_numpy(dtype=int) for lab in labels], 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3))
+    for ax, mat, title in ((axes[0], truth, f"data (all {len(truth)} proteins)"),
+                           (axes[1], calls, f"{model} calls ({split}, {len(calls)} proteins)")):
+        co = mat.T @ mat / max(1, len(mat))
+        sns.heatmap(pd.DataFrame(co, index=labels, columns=labels), annot=True, fmt=".2f", vmin=0, vmax=1,
+                    cmap="rocket_r", ax=ax, cbar=False)
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def attention_maps(model, examples: list[dict], n_top_residues: int = 10):
+    """Cross-attention of a few proteins: over image patches (left) and residues (right).
+
+    ``examples``: dicts with ``image`` (PIL), ``img_tokens`` (T, Di), ``seq_tokens`` (L, Ds) and
+    ``title``. Residue profile: attention each residue receives, averaged over image tokens.
+    Patch map: how much each 16x16 patch attends to the protein's most attended residues.
+    """
+    import torch
+
+    fig, axes = plt.subplots(len(examples), 2, figsize=(11, 2.8 * len(examples)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2.6]})
+    model.eval()
+    for (ax_img, ax_seq), ex in zip(axes, examples):
+        img, seq = ex["img_tokens"][None].float(), ex["seq_tokens"][None].float()
+        mask = torch.ones(1, seq.shape[1], dtype=torch.bool)
+        with torch.no_grad():
+            _, w = model(img, seq, mask, return_attention=True)
+        w = w[0].numpy()                                  # (image tokens, residues)
+        profile = w.mean(0)
+        top = np.argsort(profile)[-n_top_residues:]
+        n_patch = w.shape[0] - 1
+        side = int(round(np.sqrt(n_patch)))
+        ax_img.imshow(ex["image"].resize((224, 224)))
+        if side * side == n_patch:                        # one 224-pixel view: 14 x 14 patches + CLS
+            heat = w[1:, top].sum(1).reshape(side, side)
+            ax_img.imshow(heat, cmap="magma", alpha=0.55, extent=(0, 224, 224, 0), interpolation="nearest")
+        ax_img.set_axis_off()
+        ax_img.set_title(ex["title"], fontsize=8)
+        ax_seq.plot(np.arange(1, len(profile) + 1), profile, lw=0.8)
+        ax_seq.set(xlabel="residue", ylabel="attention", xlim=(1, len(profile)))
     return fig

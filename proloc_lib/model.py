@@ -77,6 +77,12 @@ class FusionModel(nn.Module):
 
     def forward(self, img_tokens, seq_tokens, seq_mask, return_attention: bool = False):
         """img_tokens (B,T,Di); seq_tokens (B,L,Ds); seq_mask (B,L) bool, True = real residue."""
+        pooled, weights = self.pooled(img_tokens, seq_tokens, seq_mask, return_attention)
+        logits = self.head(pooled)
+        return (logits, weights) if return_attention else logits
+
+    def pooled(self, img_tokens, seq_tokens, seq_mask, return_attention: bool = False):
+        """The pooled representation before the head (B, d), and the cross-attention weights."""
         if seq_mask.dtype != torch.bool:
             seq_mask = seq_mask.bool()
         img = self.img_proj(img_tokens)
@@ -98,5 +104,4 @@ class FusionModel(nn.Module):
             pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)
         else:
             pooled = x.mean(1)
-        logits = self.head(pooled)
-        return (logits, weights) if return_attention else logits
+        return pooled, weights

@@ -84,7 +84,7 @@ def test_thresholds_come_from_validation_and_authors_keep_half(smoke_run):
     res = pd.read_csv(stages / "03_training" / "metrics.csv")
     th = res[res["metric"] == "threshold"]
     assert (th[th["config"] == "authors"]["value"] == 0.5).all()
-    for (model, level), grp in th.groupby(["model", "level"]):   # one threshold set per model and level
+    for _, grp in th.groupby(["model", "level", "seed"]):   # one threshold set per model, level and seed
         assert (grp.groupby("label")["value"].nunique() == 1).all()
     assert res["config_hash"].notna().all() and res["git_commit"].notna().all()
 
