@@ -83,3 +83,60 @@ def fit_mlp(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.ndarray, 
             return torch.sigmoid(model(torch.tensor(Xn, dtype=torch.float32))).numpy()
 
     return predict
+
+
+class LightAttention(nn.Module):
+    """Light attention over residues (Stärk et al. 2021): convolutional values and attention
+    scores along the sequence, attention-weighted sum + max pooling, then an MLP."""
+
+    def __init__(self, d_in: int, n_out: int, d_hidden: int = 128, kernel: int = 9, dropout: float = 0.25):
+        super().__init__()
+        self.values = nn.Conv1d(d_in, d_hidden, kernel, padding=kernel // 2)
+        self.scores = nn.Conv1d(d_in, d_hidden, kernel, padding=kernel // 2)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Sequential(nn.Linear(2 * d_hidden, d_hidden), nn.ReLU(), nn.Linear(d_hidden, n_out))
+
+    def forward(self, x, mask):
+        """x (B, L, D), mask (B, L) True = residue."""
+        # zero the padding: the convolutions would otherwise read it into the last residues
+        x = (x * mask[..., None]).transpose(1, 2)
+        v, s = self.drop(self.values(x)), self.scores(x)
+        s = s.masked_fill(~mask[:, None, :], float("-inf"))
+        attended = (torch.softmax(s, dim=-1) * v).sum(-1)
+        maxed = v.masked_fill(~mask[:, None, :], float("-inf")).amax(-1)
+        return self.out(torch.cat([attended, maxed], dim=1))
+
+
+def fit_light_attention(train: list, Y: np.ndarray, val: list, Y_val: np.ndarray, epochs: int = 20,
+                        batch_size: int = 16, lr: float = 1e-3, seed: int = 0):
+    """Train on per-residue tensors (lists of (L_i, D)); keep the best validation epoch."""
+    from .embeddings import pad_batch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = LightAttention(train[0].shape[1], Y.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+    lossf = nn.BCEWithLogitsLoss()
+    Yt, Yv = torch.tensor(Y, dtype=torch.float32), torch.tensor(Y_val, dtype=torch.float32)
+
+    def run(xs, bs=64):
+        model.eval()
+        with torch.no_grad():
+            return torch.cat([model(*pad_batch(xs[i:i + bs])) for i in range(0, len(xs), bs)])
+
+    best, best_state = float("inf"), None
+    order = np.argsort([len(t) for t in train])      # length buckets: little padding
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for _ in range(epochs):
+        model.train()
+        for b in rng.permutation(len(batches)):
+            idx = batches[b]
+            loss = lossf(model(*pad_batch([train[i] for i in idx])), Yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        v = float(lossf(run(val), Yv))
+        if v < best:
+            best, best_state = v, {k: t.clone() for k, t in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return lambda xs: torch.sigmoid(run(xs)).numpy()

@@ -174,3 +174,19 @@ def attention_maps(model, examples: list[dict], n_top_residues: int = 10):
         ax_seq.plot(np.arange(1, len(profile) + 1), profile, lw=0.8)
         ax_seq.set(xlabel="residue", ylabel="attention", xlim=(1, len(profile)))
     return fig
+
+
+def data_card_figure(proteins: pd.DataFrame, images: pd.DataFrame, labels: list[str]):
+    """Proteins per label and split, label co-occurrence, images per protein."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1.3, 1.1, 0.9]})
+    counts = proteins.melt(id_vars="split", value_vars=labels, var_name="label").query("value == 1")
+    sns.countplot(data=counts, x="label", order=labels, hue="split", hue_order=["train", "val", "test"], ax=axes[0])
+    axes[0].set_xticks(axes[0].get_xticks(), [lab.replace(" ", "\n") for lab in labels])
+    axes[0].set(xlabel="", ylabel="proteins")
+    y = proteins[labels].to_numpy(dtype=int)
+    sns.heatmap(pd.DataFrame(y.T @ y, index=labels, columns=labels), annot=True, fmt="d", cmap="rocket_r",
+                cbar=False, ax=axes[1])
+    axes[1].set_title("label co-occurrence (proteins)", fontsize=10)
+    sns.histplot(images.groupby("protein_id").size(), discrete=True, ax=axes[2])
+    axes[2].set(xlabel="images per protein", ylabel="proteins")
+    return fig

@@ -73,7 +73,8 @@ def test_smoke_results_table_holds_every_model_and_level(smoke_run):
     res = pd.read_csv(stages / "05_figures" / "all_metrics.csv")
     models = set(res["model"])
     assert {"fusion (corrected)", "fusion (authors)", "label frequency", "composition + LR", "sequence-only (pooled ProtT5 + MLP)",
-            "image-only (pooled ViT + MLP)"} <= models
+            "image-only (pooled ViT + MLP)", "sequence-only (light attention)", "late fusion (sequence + image)",
+            "early fusion (pooled features + MLP)", "fusion (corrected) + attention MIL"} <= models
     assert {"image", "protein"} <= set(res["level"])
     scores = res[~res["metric"].isin(["support"])]
     assert scores["value"].dropna().between(0, 1).all()
