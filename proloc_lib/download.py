@@ -6,6 +6,7 @@ id or URL concerned.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -269,6 +270,53 @@ def fetch_images(rows, cache_dir, rate_limit_per_s: float | None = 5, retries: i
     ok["sha256"] = pd.Series(hashes)
     ok["fetch_status"] = pd.Series(statuses)
     return ok, failures
+
+
+def stream_images(rows, cache_dir, embed, chunk_size: int = 32, thumbnail_px: int | None = 256,
+                  **fetch_kwargs) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Small-disk mode (Colab): fetch a chunk, validate, embed, keep a thumbnail, delete the image.
+
+    ``embed({sha256: path})`` is the embedding stage's API (e.g. ``embeddings.extract_images``
+    with a store); it returns a report whose ``failures`` list items with ``key``. A ledger
+    (``streamed.json``, rewritten atomically after each chunk) records what is done, so a rerun
+    neither downloads nor embeds those images again. Returns the done rows with ``sha256`` and
+    ``path`` (the thumbnail, or None) and the failures as (url, reason).
+    """
+    table = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    ledger_path = cache_dir / "streamed.json"
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    todo = table[~table["url"].isin(ledger)]
+    failures: list[tuple[str, str]] = []
+    for start in range(0, len(todo), chunk_size):
+        ok, fails = fetch_images(todo.iloc[start:start + chunk_size], cache_dir, **fetch_kwargs)
+        failures += fails
+        if not len(ok):
+            continue
+        report = embed(dict(zip(ok["sha256"], ok["path"])))
+        bad = {f["key"]: f.get("error", "") for f in (report or {}).get("failures", [])}
+        for url, sha, path in zip(ok["url"], ok["sha256"], ok["path"]):
+            if sha in bad:  # keep the file for inspection; it is listed, not dropped silently
+                failures.append((url, f"embedding failed: {bad[sha]}"))
+                continue
+            thumb = None
+            if thumbnail_px:
+                thumb = cache_dir / "thumbnails" / f"{sha}.jpg"
+                thumb.parent.mkdir(exist_ok=True)
+                im = load_image(path)
+                im.thumbnail((thumbnail_px, thumbnail_px))
+                im.save(thumb, quality=85)
+                thumb = str(thumb)
+            ledger[url] = {"sha256": sha, "thumbnail": thumb}
+            Path(path).unlink()
+        tmp = ledger_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(ledger, indent=1))
+        os.replace(tmp, ledger_path)
+    done = table[table["url"].isin(ledger)].copy()
+    done["sha256"] = done["url"].map(lambda u: ledger[u]["sha256"])
+    done["path"] = done["url"].map(lambda u: ledger[u]["thumbnail"])
+    return done, failures
 
 
 # ----------------------------------------------------------------------------- UniProt

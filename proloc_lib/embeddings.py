@@ -362,16 +362,23 @@ def embed_sequence_stage(cfg: dict, proteins, out_dir: str | Path, device: str, 
                              shard_size=ecfg["shard_size"], shard=shard, on_stale=on_stale, progress=progress)
 
 
-def embed_image_stage(cfg: dict, images, profile_dir: str | Path, out_dir: str | Path, device: str,
-                      shard: str | None = None, on_stale: str = "recompute", progress: bool = True) -> dict:
+def image_embedder(cfg: dict, out_dir: str | Path, device: str, shard: str | None = None,
+                   on_stale: str = "recompute", progress: bool = True):
+    """``embed({image checksum: path}) -> report`` into the stage's image store (also used by the
+    data stage's streaming mode, which embeds images as they arrive)."""
     from .encoders import load_image_encoder
 
     ecfg = cfg["embeddings"]
     encoder = load_image_encoder(ecfg["image"], device=device)
+    return lambda paths: extract_images(paths, encoder, Path(out_dir) / "images", batch_size=ecfg["image_batch_size"],
+                                        shard_size=ecfg["shard_size"], shard=shard, on_stale=on_stale,
+                                        progress=progress, grid=ecfg.get("crop_grid", 1))
+
+
+def embed_image_stage(cfg: dict, images, profile_dir: str | Path, out_dir: str | Path, device: str,
+                      shard: str | None = None, on_stale: str = "recompute", progress: bool = True) -> dict:
     paths = {row.image_id: Path(profile_dir) / row.path for row in images.itertuples()}
-    return extract_images(paths, encoder, Path(out_dir) / "images", batch_size=ecfg["image_batch_size"],
-                          shard_size=ecfg["shard_size"], shard=shard, on_stale=on_stale, progress=progress,
-                          grid=ecfg.get("crop_grid", 1))
+    return image_embedder(cfg, out_dir, device, shard, on_stale, progress)(paths)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -511,17 +511,19 @@ def format_audit(report: dict, max_examples: int = 10) -> str:
 
 # ----------------------------------------------------------------------------- full build
 
-def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, seed: int = 0, progress: bool = True):
+def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, seed: int = 0, progress: bool = True,
+             embed=None):
     """Build the full profile's tables from public sources (needs network).
 
     Vislocas tables (Zenodo, MD5-checked) -> the paper's image filters -> reviewed UniProt
     sequences by Ensembl id -> HPA images (validated, cached, resumable) -> protein and image
     tables. Reachability is checked first, so offline it stops at once and writes nothing.
-    Returns (proteins, images, report); every drop is counted in the report.
+    With ``embed`` (the embedding stage's image API) images are streamed: embedded as they
+    arrive, kept as thumbnails, the full files deleted (small disks). Returns (proteins,
+    images, report); every drop is counted in the report.
     """
     from . import download
     from .encoders import check_reachable
-    from .images import file_sha256
     from .labels import add_label_columns
 
     check_reachable([f"{download.ZENODO_BASE}/data_test.csv/content", f"{download.UNIPROT_BASE}/",
@@ -546,11 +548,14 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, seed: int = 0, pr
     images["url"] = [image_url(a, n) for a, n in zip(images["antibody"], images["image_name"])]
     print(f"downloading up to {len(images)} images of {images['protein_id'].nunique()} proteins "
           f"into {profile_dir / 'images'}")
-    images, failures = download.fetch_images(images, profile_dir / "images", progress=progress)
+    if embed is None:
+        images, failures = download.fetch_images(images, profile_dir / "images", progress=progress)
+    else:
+        images, failures = download.stream_images(images, profile_dir / "images", embed, progress=progress)
     report["image_failures"] = [{"url": u, "reason": r} for u, r in failures]
     images = add_label_columns(images, "locations", label_map, where="image")
-    images["image_id"] = [file_sha256(p) for p in images["path"]]
-    images["path"] = [str(Path(p).resolve().relative_to(profile_dir.resolve())) for p in images["path"]]
+    images["image_id"] = images["sha256"]
+    images["path"] = [str(Path(p).resolve().relative_to(profile_dir.resolve())) if p else None for p in images["path"]]
     dup = images.duplicated("image_id")
     report["duplicate_image_files"] = int(dup.sum())
     images = images[~dup].reset_index(drop=True)

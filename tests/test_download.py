@@ -364,3 +364,31 @@ def test_uniprot_job_running_past_timeout(server):
         uniprot_map_ensembl(["ENSG00000000001"], base_url=server.url, **{**UP, "timeout_s": 0.2})
     assert time.monotonic() - t0 < 3
     assert len(server.requests_to("/idmapping/status/jobSlow")) >= 2
+
+
+# ----------------------------------------------------------------------------- streaming
+
+def test_streaming_embeds_keeps_thumbnails_deletes_images_and_resumes(server, tmp_path):
+    from proloc_lib.download import stream_images
+
+    names = [f"s{i}.jpg" for i in range(5)]
+    for i, n in enumerate(names):
+        server.routes[f"/5560/{n}"] = [serve_file(jpeg_bytes(300, (40 * i, 90, 40)))]
+    server.routes["/5560/bad.jpg"] = [send(200, HTML_PAGE)]
+    embedded = {}
+
+    def embed(paths):
+        for key, path in paths.items():
+            assert load_image(path).size == (300, 300)      # the full image, before deletion
+            embedded[key] = path
+        return {"failures": []}
+
+    table, failures = stream_images(rows(server, *names, "bad.jpg"), tmp_path, embed, chunk_size=2, **FAST)
+    assert len(table) == 5 and len(embedded) == 5 and set(table["sha256"]) == set(embedded)
+    assert [u for u, _ in failures] == [f"{server.url}/5560/bad.jpg"]
+    assert not list(tmp_path.glob("5560/*.jpg"))                         # full images deleted
+    assert all(load_image(p).size == (256, 256) for p in table["path"])   # thumbnails kept
+    n_requests = len(server.log)
+    again, _ = stream_images(rows(server, *names), tmp_path, embed, chunk_size=2, **FAST)
+    assert len(server.log) == n_requests and len(embedded) == 5          # nothing fetched or embedded again
+    assert again["sha256"].tolist() == table["sha256"].tolist()
