@@ -24,6 +24,16 @@ Timings depend on the machine; the offline default uses the demo's tiny random-w
 (``"random_weights": true`` in the JSON), so its throughput says nothing about ProtT5-XL itself.
 ``--full-model`` uses configs/full.yaml's encoder (network or a local HF cache, best on a GPU);
 offline it stops at once with the encoders' :class:`OfflineError`.
+
+``python -m proloc_lib.embeddings bench-training`` prints one JSON object on the **training
+loop**: samples per second of the ``authors`` configuration (batch 2, every batch padded to the
+longest sequence of the training set) against ``corrected`` (length-bucketed batches of 32; bf16
+mixed precision on CUDA), the same model size (the profile's ``training.base`` d_model, n_heads,
+n_blocks) and the same samples, through the production :func:`training.train_fusion`. The data
+are shaped like the reference set (its image rows, each with its protein's real sequence length;
+the longest protein is always included, so the authors' loop pads to the global longest as theirs
+did) but the features are random float16 of the profile's encoder widths: throughput does not
+depend on the values. Each loop runs in a fresh spawned process (clean peak-memory figures).
 """
 from __future__ import annotations
 
@@ -39,6 +49,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -443,9 +454,274 @@ def run(reference=None, device: str = "auto", profile: str = "demo", model_cfg: 
     return out
 
 
+# -- 4. training throughput: the authors' loop against the corrected one ------------------------
+VIT_TOKENS = 197              # ViT-B/16 at 224 px: 196 patches + CLS (per crop)
+VIT_B_HIDDEN = 768            # timm vit_base_patch16_224 width
+TRAINING_GOAL = 20.0          # corrected / authors samples per second
+TRAINING_NOTE = ("Timings and memory are machine-dependent (CPU model, thread count, other load, GPU). "
+                 "Features are RANDOM float16 tensors of the profile's encoder widths at the reference set's "
+                 "real sequence lengths: training throughput depends on the shapes, not on the values, so these "
+                 "numbers say nothing about accuracy. Both loops run the production train_fusion with the same "
+                 "d_model / n_heads / n_blocks on the same samples; the validation pass is not timed. On CPU mixed "
+                 "precision is off (amp applies on CUDA only), so there the gain comes from length bucketing and "
+                 "the larger batch alone.")
+SIZE_KEYS = ("d_model", "n_heads", "n_blocks")
+
+
+def encoder_widths(profile_cfg: dict) -> dict:
+    """Per-residue and per-image-token widths and image tokens per sample of a profile's encoders.
+
+    Random-weight encoders give them in their config (demo: ``sequence.config.d_model``,
+    ``image.overrides.embed_dim``); pretrained ones are ProtT5-XL (1024) and ViT-B/16 (768).
+    """
+    emb = profile_cfg["embeddings"]
+    seq = (emb["sequence"].get("config") or {}).get("d_model", PROTT5_HIDDEN)
+    img = (emb["image"].get("overrides") or {}).get("embed_dim", VIT_B_HIDDEN)
+    grid = int(emb.get("crop_grid", 1) or 1)
+    return {"seq_dim": int(seq), "img_dim": int(img), "image_tokens": VIT_TOKENS * grid * grid}
+
+
+def sample_rows(ref: pd.DataFrame, n_samples: int, seed: int = 0) -> pd.DataFrame:
+    """``n_samples`` image rows of the reference table (seeded), one row of the longest protein included.
+
+    That row makes the training set's longest sequence the reference set's longest, the length
+    the authors padded every sequence to. Without replacement when ``n_samples`` <= rows.
+    """
+    if n_samples < 1:
+        raise ValueError("n_samples must be >= 1")
+    ref = ref.reset_index(drop=True).assign(length=lambda d: d["sequence"].str.len())
+    rng = np.random.default_rng(seed)
+    longest = int(ref["length"].idxmax())
+    rest = np.array([i for i in range(len(ref)) if i != longest])
+    k = n_samples - 1
+    picked = rng.choice(rest, size=k, replace=k > len(rest)) if k and len(rest) else np.array([], dtype=int)
+    if k and not len(rest):
+        picked = np.full(k, longest)
+    order = rng.permutation(np.concatenate([[longest], picked]).astype(int))
+    return ref.iloc[order].reset_index(drop=True).rename_axis("sample").reset_index()
+
+
+def build_random_stores(rows: pd.DataFrame, widths: dict, root: str | os.PathLike, labels: list[str],
+                        seed: int = 0, shard_size: int = 256) -> tuple[Path, Path, pd.DataFrame]:
+    """Sequence and image :class:`EmbeddingStore` folders of random float16 features, and the sample table.
+
+    One sequence tensor per unique sequence (its true length x ``seq_dim``), one image tensor per
+    sample (``image_tokens x img_dim``); labels are random 0/1. Returns (sequence store, image
+    store, samples with ``image_id``, ``seq_hash``, ``length`` and the label columns).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    root = Path(root)
+    seq_store = EmbeddingStore.open(root / "sequences", {"benchmark": "training", "random": True, "seed": seed},
+                                    widths["seq_dim"], "sequence")
+    img_store = EmbeddingStore.open(root / "images", {"benchmark": "training", "random": True, "seed": seed},
+                                    widths["img_dim"], "image")
+    samples = pd.DataFrame({"image_id": [f"sample-{i:05d}" for i in rows["sample"]],
+                            "seq_hash": [sequence_hash(s) for s in rows["sequence"]],
+                            "protein": rows["protein"].to_numpy(), "length": rows["length"].to_numpy()})
+    y = torch.randint(0, 2, (len(samples), len(labels)), generator=gen)
+    for j, lab in enumerate(labels):
+        samples[lab] = y[:, j].numpy().astype(np.float32)
+    seqs = dict(zip(samples["seq_hash"], samples["length"]))
+    for items, store, shape in ((list(seqs.items()), seq_store, lambda n: (n, widths["seq_dim"])),
+                                ([(k, None) for k in samples["image_id"]], img_store,
+                                 lambda _: (widths["image_tokens"], widths["img_dim"]))):
+        for start in range(0, len(items), shard_size):
+            store.commit({k: torch.randn(*shape(v), generator=gen).to(STORE_DTYPE)
+                          for k, v in items[start:start + shard_size]})
+        store.close()
+    return seq_store.path, img_store.path, samples
+
+
+def loader_stats(ds, cfg, seed: int) -> dict:
+    """What :func:`training.make_loader` feeds the model in one epoch (index lists only, no data read).
+
+    The widths are those ``collate`` pads to: the batch's longest, or ``pad_to`` (the training
+    set's longest) under the authors' global padding. Epoch ``e`` of train_fusion uses
+    ``seed + e``, so ``seed + 1`` describes its first epoch exactly.
+    """
+    from . import training
+
+    loader = training.make_loader(ds, cfg, True, seed)
+    pad_to = loader.collate_fn.keywords.get("pad_to")
+    lengths = ds.seq_lengths
+    batches = [list(b) for b in loader.batch_sampler]
+    widths = [max(pad_to or 0, int(max(lengths[i] for i in b))) for b in batches]
+    tokens = sum(len(b) * w for b, w in zip(batches, widths))
+    real = int(sum(lengths[i] for b in batches for i in b))
+    shapes: dict[str, int] = {}
+    for bt, w in zip(batches, widths):
+        shapes[f"{len(bt)}x{w}"] = shapes.get(f"{len(bt)}x{w}", 0) + 1
+    return {"n_steps": len(batches), "batch_sizes": sorted({len(b) for b in batches}),
+            "batch_shapes": shapes,  # "samples x padded residues": number of steps
+            "pad_to": pad_to, "padded_lengths_min_max": [min(widths), max(widths)],
+            "residue_tokens_fed": tokens, "padding_fraction": 1 - real / tokens,
+            "n_samples_in_batches": sum(len(b) for b in batches)}
+
+
+def _samples_digest(samples: pd.DataFrame) -> str:
+    text = "\n".join(sorted(f"{a}:{b}" for a, b in zip(samples["image_id"], samples["seq_hash"])))
+    return sequence_hash(text) if text else ""
+
+
+def _train_worker(job: dict) -> dict:
+    """One training loop (fresh spawned process, or this one): warm-up, then one timed train_fusion."""
+    from . import training
+
+    torch.set_num_threads(job["threads"])
+    seq_store, img_store = EmbeddingStore(job["seq_store"]), EmbeddingStore(job["img_store"])
+    samples, labels, cfg, device = job["samples"], job["labels"], job["cfg"], job["device"]
+    train_ds = training.FusionDataset(samples, labels, seq_store, img_store)
+    val_ds = training.FusionDataset(samples.loc[job["val_index"]], labels, seq_store, img_store)
+    if job["warmup"]:  # library initialisation off the clock: one step on the shortest rows
+        short = samples.loc[samples["length"].sort_values(kind="stable").index[:min(cfg.batch_size, len(samples))]]
+        short_ds = training.FusionDataset(short, labels, seq_store, img_store)
+        one = training.TrainConfig.from_dict({**training.train_config_dict(cfg), "max_epochs": 1})
+        training.train_fusion(short_ds, short_ds, one, labels, device, job["seed"], progress=False)
+    mem = PeakMemory(device)
+    mem.start()
+    model, hist = training.train_fusion(train_ds, val_ds, cfg, labels, device, job["seed"], progress=False)
+    peak = mem.peak_mb()
+    hist = hist.to_dict(orient="records")
+    last = hist[-1]
+    res = {"samples_per_s": float(last["samples_per_s"]), "seconds": float(last["seconds"]),
+           "samples_per_s_all_epochs": [float(h["samples_per_s"]) for h in hist],
+           "samples_seen_per_epoch": [int(round(h["samples_per_s"] * h["seconds"])) for h in hist],
+           "epochs": len(hist), "train_loss": [float(h["train_loss"]) for h in hist],
+           "peak_mem_mb": peak, "peak_mem_method": mem.method,
+           "n_parameters": int(sum(p.numel() for p in model.parameters())),
+           "n_samples": len(train_ds), "samples_digest": _samples_digest(train_ds.samples),
+           "max_sequence_length": int(train_ds.seq_lengths.max()),
+           "loader": loader_stats(train_ds, cfg, job["seed"] + len(hist)),
+           "amp_active": bool(cfg.amp and str(device).startswith("cuda")), "warmup": job["warmup"]}
+    seq_store.close()
+    img_store.close()
+    return res
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other processes on a shared machine skew timings)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def training_configs(profile_cfg: dict, epochs: int = 1, batch_size_corrected: int = 32,
+                     size_overrides: dict | None = None) -> dict:
+    """``{"authors": TrainConfig, "corrected": TrainConfig}`` of one model size (the profile's base sizes)."""
+    from . import training
+
+    base = {k: v for k, v in (profile_cfg.get("training", {}).get("base") or {}).items() if k in SIZE_KEYS}
+    base.update(size_overrides or {})
+    common = {"max_epochs": int(epochs), "patience": None}
+    cfgs = {"authors": training.make_config("authors", base, **common),
+            "corrected": training.make_config("corrected", base, batch_size=int(batch_size_corrected), **common)}
+    sizes = {name: tuple(getattr(c, k) for k in SIZE_KEYS) for name, c in cfgs.items()}
+    if len(set(sizes.values())) != 1:
+        raise RuntimeError(f"model sizes differ between the configurations: {sizes}")
+    return cfgs
+
+
+def training_throughput(reference=None, profile: str = "demo", device: str = "auto", n_samples: int = 96,
+                        epochs: int = 1, seed: int = 0, batch_size_corrected: int = 32,
+                        size_overrides: dict | None = None, isolate: bool = True, warmup: bool = True,
+                        n_val: int = 2, threads: int | None = None,
+                        workdir: str | os.PathLike | None = None) -> dict:
+    """Samples/s and peak memory of the authors' training loop against the corrected one (JSON-ready).
+
+    ``size_overrides`` (d_model, n_heads, n_blocks) apply to both configurations alike. The
+    headline ``samples_per_s`` of each is its last epoch's, as train_fusion measures it (the
+    training loop only, validation excluded). With ``isolate`` each loop runs in a fresh
+    spawned process; otherwise both run here (faster; rougher memory figures). ``threads``: CPU
+    threads of each loop (default: torch's); on a loaded machine 1 avoids OpenMP oversubscription.
+    """
+    from . import training
+    from .labels import LABELS
+
+    load_before = _load_average()
+    cfg = config.load_profile(profile)
+    device = config.resolve_device(device)
+    widths = encoder_widths(cfg)
+    cfgs = training_configs(cfg, epochs, batch_size_corrected, size_overrides)
+    csv = reference_csv_path(reference)
+    ref = read_reference(csv)
+    rows = sample_rows(ref, n_samples, seed)
+    ctx = multiprocessing.get_context("spawn")
+    res: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="proloc-bench-train-", dir=workdir) as tmp:
+        seq_path, img_path, samples = build_random_stores(rows, widths, tmp, LABELS, seed)
+        val_index = samples["length"].sort_values(kind="stable").index[:max(1, min(n_val, len(samples)))].tolist()
+        _log(f"training: {len(samples)} samples of {samples['protein'].nunique()} proteins, lengths "
+             f"{samples['length'].min()}..{samples['length'].max()}, widths {widths}, device {device}")
+        job = {"seq_store": str(seq_path), "img_store": str(img_path), "samples": samples, "labels": list(LABELS),
+               "val_index": val_index, "device": device, "seed": seed, "threads": threads or torch.get_num_threads(),
+               "warmup": warmup}
+        for name, tcfg in cfgs.items():
+            _log(f"{name}: batch {tcfg.batch_size}, "
+                 + ("padded to the longest of the set" if tcfg.pad_global else "length-bucketed")
+                 + f", amp {'on' if tcfg.amp and device.startswith('cuda') else 'off'}"
+                 + (", fresh process" if isolate else ""))
+            if isolate:
+                with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                    res[name] = pool.submit(_train_worker, dict(job, cfg=tcfg)).result()
+            else:
+                before = torch.get_num_threads()
+                try:
+                    res[name] = _train_worker(dict(job, cfg=tcfg))
+                finally:
+                    torch.set_num_threads(before)
+            res[name]["config"] = training.train_config_dict(tcfg)
+            _log(f"{name}: {res[name]['samples_per_s']:.2f} samples/s, peak {res[name]['peak_mem_mb']:.0f} MB")
+    if res["authors"]["samples_digest"] != res["corrected"]["samples_digest"]:
+        raise RuntimeError("the two loops did not train on the same samples")
+    a, c = res["authors"], res["corrected"]
+    speedup = c["samples_per_s"] / a["samples_per_s"]
+    lengths = ref["sequence"].str.len()
+    return {
+        "training_speedup": speedup,
+        "samples_per_s_authors": a["samples_per_s"],
+        "samples_per_s_corrected": c["samples_per_s"],
+        "peak_mem_mb_authors": a["peak_mem_mb"],
+        "peak_mem_mb_corrected": c["peak_mem_mb"],
+        "peak_mem_method": a["peak_mem_method"],
+        "goal": TRAINING_GOAL,
+        "goal_met": speedup >= TRAINING_GOAL,
+        "device": device,
+        "device_name": (torch.cuda.get_device_name() if device.startswith("cuda")
+                        else platform.processor() or platform.machine()),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads or torch.get_num_threads(),
+        "load_average_1min_before_after": [load_before, _load_average()],
+        "profile": profile,
+        "model_size": {k: getattr(cfgs["authors"], k) for k in SIZE_KEYS},
+        "n_parameters": {"authors": a["n_parameters"], "corrected": c["n_parameters"]},
+        "feature_widths": widths,
+        "random_features": True,
+        "features": (f"random float16, sequence {widths['seq_dim']} per residue at the real lengths, image "
+                     f"{widths['image_tokens']} x {widths['img_dim']}; random 0/1 labels"),
+        "n_samples": len(samples),
+        "n_proteins": int(samples["protein"].nunique()),
+        "sample_lengths_min_max": [int(samples["length"].min()), int(samples["length"].max())],
+        "reference_csv": str(csv),
+        "reference_rows": len(ref),
+        "reference_L_max": int(lengths.max()),
+        "epochs": int(epochs),
+        "seed": seed,
+        "warmup": warmup,
+        "isolated": isolate,
+        "n_val_untimed": len(val_index),
+        "authors": a,
+        "corrected": c,
+        "note": TRAINING_NOTE,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m proloc_lib.embeddings",
-                                     description="Feature-store and sequence-embedding benchmarks (offline).")
+    parser = argparse.ArgumentParser(
+        prog="python -m proloc_lib.embeddings",
+        description="Feature-store, sequence-embedding and training-loop benchmarks (offline).")
     sub = parser.add_subparsers(dest="command")
     b = sub.add_parser("bench", help="store size, padded vs bucketed throughput, peak memory; prints JSON")
     b.add_argument("--reference", default=None,
@@ -460,16 +736,39 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-isolate", action="store_true", help="run both modes in this process (faster, rougher memory)")
     b.add_argument("--cache-dir", default=None, help="model / tiny-vocabulary cache folder")
     b.add_argument("--out", default=None, help="also write the JSON to this file")
+    t = sub.add_parser("bench-training",
+                       help="authors' vs corrected training loop: samples/s, peak memory; prints JSON")
+    t.add_argument("--reference", default=None,
+                   help=f"folder with {REFERENCE_CSV}, or a CSV of that format (default: {default_reference_dir()})")
+    t.add_argument("--profile", default="demo", help="profile whose encoder widths and training.base sizes to use")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    t.add_argument("--n-samples", type=int, default=96, help="image rows sampled from the reference set")
+    t.add_argument("--epochs", type=int, default=1, help="timed epochs (the last one is reported)")
+    t.add_argument("--batch-size", type=int, default=32, help="batch size of the corrected loop")
+    t.add_argument("--n-blocks", type=int, default=None, help="override n_blocks for both loops")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="CPU threads per loop (default: torch's)")
+    t.add_argument("--no-isolate", action="store_true", help="run both loops in this process (rougher memory)")
+    t.add_argument("--no-warmup", action="store_true", help="skip the untimed one-step warm-up")
+    t.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
-    if args.command != "bench":
+    if args.command not in ("bench", "bench-training"):
         parser.print_help(sys.stderr)
         return 2
     from .encoders import OfflineError
 
     try:
-        res = run(reference=args.reference, device=args.device, profile=args.profile,
-                  token_budget=args.token_budget, batch_size_padded=args.batch_size, repeats=args.repeats,
-                  isolate=not args.no_isolate, full_model=args.full_model, cache_dir=args.cache_dir)
+        if args.command == "bench-training":
+            res = training_throughput(reference=args.reference, profile=args.profile, device=args.device,
+                                      n_samples=args.n_samples, epochs=args.epochs, seed=args.seed,
+                                      batch_size_corrected=args.batch_size,
+                                      size_overrides={"n_blocks": args.n_blocks} if args.n_blocks else None,
+                                      isolate=not args.no_isolate, warmup=not args.no_warmup,
+                                      threads=args.threads)
+        else:
+            res = run(reference=args.reference, device=args.device, profile=args.profile,
+                      token_budget=args.token_budget, batch_size_padded=args.batch_size, repeats=args.repeats,
+                      isolate=not args.no_isolate, full_model=args.full_model, cache_dir=args.cache_dir)
     except (OfflineError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

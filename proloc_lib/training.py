@@ -42,6 +42,7 @@ class TrainConfig:
     warmup_frac: float = 0.05
     batch_size: int = 32
     bucket_batches: bool = True      # batches of similar sequence length
+    batch_tokens: int | None = 16384  # with buckets: at most this many padded residues per batch
     pad_global: bool = False         # authors: every batch padded to the longest sequence of all
     max_epochs: int = 30
     patience: int | None = 5         # None: no early stopping
@@ -144,11 +145,24 @@ def collate(batch, pad_to: int | None = None):
     return torch.stack(imgs), seq, mask, torch.stack(ys)
 
 
-def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[list[int]]:
-    """Batches of similar sequence length (little padding), in shuffled order."""
+def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                     batch_tokens: int | None = None) -> list[list[int]]:
+    """Batches of similar sequence length (little padding), in shuffled order.
+
+    A batch closes at ``batch_size`` samples or when its padded size (longest x count) would
+    pass ``batch_tokens``, so long sequences travel in small batches and short ones in full ones.
+    """
     noisy = lengths + rng.uniform(0, 0.1 * max(1, lengths.max()), size=len(lengths))
-    order = np.argsort(noisy)
-    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    batches, cur, longest = [], [], 0
+    for i in np.argsort(noisy):
+        grown = max(longest, int(lengths[i]))
+        if cur and (len(cur) >= batch_size or (batch_tokens and grown * (len(cur) + 1) > batch_tokens)):
+            batches.append(cur)
+            cur, grown = [], int(lengths[i])
+        cur.append(int(i))
+        longest = grown
+    if cur:
+        batches.append(cur)
     rng.shuffle(batches)
     return batches
 
@@ -158,7 +172,8 @@ def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int) -
     fn = partial(collate, pad_to=pad_to)
     if cfg.bucket_batches:
         rng = np.random.default_rng(seed)
-        return DataLoader(ds, batch_sampler=bucketed_batches(ds.seq_lengths, cfg.batch_size, rng), collate_fn=fn)
+        return DataLoader(ds, batch_sampler=bucketed_batches(ds.seq_lengths, cfg.batch_size, rng, cfg.batch_tokens),
+                          collate_fn=fn)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, collate_fn=fn, generator=gen)
 

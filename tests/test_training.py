@@ -174,3 +174,13 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_best_model(tmp_path):
         training.loss_fn = orig
     assert len(err.value.history) >= 1
     assert all(torch.isfinite(p).all() for p in err.value.model.parameters())
+
+
+def test_bucketed_batches_cover_everyone_and_respect_the_token_budget():
+    rng = np.random.default_rng(0)
+    lengths = np.array([50] * 40 + [4000] * 3 + [300] * 20)
+    batches = training.bucketed_batches(lengths, 16, rng, batch_tokens=8000)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 16 and (len(b) == 1 or lengths[b].max() * len(b) <= 8000)
+    assert max(len(b) for b in batches if lengths[b].max() == 4000) <= 2

@@ -1,0 +1,135 @@
+"""Training-throughput benchmark (authors' loop vs corrected): shapes, fairness, the CLI's JSON.
+
+No timing assertions: speed depends on the machine. A tiny reference CSV and the smoke profile's
+model size keep it to a few seconds.
+"""
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from proloc_lib import benchmarks as B
+from proloc_lib import config, training
+from proloc_lib.embeddings import EmbeddingStore
+from proloc_lib.labels import LABELS
+
+AA = "ACDEFGHIKLMNPQRSTVWY"
+PROTEINS = {"ENSG00000000001": ("M" + AA[:11], 3),       # 12 residues, 3 images
+            "ENSG00000000002": ("M" + AA + AA[:9], 2),   # 30 residues
+            "ENSG00000000003": ("M" + AA * 3, 1)}        # 61 residues: the longest, a single image
+L_MAX = 61
+
+
+def write_reference(path, proteins=PROTEINS):
+    """A CSV in the reference format: {ensembl id: (sequence, n_images)}."""
+    rows = []
+    for pid, (seq, n) in proteins.items():
+        for j in range(n):
+            rows.append({"File Name": f"{pid}-{j}_A_1_{j}-HPA000001-nucleoplasm.jpg", "locations": "nucleoplasm",
+                         "cytoplasm": 0, "endoplasmic reticulum": 0, "mitochondria": 0, "nucleus": 1,
+                         "plasma membrane": 0, "Sequence": seq})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def csv(tmp_path):
+    return write_reference(tmp_path / "ref.csv")
+
+
+def test_sample_rows_are_seeded_and_hold_the_longest(csv):
+    ref = B.read_reference(csv)
+    a, b = B.sample_rows(ref, 4, seed=3), B.sample_rows(ref, 4, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 4 and a["length"].max() == L_MAX  # the single longest row is always in
+    assert set(a["length"]) <= {12, 30, 61} and a["sample"].is_unique
+    assert len(B.sample_rows(ref, 10, seed=0)) == 10  # more than the 6 rows: drawn with replacement
+
+
+def test_encoder_widths_of_the_profiles():
+    assert B.encoder_widths(config.load_profile("demo")) == {"seq_dim": 64, "img_dim": 64, "image_tokens": 197}
+    assert B.encoder_widths(config.load_profile("full")) == {"seq_dim": 1024, "img_dim": 768, "image_tokens": 197}
+
+
+def test_configs_share_the_model_size():
+    cfgs = B.training_configs(config.load_profile("demo"), epochs=1, size_overrides={"n_blocks": 1})
+    a, c = cfgs["authors"], cfgs["corrected"]
+    assert (a.d_model, a.n_heads, a.n_blocks) == (c.d_model, c.n_heads, c.n_blocks) == (64, 4, 1)
+    assert (a.batch_size, a.pad_global, a.bucket_batches, a.apply_mask, a.share_blocks, a.optimizer) == \
+        (2, True, False, False, True, "adam")
+    assert (c.batch_size, c.pad_global, c.bucket_batches, c.amp) == (32, False, True, True)
+    assert a.max_epochs == c.max_epochs == 1 and a.patience is None and c.patience is None
+
+
+def test_authors_batches_are_padded_to_the_global_longest(csv, tmp_path):
+    rows = B.sample_rows(B.read_reference(csv), 6, seed=0)
+    widths = {"seq_dim": 8, "img_dim": 8, "image_tokens": 5}
+    seq_path, img_path, samples = B.build_random_stores(rows, widths, tmp_path / "stores", LABELS, seed=0)
+    seq_store, img_store = EmbeddingStore(seq_path), EmbeddingStore(img_path)
+    assert len(seq_store) == 3 and len(img_store) == 6
+    assert seq_store.get(samples["seq_hash"][0]).shape == (samples["length"][0], 8)
+    assert img_store.get(samples["image_id"][0]).dtype == torch.float16
+    ds = training.FusionDataset(samples, LABELS, seq_store, img_store)
+    assert sorted(ds.seq_lengths) == sorted(rows["length"]) and ds.seq_lengths.max() == L_MAX
+    cfgs = B.training_configs(config.load_profile("smoke"), batch_size_corrected=4)
+    for name, cfg in cfgs.items():
+        stats = B.loader_stats(ds, cfg, seed=1)
+        seen = [(len(y), seq.shape[1]) for _, seq, _, y in training.make_loader(ds, cfg, True, 1)]
+        assert stats["n_steps"] == len(seen) and stats["n_samples_in_batches"] == 6
+        assert stats["residue_tokens_fed"] == sum(n * w for n, w in seen)
+        assert sum(stats["batch_shapes"].values()) == len(seen)
+        assert f"{seen[0][0]}x{seen[0][1]}" in stats["batch_shapes"]
+        if name == "authors":  # batch 2, every batch as long as the longest of the whole set
+            assert {w for _, w in seen} == {L_MAX} and stats["pad_to"] == L_MAX and stats["batch_sizes"] == [2]
+        else:  # each bucket only as long as its own longest
+            assert min(w for _, w in seen) < L_MAX and stats["pad_to"] is None
+    assert B.loader_stats(ds, cfgs["corrected"], 1)["residue_tokens_fed"] < \
+        B.loader_stats(ds, cfgs["authors"], 1)["residue_tokens_fed"]
+    seq_store.close()
+    img_store.close()
+
+
+def test_training_throughput_in_process(csv, tmp_path):
+    r = B.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, seed=0,
+                              batch_size_corrected=4, isolate=False, workdir=tmp_path)
+    assert {"training_speedup", "samples_per_s_authors", "samples_per_s_corrected", "peak_mem_mb_authors",
+            "peak_mem_mb_corrected", "goal", "goal_met", "device", "torch", "model_size", "n_samples",
+            "note", "random_features"} <= set(r)
+    assert r["goal"] == 20 and r["goal_met"] == (r["training_speedup"] >= 20)
+    assert r["random_features"] is True and "random" in r["note"].lower()
+    assert r["model_size"] == {"d_model": 32, "n_heads": 2, "n_blocks": 1}  # smoke's base, both loops
+    assert r["n_samples"] == 6 and r["reference_L_max"] == L_MAX
+    a, c = r["authors"], r["corrected"]
+    # the same samples went through both production loops, each counted by train_fusion itself
+    assert a["samples_seen_per_epoch"] == c["samples_seen_per_epoch"] == [6]
+    assert a["samples_digest"] == c["samples_digest"] and a["max_sequence_length"] == L_MAX
+    assert a["loader"]["pad_to"] == L_MAX and a["loader"]["padded_lengths_min_max"] == [L_MAX, L_MAX]
+    assert a["config"]["batch_size"] == 2 and c["config"]["bucket_batches"] is True
+    assert a["amp_active"] is False and c["amp_active"] is False  # CPU: no mixed precision
+    assert r["training_speedup"] == pytest.approx(c["samples_per_s"] / a["samples_per_s"])
+    assert a["peak_mem_mb"] >= 0 and c["peak_mem_mb"] >= 0
+    assert not list(tmp_path.glob("proloc-bench-train-*"))  # the temporary stores are gone
+
+
+def test_cli_prints_json(csv, tmp_path, capsys):
+    out = tmp_path / "train.json"
+    rc = B.main(["bench-training", "--reference", str(csv), "--profile", "smoke", "--device", "cpu",
+                 "--n-samples", "4", "--batch-size", "4", "--no-isolate", "--no-warmup", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
+    assert res["n_samples"] == 4 and res["training_speedup"] > 0 and res["isolated"] is False
+    assert json.loads(out.read_text()) == res
+
+
+def test_cli_missing_reference(tmp_path, capsys):
+    assert B.main(["bench-training", "--reference", str(tmp_path / "nope"), "--device", "cpu"]) == 1
+    assert "reference CSV not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.environ.get("PROLOC_SLOW_TESTS"),
+                    reason="~20-30 s (two fresh interpreters); set PROLOC_SLOW_TESTS=1")
+def test_training_throughput_isolated(csv):
+    r = B.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, batch_size_corrected=4)
+    assert r["isolated"] is True and r["authors"]["samples_seen_per_epoch"] == [6]
