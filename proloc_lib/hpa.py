@@ -77,7 +77,7 @@ def location_set(value) -> frozenset:
     return frozenset(_norm_locations(value).split(";")) if not pd.isna(value) and value else frozenset()
 
 
-def image_url(antibody: str, image_name: str, host: str = HPA_IMAGE_HOST) -> str:
+def image_url(antibody: str, image_name: str, host: str | None = None) -> str:
     """HPA image URL: ``<host>/<antibody number, no prefix, no leading zeros>/<image>``.
 
     >>> image_url("HPA005560", "15519_B_9_7.jpg")
@@ -86,7 +86,7 @@ def image_url(antibody: str, image_name: str, host: str = HPA_IMAGE_HOST) -> str
     m = _ANTIBODY.fullmatch(str(antibody).strip())
     if not m:
         raise ValueError(f"antibody id '{antibody}' is not <letters><digits> (e.g. HPA005560)")
-    return f"{host.rstrip('/')}/{m.group(1)}/{str(image_name).strip()}"
+    return f"{(host or HPA_IMAGE_HOST).rstrip('/')}/{m.group(1)}/{str(image_name).strip()}"
 
 
 def _read_raw(path) -> pd.DataFrame:
@@ -511,8 +511,7 @@ def format_audit(report: dict, max_examples: int = 10) -> str:
 
 # ----------------------------------------------------------------------------- full build
 
-def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, seed: int = 0, progress: bool = True,
-             embed=None):
+def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = True, embed=None):
     """Build the full profile's tables from public sources (needs network).
 
     Vislocas tables (Zenodo, MD5-checked) -> the paper's image filters -> reviewed UniProt
@@ -545,6 +544,11 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, seed: int = 0, pr
     images = images[images["protein_id"].isin(seqs.index)].copy()
     images["sequence"] = images["protein_id"].map(seqs["sequence"])
     images["uniprot"] = images["protein_id"].map(seqs["accession"])
+    # proteins none of whose locations map to the five labels: drop before downloading their images
+    labelled = add_label_columns(images, "locations", label_map, where="image")
+    has_label = labelled.groupby("protein_id")[label_map.labels].max().sum(axis=1) > 0
+    report["dropped_proteins_no_target_label"] = int((~has_label).sum())
+    images = images[images["protein_id"].map(has_label)].copy()
     images["url"] = [image_url(a, n) for a, n in zip(images["antibody"], images["image_name"])]
     print(f"downloading up to {len(images)} images of {images['protein_id'].nunique()} proteins "
           f"into {profile_dir / 'images'}")
@@ -560,8 +564,9 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, seed: int = 0, pr
     report["duplicate_image_files"] = int(dup.sum())
     images = images[~dup].reset_index(drop=True)
     proteins = protein_table(images, label_map)
+    # a protein can still end up unlabelled if its labelled images all failed to download
     has_label = proteins[label_map.labels].sum(axis=1) > 0
-    report["dropped_proteins_no_target_label"] = int((~has_label).sum())
+    report["dropped_proteins_no_target_label"] += int((~has_label).sum())
     proteins = proteins[has_label].reset_index(drop=True)
     images = images[images["protein_id"].isin(proteins["protein_id"])].reset_index(drop=True)
     report.update(n_proteins=int(len(proteins)), n_images=int(len(images)))
