@@ -68,6 +68,15 @@ NOTE = ("Timings and memory are machine-dependent (CPU model, thread count, othe
         "Store sizes are exact byte counts from the reference set's real lengths and row counts.")
 
 
+def _machine(device: str, threads: int | None = None) -> dict:
+    """Where a benchmark ran: the fields every JSON report carries."""
+    return {"device": device,
+            "device_name": (torch.cuda.get_device_name() if device.startswith("cuda")
+                            else platform.processor() or platform.machine()),
+            "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch_threads": threads or torch.get_num_threads()}
+
+
 def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
@@ -434,13 +443,7 @@ def run(reference=None, device: str = "auto", profile: str = "demo", model_cfg: 
         "model_config": model_cfg,
         "random_weights": not model_cfg["pretrained"],
         "profile": profile,
-        "device": device,
-        "device_name": (torch.cuda.get_device_name() if device.startswith("cuda")
-                        else platform.processor() or platform.machine()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **_machine(device),
         "token_budget": token_budget,
         "batch_size_padded": batch_size_padded,
         "repeats": repeats,
@@ -686,13 +689,7 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
         "peak_mem_method": a["peak_mem_method"],
         "goal": TRAINING_GOAL,
         "goal_met": speedup >= TRAINING_GOAL,
-        "device": device,
-        "device_name": (torch.cuda.get_device_name() if device.startswith("cuda")
-                        else platform.processor() or platform.machine()),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads or torch.get_num_threads(),
+        **_machine(device, threads),
         "load_average_1min_before_after": [load_before, _load_average()],
         "profile": profile,
         "model_size": {k: getattr(cfgs["authors"], k) for k in SIZE_KEYS},

@@ -30,7 +30,7 @@ def data_card(proteins: pd.DataFrame, images: pd.DataFrame, labels: list[str], r
         "# Data report", "", f"> {provenance_note}", "",
         f"- proteins: {len(proteins)}; images: {len(images)}; "
         f"images per protein: median {int(per_protein.median())}, min {per_protein.min()}, max {per_protein.max()}",
-        f"- labels per protein: " + ", ".join(f"{k}: {v}" for k, v in n_labels.items()),
+        "- labels per protein: " + ", ".join(f"{k}: {v}" for k, v in n_labels.items()),
         "", "## Proteins per label and split", "", label_split_counts(proteins, labels).to_markdown(), "",
         "## Label co-occurrence (proteins)", "", cooccurrence(proteins, labels).to_markdown(), "",
     ]

@@ -17,7 +17,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file

@@ -8,7 +8,6 @@ URL answers an HTML error page with 200). The module constants are pointed at th
 import functools
 import hashlib
 import socket
-import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -16,7 +15,6 @@ from urllib.parse import parse_qs
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_download import HTML_PAGE, Server, jpeg_bytes, send, send_json, serve_file  # noqa: E402
 
 from proloc_lib import download, hpa  # noqa: E402

@@ -8,28 +8,16 @@ import runpy
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 import torch
 
 from proloc_lib import benchmarks as B
+from reference_csv import write_reference
 from proloc_lib import config
 from proloc_lib import encoders as E
 
 SEQ_DEMO = config.load_profile("demo")["embeddings"]["sequence"]
 AA = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def write_reference(path, proteins):
-    """A CSV in the reference format: {ensembl id: (sequence, n_images)}."""
-    rows = []
-    for pid, (seq, n) in proteins.items():
-        for j in range(n):
-            rows.append({"File Name": f"{pid}-{j}_A_1_{j}-HPA000001-nucleoplasm.jpg", "locations": "nucleoplasm",
-                         "cytoplasm": 0, "endoplasmic reticulum": 0, "mitochondria": 0, "nucleus": 1,
-                         "plasma membrane": 0, "Sequence": seq})
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
 
 
 @pytest.fixture(scope="module")

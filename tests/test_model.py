@@ -1,5 +1,4 @@
 """The fusion model: the padding mask is honoured, switches do what they say, and it learns."""
-import numpy as np
 import pytest
 import torch
 
@@ -93,7 +92,9 @@ def test_model_learns_a_learnable_signal_far_below_label_frequency():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(150):
         loss = bce_focal_loss(model(img, seq, mask), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     prior = y.mean(0, keepdim=True).clamp(1e-4, 1 - 1e-4).expand_as(y)
     freq_loss = bce_focal_loss(torch.logit(prior), y)
     assert loss.item() < 0.3 * freq_loss.item(), (loss.item(), freq_loss.item())

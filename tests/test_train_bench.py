@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from proloc_lib import benchmarks as B
+from reference_csv import write_reference
 from proloc_lib import config, training
 from proloc_lib.embeddings import EmbeddingStore
 from proloc_lib.labels import LABELS
@@ -22,21 +23,9 @@ PROTEINS = {"ENSG00000000001": ("M" + AA[:11], 3),       # 12 residues, 3 images
 L_MAX = 61
 
 
-def write_reference(path, proteins=PROTEINS):
-    """A CSV in the reference format: {ensembl id: (sequence, n_images)}."""
-    rows = []
-    for pid, (seq, n) in proteins.items():
-        for j in range(n):
-            rows.append({"File Name": f"{pid}-{j}_A_1_{j}-HPA000001-nucleoplasm.jpg", "locations": "nucleoplasm",
-                         "cytoplasm": 0, "endoplasmic reticulum": 0, "mitochondria": 0, "nucleus": 1,
-                         "plasma membrane": 0, "Sequence": seq})
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
 @pytest.fixture
 def csv(tmp_path):
-    return write_reference(tmp_path / "ref.csv")
+    return write_reference(tmp_path / "ref.csv", PROTEINS)
 
 
 def test_sample_rows_are_seeded_and_hold_the_longest(csv):
