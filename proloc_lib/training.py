@@ -53,6 +53,7 @@ class TrainConfig:
     select_on: str = "val_loss"      # authors: "train_loss"
     thresholds: str = "tuned"        # per-label, on validation; authors: "fixed" (0.5)
     amp: bool = True                 # mixed precision, on CUDA only
+    images_per_protein: int | None = None  # ablation: train on at most this many images per protein
 
     CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
                "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
@@ -116,6 +117,7 @@ class FusionDataset(Dataset):
     def __init__(self, samples: pd.DataFrame, labels: list[str], seq_store: EmbeddingStore,
                  img_store: EmbeddingStore):
         self.samples = samples.reset_index(drop=True)
+        self.labels = labels
         self.y = torch.tensor(self.samples[labels].to_numpy(np.float32))
         self.seq_store, self.img_store = seq_store, img_store
         missing_seq = set(self.samples["seq_hash"]) - seq_store.keys()
@@ -125,6 +127,10 @@ class FusionDataset(Dataset):
                            f"the embedding stores (failed or not extracted; see the stores' failures.json)")
         self._seq_cache: dict[str, torch.Tensor] = {}
         self.seq_lengths = np.array([self._seq(h).shape[0] for h in self.samples["seq_hash"]])
+
+    def subset(self, rows) -> "FusionDataset":
+        """The same stores, only the given sample rows (labels come along)."""
+        return FusionDataset(self.samples.loc[sorted(rows)], self.labels, self.seq_store, self.img_store)
 
     def _seq(self, h):
         if h not in self._seq_cache:
@@ -230,6 +236,9 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
     A non-finite loss stops training with NaNLossError; the best model so far is kept on it.
     """
     torch.manual_seed(seed)
+    if cfg.images_per_protein:
+        train_ds = train_ds.subset(train_ds.samples.sample(frac=1.0, random_state=seed)
+                                   .groupby("protein_id").head(cfg.images_per_protein).index)
     model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size, len(labels)).to(device)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

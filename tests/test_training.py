@@ -184,3 +184,29 @@ def test_bucketed_batches_cover_everyone_and_respect_the_token_budget():
     for b in batches:
         assert len(b) <= 16 and (len(b) == 1 or lengths[b].max() * len(b) <= 8000)
     assert max(len(b) for b in batches if lengths[b].max() == 4000) <= 2
+
+
+def test_images_per_protein_ablation_trains_on_fewer_images(tmp_path):
+    ds = make_stores(tmp_path)
+    one = ds["train"].samples                        # one image per protein in these stores
+    doubled = training.FusionDataset(pd.concat([one, one], ignore_index=True), LABELS, ds["train"].seq_store,
+                                     ds["train"].img_store)
+    sub = doubled.subset(doubled.samples.groupby("protein_id").head(1).index)
+    assert len(sub) == len(one) and sub.samples["protein_id"].is_unique
+    seen = {}
+    orig = training.make_loader
+
+    def spy(ds_, cfg_, shuffle, seed):
+        if shuffle:
+            seen[cfg_.images_per_protein] = len(ds_)
+        return orig(ds_, cfg_, shuffle, seed)
+
+    training.make_loader = spy
+    try:
+        for k in (1, None):
+            cfg = training.make_config("corrected", d_model=16, n_heads=2, n_blocks=1, max_epochs=1,
+                                       images_per_protein=k)
+            training.train_fusion(doubled, ds["val"], cfg, LABELS, seed=0, progress=False)
+    finally:
+        training.make_loader = orig
+    assert seen == {1: len(one), None: 2 * len(one)}
