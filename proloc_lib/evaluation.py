@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import metrics
 
-COLUMNS = ["model", "config", "config_hash", "seed", "level", "split", "label", "metric", "value"]
+COLUMNS = ["model", "config", "config_hash", "seed", "fold", "level", "split", "label", "metric", "value"]
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
@@ -48,7 +48,7 @@ def tune_thresholds(y_true, y_prob, split: str, grid=THRESHOLD_GRID) -> np.ndarr
 
 
 def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: list[str],
-         thresholds=0.5, config: str = "", config_hash: str = "") -> pd.DataFrame:
+         thresholds=0.5, config: str = "", config_hash: str = "", fold: int | None = None) -> pd.DataFrame:
     rep = metrics.full_report(np.asarray(y_true), np.asarray(y_prob), thresholds=thresholds, labels=labels)
     rows = [{"label": "overall", "metric": k, "value": v} for k, v in rep["overall"].items()]
     for lab, d in rep["per_label"].items():
@@ -56,12 +56,13 @@ def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: 
     th = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(labels),))
     rows += [{"label": lab, "metric": "threshold", "value": float(t)} for lab, t in zip(labels, th)]
     df = pd.DataFrame(rows).assign(model=model, config=config, config_hash=config_hash, seed=seed,
-                                   level=level, split=split)
+                                   fold=fold, level=level, split=split)
     return df[COLUMNS]
 
 
 def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, test: tuple, seed: int = 0,
-             tune: bool = False, config: str = "", config_hash: str = "", image_level: bool = True):
+             tune: bool = False, config: str = "", config_hash: str = "", image_level: bool = True,
+             fold: int | None = None):
     """Score ``(samples, probs)`` pairs for val and test, at image and protein level.
 
     With ``tune``, per-label thresholds come from the validation predictions of the same
@@ -81,7 +82,7 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
         th = tune_thresholds(*pairs["val"], split="val") if tune else np.full(len(labels), 0.5)
         thresholds[level] = th.tolist()
         for split, (y, p) in pairs.items():
-            frames.append(tidy(model, level, split, seed, y, p, labels, th, config, config_hash))
+            frames.append(tidy(model, level, split, seed, y, p, labels, th, config, config_hash, fold))
     preds = pd.concat([prediction_frame(model, seed, split, samples, probs, proteins, labels, thresholds)
                        for split, (samples, probs) in (("val", val), ("test", test))], ignore_index=True)
     return pd.concat(frames, ignore_index=True), thresholds, preds
@@ -146,7 +147,7 @@ def bootstrap_f1_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels: 
 
 
 def summary_table(results: pd.DataFrame, level: str = "protein", split: str = "test") -> pd.DataFrame:
-    """The paper's metrics per model as 'mean ± sd' over seeds (sd shown with several seeds)."""
+    """The paper's metrics per model as 'mean ± sd' over seeds, or over folds for a cross-validated model."""
     sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")
                   & results["metric"].isin(metrics.METRIC_NAMES + ["macro_f1"])]
     g = sel.groupby(["model", "metric"])["value"]

@@ -116,6 +116,15 @@ def assign_folds(proteins: pd.DataFrame, labels: list[str], k: int, seed: int,
     return groups.map(fold_of).rename("fold")
 
 
+def fold_split(folds: pd.Series, test_fold: int) -> pd.Series:
+    """Cross-validation round ``test_fold``: that fold is test, the next one validation, the rest train."""
+    k = int(folds.max()) + 1
+    if not 0 <= test_fold < k or k < 3:
+        raise ValueError(f"fold {test_fold} of {k}: need 0 <= fold < k and k >= 3")
+    val_fold = (test_fold + 1) % k
+    return folds.map(lambda f: "test" if f == test_fold else "val" if f == val_fold else "train").rename("split")
+
+
 def check_disjoint(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -> None:
     """Raise SplitLeakError if a protein, identical sequence or antibody is on two sides."""
     if proteins["split"].isna().any():

@@ -340,7 +340,7 @@ def train_config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
 
 
-PLAN_KEYS = {"seeds", "base", "configurations", "ablations", "ablation_overrides"}
+PLAN_KEYS = {"seeds", "base", "configurations", "ablations", "ablation_overrides", "cross_validation"}
 
 
 def training_plan(section: dict) -> list[dict]:

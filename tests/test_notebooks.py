@@ -85,9 +85,18 @@ def test_thresholds_come_from_validation_and_authors_keep_half(smoke_run):
     res = pd.read_csv(stages / "03_training" / "metrics.csv")
     th = res[res["metric"] == "threshold"]
     assert (th[th["config"] == "authors"]["value"] == 0.5).all()
-    for _, grp in th.groupby(["model", "level", "seed"]):   # one threshold set per model, level and seed
+    for _, grp in th.fillna({"fold": -1}).groupby(["model", "level", "seed", "fold"]):   # one set per run and level
         assert (grp.groupby("label")["value"].nunique() == 1).all()
     assert res["config_hash"].notna().all() and res["git_commit"].notna().all()
+
+
+def test_cross_validation_tests_every_protein_once(smoke_run):
+    stages, _, _ = smoke_run
+    proteins = pd.read_parquet(stages / "01_data_assembly" / "proteins.parquet")
+    pred = pd.read_parquet(stages / "03_training" / "predictions.parquet")
+    cv = pred[pred["model"].str.contains("fold CV") & (pred["split"] == "test") & (pred["level"] == "protein")]
+    assert sorted(cv["protein_id"]) == sorted(proteins["protein_id"])
+    assert cv.groupby("fold")["protein_id"].apply(set).map(len).sum() == len(proteins)
 
 
 def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):

@@ -89,3 +89,18 @@ def test_benchmark_split_keeps_the_benchmark_test_side():
     leak.loc[0, "benchmark_split"] = "test" if leak.loc[1, "benchmark_split"] == "train" else "train"
     with pytest.raises(SplitLeakError, match="both benchmark files"):
         benchmark_splits(proteins, leak, LABELS, 0.15, seed=0)
+
+
+def test_fold_split_rotates_test_and_validation():
+    from proloc_lib.splits import assign_folds, fold_split
+
+    proteins, images = make_tables()
+    folds = assign_folds(proteins, LABELS, 5, seed=0, images=images)
+    tests = []
+    for f in range(5):
+        split = fold_split(folds, f)
+        check_disjoint(proteins.assign(split=split), images)
+        assert set(split) == {"train", "val", "test"}
+        assert ((split == "val") == (folds == (f + 1) % 5)).all()
+        tests.append(set(proteins["protein_id"][split == "test"]))
+    assert set().union(*tests) == set(proteins["protein_id"]) and sum(map(len, tests)) == len(proteins)
