@@ -1,7 +1,8 @@
 """Training and inference for the fusion model on stored embeddings.
 
-Samples are images (each paired with its protein's sequence); model selection uses the
-validation loss only, and the test split is touched once, for the final evaluation.
+Samples are images (each paired with its protein's sequence). Model selection follows the
+configuration (validation loss, or training loss for the authors' setting); the test split is
+never seen here: notebook 03 scores it once, at the end.
 """
 from __future__ import annotations
 
@@ -270,7 +271,7 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
                 if best_state is not None:
                     model.load_state_dict(best_state)
                 err = NaNLossError(f"non-finite training loss at epoch {epoch}; the best model so far is kept "
-                                   f"(epoch {state['history'][-1]['epoch'] if state['history'] else 'none'}). "
+                                   f"(epoch {state.get('best_epoch', 'none')}). "
                                    "Lower the learning rate or check the inputs.")
                 err.model, err.history = model, pd.DataFrame(state["history"])
                 raise err
@@ -301,6 +302,8 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
             resume.with_suffix(".tmp").replace(resume)
         if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
             break
+    if best_state is None:  # every epoch scored NaN: nothing trustworthy to return
+        raise NaNLossError(f"no epoch reached a finite {cfg.select_on.replace('_', ' ')}; check the inputs")
     model.load_state_dict(best_state)
     hist = pd.DataFrame(state["history"])
     hist["best"] = hist["epoch"] == state["best_epoch"]
