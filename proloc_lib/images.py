@@ -42,11 +42,3 @@ def load_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
     if min(im.size) < min_side:
         raise BadImageError(f"image {path} is {im.size[0]}x{im.size[1]}, smaller than {min_side} px")
     return im
-
-
-def is_valid_image(path: str | Path, min_side: int = MIN_SIDE) -> bool:
-    try:
-        load_image(path, min_side)
-        return True
-    except BadImageError:
-        return False

@@ -97,10 +97,3 @@ def add_label_columns(df: pd.DataFrame, locations_col: str, label_map: LabelMap,
     for j, lab in enumerate(label_map.labels):
         out[lab] = mat[:, j] if len(out) else np.zeros(0, dtype=np.int8)
     return out
-
-
-def label_matrix(df: pd.DataFrame, labels: list[str] = LABELS) -> np.ndarray:
-    missing = [lab for lab in labels if lab not in df.columns]
-    if missing:
-        raise KeyError(f"missing label columns {missing}")
-    return df[labels].to_numpy(dtype=np.float32)

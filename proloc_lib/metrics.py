@@ -239,32 +239,6 @@ def full_report(y_true, y_prob, thresholds=0.5, labels: list[str] | None = None)
 
 # ----------------------------------------------------------------------------- helpers
 
-def metrics_frame(results: dict[str, dict], per_label: bool = True,
-                  display_names: bool = False) -> pd.DataFrame:
-    """``{model_name: full_report(...)}`` -> long DataFrame (model, label, metric, value).
-
-    Overall rows have label ``"overall"``; per-label rows follow unless ``per_label`` is
-    False. Row order is model, then overall before labels, then metric as in the report.
-    ``value`` is float; an undefined average precision (``None``) becomes NaN here.
-    ``display_names`` renames the nine overall metrics to ``PAPER_NAMES``.
-    """
-    rows = []
-    for model, report in results.items():
-        if not isinstance(report, dict) or "overall" not in report:
-            raise ValueError(f"results[{model!r}] is not a full_report() dict (no 'overall' key)")
-        for metric, value in report["overall"].items():
-            if display_names:
-                metric = PAPER_NAMES.get(metric, metric)
-            rows.append((model, "overall", metric, value))
-        if per_label:
-            for label, d in report.get("per_label", {}).items():
-                for metric, value in d.items():
-                    rows.append((model, label, metric, value))
-    df = pd.DataFrame(rows, columns=["model", "label", "metric", "value"])
-    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(np.float64)
-    return df
-
-
 def aggregate_by_group(y_prob, groups: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean probability per group (e.g. all images of one protein) for protein-level scoring.
 

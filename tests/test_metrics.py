@@ -9,7 +9,7 @@ from sklearn import metrics as skm
 
 from proloc_lib.labels import LABELS
 from proloc_lib.metrics import (
-    METRIC_NAMES, PAPER_NAMES, aggregate_by_group, binarize, full_report, metrics_frame,
+    METRIC_NAMES, PAPER_NAMES, aggregate_by_group, binarize, full_report,
     paper_metrics,
 )
 
@@ -280,28 +280,6 @@ def test_validation_errors():
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def test_metrics_frame():
-    y, prob = _random(3, n=50, n_labels=5)
-    y[:, 4] = 0  # one label without positives -> AP None -> NaN in the frame
-    reports = {"m1": full_report(y, prob), "m2": full_report(y, prob, thresholds=0.3)}
-    df = metrics_frame(reports)
-    assert list(df.columns) == ["model", "label", "metric", "value"]
-    assert df["value"].dtype == np.float64
-    # 11 overall + 5 labels x 6 per-label metrics, per model
-    assert len(df) == 2 * (11 + 5 * 6)
-    assert df["model"].unique().tolist() == ["m1", "m2"]
-    assert df["label"].unique().tolist() == ["overall"] + LABELS
-    row = df[(df.model == "m2") & (df.label == "overall") & (df.metric == "micro_f1")]
-    assert row["value"].item() == approx(reports["m2"]["overall"]["micro_f1"])
-    ap = df[(df.label == LABELS[4]) & (df.metric == "average_precision")]["value"]
-    assert ap.isna().all() and df["value"].isna().sum() == 2
-    only = metrics_frame(reports, per_label=False, display_names=True)
-    assert set(only["label"]) == {"overall"} and len(only) == 22
-    assert only["metric"].tolist()[:9] == list(PAPER_NAMES.values())
-    with pytest.raises(ValueError, match="not a full_report"):
-        metrics_frame({"x": {"foo": 1}})
-
 
 def test_aggregate_by_group():
     prob = np.array([[0.2, 0.4], [0.9, 0.1], [0.4, 0.8], [0.3, 0.3], [0.7, 0.5]])
