@@ -99,10 +99,10 @@ def paper_table(results: pd.DataFrame, level: str = "protein", split: str = "tes
 def prediction_frame(model: str, seed: int, split: str, samples: pd.DataFrame, probs: np.ndarray,
                      proteins: pd.DataFrame, labels: list[str], thresholds: dict | None = None) -> pd.DataFrame:
     """Long-lived predictions for figures and paired tests: one row per image and per protein."""
-    frames = []
-    img = pd.DataFrame({"id": samples["image_id"].to_numpy() if "image_id" in samples else samples["protein_id"].to_numpy(),
-                        "protein_id": samples["protein_id"].to_numpy()})
-    levels = [("image", img, samples[labels].to_numpy(dtype=int), probs)] if "image_id" in samples else []
+    frames, levels = [], []
+    if "image_id" in samples:   # image-level samples; protein-level tables have no image rows
+        img = pd.DataFrame({"id": samples["image_id"].to_numpy(), "protein_id": samples["protein_id"].to_numpy()})
+        levels.append(("image", img, samples[labels].to_numpy(dtype=int), probs))
     ids, y, p = protein_level(samples, probs, proteins, labels)
     levels.append(("protein", pd.DataFrame({"id": ids, "protein_id": ids}), y, p))
     for level, keys, y_true, prob in levels:
