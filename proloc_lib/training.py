@@ -6,6 +6,7 @@ never seen here: notebook 03 scores it once, at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -197,10 +198,17 @@ def loss_fn(cfg: TrainConfig, pm_index: int):
     return lambda logits, y: bce_focal_loss(logits, y, cfg.bce_weight, cfg.focal_weight, cfg.focal_gamma)
 
 
+def _amp_dtype(cfg: TrainConfig, device: str):
+    """bfloat16 where the GPU has it (A100/H100), float16 with loss scaling elsewhere (Colab's T4);
+    None: full precision (CPU, or amp off)."""
+    if not (cfg.amp and str(device).startswith("cuda")):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def _autocast(cfg: TrainConfig, device: str):
-    on_cuda = str(device).startswith("cuda")
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and on_cuda) if on_cuda \
-        else torch.autocast("cpu", enabled=False)
+    dtype = _amp_dtype(cfg, device)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -247,6 +255,8 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
     sched = _schedule(opt, cfg, cfg.max_epochs * steps_per_epoch)
     lossf = loss_fn(cfg, labels.index("plasma membrane") if "plasma membrane" in labels else len(labels) - 1)
     val_loader = make_loader(val_ds, cfg, False, seed)
+    # float16 needs loss scaling against gradient underflow; bfloat16 and float32 do not
+    scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(cfg, device) == torch.float16)
     state = {"epoch": 0, "best": math.inf, "bad_epochs": 0, "history": []}
     best_state = None
     resume = Path(resume_dir) / "last_state.pt" if resume_dir else None
@@ -260,6 +270,7 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
         best_state = saved["best_model"]
         state = json.loads(saved["state_json"])
         torch.set_rng_state(saved["rng"])  # dropout continues as if never interrupted
+        scaler.load_state_dict(saved["scaler"])
     for epoch in tqdm(range(state["epoch"] + 1, cfg.max_epochs + 1), desc="epochs", disable=not progress):
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
@@ -276,9 +287,11 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
                 err.model, err.history = model, pd.DataFrame(state["history"])
                 raise err
             opt.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             total += loss.item() * len(y)
             n += len(y)
@@ -297,7 +310,7 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
             resume.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "best_model": best_state, "state_json": json.dumps(state), "config_hash": cfg.hash(),
-                        "rng": torch.get_rng_state()},
+                        "rng": torch.get_rng_state(), "scaler": scaler.state_dict()},
                        resume.with_suffix(".tmp"))
             resume.with_suffix(".tmp").replace(resume)
         if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
