@@ -36,12 +36,7 @@ def tune_thresholds(y_true, y_prob, split: str, grid=THRESHOLD_GRID) -> np.ndarr
     for j in range(y_true.shape[1]):
         if y_true[:, j].sum() == 0:
             continue
-        f1 = []
-        for t in grid:
-            pred = y_prob[:, j] >= t
-            tp = np.sum(pred & (y_true[:, j] == 1))
-            f1.append(2 * tp / max(1, pred.sum() + y_true[:, j].sum()))
-        f1 = np.array(f1)
+        f1 = metrics.f1_at_thresholds(y_true[:, j], y_prob[:, j], grid)
         best = np.flatnonzero(f1 == f1.max())
         out[j] = grid[best[np.argmin(np.abs(grid[best] - 0.5))]]
     return out
@@ -122,13 +117,6 @@ def unpack(pred: pd.DataFrame, labels: list[str]):
             pred[[f"t:{lab}" for lab in labels]].iloc[0].to_numpy() if len(pred) else np.full(len(labels), 0.5))
 
 
-def sample_f1(y_true, y_pred) -> np.ndarray:
-    """Per-sample F1 (both empty = 1, the metrics module's convention)."""
-    inter = (y_true & y_pred).sum(1)
-    den = y_true.sum(1) + y_pred.sum(1)
-    return np.where(den == 0, 1.0, 2 * inter / np.maximum(den, 1))
-
-
 def bootstrap_f1_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels: list[str], n_boot: int = 2000,
                             seed: int = 0, ci: float = 0.95) -> dict:
     """Paired per-protein bootstrap of the sample-F1 difference (a - b) on the same proteins."""
@@ -138,7 +126,7 @@ def bootstrap_f1_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels: 
     yb, pb, tb = unpack(b, labels)
     if not np.array_equal(ya, yb):
         raise ValueError("the two prediction sets disagree on the true labels: not the same proteins/split")
-    diff = sample_f1(ya, (pa >= ta).astype(int)) - sample_f1(yb, (pb >= tb).astype(int))
+    diff = metrics.sample_f1(ya, metrics.binarize(pa, ta)) - metrics.sample_f1(yb, metrics.binarize(pb, tb))
     rng = np.random.default_rng(seed)
     boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(1)
     lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2])

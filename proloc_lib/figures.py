@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from .metrics import f1_at_thresholds
+
 
 def set_style():
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
@@ -97,10 +99,9 @@ def f1_vs_threshold(pred: pd.DataFrame, labels: list[str], model: str, level: st
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for lab, color in zip(labels, sns.color_palette(n_colors=len(labels))):
         y, p = s[f"y:{lab}"].to_numpy(), s[f"p:{lab}"].to_numpy()
-        f1 = [2 * np.sum((p >= t) & (y == 1)) / max(1, np.sum(p >= t) + y.sum()) for t in grid]
-        ax.plot(grid, f1, label=lab, color=color)
+        ax.plot(grid, f1_at_thresholds(y, p, grid), label=lab, color=color)
         t = s[f"t:{lab}"].iloc[0]
-        ax.plot([t], [2 * np.sum((p >= t) & (y == 1)) / max(1, np.sum(p >= t) + y.sum())], "o", color=color)
+        ax.plot([t], f1_at_thresholds(y, p, [t]), "o", color=color)
     ax.set(xlabel="threshold", ylabel=f"F1 ({level}, {split})", ylim=(0, 1.02), title=model)
     ax.legend(fontsize=8)
     return fig

@@ -177,6 +177,23 @@ def _paper_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return out
 
 
+def sample_f1(y_true, y_pred) -> np.ndarray:
+    """Per-sample F1 (n,) from 0/1 arrays, with the module's zero-denominator rule."""
+    t = _as_binary(y_true, "y_true")
+    p = _as_binary(y_pred, "y_pred")
+    _check_same_shape(t, p, "y_true", "y_pred")
+    tp, fp, fn, _ = _counts(t, p, axis=1)
+    return _ratio(2 * tp, 2 * tp + fp + fn, (tp + fn == 0) & (tp + fp == 0))
+
+
+def f1_at_thresholds(y_true_col, y_prob_col, grid) -> np.ndarray:
+    """F1 of one label at each threshold of ``grid`` (``prob >= threshold`` is positive)."""
+    y = np.asarray(y_true_col).astype(bool)
+    pred = np.asarray(y_prob_col)[None, :] >= np.asarray(grid)[:, None]   # (thresholds, n)
+    tp = (pred & y).sum(1)
+    return _ratio(2 * tp, pred.sum(1) + y.sum(), (pred.sum(1) == 0) & (y.sum() == 0))
+
+
 def paper_metrics(y_true, y_pred) -> dict[str, float]:
     """The paper's nine metrics (keys = ``METRIC_NAMES``) from 0/1 arrays of shape (n, L).
 

@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from .training import FusionDataset, collate
+from .training import FusionDataset, inference_batches
 
 
 class AttentionMIL(nn.Module):
@@ -33,12 +32,9 @@ class AttentionMIL(nn.Module):
 def image_features(model, ds: FusionDataset, device: str = "cpu", batch_size: int = 64,
                    pad_to: int | None = None) -> np.ndarray:
     """The fusion model's pooled representation of every image of ``ds`` (row order)."""
-    from functools import partial
-
     model.eval()
-    out = []
-    for img, seq, mask, _ in DataLoader(ds, batch_size=batch_size, collate_fn=partial(collate, pad_to=pad_to)):
-        out.append(model.pooled(img.to(device), seq.to(device), mask.to(device))[0].cpu())
+    out = [model.pooled(img.to(device), seq.to(device), mask.to(device))[0].cpu()
+           for img, seq, mask in inference_batches(ds, batch_size, pad_to)]
     return torch.cat(out).numpy()
 
 

@@ -323,15 +323,20 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
     return model, hist
 
 
+def inference_batches(ds: FusionDataset, batch_size: int = 64, pad_to: int | None = None):
+    """(img, seq, mask) batches in the dataset's row order (``pad_to``: the authors' global padding)."""
+    for img, seq, mask, _ in DataLoader(ds, batch_size=batch_size, shuffle=False,
+                                        collate_fn=partial(collate, pad_to=pad_to)):
+        yield img, seq, mask
+
+
 @torch.no_grad()
 def predict_proba(model, ds: FusionDataset, device: str = "cpu", batch_size: int = 64,
                   pad_to: int | None = None) -> np.ndarray:
-    """Probabilities in the dataset's row order (``pad_to``: the authors' global padding)."""
+    """Probabilities in the dataset's row order."""
     model.eval()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=partial(collate, pad_to=pad_to))
-    out = []
-    for img, seq, mask, _ in loader:
-        out.append(torch.sigmoid(model(img.to(device), seq.to(device), mask.to(device))).cpu())
+    out = [torch.sigmoid(model(img.to(device), seq.to(device), mask.to(device))).cpu()
+           for img, seq, mask in inference_batches(ds, batch_size, pad_to)]
     return torch.cat(out).numpy()
 
 

@@ -306,3 +306,19 @@ def test_aggregate_by_group_validation():
         aggregate_by_group(prob, ["a", None, "b"])
     with pytest.raises(ValueError, match="1 value"):
         aggregate_by_group(np.array([[0.5, 2.0]]), ["a"])
+
+
+def test_sample_f1_and_f1_at_thresholds_agree_with_sklearn():
+    from sklearn.metrics import f1_score
+
+    from proloc_lib.metrics import f1_at_thresholds, sample_f1
+
+    rng = np.random.default_rng(4)
+    y = (rng.random((40, 5)) < 0.3).astype(int)
+    p = rng.random((40, 5))
+    pred = (p >= 0.5).astype(int)
+    np.testing.assert_allclose(sample_f1(y, pred).mean(), f1_score(y, pred, average="samples", zero_division=1))
+    assert sample_f1(np.zeros((1, 5), int), np.zeros((1, 5), int))[0] == 1.0     # both empty
+    grid = [0.2, 0.5, 0.8]
+    expected = [f1_score(y[:, 0], p[:, 0] >= t, zero_division=1) for t in grid]
+    np.testing.assert_allclose(f1_at_thresholds(y[:, 0], p[:, 0], grid), expected)
