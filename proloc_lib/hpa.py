@@ -548,7 +548,7 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     labelled = add_label_columns(images, "locations", label_map, where="image")
     has_label = labelled.groupby("protein_id")[label_map.labels].max().sum(axis=1) > 0
     report["dropped_proteins_no_target_label"] = int((~has_label).sum())
-    images = images[images["protein_id"].map(has_label)].copy()
+    images = labelled[labelled["protein_id"].map(has_label)].copy()
     images["url"] = [image_url(a, n) for a, n in zip(images["antibody"], images["image_name"])]
     print(f"downloading up to {len(images)} images of {images['protein_id'].nunique()} proteins "
           f"into {profile_dir / 'images'}")
@@ -557,7 +557,6 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     else:
         images, failures = download.stream_images(images, profile_dir / "images", embed, progress=progress)
     report["image_failures"] = [{"url": u, "reason": r} for u, r in failures]
-    images = add_label_columns(images, "locations", label_map, where="image")
     images["image_id"] = images["sha256"]
     images["path"] = [str(Path(p).resolve().relative_to(profile_dir.resolve())) if p else None for p in images["path"]]
     dup = images.duplicated("image_id")
