@@ -82,6 +82,25 @@ class LabelMap:
         return np.stack([self.vector(s, f"{where} {idx}") for idx, s in locations.items()]) \
             if len(locations) else np.zeros((0, len(self.labels)), dtype=np.int8)
 
+    def check_known(self, locations: pd.Series, where: str = "row") -> None:
+        """Raise one error naming every unknown location of a column (count, first rows), or pass.
+
+        Run before slow work, so a new annotation vocabulary is seen all at once, not one
+        location per rerun.
+        """
+        unknown: dict[str, list] = {}
+        for idx, s in locations.items():
+            for loc in self.split(s):
+                if loc not in self.mapping:
+                    unknown.setdefault(loc, []).append(idx)
+        if unknown:
+            listed = "; ".join(f"'{loc}' x{len(rows)} ({where + ' ' if where else ''}{', '.join(map(str, rows[:3]))}"
+                               + (", ..." if len(rows) > 3 else "") + ")"
+                               for loc, rows in sorted(unknown.items(), key=lambda kv: -len(kv[1])))
+            raise UnknownLocationError(f"{len(unknown)} location(s) unknown to mapping {self.id} "
+                                       f"({self.source}): {listed}. Add each to the mapping file "
+                                       "(mapped to [] if outside the labels) and bump its version.")
+
     def unmapped(self, locations: str) -> list[str]:
         """Known locations of this string that map to none of the labels."""
         return [loc for loc in self.split(locations) if loc in self.mapping and not self.mapping[loc]]
