@@ -38,7 +38,8 @@ _FILE_NAME = re.compile(r"(?P<gene>ENS[A-Z]*G\d+(?:\.\d+)?)-(?P<image>[^-/]+?)-"
 _ANTIBODY = re.compile(r"[A-Za-z]+0*(\d+)")
 
 FILE_NAME_COLUMNS = ["File Name", "locations", "Sequence"]
-# HPA metadata layout (the authors' URL file; assumed for Vislocas). Value: canonical name.
+# HPA metadata layout: the Vislocas tables and the authors' URL file (which is Vislocas'
+# data_test.csv plus four columns). Value: canonical name.
 METADATA_COLUMNS = {"Protein Id": "protein_id", "Protein Name": "protein_name",
                     "Antibody Id": "antibody", "Image Name": "image_name", "Tissue": "tissue",
                     "Organ": "organ", "Intensity Level": "intensity", "Quantity": "quantity",
@@ -228,11 +229,15 @@ def read_authors_csv(path, label_map: LabelMap | None = None) -> pd.DataFrame:
 def parse_vislocas_csv(path, label_map: LabelMap | None = None) -> pd.DataFrame:
     """Read a Vislocas benchmark file (Zenodo 10632698) into the canonical image table.
 
-    The layout of normalLabeled.csv / data_train.csv / data_test.csv could not be checked
-    offline: it is *assumed* to follow the HPA metadata layout of the authors' URL file
-    (Protein Id, Antibody Id, IF Verification, Intensity Level, Quantity, URL or Image Name,
-    locations; Sequence optional, filled later from UniProt). Check the columns on the first
-    online run; a mismatch raises a SchemaError listing expected and found columns.
+    The layout is the one Vislocas' own code (github.com/JingwenWen99/Vislocas,
+    prepareData/IHC/dataAnalysis.py) writes: the pandas index first, then Protein Name,
+    Protein Id, Antibody Id, Reliability Verification, Tissue, Organ, Staining Level, Intensity
+    Level, Quantity, SnomedParameters, URL (the local path <gene>/<organ>/<tissue>/<antibody>/
+    <image>.jpg), IF Verification, locations, IF Organ and ten 0/1 columns of its own merged
+    classes (normalLabeled.csv also keeps Cell Type, Location, Sex, Age, Patient Id). The
+    authors' URL file has exactly these columns plus four, which the tests' fixtures follow.
+    No Sequence: it comes from UniProt. The files themselves cannot be fetched offline; a
+    different header raises a SchemaError listing expected and found columns.
     """
     raw = _read_raw(path)
     found = list(raw.columns)
@@ -242,9 +247,9 @@ def parse_vislocas_csv(path, label_map: LabelMap | None = None) -> pd.DataFrame:
     if missing:
         expected = METADATA_REQUIRED + ["URL or Image Name", "IF Verification", "Intensity Level",
                                         "Quantity"]
-        raise SchemaError(_missing_message(path, missing, found, "Vislocas (assumed HPA metadata)")
-                          + f"; expected {expected}. The Vislocas layout is an assumption: "
-                            "adapt METADATA_COLUMNS in proloc_lib/hpa.py to the real header.")
+        raise SchemaError(_missing_message(path, missing, found, "Vislocas (HPA metadata)")
+                          + f"; expected {expected}. Has the record changed? Adapt METADATA_COLUMNS "
+                            "in proloc_lib/hpa.py to the new header.")
     return _finish(_from_metadata(raw, path), raw, path, require_sequence=False, label_map=label_map)
 
 
@@ -538,6 +543,9 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     filters = data_cfg.get("filters", {})
     images, report["filters"] = filter_images(images, filters.get("if_verification"), filters.get("intensity"),
                                               filters.get("quantity"))
+    label_map.check_known(images["locations"].set_axis(images["source_file"].map(lambda f: Path(f).name)
+                                                        + " row " + images["source_row"].astype(str)),
+                          where="at")
     mapped, dropped = download.uniprot_map_ensembl(images["protein_id"].unique())
     report["uniprot_dropped"] = dropped
     seqs = mapped.set_index("ensembl")
@@ -550,8 +558,15 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     report["dropped_proteins_no_target_label"] = int((~has_label).sum())
     images = labelled[labelled["protein_id"].map(has_label)].copy()
     images["url"] = [image_url(a, n) for a, n in zip(images["antibody"], images["image_name"])]
+    est = download.estimate_download(images["url"], profile_dir / "images")
+    report["download_estimate"] = est
     print(f"downloading up to {len(images)} images of {images['protein_id'].nunique()} proteins "
-          f"into {profile_dir / 'images'}")
+          f"into {profile_dir / 'images'}: {est['n_cached']} cached, about "
+          f"{download.format_bytes(est['estimated_bytes'])} to fetch (mean size of "
+          f"{est['sampled_with_size']} sampled images), {download.format_bytes(est['free_bytes'])} free")
+    if embed is None and (est["estimated_bytes"] or 0) > est["free_bytes"]:
+        print("WARNING: the images will likely not fit on this disk; set data.stream: true in the "
+              "profile config to embed them as they arrive and keep only thumbnails")
     if embed is None:
         images, failures = download.fetch_images(images, profile_dir / "images", progress=progress)
     else:
@@ -568,5 +583,8 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     report["dropped_proteins_no_target_label"] += int((~has_label).sum())
     proteins = proteins[has_label].reset_index(drop=True)
     images = images[images["protein_id"].isin(proteins["protein_id"])].reset_index(drop=True)
+    on_disk = [profile_dir / q for q in images["path"] if isinstance(q, str)]
+    # what the download really was: the data card and README quote it
+    report["image_bytes_on_disk"] = int(sum(f.stat().st_size for f in on_disk if f.exists()))
     report.update(n_proteins=int(len(proteins)), n_images=int(len(images)))
     return proteins, images, report

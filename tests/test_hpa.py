@@ -8,7 +8,7 @@ import pytest
 from proloc_lib import data as data_cli
 from proloc_lib.hpa import (
     IMAGE_COLUMNS, SRC_PREFIX, SchemaError, audit, filter_images, format_audit, image_url,
-    parse_vislocas_csv, protein_table, read_authors_csv,
+    SOURCE_LABEL_COLUMNS, parse_vislocas_csv, protein_table, read_authors_csv,
 )
 from proloc_lib.labels import LABELS, LabelMap, UnknownLocationError
 from proloc_lib.sequences import InvalidSequenceError
@@ -188,14 +188,23 @@ def test_malformed_file_name_names_row(tmp_path):
         read_authors_csv(path)
 
 
-def test_parse_vislocas_assumed_layout(tmp_path, label_map):
+def test_parse_vislocas_layout(tmp_path, label_map):
+    # written as Vislocas' prepareData/IHC code writes data_train/data_test.csv: with the pandas
+    # index, URL = the local HPA path, ten 0/1 columns of its own merged classes, no sequence
     pd.DataFrame({
-        "Protein Id": ["ENSG00000000401.7"], "Antibody Id": ["HPA000401"],
+        "Protein Name": ["GENE1"], "Protein Id": ["ENSG00000000401.7"], "Antibody Id": ["HPA000401"],
+        "Reliability Verification": ["enhanced"], "Tissue": ["Liver"], "Organ": ["Liver"],
+        "Staining Level": ["high"], "Intensity Level": ["strong"], "Quantity": [">75%"],
+        "SnomedParameters": ["Normal tissue, NOS"],
         "URL": ["ENSG00000000401/Liver/Liver/HPA000401/7001_A_1_1.jpg"], "IF Verification": ["enhanced"],
-        "Intensity Level": ["strong"], "Quantity": [">75%"], "locations": ["Nucleoplasm; Cytosol"],
-    }).to_csv(tmp_path / "data_test.csv", index=False)
+        "locations": ["Nucleoplasm; Cytosol"], "IF Organ": ["Liver"],
+        **{c: [int(c in ("cytoplasm", "nucleus"))] for c in SOURCE_LABEL_COLUMNS},
+    }, index=[4711]).to_csv(tmp_path / "data_test.csv", index=True)
     df = parse_vislocas_csv(tmp_path / "data_test.csv", label_map)
     r = df.iloc[0]
+    assert (r["tissue"], r["organ"], r["intensity"], r["quantity"], r["if_verification"]) == \
+        ("Liver", "Liver", "strong", ">75%", "enhanced")
+    assert r["src:cytoplasm"] == 1 and r["src:vesicles"] == 0
     assert r["protein_id"] == "ENSG00000000401"  # Ensembl version dropped
     assert r["image_name"] == "7001_A_1_1.jpg"
     assert r["url"] == "http://images.proteinatlas.org/401/7001_A_1_1.jpg"
