@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from .download import format_bytes
 from .splits import SPLITS
 
 
@@ -31,6 +32,13 @@ def data_card(proteins: pd.DataFrame, images: pd.DataFrame, labels: list[str], r
         f"- proteins: {len(proteins)}; images: {len(images)}; "
         f"images per protein: median {int(per_protein.median())}, min {per_protein.min()}, max {per_protein.max()}",
         "- labels per protein: " + ", ".join(f"{k}: {v}" for k, v in n_labels.items()),
+    ]
+    if "image_bytes_on_disk" in report:
+        est = report.get("download_estimate") or {}
+        lines.append(f"- image files on disk: {format_bytes(report['image_bytes_on_disk'])}"
+                     + (f" (estimated before download: {format_bytes(est['estimated_bytes'])})"
+                        if est.get("estimated_bytes") else ""))
+    lines += [
         "", "## Proteins per label and split", "", label_split_counts(proteins, labels).to_markdown(), "",
         "## Label co-occurrence (proteins)", "", cooccurrence(proteins, labels).to_markdown(), "",
     ]

@@ -272,6 +272,54 @@ def fetch_images(rows, cache_dir, rate_limit_per_s: float | None = 5, retries: i
     return ok, failures
 
 
+def estimate_download(urls, cache_dir, sample: int = 32, seed: int = 0, rate_limit_per_s: float | None = 5,
+                      retries: int = 2, backoff: float = 0.5, session: requests.Session | None = None,
+                      timeout: float = 30) -> dict:
+    """Estimated bytes still to download for ``urls``, from the sizes of a seeded sample.
+
+    URLs already in ``cache_dir`` cost nothing; of the others, ``sample`` are asked for their
+    size (HEAD, ``Content-Length``) and the mean is scaled to all of them. A HEAD that fails
+    or gives no size is counted and left out. Also returns the free space of ``cache_dir``'s
+    disk, so a full download that cannot fit is seen before it starts (use streaming then).
+    """
+    import random
+    import shutil
+
+    urls = [u for u in dict.fromkeys(urls) if isinstance(u, str)]
+    cache_dir = Path(cache_dir)
+    todo = [u for u in urls if not (cache_dir / _relative_path(u)).exists()]
+    picked = random.Random(seed).sample(todo, min(sample, len(todo)))
+    session, limiter = _session(session), _RateLimiter(rate_limit_per_s)
+    sizes = []
+    for url in picked:
+        try:
+            resp = _request(session, "HEAD", url, retries, backoff, limiter, allow_redirects=True, timeout=timeout)
+            size = int(resp.headers.get("Content-Length", "")) if resp.status_code == 200 else None
+        except (DownloadError, ValueError):
+            size = None
+        if size:  # 0 or missing: no information
+            sizes.append(size)
+    probe = cache_dir
+    while not probe.exists():
+        probe = probe.parent
+    mean = sum(sizes) / len(sizes) if sizes else None
+    return {"n_urls": len(urls), "n_cached": len(urls) - len(todo), "n_to_fetch": len(todo),
+            "sampled": len(picked), "sampled_with_size": len(sizes),
+            "mean_bytes": None if mean is None else round(mean),
+            "estimated_bytes": 0 if not todo else (None if mean is None else round(mean * len(todo))),
+            "free_bytes": shutil.disk_usage(probe).free}
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def stream_images(rows, cache_dir, embed, chunk_size: int = 32, thumbnail_px: int | None = 256,
                   **fetch_kwargs) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Small-disk mode (Colab): fetch a chunk, validate, embed, keep a thumbnail, delete the image.

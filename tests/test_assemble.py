@@ -17,10 +17,10 @@ import pytest
 
 from test_download import HTML_PAGE, Server, jpeg_bytes, send, send_json, serve_file  # noqa: E402
 
-from proloc_lib import download, hpa  # noqa: E402
+from proloc_lib import datacard, download, hpa  # noqa: E402
 from proloc_lib.encoders import OfflineError  # noqa: E402
 from proloc_lib.images import file_sha256, load_image  # noqa: E402
-from proloc_lib.labels import LabelMap  # noqa: E402
+from proloc_lib.labels import LabelMap, UnknownLocationError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZPATH = "/api/records/10632698/files"
@@ -30,8 +30,9 @@ DATA_CFG = {"source": "hpa", "stream": False,
 P1, P2, P3, P4, P5, P6 = (f"ENSG00000{100000 + i}" for i in range(1, 7))
 
 # data_train.csv: the authors' URL-file layout (Image Name and an HPA path in URL), with a
-# stale Sequence column that UniProt must override. data_test.csv: no Image Name (taken from
-# the URL path), no Sequence, one Ensembl id with a version suffix.
+# stale Sequence column that UniProt must override. data_test.csv: the Vislocas layout as
+# its prepareData/IHC code writes it (pandas index column, URL = local HPA path, IF Organ and
+# ten 0/1 location columns, no Image Name, no Sequence), one Ensembl id with a version suffix.
 TRAIN_CSV = f"""\
 Protein Name,Protein Id,Antibody Id,Reliability Verification,Tissue,Organ,Staining Level,Intensity Level,Quantity,URL,IF Verification,locations,Sequence,Image Name
 ALPHA1,{P1},HPA000123,enhanced,Caudate,Brain,high,strong,>75%,{P1}/Brain/Caudate/HPA000123/101_A_1_1.jpg,enhanced,nucleoplasm;cytosol,MSTALESEQ,101_A_1_1.jpg
@@ -45,12 +46,12 @@ DELTA4,{P4},HPA000045,enhanced,Lung,Lung,high,strong,>75%,{P4}/Lung/Lung/HPA0000
 EPS5,{P5},HPA000555,uncertain,Skin,Skin,high,strong,>75%,{P5}/Skin/Skin/HPA000555/505_A_1_1.jpg,uncertain,cytosol,,505_A_1_1.jpg
 """
 TEST_CSV = f"""\
-Protein Name,Protein Id,Antibody Id,Reliability Verification,Tissue,Organ,Staining Level,Intensity Level,Quantity,URL,IF Verification,locations
-ALPHA1,{P1},HPA000123,enhanced,Cerebellum,Brain,high,strong,>75%,{P1}/Brain/Cerebellum/HPA000123/101_C_1_1.jpg,enhanced,nucleoplasm;vesicles
-GAMMA3,{P3},HPA010000,enhanced,Skeletal muscle,Muscle,high,strong,>75%,{P3}/Muscle/Skeletal muscle/HPA010000/303_B_1_1.jpg,enhanced,mitochondria
-DELTA4,{P4}.12,HPA000045,enhanced,Lung,Lung,high,strong;weak,>75%,{P4}.12/Lung/Lung/HPA000045/404_B_1_1.jpg,enhanced,endoplasmic reticulum;nucleoli
-ZETA6,{P6},HPA000666,enhanced,Testis,Testis,high,strong,>75%,{P6}/Testis/Testis/HPA000666/606_A_1_1.jpg,enhanced,nucleoli
-EPS5,{P5},HPA000555,enhanced,Skin,Skin,not detected,,,{P5}/Skin/Skin/HPA000555/505_B_1_1.jpg,enhanced,cytosol
+,Protein Name,Protein Id,Antibody Id,Reliability Verification,Tissue,Organ,Staining Level,Intensity Level,Quantity,SnomedParameters,URL,IF Verification,locations,IF Organ,cytoplasm,cytoskeleton,endoplasmic reticulum,golgi apparatus,lysosomes,mitochondria,nucleoli,nucleus,plasma membrane,vesicles
+11,ALPHA1,{P1},HPA000123,enhanced,Cerebellum,Brain,high,strong,>75%,"Normal tissue, NOS;Cerebellum",{P1}/Brain/Cerebellum/HPA000123/101_C_1_1.jpg,enhanced,nucleoplasm;vesicles,Brain,0,0,1,0,0,0,0,1,0,0
+12,GAMMA3,{P3},HPA010000,enhanced,Skeletal muscle,Muscle,high,strong,>75%,"Normal tissue, NOS",{P3}/Muscle/Skeletal muscle/HPA010000/303_B_1_1.jpg,enhanced,mitochondria,Muscle,0,0,0,0,0,1,0,0,0,0
+15,DELTA4,{P4}.12,HPA000045,enhanced,Lung,Lung,high,strong;weak,>75%,"Normal tissue, NOS",{P4}.12/Lung/Lung/HPA000045/404_B_1_1.jpg,enhanced,endoplasmic reticulum;nucleoli,Lung,0,0,1,0,0,0,0,1,0,0
+18,ZETA6,{P6},HPA000666,enhanced,Testis,Testis,high,strong,>75%,"Normal tissue, NOS",{P6}/Testis/Testis/HPA000666/606_A_1_1.jpg,enhanced,nucleoli,Testis,0,0,0,0,0,0,0,1,0,0
+21,EPS5,{P5},HPA000555,enhanced,Skin,Skin,not detected,,,"Normal tissue, NOS",{P5}/Skin/Skin/HPA000555/505_B_1_1.jpg,enhanced,cytosol,Skin,1,0,0,0,0,0,0,0,0,0
 """
 ZENODO = {"data_train.csv": TRAIN_CSV.encode(), "data_test.csv": TEST_CSV.encode()}
 
@@ -74,13 +75,16 @@ def _tsv(*rows):
 
 
 def _add_head(srv):
-    """check_reachable probes with HEAD, which test_download's Server does not answer (501)."""
+    """HEAD, which test_download's Server does not answer (501): the reachability probes, and
+    the size of an image (the download estimate) or of the HTML page."""
     def do_head(h):
+        path = h.path.split("?")[0]
         with srv.lock:
-            srv.log.append({"method": "HEAD", "path": h.path.split("?")[0], "url": h.path,
+            srv.log.append({"method": "HEAD", "path": path, "url": h.path,
                             "headers": dict(h.headers), "body": b""})
+        body = HTML_PAGE if path == HTML_PATH else srv.images.get(path, b"")
         h.send_response(200)
-        h.send_header("Content-Length", "0")
+        h.send_header("Content-Length", str(len(body)))
         h.end_headers()
     srv.httpd.RequestHandlerClass.do_HEAD = do_head
 
@@ -148,7 +152,14 @@ def test_assemble_end_to_end(online, label_map, tmp_path):
 
     # reachability probed on all three hosts first
     heads = [r["path"] for r in srv.log if r["method"] == "HEAD"]
-    assert sorted(heads) == sorted([f"{ZPATH}/data_test.csv/content", "/", "/"])
+    assert sorted(heads[:3]) == sorted([f"{ZPATH}/data_test.csv/content", "/", "/"])
+    # then the size of each image to fetch (fewer than the sample size: all of them asked)
+    to_fetch = {p for p, pid in PASSING.items() if pid in (P1, P2, P4)} | {HTML_PATH}
+    assert sorted(heads[3:]) == sorted(to_fetch)
+    est = report["download_estimate"]
+    assert (est["n_urls"], est["n_cached"], est["n_to_fetch"], est["sampled_with_size"]) == (6, 0, 6, 6)
+    assert est["estimated_bytes"] == sum(len(srv.images.get(p, HTML_PAGE)) for p in to_fetch)
+    assert est["free_bytes"] > 0
     assert (tmp_path / "cache" / "zenodo" / "data_train.csv").read_bytes() == ZENODO["data_train.csv"]
 
     # filters, in order: IF verification, intensity, quantity (missing values fail)
@@ -175,6 +186,11 @@ def test_assemble_end_to_end(online, label_map, tmp_path):
     # proteins: mapped and labelled only (P3 unmapped, P6 only 'nucleoli' -> no target label)
     assert report["dropped_proteins_no_target_label"] == 1 and report["duplicate_image_files"] == 0
     assert report["n_proteins"] == 3 and report["n_images"] == len(FINAL) == 5
+    assert report["image_bytes_on_disk"] == sum(len(srv.images[p]) for p in FINAL)
+    card = datacard.data_card(proteins.assign(split=["train", "val", "test"]), images, label_map.labels,
+                              report, "test")
+    assert f"- image files on disk: {download.format_bytes(report['image_bytes_on_disk'])} (estimated before " \
+           f"download: {download.format_bytes(est['estimated_bytes'])})" in card
     assert proteins["protein_id"].tolist() == [P1, P2, P4]
     assert proteins["uniprot"].tolist() == [ACC[P1], ACC[P2], ACC[P4]]
     assert proteins["sequence"].tolist() == [SEQ[P1], SEQ[P2], SEQ[P4]]  # not the CSV's stale one
@@ -279,3 +295,16 @@ def test_assemble_unreachable_source_stops_at_once(hpa_server, label_map, monkey
     assert f"{hpa_server.url}/ (" not in msg  # the reachable hosts are not blamed
     assert not profile_dir.exists() and list(tmp_path.iterdir()) == []
     assert {r["method"] for r in hpa_server.log} == {"HEAD"}  # probes only, no download
+
+
+def test_assemble_names_every_unknown_location_before_any_slow_work(online, label_map, tmp_path):
+    del label_map.mapping["nucleoplasm"], label_map.mapping["mitochondria"]  # an older vocabulary
+    with pytest.raises(UnknownLocationError) as err:
+        hpa.assemble(DATA_CFG, label_map, tmp_path, progress=False)
+    msg = str(err.value)
+    # both, counted over the filtered images, with the file and row of each
+    assert "2 location(s) unknown" in msg
+    assert "'nucleoplasm' x3 (at data_train.csv row 0, data_train.csv row 2, data_test.csv row 0)" in msg
+    assert "'mitochondria' x2 (at data_train.csv row 6, data_test.csv row 1)" in msg
+    assert not any(r["path"].startswith("/idmapping") for r in online.log)  # UniProt never asked
+    assert not (tmp_path / "images").exists()

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from proloc_lib.download import (
-    ZENODO_FILES, ChecksumError, DownloadError, UniProtJobError, _RateLimiter, fetch_images,
-    fetch_zenodo, uniprot_map_ensembl,
+    ZENODO_FILES, ChecksumError, DownloadError, UniProtJobError, _RateLimiter, estimate_download,
+    fetch_images, fetch_zenodo, format_bytes, uniprot_map_ensembl,
 )
 from proloc_lib.images import load_image
 
@@ -392,3 +392,17 @@ def test_streaming_embeds_keeps_thumbnails_deletes_images_and_resumes(server, tm
     again, _ = stream_images(rows(server, *names), tmp_path, embed, chunk_size=2, **FAST)
     assert len(server.log) == n_requests and len(embedded) == 5          # nothing fetched or embedded again
     assert again["sha256"].tolist() == table["sha256"].tolist()
+
+
+def test_download_estimate_skips_cached_files_and_sizeless_answers(server, tmp_path):
+    urls = [f"{server.url}/img/{i}.jpg" for i in range(4)]
+    cache = tmp_path / "cache"
+    (cache / "img").mkdir(parents=True)
+    (cache / "img" / "0.jpg").write_bytes(b"cached")
+    # this server answers no HEAD (501): no size is known, and none is guessed
+    est = estimate_download(urls + urls[:1], cache, rate_limit_per_s=None, retries=0)
+    assert (est["n_urls"], est["n_cached"], est["n_to_fetch"], est["sampled"]) == (4, 1, 3, 3)
+    assert est["sampled_with_size"] == 0 and est["estimated_bytes"] is None and est["mean_bytes"] is None
+    assert server.log == []  # nothing downloaded (HEADs are answered 501 before the log)
+    assert estimate_download(urls[:1], cache)["estimated_bytes"] == 0  # all cached
+    assert format_bytes(2.5e9) == "2.5 GB" and format_bytes(None) == "unknown"
