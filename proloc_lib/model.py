@@ -25,6 +25,7 @@ class FusionConfig:
     n_blocks: int = 2
     ff_mult: int = 4
     dropout: float = 0.1
+    attn_dropout: float | None = None  # on attention weights; None: same as ``dropout``
     apply_mask: bool = True
     share_blocks: bool = False
     query: str = "image"  # which modality asks: "image" (paper) or "sequence"
@@ -44,9 +45,9 @@ class FusionConfig:
 class Block(nn.Module):
     """Self-attention + feed-forward, each with a residual and post-LayerNorm."""
 
-    def __init__(self, d: int, heads: int, ff_mult: int, dropout: float):
+    def __init__(self, d: int, heads: int, ff_mult: int, dropout: float, attn_dropout: float):
         super().__init__()
-        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=attn_dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
         self.norm2 = nn.LayerNorm(d)
@@ -63,12 +64,13 @@ class FusionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
+        attn_drop = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
         self.img_proj = nn.Linear(cfg.img_dim, d)
         self.seq_proj = nn.Linear(cfg.seq_dim, d)
-        self.cross = nn.MultiheadAttention(d, cfg.n_heads, dropout=cfg.dropout, batch_first=True)
+        self.cross = nn.MultiheadAttention(d, cfg.n_heads, dropout=attn_drop, batch_first=True)
         self.cross_norm = nn.LayerNorm(d)
         n_distinct = min(1, cfg.n_blocks) if cfg.share_blocks else cfg.n_blocks
-        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ff_mult, cfg.dropout) for _ in range(n_distinct))
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ff_mult, cfg.dropout, attn_drop) for _ in range(n_distinct))
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(d, cfg.n_labels)
 
