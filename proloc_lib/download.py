@@ -277,7 +277,7 @@ def estimate_download(urls, cache_dir, sample: int = 32, seed: int = 0, rate_lim
                       timeout: float = 30) -> dict:
     """Estimated bytes still to download for ``urls``, from the sizes of a seeded sample.
 
-    URLs already in ``cache_dir`` cost nothing; of the others, ``sample`` are asked for their
+    URLs already in ``cache_dir`` (or in its streaming ledger) cost nothing; of the others, ``sample`` are asked for their
     size (HEAD, ``Content-Length``) and the mean is scaled to all of them. A HEAD that fails
     or gives no size is counted and left out. Also returns the free space of ``cache_dir``'s
     disk, so a full download that cannot fit is seen before it starts (use streaming then).
@@ -287,7 +287,9 @@ def estimate_download(urls, cache_dir, sample: int = 32, seed: int = 0, rate_lim
 
     urls = [u for u in dict.fromkeys(urls) if isinstance(u, str)]
     cache_dir = Path(cache_dir)
-    todo = [u for u in urls if not (cache_dir / _relative_path(u)).exists()]
+    ledger = cache_dir / "streamed.json"  # stream_images' record of what it already embedded
+    streamed = set(json.loads(ledger.read_text())) if ledger.exists() else set()
+    todo = [u for u in urls if u not in streamed and not (cache_dir / _relative_path(u)).exists()]
     picked = random.Random(seed).sample(todo, min(sample, len(todo)))
     session, limiter = _session(session), _RateLimiter(rate_limit_per_s)
     sizes = []

@@ -405,4 +405,6 @@ def test_download_estimate_skips_cached_files_and_sizeless_answers(server, tmp_p
     assert est["sampled_with_size"] == 0 and est["estimated_bytes"] is None and est["mean_bytes"] is None
     assert server.log == []  # nothing downloaded (HEADs are answered 501 before the log)
     assert estimate_download(urls[:1], cache)["estimated_bytes"] == 0  # all cached
+    (cache / "streamed.json").write_text(json.dumps({urls[1]: {"sha256": "x", "thumbnail": None}}))
+    assert estimate_download(urls[:2], cache)["n_cached"] == 2  # streamed (embedded, deleted) counts as done
     assert format_bytes(2.5e9) == "2.5 GB" and format_bytes(None) == "unknown"
