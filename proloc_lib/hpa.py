@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -554,6 +555,9 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     images["uniprot"] = images["protein_id"].map(seqs["accession"])
     # proteins none of whose locations map to the five labels: drop before downloading their images
     labelled = add_label_columns(images, "locations", label_map, where="image")
+    # known locations outside the five labels: counted (image rows), never guessed
+    report["locations_outside_labels"] = dict(Counter(loc for s in images["locations"]
+                                                      for loc in label_map.unmapped(s)))
     has_label = labelled.groupby("protein_id")[label_map.labels].max().sum(axis=1) > 0
     report["dropped_proteins_no_target_label"] = int((~has_label).sum())
     images = labelled[labelled["protein_id"].map(has_label)].copy()

@@ -174,6 +174,7 @@ def test_assemble_end_to_end(online, label_map, tmp_path):
     assert parse_qs(run["body"].decode())["ids"] == [",".join([P1, P2, P3, P4, P6])]
     assert len(_gets(srv, {"/idmapping/uniprotkb/results/job7"})) == 2
     assert report["uniprot_dropped"] == {P3: "no reviewed (Swiss-Prot) entry"}
+    assert report["locations_outside_labels"] == {"nucleoli": 2}  # P4's and P6's kept images
 
     # images: P3's never requested, the filtered-out ones neither, nor P6's (no target label),
     # the HTML page reported
