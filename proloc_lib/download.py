@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import time
@@ -282,9 +283,6 @@ def estimate_download(urls, cache_dir, sample: int = 32, seed: int = 0, rate_lim
     or gives no size is counted and left out. Also returns the free space of ``cache_dir``'s
     disk, so a full download that cannot fit is seen before it starts (use streaming then).
     """
-    import random
-    import shutil
-
     urls = [u for u in dict.fromkeys(urls) if isinstance(u, str)]
     cache_dir = Path(cache_dir)
     ledger = cache_dir / "streamed.json"  # stream_images' record of what it already embedded
