@@ -34,6 +34,7 @@ ZENODO_FILES = {
 UNIPROT_BASE = "https://rest.uniprot.org"
 USER_AGENT = "proloc-ihs/0.1 (reproduction study; python-requests)"
 RETRY_STATUS = {429, 500, 502, 503, 504}
+STREAM_LEDGER = "streamed.json"  # in an image cache: what stream_images embedded (and deleted)
 
 
 class ChecksumError(ValueError):
@@ -278,14 +279,14 @@ def estimate_download(urls, cache_dir, sample: int = 32, seed: int = 0, rate_lim
                       timeout: float = 30) -> dict:
     """Estimated bytes still to download for ``urls``, from the sizes of a seeded sample.
 
-    URLs already in ``cache_dir`` (or in its streaming ledger) cost nothing; of the others, ``sample`` are asked for their
-    size (HEAD, ``Content-Length``) and the mean is scaled to all of them. A HEAD that fails
-    or gives no size is counted and left out. Also returns the free space of ``cache_dir``'s
+    URLs already in ``cache_dir`` (or in its streaming ledger) cost nothing; of the others,
+    ``sample`` are asked for their size (HEAD, ``Content-Length``) and the mean is scaled to all
+    of them. A HEAD that fails or gives no size is counted and left out. Also returns the free space of ``cache_dir``'s
     disk, so a full download that cannot fit is seen before it starts (use streaming then).
     """
     urls = [u for u in dict.fromkeys(urls) if isinstance(u, str)]
     cache_dir = Path(cache_dir)
-    ledger = cache_dir / "streamed.json"  # stream_images' record of what it already embedded
+    ledger = cache_dir / STREAM_LEDGER
     streamed = set(json.loads(ledger.read_text())) if ledger.exists() else set()
     todo = [u for u in urls if u not in streamed and not (cache_dir / _relative_path(u)).exists()]
     picked = random.Random(seed).sample(todo, min(sample, len(todo)))
@@ -333,7 +334,7 @@ def stream_images(rows, cache_dir, embed, chunk_size: int = 32, thumbnail_px: in
     table = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    ledger_path = cache_dir / "streamed.json"
+    ledger_path = cache_dir / STREAM_LEDGER
     ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
     todo = table[~table["url"].isin(ledger)]
     failures: list[tuple[str, str]] = []
