@@ -661,7 +661,7 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
                "warmup": warmup}
         for name, tcfg in cfgs.items():
             _log(f"{name}: batch {tcfg.batch_size}, "
-                 + ("padded to the longest of the set" if tcfg.pad_global else "length-bucketed")
+                 + ("padded to the longest of the set" if tcfg.padding != "batch" else "length-bucketed")
                  + f", amp {'on' if tcfg.amp and device.startswith('cuda') else 'off'}"
                  + (", fresh process" if isolate else ""))
             if isolate:

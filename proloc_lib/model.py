@@ -9,34 +9,55 @@ single block applied N times, ``query="sequence"`` the reversed cross-attention 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
 
-@dataclass
-class FusionConfig:
-    seq_dim: int
-    img_dim: int
-    n_labels: int = 5
+@dataclass(kw_only=True)
+class ModelSwitches:
+    """The architecture and its published-vs-corrected switches: the one model schema.
+
+    ``training.TrainConfig`` inherits these fields (one set of defaults); ``FusionConfig`` adds
+    the input widths. Defaults are the corrected model; the published values are in the comments.
+    """
     d_model: int = 512
     n_heads: int = 8
-    n_blocks: int = 2
+    n_blocks: int = 6
     ff_mult: int = 4
+    ff_activation: str = "gelu"      # published: "relu"
     dropout: float = 0.1
     attn_dropout: float | None = None  # on attention weights; None: same as ``dropout``
-    apply_mask: bool = True
-    share_blocks: bool = False
-    query: str = "image"  # which modality asks: "image" (paper) or "sequence"
+    residual_dropout: bool = True    # dropout on the residual branches; published: False (only on
+                                     # attention weights and inside the feed-forward, after the ReLU)
+    cross_residual: bool = True      # cross-attention output added to its queries + LayerNorm;
+                                     # published: False (the attention output is used directly)
+    apply_mask: bool = True          # published: mask computed, never applied
+    share_blocks: bool = False       # published: one block's weights reused for every layer
+    query: str = "image"             # which modality asks: "image" (paper) or "sequence" (ablation)
+
+    MODEL_CHOICES = {"ff_activation": ("gelu", "relu"), "query": ("image", "sequence")}
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if self.query not in ("image", "sequence"):
-            raise ValueError(f"query must be 'image' or 'sequence', got '{self.query}'")
+        for key, allowed in self.MODEL_CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"model option {key}={getattr(self, key)!r}: choose one of {allowed}")
         if self.n_blocks < 0:
             raise ValueError("n_blocks must be >= 0")
+
+    def model_switches(self) -> dict:
+        """Only the architecture fields (what ``FusionConfig`` needs besides the input widths)."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelSwitches)}
+
+
+@dataclass(kw_only=True)
+class FusionConfig(ModelSwitches):
+    seq_dim: int
+    img_dim: int
+    n_labels: int = 5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -45,13 +66,15 @@ class FusionConfig:
 class Block(nn.Module):
     """Self-attention + feed-forward, each with a residual and post-LayerNorm."""
 
-    def __init__(self, d: int, heads: int, ff_mult: int, dropout: float, attn_dropout: float):
+    def __init__(self, d: int, heads: int, ff_mult: int, dropout: float, attn_dropout: float,
+                 activation: str = "gelu", residual_dropout: bool = True):
         super().__init__()
         self.attn = nn.MultiheadAttention(d, heads, dropout=attn_dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
+        act = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), act, nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
         self.norm2 = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if residual_dropout else nn.Identity()
 
     def forward(self, x, pad_mask=None):
         a, _ = self.attn(x, x, x, key_padding_mask=pad_mask, need_weights=False)
@@ -70,8 +93,9 @@ class FusionModel(nn.Module):
         self.cross = nn.MultiheadAttention(d, cfg.n_heads, dropout=attn_drop, batch_first=True)
         self.cross_norm = nn.LayerNorm(d)
         n_distinct = min(1, cfg.n_blocks) if cfg.share_blocks else cfg.n_blocks
-        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ff_mult, cfg.dropout, attn_drop) for _ in range(n_distinct))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.ff_mult, cfg.dropout, attn_drop, cfg.ff_activation,
+                                          cfg.residual_dropout) for _ in range(n_distinct))
+        self.drop = nn.Dropout(cfg.dropout) if cfg.residual_dropout else nn.Identity()
         self.head = nn.Linear(d, cfg.n_labels)
 
     def _layers(self):
@@ -97,7 +121,8 @@ class FusionModel(nn.Module):
         attn_mask = kv_pad if self.cfg.apply_mask else None
         a, weights = self.cross(q, kv, kv, key_padding_mask=attn_mask, need_weights=return_attention,
                                 average_attn_weights=True)
-        x = self.cross_norm(q + self.drop(a))
+        # published: the attention output itself goes on (image content enters only through the weights)
+        x = self.cross_norm(q + self.drop(a)) if self.cfg.cross_residual else a
         self_pad = q_pad if self.cfg.apply_mask else None
         for blk in self._layers():
             x = blk(x, self_pad)

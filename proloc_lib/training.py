@@ -24,31 +24,30 @@ from tqdm.auto import tqdm
 
 from .embeddings import EmbeddingStore, pad_batch
 from .losses import authors_loss, bce_focal_loss
-from .model import FusionConfig, FusionModel
+from .model import FusionConfig, FusionModel, ModelSwitches
 
 
-@dataclass
-class TrainConfig:
-    """Every way the published setting differs from the corrected one is a switch here."""
-    d_model: int = 512
-    n_heads: int = 8
-    n_blocks: int = 6
-    dropout: float = 0.1
-    # dropout on attention weights (None: ``dropout``). 0 lets attention run fused kernels: on CPU,
-    # attention dropout sends it down the unfused path, about 20x slower
-    attn_dropout: float | None = None
-    apply_mask: bool = True          # authors: mask computed, never applied
-    share_blocks: bool = False       # authors: one block's weights reused for every layer
-    query: str = "image"             # cross-attention direction (ablation: "sequence")
+@dataclass(kw_only=True)
+class TrainConfig(ModelSwitches):
+    """Every way the published setting differs from the corrected one is a switch here.
+
+    The architecture switches come from ``model.ModelSwitches`` (one model schema); the fields
+    below are the training protocol. Defaults are the corrected protocol; published values are
+    in the comments and in ``NAMED_CONFIGS['authors']``.
+    """
     optimizer: str = "adamw"         # authors: "adam"
     lr: float = 1e-4
     weight_decay: float = 0.01
     schedule: str = "warmup_cosine"  # authors: "constant"
     warmup_frac: float = 0.05
+    grad_clip: float | None = 1.0    # max gradient norm; authors: None (no clipping)
     batch_size: int = 32
     bucket_batches: bool = True      # batches of similar sequence length
     batch_tokens: int | None = 16384  # with buckets: at most this many padded residues per batch
-    pad_global: bool = False         # authors: every batch padded to the longest sequence of all
+    padding: str = "batch"           # pad each batch to its own longest ("batch"); to the longest of its
+                                     # split ("split": the published code, per file); of all splits ("global")
+    targets: str = "protein"         # "protein": the union of the protein's labels; "image": the image
+                                     # row's own label columns (the published loop)
     max_epochs: int = 30
     patience: int | None = 5         # None: no early stopping
     loss: str = "bce_focal"          # authors: "authors" (plasma-membrane-weighted)
@@ -62,9 +61,11 @@ class TrainConfig:
 
     CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
                "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
-               "thresholds": ("fixed", "tuned"), "query": ("image", "sequence")}
+               "thresholds": ("fixed", "tuned"), "padding": ("batch", "split", "global"),
+               "targets": ("protein", "image")}
 
     def __post_init__(self):
+        super().__post_init__()
         for key, allowed in self.CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"training option {key}={getattr(self, key)!r}: choose one of {allowed}")
@@ -83,13 +84,15 @@ class TrainConfig:
 
 # The two named configurations. A profile's ``training.base`` (sizes, epochs) applies to both.
 NAMED_CONFIGS = {
-    "authors": dict(n_heads=8, n_blocks=6, share_blocks=True, apply_mask=False, dropout=0.5, optimizer="adam",
-                    lr=1e-5, weight_decay=0.0, schedule="constant", batch_size=2, bucket_batches=False,
-                    pad_global=True, loss="authors", select_on="train_loss", patience=None,
-                    thresholds="fixed", amp=False),
-    "corrected": dict(apply_mask=True, share_blocks=False, attn_dropout=0.0, loss="bce_focal", optimizer="adamw",
-                      schedule="warmup_cosine", bucket_batches=True, pad_global=False, select_on="val_loss",
-                      thresholds="tuned", amp=True),
+    "authors": dict(n_heads=8, n_blocks=6, share_blocks=True, apply_mask=False, dropout=0.5,
+                    ff_activation="relu", residual_dropout=False, cross_residual=False, optimizer="adam",
+                    lr=1e-5, weight_decay=0.0, schedule="constant", grad_clip=None, batch_size=2,
+                    bucket_batches=False, padding="split", targets="image", loss="authors",
+                    select_on="train_loss", patience=None, thresholds="fixed", amp=False),
+    "corrected": dict(apply_mask=True, share_blocks=False, attn_dropout=0.0, ff_activation="gelu",
+                      residual_dropout=True, cross_residual=True, loss="bce_focal", optimizer="adamw",
+                      schedule="warmup_cosine", grad_clip=1.0, bucket_batches=True, padding="batch",
+                      targets="protein", select_on="val_loss", thresholds="tuned", amp=True),
 }
 
 
@@ -179,7 +182,7 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
 
 
 def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
-    pad_to = int(ds.seq_lengths.max()) if cfg.pad_global else None
+    pad_to = int(ds.seq_lengths.max()) if cfg.padding != "batch" else None  # TODO(speed): 'global' across splits
     fn = partial(collate, pad_to=pad_to)
     if cfg.bucket_batches:
         rng = np.random.default_rng(seed)
@@ -190,10 +193,7 @@ def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int) -
 
 
 def build_model(cfg: TrainConfig, seq_dim: int, img_dim: int, n_labels: int) -> FusionModel:
-    return FusionModel(FusionConfig(seq_dim=seq_dim, img_dim=img_dim, n_labels=n_labels, d_model=cfg.d_model,
-                                    n_heads=cfg.n_heads, n_blocks=cfg.n_blocks, dropout=cfg.dropout,
-                                    attn_dropout=cfg.attn_dropout,
-                                    apply_mask=cfg.apply_mask, share_blocks=cfg.share_blocks, query=cfg.query))
+    return FusionModel(FusionConfig(seq_dim=seq_dim, img_dim=img_dim, n_labels=n_labels, **cfg.model_switches()))
 
 
 def loss_fn(cfg: TrainConfig, pm_index: int):
@@ -293,7 +293,8 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
             opt.zero_grad()
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
             sched.step()

@@ -46,9 +46,9 @@ def test_configs_share_the_model_size():
     cfgs = B.training_configs(config.load_profile("demo"), epochs=1, size_overrides={"n_blocks": 1})
     a, c = cfgs["authors"], cfgs["corrected"]
     assert (a.d_model, a.n_heads, a.n_blocks) == (c.d_model, c.n_heads, c.n_blocks) == (64, 4, 1)
-    assert (a.batch_size, a.pad_global, a.bucket_batches, a.apply_mask, a.share_blocks, a.optimizer) == \
+    assert (a.batch_size, a.padding != "batch", a.bucket_batches, a.apply_mask, a.share_blocks, a.optimizer) == \
         (2, True, False, False, True, "adam")
-    assert (c.batch_size, c.pad_global, c.bucket_batches, c.amp) == (32, False, True, True)
+    assert (c.batch_size, c.padding != "batch", c.bucket_batches, c.amp) == (32, False, True, True)
     assert a.max_epochs == c.max_epochs == 1 and a.patience is None and c.patience is None
 
 
