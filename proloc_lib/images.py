@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MIN_SIDE = 32
+# Where a conversion note is left on a loaded image (``im.info[CONVERSION_NOTE]``), so callers
+# such as ``predict`` can report "16-bit scaled to 8-bit" in their output without a new signature.
+CONVERSION_NOTE = "proloc_conversion"
 
 
 class BadImageError(ValueError):
@@ -24,21 +29,58 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def load_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
     """Open, fully decode and convert to RGB (grayscale, CMYK, palette, RGBA all accepted).
 
-    Raises BadImageError naming the file for anything else: an HTML error page saved as
-    .jpg, a truncated download, an image too small to hold a 16-pixel patch.
+    16-bit and float images are scaled to 8 bits (``to_rgb8``), never clipped; the note is left
+    in ``im.info[CONVERSION_NOTE]``. Raises BadImageError naming the file for anything else: an
+    HTML error page saved as .jpg, a truncated download, a decompression bomb (more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS``: refused before decoding), an image too small to hold a
+    16-pixel patch.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not later in a batch
-            if im.mode == "CMYK" or im.mode not in ("RGB",):
-                im = im.convert("RGB")
-            else:
-                im = im.copy()
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse those too, unopened
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()  # decode now: a truncated file fails here, not later in a batch
+                im, note = to_rgb8(im)
     except FileNotFoundError:
         raise BadImageError(f"image not found: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"image {path} refused as a possible decompression bomb: "
+                            f"{' '.join(str(exc).split())}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"unreadable image {path}: {exc}") from None
+    if note:
+        im.info[CONVERSION_NOTE] = note
     if min(im.size) < min_side:
         raise BadImageError(f"image {path} is {im.size[0]}x{im.size[1]}, smaller than {min_side} px")
     return im
+
+
+def to_rgb8(im: Image.Image) -> tuple[Image.Image, str | None]:
+    """An 8-bit RGB copy of ``im`` and a note saying how its values were scaled (None if not).
+
+    PIL's ``convert("RGB")`` clips 16-bit, 32-bit and float pixels at 255 (a 16-bit IHC image
+    becomes white). Here 16-bit values are divided by 257 (0..65535 -> 0..255), floats in
+    [0, 1] multiplied by 255, values already in 0..255 kept, anything else min-max scaled.
+    """
+    if im.mode == "RGB":
+        return im.copy(), None
+    if not (im.mode.startswith("I") or im.mode == "F"):  # 1, L, P, LA, RGBA, CMYK, YCbCr...: 8-bit
+        return im.convert("RGB"), None
+    a = np.asarray(im).astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{im.mode} image holds non-finite pixel values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    bits = "16-bit" if im.mode.startswith("I;16") else ("float" if im.mode == "F" else "32-bit")
+    if im.mode == "F" and lo >= 0 and hi <= 1:
+        a, how = a * 255.0, f"{bits} values in [0, 1] scaled by 255"
+    elif lo >= 0 and hi <= 255 and not im.mode.startswith("I;16"):
+        how = f"{bits} values already in 0..255 kept"
+    elif lo >= 0 and hi <= 65535:
+        a, how = a / 257.0, f"{bits} values scaled to 8 bits (x / 257)"
+    else:
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        how = f"{bits} values in [{lo:g}, {hi:g}] min-max scaled to 0..255"
+    out = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # 2-D uint8: mode L
+    return out, how

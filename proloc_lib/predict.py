@@ -1,12 +1,13 @@
 """Predict the five locations of new proteins with a trained fusion checkpoint.
 
     python -m proloc_lib.predict --checkpoint DIR --fasta FILE --images DIR [--out CSV]
-                                 [--device auto] [--batch-size N]
+                                 [--device auto] [--batch-size N] [--labels A,B,...] [--debug]
 
-The checkpoint (``training.save_checkpoint``: ``model.safetensors`` + ``config.json``) is
-loaded without pickle. Both encoders are re-created from the checkpoint's ``encoders``
-section and must reproduce the fingerprints stored at training time, so features are
-computed by the very models (and preprocessing) the fusion model was trained on.
+The checkpoint (``checkpoint.Checkpoint``: ``model.safetensors`` + ``config.json``) is loaded
+without pickle and validated in ``checkpoint.py`` (labels and their order, allow-listed encoder
+keys, no file names). Both encoders are re-created from the checkpoint's ``encoders`` section
+and must reproduce the fingerprints stored at training time, so features are computed by the
+very models (and preprocessing) the fusion model was trained on.
 
 Images rule (``--images DIR``), for each FASTA id ``P``:
 
@@ -14,24 +15,37 @@ Images rule (``--images DIR``), for each FASTA id ``P``:
 * every file ``DIR/P.<ext>`` or ``DIR/P_<anything>.<ext>`` (a file that fits several ids
   goes to the longest one, so ``A_1_x.jpg`` belongs to ``A_1``, not ``A``),
 
-where ``<ext>`` is jpg, jpeg, png, tif or tiff (any case); hidden files are ignored.
+where ``<ext>`` is jpg, jpeg, png, tif or tiff (any case); hidden files are ignored. An id that
+is not a plain file name (``../x``, ``a/b``, ``..``) is never used as a path: that protein gets
+an error row. Image files under ``DIR`` that no id claims are listed on stderr (and in
+``DataFrame.attrs["unmatched_images"]``), never ignored in silence.
 
-Each protein's sequence is embedded once (truncated to ``max_residues``, or in windows, as
-the checkpoint says); the model runs once per image with the sequence repeated, and the
-image probabilities are averaged per protein, as in the protein-level evaluation. Calls use
-the checkpoint's per-label thresholds (``prob >= threshold``, as in ``metrics.binarize``).
+Each image is handled on its own: 16-bit and float images are scaled to 8 bits (noted in the
+row), unreadable files and decompression bombs are skipped with their reason in the row; the
+other images and proteins go on. Each protein's sequence is embedded once (truncated to
+``max_residues``, or in windows, as the checkpoint says; either is reported in the row and on
+stderr); the model runs once per image with the sequence repeated, and the image probabilities
+are averaged per protein, as in the protein-level evaluation. Calls use the checkpoint's
+per-label thresholds (``prob >= threshold``, as in ``metrics.binarize``).
 
 Output: one row per FASTA record, in file order: ``protein_id, n_images, prob_<label>...,
-call_<label>..., predicted`` (';'-joined label names), then ``warnings`` and ``error``
-(a protein that could not be predicted has empty probabilities and the reason in ``error``)
-and, for demo checkpoints, ``provenance``. Label names in column names have spaces replaced
-by underscores (``prob_endoplasmic_reticulum``); ``predicted`` keeps the names as they are.
+call_<label>..., predicted`` (';'-joined label names), ``n_images_skipped``, ``sequence_use``
+(full | truncated | windows), then ``warnings`` and ``error`` (a protein that could not be
+predicted has empty probabilities and the reason in ``error``) and, for demo checkpoints,
+``provenance``. Label names in column names have spaces replaced by underscores
+(``prob_endoplasmic_reticulum``); ``predicted`` keeps the names as they are.
+
+Command line: errors print one line and exit 2 (bad arguments or files) or 1 (nothing could be
+predicted, or a download failed); 130 when interrupted; ``--debug`` shows the traceback. The
+``--out`` file is checked before any work and written whole or not at all.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,32 +53,29 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import (ENCODER_KEYS, REQUIRED_KEYS, Checkpoint, CheckpointError,  # noqa: F401 (re-exported)
+                         CheckpointMismatchError, read_config)
 from .config import resolve_device
-from .embeddings import STORE_DTYPE, embed_sequence_long
-from .images import BadImageError, load_image
+from .embeddings import STORE_DTYPE, crop_grid, embed_sequence_long
+from .errors import EXIT_FAILED, RunFailed, UserError, cli_main
+from .fileio import publish
+from .images import CONVERSION_NOTE, BadImageError, load_image
+from .labels import LABELS
 from .metrics import binarize
 from .sequences import read_fasta
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-REQUIRED_KEYS = ("model", "labels", "thresholds", "encoders", "sequence_encoder", "image_encoder")
-ENCODER_KEYS = ("sequence", "image", "max_residues", "long_policy")
 # Keys the feature store adds to the sequence fingerprint (extract_sequences): they come from
 # the checkpoint's encoders section, not from the encoder object.
 STORE_SEQUENCE_KEYS = ("max_residues", "long_policy")
 # A pretrained ProtT5 runs in fp16 on GPU and fp32 on CPU; features were stored in fp16 either
 # way, so a dtype-only difference is reported but does not block prediction on another device.
 TOLERATED_KEYS = ("dtype",)
+_UNSET = object()
+read_checkpoint_config = read_config  # the validation lives in checkpoint.py (one place)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder whose files or config.json are missing or malformed."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """Re-created encoders (or their sizes) differ from what the model was trained on."""
-
-
-class MissingImagesError(ValueError):
+class MissingImagesError(UserError, ValueError):
     """The fusion model needs at least one IHC image per protein."""
 
 
@@ -84,65 +95,12 @@ def _col(label: str) -> str:
     return "_".join(str(label).split())
 
 
+def _shown(items, n: int = 5) -> str:
+    items = [str(x) for x in items]
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
 # -- checkpoint --------------------------------------------------------------------------------
-def read_checkpoint_config(ckpt_dir: str | Path) -> dict:
-    """config.json of a checkpoint folder, checked for every key prediction relies on."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"checkpoint folder not found: {ckpt_dir}")
-    cfg_path, weights = ckpt_dir / "config.json", ckpt_dir / "model.safetensors"
-    for f in (cfg_path, weights):
-        if not f.is_file():
-            raise FileNotFoundError(f"checkpoint {ckpt_dir} lacks {f.name} (expected {f})")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{cfg_path} must hold a JSON object, got {type(meta).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise CheckpointError(f"{cfg_path} lacks required key(s) {missing}")
-    enc = meta["encoders"]
-    if not isinstance(enc, dict):
-        raise CheckpointError(f"{cfg_path}: 'encoders' must be an object")
-    missing = [k for k in ENCODER_KEYS if k not in enc]
-    if missing:
-        raise CheckpointError(f"{cfg_path} lacks required key(s) {['encoders.' + k for k in missing]}")
-    if enc["long_policy"] not in ("truncate", "windows"):
-        raise CheckpointError(f"{cfg_path}: encoders.long_policy must be 'truncate' or 'windows', "
-                              f"got {enc['long_policy']!r}")
-    if not isinstance(enc["max_residues"], int) or enc["max_residues"] < 1:
-        raise CheckpointError(f"{cfg_path}: encoders.max_residues must be a positive integer, "
-                              f"got {enc['max_residues']!r}")
-    for key in ("model", "sequence_encoder", "image_encoder"):
-        if not isinstance(meta[key], dict):
-            raise CheckpointError(f"{cfg_path}: '{key}' must be an object")
-    for key in ("seq_dim", "img_dim"):
-        if key not in meta["model"]:
-            raise CheckpointError(f"{cfg_path} lacks required key 'model.{key}'")
-    n_labels = int(meta["model"].get("n_labels", 5))
-    labels = meta["labels"]
-    if not isinstance(labels, list) or len(labels) != n_labels or len(set(labels)) != len(labels):
-        raise CheckpointMismatchError(f"{cfg_path}: 'labels' must list {n_labels} distinct names "
-                                      f"(model n_labels), got {labels!r}")
-    thr = meta["thresholds"]
-    try:
-        t = np.asarray(thr, dtype=np.float64)
-    except (TypeError, ValueError):
-        t = np.full(1, np.nan)
-    if t.shape != (n_labels,) or np.isnan(t).any() or ((t < 0) | (t > 1)).any():
-        raise CheckpointError(f"{cfg_path}: 'thresholds' must be {n_labels} numbers in [0, 1], got {thr!r}")
-    # the dims the model was built for must be the hidden sizes of the features it was fed
-    for kind, dim in (("sequence", "seq_dim"), ("image", "img_dim")):
-        stored = meta[f"{kind}_encoder"].get("hidden_size")
-        if stored is not None and stored != meta["model"][dim]:
-            raise CheckpointMismatchError(
-                f"{cfg_path}: model {dim} is {meta['model'][dim]} but the stored {kind} encoder "
-                f"fingerprint has hidden size {stored}")
-    return meta
-
-
 def _normalise(d: dict) -> dict:
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
@@ -162,36 +120,48 @@ def compare_fingerprints(kind: str, stored: dict, current: dict) -> None:
               f"predictions may differ slightly")
 
 
-def load_for_prediction(checkpoint: str | Path, device: str = "cpu"):
-    """(model, meta, sequence encoder, image encoder), all checked against each other."""
-    from .encoders import load_image_encoder, load_sequence_encoder
-    from .model import FusionConfig
-    from .training import load_checkpoint
+def image_grid(meta: dict) -> int:
+    """Tiles per side the image store used (``crop_grid``, high-resolution mode); 1 = whole image."""
+    grid = meta["image_encoder"].get("crop_grid", 1)
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise CheckpointError(f"image_encoder.crop_grid must be a positive integer, got {grid!r}")
+    if meta["encoders"].get("crop_grid", grid) != grid:
+        raise CheckpointMismatchError(f"encoders.crop_grid {meta['encoders']['crop_grid']} differs from the "
+                                      f"image store's crop_grid {grid}")
+    return grid
 
-    meta = read_checkpoint_config(checkpoint)
+
+def load_for_prediction(checkpoint: str | Path, device: str = "cpu", *, labels=None):
+    """(model, meta, sequence encoder, image encoder), all checked against each other."""
+    from .encoders import OfflineError, load_image_encoder, load_sequence_encoder
+
+    ckpt = Checkpoint.load(checkpoint, device=device, labels=labels)
+    meta = ckpt.meta()
     enc = meta["encoders"]
-    seq_enc = load_sequence_encoder(enc["sequence"], device=device)
-    img_enc = load_image_encoder(enc["image"], device=device)
+    try:
+        seq_enc = load_sequence_encoder(enc["sequence"], device=device)
+        img_enc = load_image_encoder(enc["image"], device=device)
+    except OfflineError as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise RunFailed(str(exc)) from None
+    except ValueError as exc:  # a config the loaders refuse (allowed keys, bad values)
+        raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: bad 'encoders' config: {exc}") from None
     seq_fp = seq_enc.fingerprint()
     for k in STORE_SEQUENCE_KEYS:
         if k in meta["sequence_encoder"]:
             seq_fp[k] = enc[k]
+    img_fp = img_enc.fingerprint()
+    grid = image_grid(meta)
+    if grid > 1:
+        img_fp["crop_grid"] = grid
     compare_fingerprints("sequence", meta["sequence_encoder"], seq_fp)
-    compare_fingerprints("image", meta["image_encoder"], img_enc.fingerprint())
+    compare_fingerprints("image", meta["image_encoder"], img_fp)
     for kind, dim, size in (("sequence", "seq_dim", seq_enc.hidden_size), ("image", "img_dim", img_enc.hidden_size)):
         if meta["model"][dim] != size:
             raise CheckpointMismatchError(f"model {dim} is {meta['model'][dim]} but the {kind} encoder's "
                                           f"hidden size is {size}")
-    try:
-        FusionConfig(**meta["model"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{Path(checkpoint) / 'config.json'}: bad 'model' config: {exc}") from None
-    try:
-        model, _ = load_checkpoint(checkpoint, device=device)
-    except RuntimeError as exc:  # shape / key mismatch between config.json and the weights
-        raise CheckpointError(f"{Path(checkpoint) / 'model.safetensors'} does not fit the model in "
-                              f"config.json: {exc}") from None
-    return model, meta, seq_enc, img_enc
+    return ckpt.model, meta, seq_enc, img_enc
 
 
 def demo_note(meta: dict) -> str | None:
@@ -208,25 +178,35 @@ def demo_note(meta: dict) -> str | None:
     return (f"predictions come from a demo model ({' + '.join(parts)}) and are not biologically meaningful")
 
 
-# -- images ------------------------------------------------------------------------------------
+# -- inputs ------------------------------------------------------------------------------------
+def unsafe_id(pid: str) -> str | None:
+    """Why ``pid`` cannot be used as a file name under --images (None when it can)."""
+    if pid in (".", "..") or any(c in pid for c in ("/", "\\", "\0")) or os.path.isabs(pid):
+        return (f"protein id {pid!r} is not a plain file name (it holds a path separator or is '.' or '..'); "
+                f"its images were not looked up, so nothing outside --images is read")
+    return None
+
+
+def _is_image(f: Path) -> bool:
+    return f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def find_images(images_dir: str | Path, protein_ids) -> dict[str, list[Path]]:
-    """{protein id: sorted image paths} following the module's images rule."""
+    """{protein id: sorted image paths} following the module's images rule (unsafe ids: [])."""
     root = Path(images_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"images folder not found: {root}")
+        what = "is not a folder" if root.exists() else "not found"
+        raise UserError(f"images folder {root} {what}")
     ids = [str(p) for p in protein_ids]
     found: dict[str, set[Path]] = {p: set() for p in ids}
-
-    def is_image(f: Path) -> bool:
-        return f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
-
-    for p in ids:
+    safe = [p for p in ids if unsafe_id(p) is None]
+    for p in safe:
         sub = root / p
         if sub.is_dir():
-            found[p].update(f for f in sub.iterdir() if is_image(f))
-    by_length = sorted(ids, key=len, reverse=True)  # longest id first: 'A_1_x.jpg' is A_1's
+            found[p].update(f for f in sub.iterdir() if _is_image(f))
+    by_length = sorted(safe, key=len, reverse=True)  # longest id first: 'A_1_x.jpg' is A_1's
     for f in root.iterdir():
-        if not is_image(f):
+        if not _is_image(f):
             continue
         for p in by_length:
             if f.stem == p or f.stem.startswith(p + "_"):
@@ -235,11 +215,91 @@ def find_images(images_dir: str | Path, protein_ids) -> dict[str, list[Path]]:
     return {p: sorted(v) for p, v in found.items()}
 
 
+def unmatched_images(images_dir: str | Path, found: dict[str, list[Path]]) -> list[Path]:
+    """Image files anywhere under ``images_dir`` that the rule gives to no protein."""
+    root = Path(images_dir)
+    used = {p for paths in found.values() for p in paths}
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            if _is_image(f) and f not in used:
+                out.append(f.relative_to(root))
+    return out
+
+
+def read_sequences(fasta: str | Path) -> dict[str, str]:
+    """read_fasta with every problem (missing, binary, malformed) as one line naming the file."""
+    path = Path(fasta)
+    if not path.is_file():
+        raise UserError(f"FASTA file {path} {'is not a file' if path.exists() else 'not found'}")
+    try:
+        return read_fasta(path)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text FASTA file (it is not UTF-8 text)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read FASTA file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # malformed records, duplicate ids, non-amino-acid characters
+        msg = str(exc)
+        raise UserError(msg if str(path) in msg else f"{path}: {msg}") from None
+
+
+def check_out_path(out: str | Path, *, inputs=()) -> Path:
+    """Refuse, before any work, an --out that could not be written (or would replace an input)."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name, e.g. {out / 'predictions.csv'}")
+    if out.exists() and not out.is_file():
+        raise UserError(f"--out {out} exists and is not a regular file")
+    parent = out.parent
+    if not parent.exists():
+        raise UserError(f"--out {out}: folder {parent} does not exist (create it first)")
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is not a folder")
+    for inp in inputs:
+        if inp is not None and Path(inp).exists() and out.resolve() == Path(inp).resolve():
+            raise UserError(f"--out {out} is the input file {inp}; it would be overwritten")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UserError(f"--out {out} exists and is read-only")
+    try:  # the output is written as a temporary file in the same folder, then renamed into place
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write in folder {parent} ({exc.strerror or exc})") from None
+    return out
+
+
+def write_csv(df: pd.DataFrame, out: str | Path) -> Path:
+    """Whole or not at all: the previous file stays until the new one is complete."""
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False)
+        return publish(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 # -- prediction --------------------------------------------------------------------------------
 def _as_trained(t: torch.Tensor) -> torch.Tensor:
     # Training read features from the fp16 store; round the same way so that a protein gets
     # the probabilities the evaluation would have given it.
     return t.to(STORE_DTYPE).float()
+
+
+def sequence_use(seq: str, max_residues: int, long_policy: str) -> tuple[str, str | None]:
+    """('full' | 'truncated' | 'windows', the note for the row or None)."""
+    if len(seq) <= max_residues:
+        return "full", None
+    if long_policy == "windows":
+        return "windows", (f"sequence of {len(seq)} residues embedded in overlapping windows of {max_residues} "
+                           f"(checkpoint max_residues, long_policy windows)")
+    return "truncated", (f"sequence of {len(seq)} residues truncated to its first {max_residues} "
+                         f"(checkpoint max_residues); residues {max_residues + 1}-{len(seq)} were not used")
 
 
 def embed_protein_sequence(seq_enc, seq: str, max_residues: int, long_policy: str) -> torch.Tensor:
@@ -263,24 +323,60 @@ def protein_probabilities(model, seq_tokens: torch.Tensor, img_tokens: torch.Ten
     return torch.cat(probs).double().mean(0).numpy()
 
 
+def _image_tokens(img_enc, paths: list[Path], pid: str, batch_size: int, grid: int, warns: list[str]):
+    """Tokens of every usable image, loaded batch by batch (never all images in memory at once)."""
+    chunks, used, skipped = [], 0, 0
+    for start in range(0, len(paths), batch_size):
+        pics = []
+        for path in paths[start:start + batch_size]:
+            try:
+                im = load_image(path)
+            except BadImageError as exc:
+                skipped += 1
+                warns.append(f"skipped {exc}")
+                _warn(f"{pid}: skipped {exc}")
+                continue
+            note = im.info.get(CONVERSION_NOTE)
+            if note:
+                warns.append(f"converted {path.name}: {note}")
+                _warn(f"{pid}: converted {path}: {note}")
+            pics.append(im)
+        if pics:
+            tiles = [t for im in pics for t in crop_grid(im, grid)]
+            tok = img_enc.embed_batch(tiles)
+            chunks.append(_as_trained(tok.reshape(len(pics), -1, tok.shape[-1])))
+            used += len(pics)
+    return (torch.cat(chunks) if chunks else None), used, skipped
+
+
 def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None = None, device: str = "auto",
-            progress: bool = True, batch_size: int = 32) -> pd.DataFrame:
+            progress: bool = True, batch_size: int = 32, *, labels=_UNSET) -> pd.DataFrame:
     """Protein-level probabilities and calls for every FASTA record (see the module docstring).
 
-    Raises MissingImagesError when ``images`` is None; a protein without a usable image gets
-    a row with the reason in ``error`` instead.
+    ``labels``: the label names and order the checkpoint must have (default: the project's
+    five; None: whatever it lists). Raises MissingImagesError when ``images`` is None; a
+    protein without a usable image gets a row with the reason in ``error`` instead.
     """
-    device = resolve_device(device)
+    labels = LABELS if labels is _UNSET else labels
+    try:
+        device = resolve_device(device)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"--device: {exc}") from None
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    meta = read_checkpoint_config(checkpoint)  # cheap checks before the encoders are loaded
-    sequences = read_fasta(fasta)
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    read_config(checkpoint, labels=labels)  # cheap checks before the encoders are loaded
+    sequences = read_sequences(fasta)
     if images is None:
         raise MissingImagesError(fusion_needs_images(sequences))
     found = find_images(images, sequences)
-    model, meta, seq_enc, img_enc = load_for_prediction(checkpoint, device)
+    unmatched = unmatched_images(images, found)
+    if unmatched:
+        _warn(f"{len(unmatched)} image file(s) in {images} match no FASTA id and are not used: {_shown(unmatched)} "
+              f"(images of protein P: DIR/P/*, DIR/P.<ext> or DIR/P_*.<ext>)")
+    model, meta, seq_enc, img_enc = load_for_prediction(checkpoint, device, labels=labels)
     labels, enc = meta["labels"], meta["encoders"]
     thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
+    grid = image_grid(meta)
     note = demo_note(meta)
     if note:
         _warn(note)
@@ -292,26 +388,38 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
 
     rows = []
     for pid, seq in tqdm(sequences.items(), desc="proteins", unit="protein", disable=not progress):
-        warns, pics = [], []
-        for path in found[pid]:
-            try:
-                pics.append(load_image(path))
-            except BadImageError as exc:
-                warns.append(f"skipped {exc}")
-                _warn(f"{pid}: skipped {exc}")
-        row = {"protein_id": pid, "n_images": len(pics)}
-        if not pics:
-            why = (f"all {len(found[pid])} image(s) of {pid} are unreadable" if found[pid]
-                   else f"no images for {pid} in {images}")
-            row["error"] = f"{why}: {fusion_needs_images([pid])}"
+        use, seq_note = sequence_use(seq, enc["max_residues"], enc["long_policy"])
+        warns = [seq_note] if seq_note else []
+        row = {"protein_id": pid, "n_images": 0, "n_images_skipped": 0, "sequence_use": use}
+        bad_id = unsafe_id(pid)
+        if bad_id:
+            row["error"] = bad_id
+            _warn(f"{pid}: {bad_id}")
         else:
-            seq_tokens = _as_trained(embed_protein_sequence(seq_enc, seq, enc["max_residues"], enc["long_policy"]))
-            img_tokens = torch.cat([_as_trained(img_enc.embed_batch(pics[i:i + batch_size]))
-                                    for i in range(0, len(pics), batch_size)])
-            row["_prob"] = protein_probabilities(model, seq_tokens, img_tokens, device, batch_size)
+            if seq_note:
+                _warn(f"{pid}: {seq_note}")
+            try:
+                img_tokens, row["n_images"], row["n_images_skipped"] = _image_tokens(
+                    img_enc, found[pid], pid, batch_size, grid, warns)
+                if img_tokens is None:
+                    why = (f"all {len(found[pid])} image(s) of {pid} are unusable" if found[pid]
+                           else f"no images for {pid} in {images}")
+                    row["error"] = f"{why}: {fusion_needs_images([pid])}"
+                else:
+                    seq_tokens = _as_trained(embed_protein_sequence(seq_enc, seq, enc["max_residues"],
+                                                                    enc["long_policy"]))
+                    row["_prob"] = protein_probabilities(model, seq_tokens, img_tokens, device, batch_size)
+            except torch.OutOfMemoryError:  # one huge protein must not cost the others their rows
+                row.pop("_prob", None)
+                row["error"] = f"out of memory on {device} for {pid}; try a smaller --batch-size"
+                _warn(f"{pid}: {row['error']}")
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
         row["warnings"] = "; ".join(warns)
         rows.append(row)
-    return _frame(rows, labels, thresholds, note)
+    out = _frame(rows, labels, thresholds, note)
+    out.attrs["unmatched_images"] = [str(p) for p in unmatched]
+    return out
 
 
 def _frame(rows: list[dict], labels: list[str], thresholds: np.ndarray, note: str | None) -> pd.DataFrame:
@@ -331,6 +439,8 @@ def _frame(rows: list[dict], labels: list[str], thresholds: np.ndarray, note: st
         out.loc[~done, f"call_{_col(lab)}"] = pd.NA
     out["predicted"] = [";".join(lab for lab, c in zip(labels, calls[i]) if c) if done[i] else ""
                         for i in range(len(rows))]
+    out["n_images_skipped"] = [r["n_images_skipped"] for r in rows]
+    out["sequence_use"] = [r["sequence_use"] for r in rows]
     out["warnings"] = [r["warnings"] for r in rows]
     out["error"] = [r.get("error", "") for r in rows]
     if note:
@@ -339,53 +449,61 @@ def _frame(rows: list[dict], labels: list[str], thresholds: np.ndarray, note: st
 
 
 # -- command line ------------------------------------------------------------------------------
+PROG = "proloc predict"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m proloc_lib.predict",
                                 description="Predict protein subcellular locations with a ProLoc-IHS checkpoint.",
                                 epilog="Images for protein P: DIR/P/*.{jpg,jpeg,png,tif,tiff}, DIR/P.<ext> "
-                                       "or DIR/P_*.<ext>.")
+                                       "or DIR/P_*.<ext>. Exit codes: 0 ok, 1 no protein predicted or a "
+                                       "download failed, 2 bad arguments or files, 130 interrupted.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--fasta", required=True, help="protein sequences; the id is the header's first word")
     p.add_argument("--images", help="folder of IHC images (see the rule below)")
-    p.add_argument("--out", help="output CSV (default: standard output)")
+    p.add_argument("--out", help="output CSV (default: standard output); checked before any work")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--labels", help="comma-separated label names, in order, that the checkpoint must have "
+                                    "(default: the project's five labels)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
+@cli_main(PROG)
 def main(argv=None) -> int:
     """CLI entry point: 0 when at least one protein was predicted, 1 when none, 2 on errors."""
-    from .encoders import OfflineError
-
     args = _parser().parse_args(argv)
+    if args.out:  # before any work: a bad --out must not cost the predictions
+        check_out_path(args.out, inputs=(args.fasta,))
     try:
         device = resolve_device(args.device)  # unknown or unavailable device: fail before any work
     except (ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        df = predict(args.checkpoint, args.fasta, args.images, device=device,
-                     progress=not args.no_progress, batch_size=args.batch_size)
-    except MissingImagesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (OfflineError, OSError, ValueError) as exc:  # one clear line for problems with the inputs
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(f"--device: {exc}") from None
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else LABELS
+    df = predict(args.checkpoint, args.fasta, args.images, device=device,
+                 progress=not args.no_progress, batch_size=args.batch_size, labels=labels)
     failed = df[df["error"] != ""]
     if len(failed):
         print(f"warning: {len(failed)} of {len(df)} protein(s) not predicted: "
-              + ", ".join(failed["protein_id"].astype(str)), file=sys.stderr)
+              + _shown(failed["protein_id"], 10), file=sys.stderr)
         for pid, err in zip(failed["protein_id"], failed["error"]):
             print(f"  {pid}: {err}", file=sys.stderr)
+    notes = {"truncated": "sequence(s) truncated", "windows": "sequence(s) embedded in windows"}
+    summary = [f"{int((df['sequence_use'] == k).sum())} {v}" for k, v in notes.items() if (df["sequence_use"] == k).any()]
+    if df["n_images_skipped"].sum():
+        summary.append(f"{int(df['n_images_skipped'].sum())} image(s) skipped")
+    if df.attrs.get("unmatched_images"):
+        summary.append(f"{len(df.attrs['unmatched_images'])} image file(s) matched no FASTA id")
+    if summary:
+        print(f"summary: {'; '.join(summary)} (details in the warnings column and above)", file=sys.stderr)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out, index=False)
+        write_csv(df, args.out)
         print(f"wrote {len(df) - len(failed)} prediction(s) to {args.out}", file=sys.stderr)
     else:
         df.to_csv(sys.stdout, index=False)
-    return 0 if len(failed) < len(df) else 1
+    return EXIT_FAILED if len(failed) == len(df) else 0
 
 
 if __name__ == "__main__":

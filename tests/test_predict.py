@@ -192,7 +192,7 @@ def test_broken_checkpoint_files_are_named(env):
         P.predict(no_enc, env["fasta"], env["images"], device="cpu")
     no_weights = _edit(env, "ckpt_noweights", lambda m: None)
     (no_weights / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(P.CheckpointError, match="model.safetensors"):
         P.predict(no_weights, env["fasta"], env["images"], device="cpu")
 
 
