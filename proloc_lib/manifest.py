@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .config import PROJECT_ROOT
+from .fileio import publish, umask_mode, write_text
 from .images import file_sha256 as sha256
 
 PACKAGES = ("torch", "transformers", "timm", "numpy", "pandas", "scikit-learn", "safetensors",
@@ -96,7 +97,8 @@ def stage_output(final_dir: str | Path, stage: str, params: dict, inputs=(), pro
     try:
         yield tmp, extra
         man = build_manifest(stage, params, inputs, tmp, provenance, extra)
-        (tmp / MANIFEST).write_text(json.dumps(man, indent=2, default=str))
+        write_text(tmp / MANIFEST, json.dumps(man, indent=2, default=str))
+        apply_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -104,5 +106,21 @@ def stage_output(final_dir: str | Path, stage: str, params: dict, inputs=(), pro
     if final_dir.exists():
         shutil.rmtree(old, ignore_errors=True)
         final_dir.rename(old)
-    tmp.rename(final_dir)
+    publish(tmp, final_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def apply_umask(folder: str | Path) -> None:
+    """Give everything under ``folder`` the permissions the user's umask asks for.
+
+    safetensors and ``tempfile`` create files 0600 whatever the umask, so a stage's outputs
+    would otherwise be unreadable to the group a shared project folder is meant for.
+    Executable files keep their x bits (filtered by the umask like everything else).
+    """
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            p.chmod(umask_mode(0o777))
+        else:
+            p.chmod(umask_mode(0o777 if p.stat().st_mode & 0o111 else 0o666))
