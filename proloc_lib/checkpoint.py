@@ -167,6 +167,12 @@ def validate_config(meta, cfg_path: Path, *, labels=None) -> dict:
         mcfg = FusionConfig(**meta["model"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: bad 'model' config: {exc}") from None
+    sizes = ("seq_dim", "img_dim", "n_labels", "d_model", "n_heads", "ff_mult")
+    bad = [k for k in sizes if isinstance(getattr(mcfg, k), bool) or not isinstance(getattr(mcfg, k), int)
+           or getattr(mcfg, k) < 1]
+    if bad:
+        raise CheckpointError(f"{cfg_path}: model {', '.join(f'{k}={getattr(mcfg, k)!r}' for k in bad)}: "
+                              f"sizes must be positive integers")
     n_labels = mcfg.n_labels
     _check_labels(meta["labels"], n_labels, labels, cfg_path)
     thr = meta["thresholds"]
@@ -282,8 +288,8 @@ class Checkpoint:
         else:  # written by the older training.save_checkpoint: config.json is all there is
             _warn(f"{ckpt_dir / WEIGHTS} records no label names (older checkpoint); the label order "
                   f"is taken from {CONFIG} unchecked")
-        model = FusionModel(FusionConfig(**meta["model"]))
         try:
+            model = FusionModel(FusionConfig(**meta["model"]))
             model.load_state_dict(state)
         except RuntimeError as exc:  # shape / key mismatch between config.json and the weights
             raise CheckpointError(f"{ckpt_dir / WEIGHTS} does not fit the model in {CONFIG}: "

@@ -16,8 +16,13 @@ from importlib import metadata
 from pathlib import Path
 
 from .config import PROJECT_ROOT
+from .errors import UserError
 from .fileio import publish, umask_mode, write_text
 from .images import file_sha256 as sha256
+
+class ManifestError(UserError, ValueError):
+    """A stage manifest that exists but cannot be read."""
+
 
 PACKAGES = ("torch", "transformers", "timm", "numpy", "pandas", "scikit-learn", "safetensors",
             "p-scldata", "iterative-stratification", "papermill")
@@ -78,7 +83,11 @@ def read_manifest(stage_path: str | Path) -> dict:
         raise FileNotFoundError(
             f"{path} not found: the stage that writes {Path(stage_path).name} has not completed; "
             "run the earlier notebooks first (bash run_all.sh runs them in order)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not a valid manifest ({exc}); rerun the stage that writes "
+                            f"{Path(stage_path).name}") from None
 
 
 @contextlib.contextmanager

@@ -200,18 +200,23 @@ def find_images(images_dir: str | Path, protein_ids) -> dict[str, list[Path]]:
     ids = [str(p) for p in protein_ids]
     found: dict[str, set[Path]] = {p: set() for p in ids}
     safe = [p for p in ids if unsafe_id(p) is None]
-    for p in safe:
-        sub = root / p
-        if sub.is_dir():
-            found[p].update(f for f in sub.iterdir() if _is_image(f))
-    by_length = sorted(safe, key=len, reverse=True)  # longest id first: 'A_1_x.jpg' is A_1's
-    for f in root.iterdir():
-        if not _is_image(f):
-            continue
-        for p in by_length:
-            if f.stem == p or f.stem.startswith(p + "_"):
-                found[p].add(f)
-                break
+    sub = root
+    try:
+        for p in safe:
+            sub = root / p
+            if sub.is_dir():
+                found[p].update(f for f in sub.iterdir() if _is_image(f))
+        sub = root
+        by_length = sorted(safe, key=len, reverse=True)  # longest id first: 'A_1_x.jpg' is A_1's
+        for f in root.iterdir():
+            if not _is_image(f):
+                continue
+            for p in by_length:
+                if f.stem == p or f.stem.startswith(p + "_"):
+                    found[p].add(f)
+                    break
+    except OSError as exc:
+        raise UserError(f"cannot list images folder {sub}: {exc.strerror or exc}") from None
     return {p: sorted(v) for p, v in found.items()}
 
 
@@ -502,7 +507,12 @@ def main(argv=None) -> int:
         write_csv(df, args.out)
         print(f"wrote {len(df) - len(failed)} prediction(s) to {args.out}", file=sys.stderr)
     else:
-        df.to_csv(sys.stdout, index=False)
+        try:
+            df.to_csv(sys.stdout, index=False)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `... | head`: the reader left; stop quietly, no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAILED
     return EXIT_FAILED if len(failed) == len(df) else 0
 
 

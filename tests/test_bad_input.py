@@ -362,3 +362,29 @@ def test_files_are_written_with_the_users_umask(env, tmp_path, capsys, umask, fi
         assert mode(f) == file_mode, (f, oct(mode(f)))
     for d in (ck, final, final / "sub"):
         assert mode(d) == dir_mode, (d, oct(mode(d)))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m["model"].update(d_model=-16), r"d_model=-16.*positive integers"),
+    (lambda m: m["model"].update(n_heads="2"), "bad 'model' config"),
+    (lambda m: m["model"].update(n_blocks=3), "does not fit the model in config.json"),
+    (lambda m: m.update(thresholds=[0.5, 0.5, "x", 0.5, 0.5]), "'thresholds' must be 5 numbers in"),
+    (lambda m: m["encoders"].update(long_policy="chop"), "long_policy must be 'truncate' or 'windows'"),
+])
+def test_malformed_checkpoint_config_is_named(env, tmp_path, edit, match):
+    bad = _edit(env, tmp_path / "ck", edit)
+    with pytest.raises(CheckpointError, match=match) as info:
+        Checkpoint.load(bad)
+    assert str(bad / "config.json") in str(info.value) or str(bad / "model.safetensors") in str(info.value)
+    (bad / "config.json").write_bytes(b"\xff\xfe{\x00")
+    with pytest.raises(CheckpointError, match="config.json is not UTF-8 text"):
+        Checkpoint.load(bad)
+
+
+def test_corrupt_manifest_is_named(tmp_path):
+    from proloc_lib.manifest import ManifestError, read_manifest
+
+    (tmp_path / "manifest.json").write_text('{"stage": ')
+    with pytest.raises(ManifestError, match=r"manifest.json is not a valid manifest.*rerun the stage"):
+        read_manifest(tmp_path)
+    assert issubclass(ManifestError, UserError)
