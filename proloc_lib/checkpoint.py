@@ -48,6 +48,7 @@ T5_CONFIG_KEYS = frozenset({
 NESTED = {"sequence": {"config": T5_CONFIG_KEYS}, "image": {"overrides": VIT_OVERRIDE_KEYS}}
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")           # a plain word: timm names, revisions, options
+_WORDS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+ -]*\Z")         # option values: 'bicubic', 'plain resize'
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?\Z")  # org/name
 
 
@@ -65,12 +66,16 @@ def _warn(msg: str) -> None:
 
 # -- validation --------------------------------------------------------------------------------
 def _plain_value(value, where: str, cfg_path: Path) -> None:
-    """Scalars, or lists of scalars; strings must be plain words (no paths, no URLs, no schemes)."""
+    """Scalars, lists or objects of them; strings must be plain words (no paths, URLs, schemes)."""
+    if isinstance(value, dict):  # e.g. a preprocessing block: its keys are the loader's business
+        for k, v in value.items():
+            _plain_value(v, f"{where}.{k}", cfg_path)
+        return
     items = value if isinstance(value, list) else [value]
     for v in items:
         if v is None or isinstance(v, (bool, int, float)):
             continue
-        if isinstance(v, str) and _NAME.match(v) and ".." not in v:
+        if isinstance(v, str) and _WORDS.match(v) and ".." not in v:
             continue
         raise CheckpointError(f"{cfg_path}: {where} = {v!r} is not allowed (only numbers, booleans and plain "
                               f"names; a checkpoint may not name files or URLs)")

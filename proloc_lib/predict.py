@@ -457,8 +457,13 @@ def _frame(rows: list[dict], labels: list[str], thresholds: np.ndarray, note: st
 PROG = "proloc predict"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2 through cli_main, not usage + message
+        raise UserError(f"{message} (see --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m proloc_lib.predict",
+    p = _Parser(prog="python -m proloc_lib.predict",
                                 description="Predict protein subcellular locations with a ProLoc-IHS checkpoint.",
                                 epilog="Images for protein P: DIR/P/*.{jpg,jpeg,png,tif,tiff}, DIR/P.<ext> "
                                        "or DIR/P_*.<ext>. Exit codes: 0 ok, 1 no protein predicted or a "

@@ -388,3 +388,21 @@ def test_corrupt_manifest_is_named(tmp_path):
     with pytest.raises(ManifestError, match=r"manifest.json is not a valid manifest.*rerun the stage"):
         read_manifest(tmp_path)
     assert issubclass(ManifestError, UserError)
+
+
+def test_argument_errors_are_one_line(env, tmp_path, capsys):
+    for argv, expect in ((["--fasta", "x"], "the following arguments are required: --checkpoint"),
+                         (_args(env, tmp_path / "p.csv", **{"--batch-size": "abc"}), "invalid int value: 'abc'")):
+        assert P.main(argv) == EXIT_USAGE
+        assert expect in _one_line(capsys.readouterr().err)
+
+
+def test_encoder_option_values_are_plain(tmp_path):
+    from proloc_lib.checkpoint import check_encoder_config
+
+    ok = {"model": "vit_base_patch16_224.orig_in21k", "pretrained": True}
+    check_encoder_config("image", ok, tmp_path / "config.json")
+    for bad, match in (({**ok, "model": "vit_base_patch16_224/../../x"}, "is not a model id"),
+                       ({**ok, "pretrained": "/tmp/weights.pth"}, "may not name files")):
+        with pytest.raises(CheckpointError, match=match):
+            check_encoder_config("image", bad, tmp_path / "config.json")
