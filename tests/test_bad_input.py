@@ -233,7 +233,8 @@ def test_out_file_untouched_when_predict_fails(env, tmp_path, capsys, monkeypatc
 
 
 @pytest.mark.parametrize("kind", ["missing_ckpt", "ckpt_is_file", "fasta_missing", "fasta_utf16", "fasta_dir",
-                                  "images_missing", "batch_zero", "device", "garbage_weights"])
+                                  "fasta_empty", "images_missing", "images_is_file", "batch_zero", "device",
+                                  "garbage_weights", "labels_option"])
 def test_bad_arguments_and_files_give_one_line(env, tmp_path, capsys, kind):
     over, expect = {}, ""
     if kind == "missing_ckpt":
@@ -248,6 +249,14 @@ def test_bad_arguments_and_files_give_one_line(env, tmp_path, capsys, kind):
         over, expect = {"--fasta": f}, "u.fasta is not a text FASTA file"
     elif kind == "fasta_dir":
         over, expect = {"--fasta": tmp_path}, "is not a file"
+    elif kind == "fasta_empty":
+        f = tmp_path / "e.fasta"
+        f.write_text("")
+        over, expect = {"--fasta": f}, "e.fasta: no FASTA records"
+    elif kind == "images_is_file":
+        over, expect = {"--images": env["fasta"]}, "proteins.fasta is not a folder"
+    elif kind == "labels_option":
+        over, expect = {"--labels": "nucleus,cytoplasm"}, "differ from the expected ['nucleus', 'cytoplasm']"
     elif kind == "images_missing":
         over, expect = {"--images": tmp_path / "imgs"}, "imgs not found"
     elif kind == "batch_zero":
