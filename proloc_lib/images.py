@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +36,18 @@ def load_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse those too, unopened
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()  # decode now: a truncated file fails here, not later in a batch
-                im, note = to_rgb8(im)
+        with Image.open(path) as im:
+            # PIL refuses more than twice MAX_IMAGE_PIXELS itself and only warns above it: refuse
+            # those too, from the header, before decoding (no warnings filter: thread-safe)
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.size[0] * im.size[1] > limit:
+                raise Image.DecompressionBombError(f"{im.size[0]}x{im.size[1]} = {im.size[0] * im.size[1]} "
+                                                   f"pixels, over the limit of {limit}")
+            im.load()  # decode now: a truncated file fails here, not later in a batch
+            im, note = to_rgb8(im)
     except FileNotFoundError:
         raise BadImageError(f"image not found: {path}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise BadImageError(f"image {path} refused as a possible decompression bomb: "
                             f"{' '.join(str(exc).split())}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

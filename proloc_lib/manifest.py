@@ -20,6 +20,7 @@ from .errors import UserError
 from .fileio import publish, umask_mode, write_text
 from .images import file_sha256 as sha256
 
+
 class ManifestError(UserError, ValueError):
     """A stage manifest that exists but cannot be read."""
 
