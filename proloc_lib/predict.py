@@ -46,11 +46,13 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .checkpoint import (ENCODER_KEYS, REQUIRED_KEYS, Checkpoint, CheckpointError,  # noqa: F401 (re-exported)
@@ -335,7 +337,9 @@ def _image_tokens(img_enc, paths: list[Path], pid: str, batch_size: int, grid: i
         pics = []
         for path in paths[start:start + batch_size]:
             try:
-                im = load_image(path)
+                with warnings.catch_warnings():  # load_image refuses these itself, with the file's name
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    im = load_image(path)
             except BadImageError as exc:
                 skipped += 1
                 warns.append(f"skipped {exc}")
