@@ -44,8 +44,9 @@ def tune_thresholds(y_true, y_prob, split: str, grid=THRESHOLD_GRID) -> np.ndarr
 
 def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: list[str],
          thresholds=0.5, config: str = "", config_hash: str = "", fold: int | None = None, *,
-         strict_threshold: bool = False) -> pd.DataFrame:
-    """One run's metrics as tidy rows. Undefined values (a label without positives) are NaN."""
+         strict_threshold: bool = False, provenance: str | None = None) -> pd.DataFrame:
+    """One run's metrics as tidy rows. Undefined values (a label without positives) are NaN.
+    ``provenance`` (``config.provenance_note``): added as a column, so the CSV says what it is."""
     rep = metrics.full_report(np.asarray(y_true), np.asarray(y_prob), thresholds=thresholds, labels=labels,
                               strict=strict_threshold)
     rows = [{"label": "overall", "metric": k, "value": v} for k, v in rep["overall"].items()]
@@ -55,18 +56,21 @@ def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: 
     rows += [{"label": lab, "metric": "threshold", "value": float(t)} for lab, t in zip(labels, th)]
     df = pd.DataFrame(rows).assign(model=model, config=config, config_hash=config_hash, seed=seed,
                                    fold=fold, level=level, split=split)
+    if provenance is not None:
+        return df[COLUMNS].assign(provenance=provenance)
     return df[COLUMNS]
 
 
 def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, test: tuple, seed: int = 0,
              tune: bool = False, config: str = "", config_hash: str = "", image_level: bool = True,
-             fold: int | None = None, *, strict_threshold: bool = False):
+             fold: int | None = None, *, strict_threshold: bool = False, provenance: str | None = None):
     """Score ``(samples, probs)`` pairs for val and test, at image and protein level.
 
     With ``tune``, per-label thresholds come from the validation predictions of the same
     level; the test predictions are only ever scored. ``strict_threshold``: a call is
     ``prob > t`` (the published code) instead of ``prob >= t``. Returns (tidy frame, thresholds
-    by level, prediction frame of both splits). The tidy frame holds the standard metrics
+    by level, prediction frame of both splits; both carry a ``provenance`` column when it is
+    given). The tidy frame holds the standard metrics
     (``metrics.METRIC_NAMES``), the paper's formulas (``metrics.PAPER_ONLY_NAMES``), macro F1 /
     AP over the labels with positives, ECE and Brier, and per-label rows (NaN = undefined).
     """
@@ -84,9 +88,11 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
         thresholds[level] = th.tolist()
         for split, (y, p) in pairs.items():
             frames.append(tidy(model, level, split, seed, y, p, labels, th, config, config_hash, fold,
-                               strict_threshold=strict_threshold))
+                               strict_threshold=strict_threshold, provenance=provenance))
     preds = pd.concat([prediction_frame(model, seed, split, samples, probs, proteins, labels, thresholds)
                        for split, (samples, probs) in (("val", val), ("test", test))], ignore_index=True)
+    if provenance is not None:
+        preds["provenance"] = provenance
     return pd.concat(frames, ignore_index=True), thresholds, preds
 
 

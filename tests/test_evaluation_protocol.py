@@ -153,3 +153,24 @@ def test_as_run_id_maps_legacy_names():
     assert evaluation.as_run_id("fusion (corrected), 5-fold CV") == "cv.corrected"
     assert evaluation.as_run_id("composition + LR") == "baseline.composition_lr"
     assert evaluation.as_run_id("baseline.composition_lr") == "baseline.composition_lr"
+
+
+def test_every_table_file_carries_its_provenance(tmp_path):
+    from proloc_lib import config, figures
+
+    note = config.provenance_note({"synthetic_images": True, "random_weight_encoders": True, "real_sequences": True})
+    table = pd.DataFrame({"F1_paper": [0.7, np.nan], "F1": ["0.61 ± 0.02", "undefined"]},
+                         index=pd.Index(["fusion (corrected)", "label frequency"], name="model"))
+    paths = figures.save_table(table, tmp_path, "main_table", f"Profile 'demo'. {note}", note="50 resamples (demo).")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
+    csv = pd.read_csv(tmp_path / "main_table.csv")
+    assert list(csv.columns) == ["model", "F1_paper", "F1", "provenance"]
+    assert csv["provenance"].str.contains("SYNTHETIC").all() and csv["provenance"].str.contains("RANDOM-WEIGHT").all()
+    md = (tmp_path / "main_table.md").read_text()
+    assert md.splitlines()[0].startswith("Profile 'demo'. Demo numbers: SYNTHETIC") and "50 resamples" in md
+    tex = (tmp_path / "main_table.tex").read_text()
+    assert tex.startswith("% Profile 'demo'. Demo numbers: SYNTHETIC") and "\\caption{" in tex
+    assert "F1\\_paper" in tex and "undefined" in tex          # escaped for LaTeX; NaN shown as undefined
+    y, p = _data(n=20)
+    tidy = evaluation.tidy("fusion.corrected", "protein", "test", 0, y, p, LABELS, provenance=note)
+    assert (tidy["provenance"] == note).all()
