@@ -274,3 +274,43 @@ def data_card_figure(proteins: pd.DataFrame, images: pd.DataFrame, labels: list[
     sns.histplot(images.groupby("protein_id").size(), discrete=True, ax=axes[2])
     axes[2].set(xlabel="images per protein", ylabel="proteins")
     return fig
+
+
+def show(fig):
+    """Display a figure inline as PNG whatever the matplotlib backend (papermill runs may set Agg)."""
+    import io
+
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    display(Image(data=buf.getvalue()))
+
+
+class Outputs:
+    """What notebook 05 shows, kept until one final cell writes it all into the stage output
+    (so a failed run leaves the last complete ``figures/<profile>/`` untouched and the manifest
+    lists only what this run wrote). Each figure is captioned, shown inline and closed."""
+
+    def __init__(self, caption: str):
+        self.caption = caption
+        self.figures: dict[str, object] = {}
+        self.tables: dict[str, tuple[pd.DataFrame, str | None, bool]] = {}
+
+    def figure(self, name: str, fig) -> None:
+        finish(fig, self.caption)
+        show(fig)
+        plt.close(fig)          # no second copy from the inline backend; savefig still works
+        self.figures[name] = fig
+
+    def table(self, name: str, table: pd.DataFrame, *, note: str | None = None, index: bool = True) -> pd.DataFrame:
+        self.tables[name] = (table, note, index)
+        return table
+
+    def write(self, out_dir: str | Path, formats=("png", "svg")) -> list[Path]:
+        paths = []
+        for name, fig in self.figures.items():
+            paths += save(fig, out_dir, name, self.caption, formats)
+        for name, (table, note, index) in self.tables.items():
+            paths += save_table(table, out_dir, name, self.caption, note=note, index=index)
+        return paths
