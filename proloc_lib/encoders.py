@@ -26,13 +26,19 @@ from .config import resolve_device  # noqa: F401  (re-exported: one place decide
 from .sequences import clean_sequence, prott5_format
 
 SEQUENCE_KEYS = {"model", "revision", "pretrained", "config", "init_seed"}
-IMAGE_KEYS = {"model", "pretrained", "overrides", "init_seed"}
+IMAGE_KEYS = {"model", "pretrained", "overrides", "init_seed", "crop_pct", "crop_mode", "interpolation"}
+# Image preprocessing keys of the encoder config (default: the timm pretrained config of the model).
+# The published vit.py (transformers ViTImageProcessor of google/vit-base-patch16-224-in21k) resizes
+# every image to 224 x 224, bilinear, no crop, mean = std = 0.5: crop_mode "squash" + crop_pct 1.0 +
+# interpolation "bilinear". They enter the store fingerprint (through data_config), so a store made
+# with another preprocessing is stale.
+PREPROCESSING_CHOICES = {"crop_mode": ("center", "squash"), "interpolation": ("bilinear", "bicubic")}
 
 PROTT5_PREPROCESSING = "prott5: UZOB->X, space-separated, </s> dropped"
 IMAGE_TOKENS = "forward_features: all tokens (cls + patches) after final norm"
-# Random-weight ViTs take their input transform (mean/std, interpolation, crop) from this
+# Random-weight ViTs take their default input transform (mean/std, interpolation, crop) from this
 # pretrained tag of the same architecture, so the demo transform path is the paper's.
-DATA_CONFIG_TAG = "augreg_in21k"
+DATA_CONFIG_TAG = "orig_in21k"   # the published weights; its data config equals augreg_in21k's
 TINY_VOCAB_DIRNAME = "tiny-prott5-vocab"
 
 # ProtT5's spiece.model: <pad>=0, </s>=1, <unk>=2, then one '▁'-prefixed piece per residue
@@ -327,7 +333,7 @@ class ImageEncoder:
     """Frozen timm ViT; returns all tokens of ``forward_features`` (cls + patches, final norm)."""
 
     def __init__(self, model, model_id: str, device: str, dtype: torch.dtype, random_weights: bool,
-                 overrides: dict | None = None, init_seed: int | None = None):
+                 overrides: dict | None = None, init_seed: int | None = None, preprocessing: dict | None = None):
         import timm.data
 
         self.model = model.eval()
@@ -337,7 +343,9 @@ class ImageEncoder:
         self.random_weights = random_weights
         self._overrides = overrides or {}
         self._init_seed = init_seed
-        self.data_config = timm.data.resolve_data_config(model=model)
+        self.preprocessing = dict(preprocessing or {})
+        # the model's own data config, then the profile's explicit preprocessing keys on top
+        self.data_config = {**timm.data.resolve_data_config(model=model), **self.preprocessing}
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
         self.hidden_size = int(model.num_features)
         c, h, w = self.data_config["input_size"]
@@ -350,6 +358,8 @@ class ImageEncoder:
               "n_tokens": self.n_tokens, "hidden_size": self.hidden_size,
               "data_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.data_config.items())},
               "dtype": str(self.dtype).replace("torch.", ""), "random_weights": self.random_weights}
+        if self.preprocessing:
+            fp["preprocessing"] = dict(sorted(self.preprocessing.items()))
         if self.random_weights:
             fp.update(overrides=dict(sorted(self._overrides.items())), init_seed=self._init_seed)
         return fp
@@ -378,12 +388,29 @@ def _data_config_source(arch: str):
         return None
 
 
+def image_preprocessing(cfg: dict) -> dict:
+    """The explicit preprocessing keys of an image encoder config, validated."""
+    out = {}
+    if "crop_pct" in cfg:
+        v = cfg["crop_pct"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ValueError(f"image encoder 'crop_pct' must be a number in (0, 1], got {v!r}")
+        out["crop_pct"] = float(v)
+    for key, allowed in PREPROCESSING_CHOICES.items():
+        if key in cfg:
+            if cfg[key] not in allowed:
+                raise ValueError(f"image encoder '{key}' must be one of {allowed}, got {cfg[key]!r}")
+            out[key] = cfg[key]
+    return out
+
+
 def load_image_encoder(cfg: dict, device: str = "auto") -> ImageEncoder:
     """Pretrained timm ViT (network or local HF cache) or a seeded random-weight one."""
     import timm
     from timm.models import get_pretrained_cfg
 
     _check_keys(cfg, IMAGE_KEYS, "image encoder")
+    preprocessing = image_preprocessing(cfg)
     device = resolve_device(device)
     name = str(cfg["model"])
     # float32 throughout: ViT-B is cheap next to ProtT5-XL, and features are stored in fp16 anyway.
@@ -414,7 +441,8 @@ def load_image_encoder(cfg: dict, device: str = "auto") -> ImageEncoder:
             except OfflineError as exc:
                 raise OfflineError(f"cannot download image model '{name}': {exc}") from None
         model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
-        return ImageEncoder(model.to(device=device, dtype=dtype), name, device, dtype, random_weights=False)
+        return ImageEncoder(model.to(device=device, dtype=dtype), name, device, dtype, random_weights=False,
+                            preprocessing=preprocessing)
 
     if "init_seed" not in cfg:
         raise ValueError("a random-weight image encoder needs 'init_seed'")
@@ -427,4 +455,4 @@ def load_image_encoder(cfg: dict, device: str = "auto") -> ImageEncoder:
         torch.manual_seed(init_seed)
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs, **overrides)
     return ImageEncoder(model.to(device=device, dtype=dtype), name, device, dtype, random_weights=True,
-                        overrides=overrides, init_seed=init_seed)
+                        overrides=overrides, init_seed=init_seed, preprocessing=preprocessing)

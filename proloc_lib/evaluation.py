@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import metrics
+from . import metrics, runs
 
 COLUMNS = ["model", "config", "config_hash", "seed", "fold", "level", "split", "label", "metric", "value"]
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
@@ -43,8 +43,12 @@ def tune_thresholds(y_true, y_prob, split: str, grid=THRESHOLD_GRID) -> np.ndarr
 
 
 def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: list[str],
-         thresholds=0.5, config: str = "", config_hash: str = "", fold: int | None = None) -> pd.DataFrame:
-    rep = metrics.full_report(np.asarray(y_true), np.asarray(y_prob), thresholds=thresholds, labels=labels)
+         thresholds=0.5, config: str = "", config_hash: str = "", fold: int | None = None, *,
+         strict_threshold: bool = False, provenance: str | None = None) -> pd.DataFrame:
+    """One run's metrics as tidy rows. Undefined values (a label without positives) are NaN.
+    ``provenance`` (``config.provenance_note``): added as a column, so the CSV says what it is."""
+    rep = metrics.full_report(np.asarray(y_true), np.asarray(y_prob), thresholds=thresholds, labels=labels,
+                              strict=strict_threshold)
     rows = [{"label": "overall", "metric": k, "value": v} for k, v in rep["overall"].items()]
     for lab, d in rep["per_label"].items():
         rows += [{"label": lab, "metric": k, "value": v} for k, v in d.items()]
@@ -52,17 +56,23 @@ def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: 
     rows += [{"label": lab, "metric": "threshold", "value": float(t)} for lab, t in zip(labels, th)]
     df = pd.DataFrame(rows).assign(model=model, config=config, config_hash=config_hash, seed=seed,
                                    fold=fold, level=level, split=split)
+    if provenance is not None:
+        return df[COLUMNS].assign(provenance=provenance)
     return df[COLUMNS]
 
 
 def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, test: tuple, seed: int = 0,
              tune: bool = False, config: str = "", config_hash: str = "", image_level: bool = True,
-             fold: int | None = None):
+             fold: int | None = None, *, strict_threshold: bool = False, provenance: str | None = None):
     """Score ``(samples, probs)`` pairs for val and test, at image and protein level.
 
     With ``tune``, per-label thresholds come from the validation predictions of the same
-    level; the test predictions are only ever scored. Returns (tidy frame, thresholds by level,
-    prediction frame of both splits).
+    level; the test predictions are only ever scored. ``strict_threshold``: a call is
+    ``prob > t`` (the published code) instead of ``prob >= t``. Returns (tidy frame, thresholds
+    by level, prediction frame of both splits; both carry a ``provenance`` column when it is
+    given). The tidy frame holds the standard metrics
+    (``metrics.METRIC_NAMES``), the paper's formulas (``metrics.PAPER_ONLY_NAMES``), macro F1 /
+    AP over the labels with positives, ECE and Brier, and per-label rows (NaN = undefined).
     """
     frames, thresholds = [], {}
     levels = (["image"] if image_level else []) + ["protein"]
@@ -77,18 +87,38 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
         th = tune_thresholds(*pairs["val"], split="val") if tune else np.full(len(labels), 0.5)
         thresholds[level] = th.tolist()
         for split, (y, p) in pairs.items():
-            frames.append(tidy(model, level, split, seed, y, p, labels, th, config, config_hash, fold))
+            frames.append(tidy(model, level, split, seed, y, p, labels, th, config, config_hash, fold,
+                               strict_threshold=strict_threshold, provenance=provenance))
     preds = pd.concat([prediction_frame(model, seed, split, samples, probs, proteins, labels, thresholds)
                        for split, (samples, probs) in (("val", val), ("test", test))], ignore_index=True)
+    if provenance is not None:
+        preds["provenance"] = provenance
     return pd.concat(frames, ignore_index=True), thresholds, preds
 
 
-def paper_table(results: pd.DataFrame, level: str = "protein", split: str = "test") -> pd.DataFrame:
-    """Models x the paper's nine metrics (+ macro F1), mean over seeds."""
+# Columns of the model tables: standard metrics, then the paper's formulas where they differ.
+TABLE_METRICS = (["absolute_true", "accuracy", "precision", "recall", "f1"] + metrics.PAPER_ONLY_NAMES
+                 + ["micro_accuracy", "micro_precision", "micro_recall", "micro_f1", "macro_f1"])
+
+
+def display(model: str) -> str:
+    """``runs.display_name`` for a run id; anything else (a legacy display string) unchanged."""
+    try:
+        return runs.display_name(model)
+    except ValueError:
+        return str(model)
+
+
+def paper_table(results: pd.DataFrame, level: str = "protein", split: str = "test", *,
+                metric_names=None) -> pd.DataFrame:
+    """Models x metrics (standard and ``_paper``), mean over seeds; rows named by ``display``."""
     sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")]
-    wide = sel.pivot_table(index="model", columns="metric", values="value", aggfunc="mean")
-    cols = [c for c in metrics.METRIC_NAMES + ["macro_f1"] if c in wide.columns]
-    return wide[cols].rename(columns=metrics.PAPER_NAMES)
+    wide = sel.pivot_table(index="model", columns="metric", values="value", aggfunc="mean", dropna=False)
+    cols = [c for c in (metric_names or TABLE_METRICS) if c in wide.columns]
+    out = wide[cols].rename(columns=metrics.DISPLAY_NAMES)
+    out.index = [display(m) for m in out.index]
+    out.index.name = "model"
+    return out
 
 
 def prediction_frame(model: str, seed: int, split: str, samples: pd.DataFrame, probs: np.ndarray,
@@ -134,14 +164,289 @@ def bootstrap_f1_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels: 
             "n_proteins": int(len(diff)), "n_boot": n_boot}
 
 
-def summary_table(results: pd.DataFrame, level: str = "protein", split: str = "test") -> pd.DataFrame:
-    """The paper's metrics per model as 'mean ± sd' over seeds, or over folds for a cross-validated model."""
+def _cells(sel: pd.DataFrame, index: str = "model") -> pd.DataFrame:
+    """'mean ± sd' per (index, metric) over seeds/folds; 'undefined' where every value is NaN."""
+    g = sel.groupby([index, "metric"])["value"]
+    stats = g.agg(["mean", "std", "count"]).reset_index()   # count ignores NaN
+    stats["cell"] = ["undefined" if c == 0 else f"{m:.3f}" + (f" ± {s:.3f}" if c > 1 else "")
+                     for m, s, c in zip(stats["mean"], stats["std"].fillna(0), stats["count"])]
+    return stats.pivot(index=index, columns="metric", values="cell")
+
+
+def summary_table(results: pd.DataFrame, level: str = "protein", split: str = "test", *,
+                  metric_names=None) -> pd.DataFrame:
+    """Standard and paper metrics per model as 'mean ± sd' over seeds (over folds for a
+    cross-validated model); rows named by ``display``."""
+    names = list(metric_names or TABLE_METRICS)
     sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")
-                  & results["metric"].isin(metrics.METRIC_NAMES + ["macro_f1"])]
-    g = sel.groupby(["model", "metric"])["value"]
-    stats = g.agg(["mean", "std", "count"]).reset_index()
-    stats["cell"] = [f"{m:.3f}" + (f" ± {s:.3f}" if c > 1 else "") for m, s, c in
-                     zip(stats["mean"], stats["std"].fillna(0), stats["count"])]
-    wide = stats.pivot(index="model", columns="metric", values="cell")
-    cols = [c for c in metrics.METRIC_NAMES + ["macro_f1"] if c in wide.columns]
-    return wide[cols].rename(columns=metrics.PAPER_NAMES)
+                  & results["metric"].isin(names)]
+    wide = _cells(sel)
+    out = wide[[c for c in names if c in wide.columns]].rename(columns=metrics.DISPLAY_NAMES)
+    out.index = [display(m) for m in out.index]
+    out.index.name = "model"
+    return out
+
+
+# The full profile's main table: the authors' test images scored with the paper's formulas (their
+# own setting), next to test proteins scored with the standard ones (ours).
+MAIN_IMAGE_METRICS = metrics.PAPER_SET
+MAIN_PROTEIN_METRICS = ["f1", "precision", "recall", "micro_f1", "macro_f1", "macro_ap"]
+
+
+def main_table(results: pd.DataFrame, *, models=None, split: str = "test") -> pd.DataFrame:
+    """One row per model (``models``: run ids in order; default all): image level with the
+    paper's formulas (``image · F1_paper`` ...) and protein level with the standard metrics
+    (``protein · F1`` ...), 'mean ± sd' over seeds, plus the number of test images and proteins.
+
+    A model scored only per protein (sequence baselines, MIL) has '—' in the image columns.
+    """
+    overall = results[(results["split"] == split) & (results["label"] == "overall")]
+    if models is not None:
+        overall = overall[overall["model"].isin(models)]
+    parts = []
+    for level, names in (("image", MAIN_IMAGE_METRICS), ("protein", MAIN_PROTEIN_METRICS)):
+        sel = overall[(overall["level"] == level) & overall["metric"].isin(names + ["n"])]
+        if sel.empty:
+            continue
+        wide = _cells(sel)
+        n = sel[sel["metric"] == "n"].groupby("model")["value"].max()
+        cols = {c: f"{level} · {metrics.DISPLAY_NAMES.get(c, c)}" for c in names if c in wide.columns}
+        part = wide[list(cols)].rename(columns=cols)
+        part.insert(0, f"{level} · n", n.reindex(part.index).map(lambda v: "" if pd.isna(v) else str(int(v))))
+        parts.append(part)
+    if not parts:
+        raise ValueError(f"no overall metrics for split '{split}' in these results")
+    out = pd.concat(parts, axis=1).fillna("—")
+    order = list(models) if models is not None else list(dict.fromkeys(overall["model"]))
+    out = out.reindex([m for m in order if m in out.index])
+    out.index = [display(m) for m in out.index]
+    out.index.name = "model"
+    return out
+
+
+def per_label_table(results: pd.DataFrame, *, metric: str = "f1", level: str = "protein",
+                    split: str = "test") -> pd.DataFrame:
+    """Models x labels for one per-label metric, 'mean ± sd' over seeds; a label without positive
+    proteins in the split reads 'undefined' (not 1.0)."""
+    sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] != "overall")
+                  & (results["metric"] == metric)]
+    g = sel.groupby(["model", "label"])["value"].agg(["mean", "std", "count"]).reset_index()
+    g["cell"] = ["undefined (no positive)" if c == 0 else f"{m:.3f}" + (f" ± {s:.3f}" if c > 1 else "")
+                 for m, s, c in zip(g["mean"], g["std"].fillna(0), g["count"])]
+    out = g.pivot(index="model", columns="label", values="cell")
+    out.index = [display(m) for m in out.index]
+    out.index.name = "model"
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics for reviewers
+
+def _quantiles(x: np.ndarray, ci: float, axis=0):
+    lo, hi = (1 - ci) / 2, 1 - (1 - ci) / 2
+    with np.errstate(all="ignore"):
+        return np.nanquantile(x, lo, axis=axis), np.nanquantile(x, hi, axis=axis)
+
+
+def weighted_average_precision(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Average precision (sklearn's step definition, ties grouped) for each row of ``weights``.
+
+    ``y`` (n,) 0/1, ``score`` (n,), ``weights`` (B, n) sample multiplicities (a bootstrap draw).
+    Returns (B,) with NaN where a draw holds no positive. Equals
+    ``average_precision_score(y, score, sample_weight=w)`` row by row, without B sklearn calls.
+    """
+    order = np.argsort(-score, kind="mergesort")
+    s, yy, w = score[order], y[order].astype(float), np.asarray(weights, dtype=float)[:, order]
+    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]          # last index of each distinct score
+    tps = np.cumsum(w * yy, axis=1)[:, ends]
+    fps = np.cumsum(w * (1 - yy), axis=1)[:, ends]
+    total = tps[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tps + fps > 0, tps / (tps + fps), 0.0)
+        recall = tps / total
+    d_recall = np.diff(np.concatenate([np.zeros((len(w), 1)), recall], axis=1), axis=1)
+    ap = np.sum(d_recall * precision, axis=1)
+    return np.where(total[:, 0] > 0, ap, np.nan)
+
+
+def _pred_slice(pred: pd.DataFrame, model: str, level: str, split: str, seed=None) -> pd.DataFrame:
+    sel = pred[(pred["model"] == model) & (pred["level"] == level) & (pred["split"] == split)]
+    if "fold" in sel and sel["fold"].notna().any():
+        return sel                                        # cross-validation: every protein once
+    seed = sel["seed"].min() if seed is None else seed
+    return sel[sel["seed"] == seed]
+
+
+def bootstrap_per_label(pred: pd.DataFrame, labels: list[str], *, models=None, level: str = "protein",
+                        split: str = "test", n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> pd.DataFrame:
+    """Per-label F1 and average precision with percentile bootstrap intervals over the units of
+    ``level`` (proteins by default), first seed of each model, at the thresholds the run chose.
+
+    Long frame: model, label, metric (f1 | average_precision), value, ci_low, ci_high, n, n_boot,
+    undefined_draws (resamples without a positive, left out of the interval). A label without a
+    positive in the split is NaN (undefined) with no interval.
+    """
+    rows = []
+    rng = np.random.default_rng(seed)
+    for model in (models if models is not None else list(dict.fromkeys(pred["model"]))):
+        s = _pred_slice(pred, model, level, split)
+        if s.empty:
+            continue
+        y, p, t = unpack(s, labels)
+        n = len(y)
+        idx = rng.integers(0, n, size=(n_boot, n))
+        w = np.stack([np.bincount(r, minlength=n) for r in idx])          # (B, n) multiplicities
+        calls = metrics.binarize(p, t).astype(float)
+        for j, lab in enumerate(labels):
+            yj, cj = y[:, j].astype(float), calls[:, j]
+            tp, fp, fn = w @ (yj * cj), w @ ((1 - yj) * cj), w @ (yj * (1 - cj))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f1_b = np.where(tp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+            ap_b = weighted_average_precision(yj, p[:, j], w)
+            ones = np.ones((1, n))
+            point_f1 = float(metrics.full_report(y, p, t, labels=labels)["per_label"][lab]["f1"])
+            point_ap = float(weighted_average_precision(yj, p[:, j], ones)[0])
+            for name, point, draws in (("f1", point_f1, f1_b), ("average_precision", point_ap, ap_b)):
+                lo, hi = _quantiles(draws, ci) if not np.isnan(point) else (np.nan, np.nan)
+                rows.append({"model": model, "label": lab, "metric": name, "value": point,
+                             "ci_low": float(lo), "ci_high": float(hi), "n": n, "n_boot": n_boot,
+                             "undefined_draws": int(np.isnan(draws).sum())})
+    return pd.DataFrame(rows)
+
+
+def calibration_table(pred: pd.DataFrame, labels: list[str], *, models=None, level: str = "protein",
+                      split: str = "test", n_bins: int = 10) -> pd.DataFrame:
+    """Expected calibration error and Brier score per model (all labels pooled), mean and sd over
+    seeds: the numbers behind the reliability diagram (same bins)."""
+    rows = []
+    for model in (models if models is not None else list(dict.fromkeys(pred["model"]))):
+        sel = pred[(pred["model"] == model) & (pred["level"] == level) & (pred["split"] == split)]
+        per_seed = []
+        for _, s in sel.groupby("seed"):
+            y, p, _ = unpack(s, labels)
+            per_seed.append(metrics.calibration(y, p, n_bins=n_bins))
+        if per_seed:
+            df = pd.DataFrame(per_seed)
+            rows.append({"model": model, "ece": df["ece"].mean(), "ece_sd": df["ece"].std(),
+                         "brier": df["brier"].mean(), "brier_sd": df["brier"].std(), "n_seeds": len(df)})
+    return pd.DataFrame(rows)
+
+
+def _t_interval(x: np.ndarray, ci: float):
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) < 2:
+        return (float(x.mean()) if len(x) else np.nan), np.nan, np.nan, np.nan
+    m, sd = float(x.mean()), float(x.std(ddof=1))
+    half = stats.t.ppf(1 - (1 - ci) / 2, len(x) - 1) * sd / np.sqrt(len(x))
+    return m, sd, m - half, m + half
+
+
+def seed_paired_differences(results: pd.DataFrame, a: str = runs.FUSION_CORRECTED, b: str = runs.FUSION_AUTHORS,
+                            *, metric_names=("f1", "f1_paper", "micro_f1", "macro_f1", "macro_ap", "ece", "brier"),
+                            level: str = "protein", split: str = "test", ci: float = 0.95) -> pd.DataFrame:
+    """``a`` minus ``b`` per training seed (runs paired by seed, same split), then the mean
+    difference with a t interval over seeds. Columns: metric, n_seeds, mean_difference, sd,
+    ci_low, ci_high, differences (per seed). Fewer than two paired seeds: no interval (NaN)."""
+    sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")
+                  & results["metric"].isin(metric_names)]
+    wide = {m: sel[sel["model"] == m].pivot_table(index="seed", columns="metric", values="value")
+            for m in (a, b)}
+    seeds = wide[a].index.intersection(wide[b].index)
+    rows = []
+    for name in metric_names:
+        if name not in wide[a] or name not in wide[b]:
+            continue
+        d = (wide[a].loc[seeds, name] - wide[b].loc[seeds, name]).to_numpy()
+        m, sd, lo, hi = _t_interval(d, ci)
+        rows.append({"model_a": a, "model_b": b, "metric": name, "n_seeds": int(len(d)), "mean_difference": m,
+                     "sd": sd, "ci_low": lo, "ci_high": hi, "differences": [round(float(v), 4) for v in d]})
+    return pd.DataFrame(rows)
+
+
+def resplit_summary(results: pd.DataFrame, *, by: str = "fold", models=None,
+                    metric_names=("f1", "f1_paper", "micro_f1", "macro_f1", "macro_ap"),
+                    level: str = "protein", split: str = "test", ci: float = 0.95) -> pd.DataFrame:
+    """Variance over data splits (not training seeds): per model and metric, mean, sd and a t
+    interval over the values of column ``by`` (a fold or re-split number; seeds averaged within
+    a split first). Columns: model, metric, n_splits, mean, sd, ci_low, ci_high."""
+    sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")
+                  & results["metric"].isin(metric_names) & results[by].notna()]
+    if models is not None:
+        sel = sel[sel["model"].isin(models)]
+    per_split = sel.groupby(["model", "metric", by])["value"].mean().reset_index()
+    rows = []
+    for (model, name), g in per_split.groupby(["model", "metric"], sort=False):
+        m, sd, lo, hi = _t_interval(g["value"].to_numpy(), ci)
+        rows.append({"model": model, "metric": name, "n_splits": len(g), "mean": m, "sd": sd,
+                     "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def permutation_control(pred: pd.DataFrame, labels: list[str], *, control: str = "control.permuted_labels",
+                        level: str = "protein", split: str = "test", n_perm: int = 1000, seed: int = 0,
+                        ci: float = 0.95) -> dict:
+    """Does a model trained on permuted labels land at chance? Chance is the label-frequency
+    expectation: the same predictions assigned to proteins at random (scores permuted across the
+    test proteins, ``n_perm`` times), which keeps the model's call rates and the labels'
+    prevalences and removes any association. Per label: AP against that null (its mean is about
+    the prevalence); overall: sample F1 and macro AP. ``at_chance`` is True when the observed
+    sample F1 and macro AP both lie inside the null's central ``ci`` interval.
+    """
+    s = _pred_slice(pred, control, level, split)
+    if s.empty:
+        raise ValueError(f"no predictions of '{control}' at level '{level}', split '{split}'")
+    y, p, t = unpack(s, labels)
+    calls = metrics.binarize(p, t)
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(len(y)) for _ in range(n_perm)])
+    has_pos = y.sum(0) > 0
+    out_labels, null_ap = [], []
+    for j, lab in enumerate(labels):
+        if not has_pos[j]:
+            out_labels.append({"label": lab, "prevalence": 0.0, "average_precision": np.nan,
+                               "null_mean": np.nan, "null_low": np.nan, "null_high": np.nan})
+            continue
+        obs = float(weighted_average_precision(y[:, j], p[:, j], np.ones((1, len(y))))[0])
+        # permuting scores against fixed truth == permuting truth against fixed scores
+        nulls = np.array([weighted_average_precision(y[perm, j], p[:, j], np.ones((1, len(y))))[0]
+                          for perm in perms])
+        null_ap.append(nulls)
+        lo, hi = _quantiles(nulls, ci)
+        out_labels.append({"label": lab, "prevalence": float(y[:, j].mean()), "average_precision": obs,
+                           "null_mean": float(nulls.mean()), "null_low": float(lo), "null_high": float(hi)})
+    obs_f1 = float(metrics.sample_f1(y, calls).mean())
+    null_f1 = np.array([metrics.sample_f1(y[perm], calls).mean() for perm in perms])
+    obs_map = float(np.nanmean([r["average_precision"] for r in out_labels]))
+    null_map = np.mean(np.stack(null_ap), axis=0)
+    f1_lo, f1_hi = _quantiles(null_f1, ci)
+    map_lo, map_hi = _quantiles(null_map, ci)
+    return {"control": control, "n": int(len(y)), "n_perm": n_perm,
+            "sample_f1": obs_f1, "sample_f1_null_mean": float(null_f1.mean()),
+            "sample_f1_null_low": float(f1_lo), "sample_f1_null_high": float(f1_hi),
+            "macro_ap": obs_map, "macro_ap_null_mean": float(null_map.mean()),
+            "macro_ap_null_low": float(map_lo), "macro_ap_null_high": float(map_hi),
+            "at_chance": bool(f1_lo <= obs_f1 <= f1_hi and map_lo <= obs_map <= map_hi),
+            "per_label": pd.DataFrame(out_labels)}
+
+
+# Legacy display strings (before run ids) -> run ids, so tables of older stage outputs still load.
+_LEGACY = {"fusion (authors)": runs.FUSION_AUTHORS, "sequence-only (pooled ProtT5 + MLP)": "baseline.sequence_mlp"}
+
+
+def as_run_id(model: str) -> str:
+    """A run id for ``model``: ids pass through; older display strings are mapped back."""
+    try:
+        runs.parse(model)
+        return model
+    except ValueError:
+        pass
+    legacy = {**{v: k for k, v in runs._DISPLAY.items()}, **_LEGACY}
+    if model in legacy:
+        return legacy[model]
+    if model.startswith("ablation: "):
+        return runs.make_id("ablation", model[len("ablation: "):])
+    if "fold CV" in model and model.startswith("fusion ("):
+        return runs.make_id("cv", model[len("fusion ("):model.index(")")])
+    raise ValueError(f"cannot map model name {model!r} to a run id")

@@ -1,45 +1,45 @@
-"""Multi-label metrics for the five-label localization task, as reported by ProLoc-IHS.
+"""Multi-label metrics for the five-label localization task: the standard ones and the paper's.
 
-The nine paper metrics follow Zhou et al. / Chou (Y_i = true label set of sample i,
-Z_i = predicted set, N samples, L labels):
+Notation (Zhang & Zhou 2014, "A review on multi-label learning algorithms"): Y_i = true label
+set of sample i, Z_i = predicted set, N samples, L labels.
 
-* sample-based, averaged over samples: absolute true ``mean(Y_i == Z_i)``,
-  accuracy ``|Y∩Z|/|Y∪Z|``, precision ``|Y∩Z|/|Z|``, recall ``|Y∩Z|/|Y|``,
-  F1 ``2|Y∩Z|/(|Y|+|Z|)``;
-* label-based micro (primes in the paper; TP/FP/TN/FN pooled over all labels and
-  samples): accuracy' ``(TP+TN)/(N*L)``, precision' ``TP/(TP+FP)``,
-  recall' ``TP/(TP+FN)``, F1' ``2TP/(2TP+FP+FN)``.
+Standard example-based metrics (Zhang & Zhou), averaged over samples, names without suffix:
+absolute true (subset accuracy) ``mean(Y_i == Z_i)``, accuracy ``|Y∩Z|/|Y∪Z|``, precision
+``|Y∩Z|/|Z|``, recall ``|Y∩Z|/|Y|``, F1 ``2|Y∩Z|/(|Y|+|Z|)`` (the mean of per-sample F1).
+Label-based micro (primes in the paper; TP/FP/TN/FN pooled over labels and samples):
+accuracy' ``(TP+TN)/(N*L)``, precision' ``TP/(TP+FP)``, recall' ``TP/(TP+FN)``, F1'
+``2TP/(2TP+FP+FN)``.
 
-Zero-denominator convention (the ONE rule used everywhere in this module)
--------------------------------------------------------------------------
-A ratio whose denominator is zero is **1.0 when the two sets compared are both empty**
-(nothing to find and nothing claimed: perfect agreement) and **0.0 otherwise**. So:
+The paper's formulas (the published ``test.py``, ``sample_based_metrics``), suffix ``_paper``:
 
-* Y_i and Z_i both empty: accuracy = precision = recall = F1 = 1 (and absolute true = 1);
-* Z_i empty, Y_i not: precision 0 (recall, accuracy and F1 are 0 anyway);
-* Y_i empty, Z_i not: recall 0 (precision, accuracy and F1 are 0 anyway).
+* ``precision_paper`` = mean over samples of ``|Y∩Z|/|Z|`` with **1** for an empty prediction;
+* ``recall_paper`` = mean of ``|Y∩Z|/|Y|`` with **1** for an empty label set;
+* ``f1_paper`` = ``2·Pre·Rec/(Pre+Rec)`` from the **averaged** Pre and Rec above (0 if both 0),
+  not the mean of per-sample F1.
 
-The same rule applies to the micro metrics (on the pooled sets) and to per-label
-precision/recall/F1 (on one label's column). Nothing here returns NaN or divides by zero.
+The published ATR and Acc (Jaccard, 1 for an empty union) are the standard formulas; so are
+its micro Acc'/Pre'/Rec'/F1', except where a pooled denominator is zero (no positive and no
+call in the whole split), where the published code returns 0 and we return 1 (both sets empty).
 
-Relation to scikit-learn (checked in ``tests/test_metrics.py``):
+Zero-denominator rule of the standard metrics
+---------------------------------------------
+A sample or micro ratio whose denominator is zero is **1.0 when the two sets compared are both
+empty** and **0.0 otherwise**. So Y_i and Z_i both empty score 1; Z_i empty with Y_i not scores
+precision 0 (the paper scores 1); Y_i empty with Z_i not scores recall 0 (the paper scores 1).
 
-* absolute true = ``accuracy_score``; hamming loss = ``hamming_loss``; micro accuracy
-  = ``1 - hamming_loss``;
-* sample accuracy = ``jaccard_score(average="samples", zero_division=1)`` and sample F1
-  = ``f1_score(average="samples", zero_division=1)`` exactly, edge cases included
-  (sklearn only hits zero_division when both sets are empty, as we do);
-* sample/micro/per-label precision and recall equal sklearn's wherever the denominator
-  is non-zero. They differ on purpose where it is zero: sklearn returns the constant
-  ``zero_division`` whatever the other set holds, so ``zero_division=1`` would score an
-  empty prediction of a non-empty truth as precision 1; our rule scores it 0;
-* per-label F1 and macro F1 = ``f1_score(average=None / "macro", zero_division=1)``
-  exactly (a label absent from both truth and prediction scores F1 = 1);
-* per-label average precision = ``average_precision_score`` on that column; it is
-  undefined for a label with no positives and is reported as ``None`` (sklearn would
-  return a misleading 0.0 with a warning).
+Per label (one column), a label with **no positive** in the split cannot be assessed: its
+recall, F1 and average precision are **undefined (NaN)**, never 1.0; precision is NaN for a
+label that is never called. ``macro_f1`` averages the labels whose F1 is defined and
+``n_labels_scored`` says how many that is.
 
-Binarization: ``prob >= threshold`` is a positive.
+Relation to scikit-learn (checked in ``tests/test_metrics.py``): absolute true =
+``accuracy_score``; sample accuracy and F1 = ``jaccard_score`` / ``f1_score(average="samples",
+zero_division=1)``; micro accuracy = ``1 - hamming_loss``; per-label precision/recall/F1 =
+``precision_recall_fscore_support`` wherever defined; per-label AP = ``average_precision_score``.
+
+Binarization: ``prob >= threshold`` is a positive (the published code uses ``prob > 0.5``;
+``binarize(strict=True)`` gives that; the two differ only at a probability exactly equal to
+the threshold).
 """
 from __future__ import annotations
 
@@ -55,12 +55,23 @@ METRIC_NAMES: list[str] = [
     "absolute_true", "accuracy", "precision", "recall", "f1",
     "micro_accuracy", "micro_precision", "micro_recall", "micro_f1",
 ]
+# The paper's formulas where they differ from the standard ones (see module docstring).
+PAPER_ONLY_NAMES: list[str] = ["precision_paper", "recall_paper", "f1_paper"]
+# The paper's nine metrics, each computed with the published formula.
+PAPER_SET: list[str] = ["absolute_true", "accuracy", "precision_paper", "recall_paper", "f1_paper",
+                        "micro_accuracy", "micro_precision", "micro_recall", "micro_f1"]
+# Display names: the standard metrics keep the paper's short names, the paper's own formulas
+# carry ``_paper``, so no table shows two different numbers under one name.
 PAPER_NAMES: dict[str, str] = dict(zip(
     METRIC_NAMES,
     ["Absolute true", "Acc", "Pre", "Rec", "F1", "Acc'", "Pre'", "Rec'", "F1'"],
 ))
+DISPLAY_NAMES: dict[str, str] = {**PAPER_NAMES, "precision_paper": "Pre_paper", "recall_paper": "Rec_paper",
+                                 "f1_paper": "F1_paper", "macro_f1": "macro F1", "macro_ap": "macro AP",
+                                 "hamming_loss": "Hamming loss", "ece": "ECE", "brier": "Brier"}
 PER_LABEL_METRICS: list[str] = ["precision", "recall", "f1", "average_precision",
                                 "support", "prevalence"]
+UNDEFINED_NOTE = "NaN = undefined: the label has no positive in this split (or, for precision, is never called)"
 
 
 # ----------------------------------------------------------------------------- validation
@@ -135,14 +146,15 @@ def _ratio(num, den, both_empty):
 
 # ----------------------------------------------------------------------------- metrics
 
-def binarize(y_prob, thresholds=0.5) -> np.ndarray:
-    """Probabilities (n, L) -> int8 0/1 with ``prob >= threshold``.
+def binarize(y_prob, thresholds=0.5, *, strict: bool = False) -> np.ndarray:
+    """Probabilities (n, L) -> int8 0/1 with ``prob >= threshold`` (``prob > threshold`` if strict,
+    as the published code).
 
     ``thresholds`` is one float for all labels or an array with one value per label.
     """
     p = _as_prob(y_prob, "y_prob")
     t = _thresholds(thresholds, p.shape[1])
-    return (p >= t[None, :]).astype(np.int8)
+    return ((p > t[None, :]) if strict else (p >= t[None, :])).astype(np.int8)
 
 
 def _counts(y_true: np.ndarray, y_pred: np.ndarray, axis):
@@ -177,6 +189,16 @@ def _paper_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return out
 
 
+def published_sample_metrics(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Pre, Rec and F1 exactly as the published ``test.py`` computes them (bool arrays)."""
+    tp, fp, fn, _ = _counts(t, p, axis=1)
+    n_true, n_pred = tp + fn, tp + fp
+    pre = float(np.mean(_ratio(tp, n_pred, n_pred == 0)))    # empty prediction: 1
+    rec = float(np.mean(_ratio(tp, n_true, n_true == 0)))    # empty label set: 1
+    f1 = 2 * pre * rec / (pre + rec) if pre + rec > 0 else 0.0   # from the averaged Pre and Rec
+    return {"precision_paper": pre, "recall_paper": rec, "f1_paper": float(f1)}
+
+
 def sample_f1(y_true, y_pred) -> np.ndarray:
     """Per-sample F1 (n,) from 0/1 arrays, with the module's zero-denominator rule."""
     t = _as_binary(y_true, "y_true")
@@ -195,9 +217,10 @@ def f1_at_thresholds(y_true_col, y_prob_col, grid) -> np.ndarray:
 
 
 def paper_metrics(y_true, y_pred) -> dict[str, float]:
-    """The paper's nine metrics (keys = ``METRIC_NAMES``) from 0/1 arrays of shape (n, L).
+    """The nine standard metrics (keys = ``METRIC_NAMES``) from 0/1 arrays of shape (n, L).
 
-    Zero denominators follow the module rule (see module docstring); never NaN.
+    Zero denominators follow the module rule (see module docstring); never NaN. The paper's
+    own Pre/Rec/F1 formulas: ``published_metrics``.
     """
     t = _as_binary(y_true, "y_true")
     p = _as_binary(y_pred, "y_pred")
@@ -205,21 +228,31 @@ def paper_metrics(y_true, y_pred) -> dict[str, float]:
     return _paper_metrics(t, p)
 
 
+def published_metrics(y_true, y_pred) -> dict[str, float]:
+    """``precision_paper``, ``recall_paper``, ``f1_paper`` (the published formulas) from 0/1 arrays."""
+    t = _as_binary(y_true, "y_true")
+    p = _as_binary(y_pred, "y_pred")
+    _check_same_shape(t, p, "y_true", "y_pred")
+    return published_sample_metrics(t, p)
+
+
 def _default_labels(n_labels: int) -> list[str]:
     # The study's five labels in their canonical column order; generic names otherwise.
     return list(LABELS) if n_labels == len(LABELS) else [f"label_{j}" for j in range(n_labels)]
 
 
-def full_report(y_true, y_prob, thresholds=0.5, labels: list[str] | None = None) -> dict:
-    """Paper metrics plus per-label detail, from 0/1 truth and probabilities (n, L).
+def full_report(y_true, y_prob, thresholds=0.5, labels: list[str] | None = None, *,
+                strict: bool = False) -> dict:
+    """Standard and paper metrics plus per-label detail, from 0/1 truth and probabilities (n, L).
 
-    Returns ``{"overall": {nine METRIC_NAMES, "macro_f1", "hamming_loss"},
-    "per_label": {label: {"precision", "recall", "f1", "average_precision", "support",
-    "prevalence"}}}``. Predictions are ``binarize(y_prob, thresholds)``; average precision
-    uses the raw probabilities. ``average_precision`` is ``None`` for a label with no
-    positives in ``y_true`` (undefined there). ``support`` is the positive count (int),
-    ``prevalence`` = support / n. ``labels`` defaults to the study's five labels when
-    L == 5, else ``label_0..``.
+    Returns ``{"overall": {nine METRIC_NAMES, the three PAPER_ONLY_NAMES, "macro_f1", "macro_ap",
+    "n_labels_scored", "hamming_loss", "ece", "brier", "n"}, "per_label": {label: {"precision",
+    "recall", "f1", "average_precision", "brier", "support", "prevalence"}}}``. Predictions are
+    ``binarize(y_prob, thresholds, strict=strict)``; average precision and calibration use the
+    raw probabilities. Per-label recall, F1 and AP are NaN for a label with no positives in
+    ``y_true`` (undefined there, never 1.0); precision is NaN for a label never called.
+    ``support`` is the positive count (int), ``prevalence`` = support / n. ``labels`` defaults to
+    the study's five labels when L == 5, else ``label_0..``.
     """
     t = _as_binary(y_true, "y_true")
     prob = _as_prob(y_prob, "y_prob")
@@ -232,26 +265,47 @@ def full_report(y_true, y_prob, thresholds=0.5, labels: list[str] | None = None)
         raise ValueError(f"got {len(labels)} label names for {n_labels} label columns")
     if len(set(labels)) != len(labels):
         raise ValueError(f"label names must be unique, got {labels}")
-    p = binarize(prob, thresholds).astype(bool)
+    p = binarize(prob, thresholds, strict=strict).astype(bool)
 
     overall = _paper_metrics(t, p)
+    overall.update(published_sample_metrics(t, p))
     tp, fp, fn, _ = _counts(t, p, axis=0)
-    both_empty = (tp + fn == 0) & (tp + fp == 0)
-    prec = _ratio(tp, tp + fp, both_empty)
-    rec = _ratio(tp, tp + fn, both_empty)
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn, both_empty)
-    overall["macro_f1"] = float(np.mean(f1))
+    has_pos, called = (tp + fn) > 0, (tp + fp) > 0
+    prec = np.where(called, _ratio(tp, tp + fp, False), np.nan)
+    rec = np.where(has_pos, _ratio(tp, tp + fn, False), np.nan)
+    f1 = np.where(has_pos, _ratio(2 * tp, 2 * tp + fp + fn, False), np.nan)
+    ap = np.array([average_precision_score(t[:, j], prob[:, j]) if has_pos[j] else np.nan
+                   for j in range(n_labels)])
+    overall["macro_f1"] = float(np.mean(f1[has_pos])) if has_pos.any() else float("nan")
+    overall["macro_ap"] = float(np.mean(ap[has_pos])) if has_pos.any() else float("nan")
+    overall["n_labels_scored"] = int(has_pos.sum())
     overall["hamming_loss"] = float((fp.sum() + fn.sum()) / t.size)
+    overall.update(calibration(t, prob))
+    overall["n"] = int(n)
 
     per_label = {}
     for j, name in enumerate(labels):
         support = int(t[:, j].sum())
-        ap = float(average_precision_score(t[:, j], prob[:, j])) if support > 0 else None
         per_label[name] = {
             "precision": float(prec[j]), "recall": float(rec[j]), "f1": float(f1[j]),
-            "average_precision": ap, "support": support, "prevalence": support / n,
+            "average_precision": float(ap[j]), "brier": float(np.mean((prob[:, j] - t[:, j]) ** 2)),
+            "support": support, "prevalence": support / n,
         }
     return {"overall": overall, "per_label": per_label}
+
+
+def calibration(y_true, y_prob, n_bins: int = 10) -> dict[str, float]:
+    """Expected calibration error and Brier score, all labels pooled (each (sample, label) one
+    binary forecast). ECE: equal-width bins on [0, 1], ``sum_b (n_b/N) |mean(p_b) - mean(y_b)|``
+    (the reliability diagram's gaps, weighted by bin size); Brier: ``mean((p - y)^2)``.
+    """
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    p = np.asarray(y_prob, dtype=np.float64).ravel()
+    if y.shape != p.shape or y.size == 0:
+        raise ValueError(f"calibration needs matching non-empty arrays, got {y.shape} and {p.shape}")
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    gap = np.abs(np.bincount(bins, p, n_bins) - np.bincount(bins, y, n_bins))   # |sum p - sum y| per bin
+    return {"ece": float(gap.sum() / y.size), "brier": float(np.mean((p - y) ** 2))}
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -6,6 +6,16 @@ sequence tokens (B,L,Ds) --proj--> (B,L,d) -- keys/values /   (key padding mask 
 
 ``apply_mask=False`` reproduces the authors' unused padding mask, ``share_blocks=True`` their
 single block applied N times, ``query="sequence"`` the reversed cross-attention ablation.
+
+Checked against the published ``model.py`` (github xinshuaiiii/ProLoc-IHS, identical to the
+earlier ``model1.py``): image and sequence projections are plain Linear layers to d_model; one
+cross-attention (image queries, sequence keys/values, dropout on the attention weights, mask
+not passed) whose output is used directly (``cross_residual=False``); then ONE self-attention +
+feed-forward block applied ``num_layers`` times (``share_blocks=True``), each sub-layer
+post-norm ``LayerNorm(x + sublayer(x))`` with no dropout on the residual branch
+(``residual_dropout=False``), the feed-forward ``Linear(d, 4d) -> ReLU -> Dropout -> Linear(4d, d)``;
+mean over all image tokens (CLS included); one Linear head. ``tests/test_published_model.py``
+checks this model, with the published weights' names, against a plain-torch re-implementation.
 """
 from __future__ import annotations
 
@@ -82,6 +92,26 @@ class Block(nn.Module):
         return self.norm2(x + self.drop(self.ff(x)))
 
 
+# The published CrossAttentionModel's parameter names -> ours (with share_blocks=True), so its
+# state dict (e.g. the released best_model.pth) loads into FusionModel: ``load_published``.
+PUBLISHED_KEYS = {
+    "image_projection": "img_proj", "sequence_projection": "seq_proj", "cross_attention": "cross",
+    "self_attention": "blocks.0.attn", "feed_forward": "blocks.0.ff", "layer_norm1": "blocks.0.norm1",
+    "layer_norm2": "blocks.0.norm2", "classifier": "head",
+}
+
+
+def published_to_ours(state_dict: dict) -> dict:
+    """Rename a published ``CrossAttentionModel`` state dict to ``FusionModel``'s names."""
+    out = {}
+    for key, value in state_dict.items():
+        prefix, _, rest = key.partition(".")
+        if prefix not in PUBLISHED_KEYS:
+            raise KeyError(f"unexpected key in a published state dict: {key!r}")
+        out[f"{PUBLISHED_KEYS[prefix]}.{rest}"] = value
+    return out
+
+
 class FusionModel(nn.Module):
     def __init__(self, cfg: FusionConfig):
         super().__init__()
@@ -97,6 +127,16 @@ class FusionModel(nn.Module):
                                           cfg.residual_dropout) for _ in range(n_distinct))
         self.drop = nn.Dropout(cfg.dropout) if cfg.residual_dropout else nn.Identity()
         self.head = nn.Linear(d, cfg.n_labels)
+
+    def load_published(self, state_dict: dict) -> None:
+        """Load the published model's weights (needs the published architecture switches)."""
+        if not self.cfg.share_blocks:
+            raise ValueError("the published model shares one block across layers: use share_blocks=True")
+        missing, unexpected = self.load_state_dict(published_to_ours(state_dict), strict=False)
+        # cross_norm exists in every configuration but is unused when cross_residual=False
+        missing = [k for k in missing if not (k.startswith("cross_norm.") and not self.cfg.cross_residual)]
+        if missing or unexpected:
+            raise KeyError(f"published weights do not fit: missing {missing}, unexpected {unexpected}")
 
     def _layers(self):
         return [self.blocks[0]] * self.cfg.n_blocks if self.cfg.share_blocks else list(self.blocks)

@@ -63,12 +63,16 @@ def test_mixed_case_full_report_by_hand():
     # label c: Y [0,0,0,1] Z [0,1,0,0] -> TP0 FP1 FN1: P 0/1, R 0/1, F1 0/2
     # macro F1 = (1+0+0)/3
     _check(rep["overall"], {"absolute_true": 0.5, "micro_f1": 0.5, "macro_f1": 1 / 3,
-                            "hamming_loss": 1 / 3})
-    assert set(rep["overall"]) == set(METRIC_NAMES) | {"macro_f1", "hamming_loss"}
+                            "hamming_loss": 1 / 3, "n_labels_scored": 3, "n": 4})
+    assert set(rep["overall"]) == set(METRIC_NAMES) | {"precision_paper", "recall_paper", "f1_paper", "macro_f1",
+                                                       "macro_ap", "n_labels_scored", "hamming_loss", "ece",
+                                                       "brier", "n"}
     pl = rep["per_label"]
     assert list(pl) == ["a", "b", "c"]
     _check(pl["a"], {"precision": 1, "recall": 1, "f1": 1, "support": 2, "prevalence": 0.5})
-    _check(pl["b"], {"precision": 0, "recall": 0, "f1": 0, "support": 2, "prevalence": 0.5})
+    # label b is never called: its precision is undefined (NaN), recall and F1 are 0
+    _check(pl["b"], {"recall": 0, "f1": 0, "support": 2, "prevalence": 0.5})
+    assert math.isnan(pl["b"]["precision"])
     _check(pl["c"], {"precision": 0, "recall": 0, "f1": 0, "support": 1, "prevalence": 0.25})
     # AP, label a: scores ranked 0.9(+), 0.8(+) -> precision 1 at both hits -> AP 1.
     # AP, label b: ranked 0.45(+), 0.4(+), 0.2, 0.1 -> AP 1 (threshold-free).
@@ -117,8 +121,10 @@ def test_everything_empty_is_perfect():
     assert paper_metrics(y, y) == {k: 1.0 for k in METRIC_NAMES}
     rep = full_report(y, np.full((3, 5), 0.2))
     for d in rep["per_label"].values():
-        assert d["average_precision"] is None  # undefined without positives
-        assert (d["precision"], d["recall"], d["f1"], d["support"]) == (1.0, 1.0, 1.0, 0)
+        # per label, no positive: undefined (NaN), never 1.0
+        assert all(math.isnan(d[k]) for k in ("precision", "recall", "f1", "average_precision"))
+        assert d["support"] == 0
+    assert math.isnan(rep["overall"]["macro_f1"]) and rep["overall"]["n_labels_scored"] == 0
 
 
 def test_single_label_per_sample():
@@ -196,17 +202,22 @@ def test_agrees_with_sklearn(seed, threshold):
         assert pl[name]["average_precision"] == approx(skm.average_precision_score(y[:, j], prob[:, j]))
 
 
-def test_macro_f1_with_absent_label_matches_sklearn_zero_division_1():
-    # Label 2 is absent from truth and never predicted -> F1 1 (both empty), as sklearn zd=1;
-    # its AP is None instead of sklearn's warning + 0.0.
+@pytest.mark.parametrize("called", [False, True])
+def test_label_without_positives_is_undefined_not_one(called):
+    # Label 2 is absent from truth: its F1, recall and AP are NaN (sklearn zero_division=1 would
+    # say F1 1.0 when it is never called), and macro F1 averages the two defined labels only.
     y, prob = _random(5, n=100, n_labels=3)
     y[:, 2] = 0
-    prob[:, 2] = 0.1
+    prob[:, 2] = 0.9 if called else 0.1
     rep = full_report(y, prob)
     z = binarize(prob)
-    assert rep["overall"]["macro_f1"] == approx(skm.f1_score(y, z, average="macro", zero_division=1))
-    assert rep["per_label"]["label_2"]["f1"] == 1.0
-    assert rep["per_label"]["label_2"]["average_precision"] is None
+    pl = rep["per_label"]["label_2"]
+    assert math.isnan(pl["f1"]) and math.isnan(pl["recall"]) and math.isnan(pl["average_precision"])
+    assert math.isnan(pl["precision"]) != called          # called: precision 0/100 is defined (0)
+    assert rep["overall"]["macro_f1"] == approx(skm.f1_score(y[:, :2], z[:, :2], average="macro"))
+    assert rep["overall"]["n_labels_scored"] == 2
+    if not called:
+        assert skm.f1_score(y, z, average=None, zero_division=1)[2] == 1.0   # what we refuse to report
     assert list(rep["per_label"]) == ["label_0", "label_1", "label_2"]
 
 
