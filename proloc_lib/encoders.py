@@ -137,6 +137,29 @@ def _file_sha(path: Path) -> str:
 
 
 # -- tiny ProtT5-style vocabulary ----------------------------------------------------------------
+# sentencepiece's compiled normalisation table (double-array trie + targets, 1,030 bytes, zlib +
+# base64 here) for one rule: U+3000 IDEOGRAPHIC SPACE -> " ". Made once with
+#   SentencePieceTrainer.train(..., model_type="char", normalization_rule_tsv=<"3000\t20">)
+# and kept as a constant, so the vocabulary's bytes (and its sha in the store fingerprint) do
+# not depend on the installed sentencepiece. Residue letters pass through it unchanged.
+_CHARSMAP_B64 = (
+    "eNod02P0FgYUB+D31P+0bNvmwrJtu1Zr2bZt27bNtbVst9Wq5dqy3fN2z3m+/L7cD/d3AyGBQGBE6MDtiKECA0JI"
+    "FAjOgGD8A2EIR1giEJ5IRCQKkYlGVGIQnVjEJA6xiUdcEhCf4IqEJCExyUhKCpKTipSkITXpSEsG0pOJjGQhM9nI"
+    "SnZ+JCc5+Ilc5CE3+chLAfJTiIIUoTDFKEoJilOKkpShNOUoSwXKU4mKVKEy1ahKDapTi5rUoTb1qEsD6vMzDWlM"
+    "I5rwC035leY0oyUtaE0r2tKG9rSjIx3oTCe60oXudKMnPehNL/rSh/70Y2Dw4AxmEEMZwnCGMTJYEUYzirGMYTzj"
+    "mMgEJjOJqUxhOtOYyQxmM4u5zGE+81jIAhaziKUsYTnLWMkKVrOKtaxhPevYyAY2s4mtbGE729jJDnazi73s4Tf2"
+    "8Tv7OcAfHORPDnOIoxzhOMc4yQlOc4qznOE857jIBS5zib+4wlX+5h+ucYPr/MtNbnOLu9zhPvd4yAP+4xGP+Z+n"
+    "POE5z3jJC17zire84T3v+MgHPvOJr3z5/nvfAAc3grk="
+)
+
+
+def _tiny_charsmap() -> bytes:
+    import base64
+    import zlib
+
+    return zlib.decompress(base64.b64decode(_CHARSMAP_B64))
+
+
 def _prott5_vocab_bytes() -> bytes:
     from sentencepiece import sentencepiece_model_pb2 as spm_pb
 
@@ -155,7 +178,11 @@ def _prott5_vocab_bytes() -> bytes:
     ts.pad_id, ts.eos_id, ts.unk_id, ts.bos_id = 0, 1, 2, -1  # T5 has no BOS
     ts.pad_piece, ts.eos_piece, ts.unk_piece = "<pad>", "</s>", "<unk>"
     ns = model.normalizer_spec
-    ns.name = "identity"  # no NFKC table: residue letters need none, and the bytes stay tiny
+    # A real (tiny) compiled normalisation table, never an empty one: several transformers 5.x
+    # releases (5.10-5.19) build a Precompiled normalizer from any non-None charsmap and fail on
+    # b"" ("Cannot parse precompiled_charsmap"); ProtT5's own spiece.model carries a full NFKC one.
+    ns.name = "user_defined"
+    ns.precompiled_charsmap = _tiny_charsmap()
     ns.add_dummy_prefix = True
     ns.remove_extra_whitespaces = True
     ns.escape_whitespaces = True
