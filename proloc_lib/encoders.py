@@ -27,6 +27,10 @@ from .sequences import clean_sequence, prott5_format
 
 SEQUENCE_KEYS = {"model", "revision", "pretrained", "config", "init_seed"}
 IMAGE_KEYS = {"model", "pretrained", "overrides", "init_seed"}
+# architecture keys of a random-weight ProtT5-style encoder (schema.T5Arch lists the same, typed)
+T5_ARCH_KEYS = {"d_model", "d_ff", "num_layers", "num_heads", "d_kv", "relative_attention_num_buckets",
+                "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon",
+                "dropout_rate", "initializer_factor"}
 
 PROTT5_PREPROCESSING = "prott5: UZOB->X, space-separated, </s> dropped"
 IMAGE_TOKENS = "forward_features: all tokens (cls + patches) after final norm"
@@ -324,12 +328,9 @@ def load_sequence_encoder(cfg: dict, device: str = "auto", cache_dir: str | None
     if not isinstance(cfg.get("config"), dict) or "init_seed" not in cfg:
         raise ValueError("a random-weight sequence encoder needs 'config' (a mapping) and 'init_seed'")
     arch = dict(cfg["config"])
-    allowed_arch = {"d_model", "d_ff", "num_layers", "num_heads", "d_kv", "relative_attention_num_buckets",
-                    "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon",
-                    "dropout_rate", "initializer_factor"}
-    bad = sorted(set(arch) - allowed_arch)
+    bad = sorted(set(arch) - T5_ARCH_KEYS)
     if bad:  # T5Config swallows unknown kwargs silently; a typo must not change the model unnoticed
-        raise ValueError(f"unknown key(s) {bad} in sequence encoder 'config' (allowed: {sorted(allowed_arch)})")
+        raise ValueError(f"unknown key(s) {bad} in sequence encoder 'config' (allowed: {sorted(T5_ARCH_KEYS)})")
     init_seed = int(cfg["init_seed"])
     vocab_dir = Path(cache_dir) if cache_dir else _user_cache_dir()
     vocab_file = build_prott5_vocab(vocab_dir / TINY_VOCAB_DIRNAME)
