@@ -176,7 +176,9 @@ def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool 
     os.environ["MPLBACKEND"] = INLINE_BACKEND
     try:
         pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent),
-                            progress_bar=progress, kernel_name="python3")
+                            progress_bar=progress, kernel_name="python3",
+                            # the kernel's own start-up warnings (e.g. "running over TCP") are noise here
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except BaseException as exc:
         if tmp.exists():
             os.replace(tmp, failed)
