@@ -161,8 +161,8 @@ def resolve_device(device: str = "auto") -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    kind = str(device).split(":")[0]
-    if kind not in ("cpu", "cuda", "mps"):
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
         raise DeviceError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N, mps)")
     if kind == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable(f"device '{device}' requested but CUDA is not available")

@@ -60,6 +60,7 @@ def test_unknown_command_is_one_line_with_a_suggestion(capsys):
     (["run", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["run", "--profile", "nope"], "no profile 'nope'"),
     (["run", "--device", "tpu"], "unknown device 'tpu'"),
+    (["run", "--device", "cuda:x"], "unknown device 'cuda:x'"),
     (["run", "--only", "07"], "no notebook numbered 07"),
 ])
 def test_run_rejects_bad_arguments_before_any_work(argv, text, capsys, tmp_path):
