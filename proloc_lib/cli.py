@@ -118,7 +118,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="where stage outputs go (default: $PROLOC_DATA_ROOT or data/)")
     p.add_argument("--only", default=None, metavar="01,03",
                    help="comma-separated notebook numbers to run (default: all, in order)")
-    p.add_argument("--out", default=None, help="folder for executed notebooks (default: executed/<profile>)")
+    p.add_argument("--out", default=None, help="folder for executed notebooks (default: <project>/executed/<profile>)")
     p.add_argument("--check", action="store_true",
                    help="only check the profile (every key, against the schema) and the device, then exit")
     p.add_argument("--no-progress", action="store_true", help="no papermill progress bar")
@@ -212,7 +212,7 @@ def run_command(argv: list[str]) -> int:
     if args.profile.endswith((".yaml", ".yml")):
         raise UserError("run: give a profile name from configs/ (stage folders are named after it); "
                         f"save {args.profile} as configs/<name>.yaml")
-    out = Path(args.out) if args.out else Path.cwd() / "executed" / args.profile
+    out = Path(args.out) if args.out else config.PROJECT_ROOT / "executed" / args.profile
     params = {"profile": args.profile, "seed": args.seed, "device": args.device}
     if args.data_root:
         params["data_root"] = str(Path(args.data_root).resolve())

@@ -222,3 +222,6 @@ exit 0
     assert not list(prefix.iterdir())                                      # nothing written into the prefix
     assert [p.name for p in (project_copy / ".proloc").iterdir()][0].startswith("install-")
     assert calls.count("-m proloc_lib run --profile smoke --seed 3 --device auto") == 2
+    out = subprocess.run(["bash", "run_all.sh", "--dry-run", "--profile=full", "--device", "cuda"], capture_output=True,
+                         text=True, cwd=project_copy, env=env)
+    assert out.returncode == 0 and log.read_text().splitlines()[-1] == "-m proloc_lib dry-run --profile full --device cuda"
