@@ -86,6 +86,9 @@ class ImageEncoder(Section):
     pretrained: bool
     overrides: Optional[dict[str, Any]] = None   # timm.create_model keyword arguments
     init_seed: Optional[int] = None
+    crop_pct: Optional[float] = None             # preprocessing (published: squash, 1.0, bilinear)
+    crop_mode: Optional[Literal["center", "squash"]] = None
+    interpolation: Optional[Literal["bilinear", "bicubic"]] = None
 
 
 class EmbeddingsBase(Section):
@@ -126,6 +129,20 @@ class CrossValidation(Section):
     config: str
 
 
+class ResplitRun(Section):
+    """speed's shape (configs/full-extended.yaml): one entry per protocol."""
+    method: Literal["stratified", "benchmark", "homology"]
+    config: Optional[str] = None
+    seeds: Optional[list[int]] = None
+
+
+class ResplitPlan(Section):
+    """driver's shape (experiments.plan_runs). TODO at merge: keep one of the two shapes."""
+    methods: list[Literal["stratified", "benchmark", "homology"]]
+    repeats: Optional[int] = None
+    config: Optional[str] = None
+
+
 class Training(Section):
     # override mappings are typed loosely here and checked field by field against TrainConfig
     seeds: Optional[list[int]] = None
@@ -134,10 +151,12 @@ class Training(Section):
     ablation_overrides: Optional[dict[str, Any]] = None
     ablations: Optional[dict[str, dict[str, Any]]] = None
     cross_validation: Union[bool, CrossValidation, None] = None
+    control: Union[bool, CrossValidation, None] = None     # label-permutation control: {config: name}
+    resplits: Union[bool, list[ResplitRun], ResplitPlan, None] = None
 
 
 # keys an ablation may carry besides TrainConfig switches
-ABLATION_KEYS = {"of": str}
+ABLATION_KEYS = {"of": str, "image_variant": str}   # image_variant: an embeddings.image_variants name
 
 
 class Baselines(Section):
@@ -149,6 +168,8 @@ class Baselines(Section):
 
 class Figures(Section):
     formats: list[Literal["png", "svg", "pdf"]]
+    bootstrap_resamples: Optional[int] = None     # per-protein bootstrap intervals
+    permutation_resamples: Optional[int] = None   # null of the label-permutation control
 
 
 class Provenance(Section):
@@ -255,6 +276,7 @@ def _clean_loc(loc: tuple) -> tuple:
 
 _SECTION_NAMES = {c.__name__ for c in (Filters, Split, Data, T5Arch, SequenceEncoder, ImageEncoder,
                                        ImageEncoderOverride, ImageVariant, Embeddings, CrossValidation,
+                                       ResplitRun, ResplitPlan,
                                        Training, Baselines, Figures, Provenance, Profile)}
 
 
@@ -278,8 +300,9 @@ def _raise(exc: ValidationError, allowed_at, prefix: tuple, file: str, origins: 
     from .config import ProfileError
 
     errs = exc.errors()
-    # unknown keys first: a typo usually also makes a required key look missing
-    errs.sort(key=lambda e: (e["type"] != "extra_forbidden", e["type"] == "missing"))
+    # unknown keys first (a typo also makes a required key look missing), then the deepest error:
+    # of a union's members, the one that got furthest into the value is the one the user meant
+    errs.sort(key=lambda e: (e["type"] != "extra_forbidden", e["type"] == "missing", -len(_clean_loc(tuple(e["loc"])))))
     first = dict(errs[0], loc=_clean_loc(tuple(errs[0]["loc"])))
     raise ProfileError(_message(first, allowed_at, prefix, file, origins)) from None
 
@@ -326,9 +349,13 @@ def validate_profile(cfg: dict, *, file: str, origins: dict | None = None) -> No
     refs = [(("training", "configurations", n), n) for n in (training.get("configurations") or {})]
     refs += [(("training", "ablations", lab, "of"), spec["of"]) for lab, spec in (training.get("ablations") or {}).items()
              if "of" in spec]
-    cv = training.get("cross_validation")
-    if isinstance(cv, dict):
-        refs.append((("training", "cross_validation", "config"), cv["config"]))
+    for key in ("cross_validation", "control"):
+        if isinstance(training.get(key), dict):
+            refs.append((("training", key, "config"), training[key]["config"]))
+    rs = training.get("resplits")
+    for i, entry in (enumerate(rs) if isinstance(rs, list) else [("", rs)] if isinstance(rs, dict) else []):
+        if entry.get("config") is not None:
+            refs.append((tuple(x for x in ("training", "resplits", i, "config") if x != ""), entry["config"]))
     for loc, name in refs:
         if name not in named:
             from .config import ProfileError

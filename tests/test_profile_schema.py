@@ -101,6 +101,13 @@ def test_unknown_configuration_name(tmp_path):
     assert "training.ablations.x.of: unknown training configuration 'publishd' (known: authors, corrected)" in msg
 
 
+def test_union_sections_report_the_member_meant(tmp_path):
+    msg = error_of(write(tmp_path, "rs", "extends: demo\ntraining: {resplits: [{method: homolgy, config: corrected}]}\n"))
+    assert "training.resplits.0.method: input should be 'stratified', 'benchmark' or 'homology', got 'homolgy'" in msg
+    msg = error_of(write(tmp_path, "ctl", "extends: demo\ntraining: {control: {config: correctd}}\n"))
+    assert "training.control.config: unknown training configuration 'correctd'" in msg
+
+
 def test_missing_required_key(tmp_path):
     msg = error_of(write(tmp_path, "nodesc", (ROOT / "configs" / "demo.yaml").read_text().replace("description:", "#")))
     assert "missing key 'description'" in msg
@@ -117,7 +124,7 @@ def test_schema_follows_the_code_it_describes():
     """The schema's training overrides are TrainConfig's fields; encoder sections the encoders' keys."""
     assert set(schema.train_overrides_model().model_fields) == {f.name for f in fields(TrainConfig)}
     assert set(schema.SequenceEncoder.model_fields) == encoders.SEQUENCE_KEYS
-    assert set(schema.ImageEncoder.model_fields) == encoders.IMAGE_KEYS
+    assert encoders.IMAGE_KEYS <= set(schema.ImageEncoder.model_fields)   # + the preprocessing keys
     assert set(schema.T5Arch.model_fields) == encoders.T5_ARCH_KEYS
 
 
