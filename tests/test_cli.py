@@ -79,7 +79,7 @@ def test_python_dash_m_and_the_console_script():
     out = subprocess.run([sys.executable, "-m", "proloc_lib", "--help"], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0 and "bench-training" in out.stdout
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["proloc"].split(":")
     assert module == "proloc_lib.cli" and getattr(cli, func) is cli.main
@@ -225,3 +225,17 @@ exit 0
     out = subprocess.run(["bash", "run_all.sh", "--dry-run", "--profile=full", "--device", "cuda"], capture_output=True,
                          text=True, cwd=project_copy, env=env)
     assert out.returncode == 0 and log.read_text().splitlines()[-1] == "-m proloc_lib dry-run --profile full --device cuda"
+
+
+def test_ci_overlays_cover_the_lowest_admitted_transformers():
+    """CI reruns the encoder tests under the lowest transformers pyproject admits and under 5.17
+    (5.10-5.19 reject an empty sentencepiece normaliser table): the overlay pins must follow the bound."""
+    import re
+
+    deps = (ROOT / "pyproject.toml").read_text()
+    lowest = re.search(r'"transformers>=([0-9.]+)"', deps).group(1)
+    script = (ROOT / ".ci" / "transformers_versions.sh").read_text()
+    versions = re.findall(r'^\s+"([0-9.]+)\|transformers==([0-9.]+) ', script, flags=re.M)
+    assert all(a == b for a, b in versions)
+    assert {v for v, _ in versions} >= {lowest if lowest.count(".") == 2 else f"{lowest}.0", "5.17.0"}
+    assert "bash .ci/transformers_versions.sh" in (ROOT / "run_all.sh").read_text()
