@@ -3,30 +3,43 @@
 #
 #   bash run_all.sh                    # offline demo profile on CPU (minutes)
 #   bash run_all.sh --profile full     # paper scale: GPU + internet (Colab)
+#   bash run_all.sh --dry-run --profile full --device cuda   # time/memory estimate, runs nothing
 #   bash run_all.sh --test             # install the test extras and run pytest (notebooks included)
 #
-# Options: --profile NAME  --seed N  --device auto|cpu|cuda  --data-root DIR
-#          --no-venv (use the current Python, e.g. on Colab; automatic there)  --test
+# Options: --profile NAME  --seed N  --device auto|cpu|cuda|cuda:N|mps  --data-root DIR
+#          --no-venv (use the current Python, e.g. on Colab; automatic there)
+#          --pinned (install the exact versions of constraints.txt)  --dry-run  --test
+# Exit codes: 0 ok, 1 a stage (or a test) failed, 2 bad arguments or profile, 130 interrupted.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-profile=demo seed=0 device=auto data_root="" mode=run use_venv=1
+die() { echo "run_all.sh: $*" >&2; exit 2; }   # bad arguments: one line, before any work
+profile=demo seed=0 device=auto data_root="" mode=run use_venv=1 pinned=0
 [ -n "${COLAB_RELEASE_TAG:-}" ] && use_venv=0   # Colab: keep its CUDA torch, no venv
 while [ $# -gt 0 ]; do
   case "$1" in
-    --profile) profile="$2"; shift 2 ;;
-    --seed) seed="$2"; shift 2 ;;
-    --device) device="$2"; shift 2 ;;
-    --data-root) data_root="$2"; shift 2 ;;
+    --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;   # --seed=3 is --seed 3
+    --profile|--seed|--device|--data-root)
+      { [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ]; } || die "$1 needs a value (see --help)"
+      case "$1" in
+        --profile) profile="$2" ;; --seed) seed="$2" ;; --device) device="$2" ;; --data-root) data_root="$2" ;;
+      esac
+      shift 2 ;;
     --no-venv) use_venv=0; shift ;;
+    --pinned) pinned=1; shift ;;
     --test) mode=test; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "run_all.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+    --dry-run) mode=dry-run; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
   esac
 done
-[ -f "configs/$profile.yaml" ] || { echo "run_all.sh: no profile '$profile' (configs/*.yaml)" >&2; exit 2; }
+[[ "$seed" =~ ^[0-9]+$ ]] || die "--seed must be a non-negative integer, got '$seed'"
+[[ "$device" =~ ^(auto|cpu|cuda|cuda:[0-9]+|mps)$ ]] || die "--device must be auto, cpu, cuda, cuda:N or mps, got '$device'"
+[[ "$profile" =~ ^[A-Za-z0-9_.-]+$ ]] && [ -f "configs/$profile.yaml" ] \
+  || die "no profile '$profile' (known: $(ls configs/*.yaml | xargs -n1 basename | sed 's/\.yaml$//' | paste -sd' '))"
 
-# -- environment: a local venv from pyproject.toml, reinstalled only when the declaration changes
+# -- environment: a local venv from pyproject.toml, reinstalled only when the declaration changes.
+# The install stamp lives in the project (.proloc/), never in the Python's own prefix (/usr on Colab).
 extras=""; [ "$mode" = test ] && extras="[test]"
 if [ "$use_venv" = 1 ]; then
   venv="${PROLOC_VENV:-.venv}"
@@ -35,29 +48,31 @@ if [ "$use_venv" = 1 ]; then
 else
   py="${PYTHON:-python3}"
 fi
-stamp_dir="$("$py" -c 'import sys; print(sys.prefix)')"
-stamp="$stamp_dir/.proloc-install-$(sha256sum pyproject.toml | cut -c1-16)${extras:+-test}"
+constraints=(); [ "$pinned" = 1 ] && constraints=(-c constraints.txt)
+key="$( { cat pyproject.toml; [ "$pinned" = 1 ] && cat constraints.txt; "$py" -c 'import sys; print(sys.executable)'; } \
+        | sha256sum | cut -c1-16)"
+stamp=".proloc/install-$key${extras:+-test}"
 if [ ! -f "$stamp" ]; then
-  echo "== installing proloc-ihs$extras into $stamp_dir"
-  "$py" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$py" -m pip install --quiet --disable-pip-version-check -e ".$extras"
-  touch "$stamp"
+  echo "== installing proloc-ihs$extras into $("$py" -c 'import sys; print(sys.prefix)')"
+  # pip is upgraded only inside our own venv: nothing outside the project changes
+  [ "$use_venv" = 1 ] && "$py" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  "$py" -m pip install --quiet --disable-pip-version-check ${constraints[@]+"${constraints[@]}"} -e ".$extras"
+  mkdir -p .proloc && touch "$stamp"
 fi
-export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 [ -n "$data_root" ] && export PROLOC_DATA_ROOT="$(realpath -m "$data_root")"
 
 if [ "$mode" = test ]; then
-  exec "$py" -m pytest
+  # non-notebook code plots off-screen; the notebook runner gives its kernels the inline backend
+  MPLBACKEND=Agg "$py" -m pytest
+  # the encoder and tokenizer tests again under other admitted transformers (overlay installs)
+  exec bash .ci/transformers_versions.sh "$py"
+fi
+if [ "$mode" = dry-run ]; then
+  exec "$py" -m proloc_lib dry-run --profile "$profile" --device "$device"
 fi
 
-# -- the study: each notebook reads only what earlier ones wrote
-out="executed/$profile"
-mkdir -p "$out"
-for nb in notebooks/0[1-5]_*.ipynb; do
-  name="$(basename "$nb")"
-  echo "== $profile: $name"
-  "$py" -m papermill "$nb" "$out/$name" --cwd notebooks --progress-bar \
-    -p profile "$profile" -p seed "$seed" -p device "$device" \
-    || { echo "run_all.sh: $name failed; the executed copy with the error is $out/$name" >&2; exit 1; }
-done
-echo "== done: executed notebooks in $out/, figures in figures/$profile/"
+# -- the study: each notebook reads only what earlier ones wrote; `proloc run` checks the profile
+# (every key) and the device first, writes each executed copy only when its notebook succeeded and
+# ends a failed stage with that notebook's own one-line error.
+exec "$py" -m proloc_lib run --profile "$profile" --seed "$seed" --device "$device"

@@ -33,6 +33,10 @@ IMAGE_KEYS = {"model", "pretrained", "overrides", "init_seed", "crop_pct", "crop
 # interpolation "bilinear". They enter the store fingerprint (through data_config), so a store made
 # with another preprocessing is stale.
 PREPROCESSING_CHOICES = {"crop_mode": ("center", "squash"), "interpolation": ("bilinear", "bicubic")}
+# architecture keys of a random-weight ProtT5-style encoder (schema.T5Arch lists the same, typed)
+T5_ARCH_KEYS = {"d_model", "d_ff", "num_layers", "num_heads", "d_kv", "relative_attention_num_buckets",
+                "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon",
+                "dropout_rate", "initializer_factor"}
 
 PROTT5_PREPROCESSING = "prott5: UZOB->X, space-separated, </s> dropped"
 IMAGE_TOKENS = "forward_features: all tokens (cls + patches) after final norm"
@@ -143,6 +147,29 @@ def _file_sha(path: Path) -> str:
 
 
 # -- tiny ProtT5-style vocabulary ----------------------------------------------------------------
+# sentencepiece's compiled normalisation table (double-array trie + targets, 1,030 bytes, zlib +
+# base64 here) for one rule: U+3000 IDEOGRAPHIC SPACE -> " ". Made once with
+#   SentencePieceTrainer.train(..., model_type="char", normalization_rule_tsv=<"3000\t20">)
+# and kept as a constant, so the vocabulary's bytes (and its sha in the store fingerprint) do
+# not depend on the installed sentencepiece. Residue letters pass through it unchanged.
+_CHARSMAP_B64 = (
+    "eNod02P0FgYUB+D31P+0bNvmwrJtu1Zr2bZt27bNtbVst9Wq5dqy3fN2z3m+/L7cD/d3AyGBQGBE6MDtiKECA0JI"
+    "FAjOgGD8A2EIR1giEJ5IRCQKkYlGVGIQnVjEJA6xiUdcEhCf4IqEJCExyUhKCpKTipSkITXpSEsG0pOJjGQhM9nI"
+    "SnZ+JCc5+Ilc5CE3+chLAfJTiIIUoTDFKEoJilOKkpShNOUoSwXKU4mKVKEy1ahKDapTi5rUoTb1qEsD6vMzDWlM"
+    "I5rwC035leY0oyUtaE0r2tKG9rSjIx3oTCe60oXudKMnPehNL/rSh/70Y2Dw4AxmEEMZwnCGMTJYEUYzirGMYTzj"
+    "mMgEJjOJqUxhOtOYyQxmM4u5zGE+81jIAhaziKUsYTnLWMkKVrOKtaxhPevYyAY2s4mtbGE729jJDnazi73s4Tf2"
+    "8Tv7OcAfHORPDnOIoxzhOMc4yQlOc4qznOE857jIBS5zib+4wlX+5h+ucYPr/MtNbnOLu9zhPvd4yAP+4xGP+Z+n"
+    "POE5z3jJC17zire84T3v+MgHPvOJr3z5/nvfAAc3grk="
+)
+
+
+def _tiny_charsmap() -> bytes:
+    import base64
+    import zlib
+
+    return zlib.decompress(base64.b64decode(_CHARSMAP_B64))
+
+
 def _prott5_vocab_bytes() -> bytes:
     from sentencepiece import sentencepiece_model_pb2 as spm_pb
 
@@ -161,7 +188,11 @@ def _prott5_vocab_bytes() -> bytes:
     ts.pad_id, ts.eos_id, ts.unk_id, ts.bos_id = 0, 1, 2, -1  # T5 has no BOS
     ts.pad_piece, ts.eos_piece, ts.unk_piece = "<pad>", "</s>", "<unk>"
     ns = model.normalizer_spec
-    ns.name = "identity"  # no NFKC table: residue letters need none, and the bytes stay tiny
+    # A real (tiny) compiled normalisation table, never an empty one: several transformers 5.x
+    # releases (5.10-5.19) build a Precompiled normalizer from any non-None charsmap and fail on
+    # b"" ("Cannot parse precompiled_charsmap"); ProtT5's own spiece.model carries a full NFKC one.
+    ns.name = "user_defined"
+    ns.precompiled_charsmap = _tiny_charsmap()
     ns.add_dummy_prefix = True
     ns.remove_extra_whitespaces = True
     ns.escape_whitespaces = True
@@ -303,12 +334,9 @@ def load_sequence_encoder(cfg: dict, device: str = "auto", cache_dir: str | None
     if not isinstance(cfg.get("config"), dict) or "init_seed" not in cfg:
         raise ValueError("a random-weight sequence encoder needs 'config' (a mapping) and 'init_seed'")
     arch = dict(cfg["config"])
-    allowed_arch = {"d_model", "d_ff", "num_layers", "num_heads", "d_kv", "relative_attention_num_buckets",
-                    "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon",
-                    "dropout_rate", "initializer_factor"}
-    bad = sorted(set(arch) - allowed_arch)
+    bad = sorted(set(arch) - T5_ARCH_KEYS)
     if bad:  # T5Config swallows unknown kwargs silently; a typo must not change the model unnoticed
-        raise ValueError(f"unknown key(s) {bad} in sequence encoder 'config' (allowed: {sorted(allowed_arch)})")
+        raise ValueError(f"unknown key(s) {bad} in sequence encoder 'config' (allowed: {sorted(T5_ARCH_KEYS)})")
     init_seed = int(cfg["init_seed"])
     vocab_dir = Path(cache_dir) if cache_dir else _user_cache_dir()
     vocab_file = build_prott5_vocab(vocab_dir / TINY_VOCAB_DIRNAME)

@@ -260,3 +260,22 @@ def test_resolve_device():
     assert E.resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="tpu"):
         E.resolve_device("tpu")
+
+
+def test_vocab_normalizer_is_a_valid_compiled_table(tmp_path):
+    """An empty precompiled_charsmap breaks transformers 5.10-5.19 ('Cannot parse precompiled_charsmap'):
+    the tiny vocabulary carries a real compiled table that both sentencepiece and tokenizers parse."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb
+    from tokenizers import normalizers
+
+    path = E.build_prott5_vocab(tmp_path)
+    proto = spm_pb.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    charsmap = proto.normalizer_spec.precompiled_charsmap
+    assert len(charsmap) > 0
+    assert normalizers.Precompiled(charsmap).normalize_str("M\u3000KLX") == "M KLX"  # parses; residues unchanged
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    assert sp.encode("M K U X", out_type=str) == ["\u2581M", "\u2581K", "\u2581U", "\u2581X"]
+    assert sp.encode("M\u3000K", out_type=str) == ["\u2581M", "\u2581K"]
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)

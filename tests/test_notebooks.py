@@ -29,8 +29,8 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """Run 01..05 once on `smoke` into a temporary data and figures root."""
-    import papermill as pm
+    """Run 01..05 once on `smoke` into a temporary data and figures root, as `proloc run` does."""
+    from proloc_lib.cli import execute_notebook
 
     base = tmp_path_factory.mktemp("smoke")
     data_root, fig_root, executed = base / "data", base / "figures", base / "executed"
@@ -39,8 +39,7 @@ def smoke_run(tmp_path_factory):
         params = {"profile": "smoke", "seed": 0, "device": "cpu", "data_root": str(data_root)}
         if path.stem == "05_figures":
             params["figures_root"] = str(fig_root)
-        pm.execute_notebook(str(path), str(executed / path.name), parameters=params,
-                            cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
+        execute_notebook(path, executed / path.name, params, progress=False)
     return data_root / "smoke", fig_root / "smoke", executed
 
 
@@ -150,6 +149,16 @@ def test_figures_folder_is_the_stage_output_of_notebook_05(smoke_run):
     nb = nbformat.read(executed / "05_figures.ipynb", as_version=4)
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert images >= 8
+
+
+def test_executed_notebooks_show_figures_inline(smoke_run):
+    """The runner gives kernels the inline backend (not Agg): a figure left open in a cell is an
+    image output of the executed notebook, as in JupyterLab; no running/failed copies remain."""
+    _, _, executed = smoke_run
+    nb = nbformat.read(executed / "01_data_assembly.ipynb", as_version=4)
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert images >= 1
+    assert sorted(p.name for p in executed.iterdir()) == [p.name for p in NOTEBOOKS]
 
 
 def test_executed_notebooks_label_synthetic_numbers(smoke_run):
