@@ -191,16 +191,20 @@ def _train_seeds(train_ds, val_ds, cfg: training.TrainConfig, labels: list[str],
             for s in seeds]
 
 
-def _pad_to(cfg: training.TrainConfig, ds: training.FusionDataset) -> int | None:
-    """Padding length for inference, per ``cfg.padding``: "split" = this split's own longest (the
-    published code, per file); "batch" = none. ("global" is the training module's to resolve.)"""
+def _pad_to(cfg: training.TrainConfig, ds: training.FusionDataset, datasets: dict) -> int | None:
+    """Padding length for inference, per ``cfg.padding``: "batch" = none (each batch to its own
+    longest); "split" = this split's own longest (the published code, per file); "global" = the
+    longest of all splits. The one place to hand this to the training module at merge."""
     if cfg.padding == "batch":
         return None
-    return int(ds.seq_lengths.max())
+    if cfg.padding == "split":
+        return int(ds.seq_lengths.max())
+    return max(int(d.seq_lengths.max()) for d in datasets.values())
 
 
 def _predict(model, datasets: dict, cfg: training.TrainConfig, device: str, splits_=("val", "test")) -> dict:
-    return {s: training.predict_proba(model, datasets[s], device, pad_to=_pad_to(cfg, datasets[s])) for s in splits_}
+    return {s: training.predict_proba(model, datasets[s], device, pad_to=_pad_to(cfg, datasets[s], datasets))
+            for s in splits_}
 
 
 def _with_display(frame: pd.DataFrame) -> pd.DataFrame:
@@ -342,7 +346,7 @@ def run_attention_mil(data: StageData, fusion: RunResults, *, device: str = "cpu
         return RunResults()
     model, _, tcfg = fusion.models[of]
     ds = fusion.datasets
-    bag_sets = {s: mil.bags(ds[s].samples, mil.image_features(model, ds[s], device, pad_to=_pad_to(tcfg, ds[s])),
+    bag_sets = {s: mil.bags(ds[s].samples, mil.image_features(model, ds[s], device, pad_to=_pad_to(tcfg, ds[s], ds)),
                             data.labels) for s in SPLITS}
     mil_model = mil.fit_mil(bag_sets["train"], bag_sets["val"], len(data.labels), seed=seed)
     bag_probs = {s: mil.predict_bags(mil_model, bag_sets[s]) for s in ("val", "test")}

@@ -239,3 +239,14 @@ def test_baselines_stage(tmp_path):
     assert f1["baseline.image_mlp"] > 0.8 and f1["baseline.image_mlp"] > f1["baseline.label_frequency"] + 0.2
     out = experiments.write_baseline_outputs(res, tmp_path / "04_baselines", cfg=cfg, data=data, params={})
     assert set(pd.read_csv(out / "metrics.csv")["model"]) == set(experiments.BASELINE_RUNS)
+
+
+def test_inference_padding_follows_the_configuration():
+    from types import SimpleNamespace
+
+    ds = {s: SimpleNamespace(seq_lengths=np.array(v)) for s, v in {"train": [5, 90], "val": [7, 30], "test": [12]}.items()}
+    pad = lambda padding, s: experiments._pad_to(training.make_config("corrected", padding=padding), ds[s], ds)
+    assert pad("batch", "val") is None
+    assert (pad("split", "val"), pad("split", "test")) == (30, 12)       # each split to its own longest
+    assert (pad("global", "val"), pad("global", "test")) == (90, 90)
+    assert training.make_config("authors").padding == "split"
