@@ -129,11 +129,21 @@ def plan_runs(cfg: dict) -> Plan:
             raise ValueError(f"training.{what}.config must be a configuration name, got {name!r}")
         return training.make_config(name, base, **(configurations.get(name) or {}))
 
+    def spec(value, what):
+        """false/absent -> None; true -> {config: corrected}; a mapping must name only ``config``."""
+        if not value:
+            return None
+        if value is True:
+            return {"config": "corrected"}
+        if not isinstance(value, dict) or set(value) - {"config"}:
+            raise ValueError(f"training.{what} must be false, true or {{config: <name>}}, got {value!r}")
+        return {"config": value.get("config", "corrected")}
+
     configs = {r["config"]: r["train"] for r in run_list if r["run_id"] == runs.make_id("fusion", r["config"])}
-    cv = section.get("cross_validation") or None
+    cv = spec(section.get("cross_validation"), "cross_validation")
     if cv:
         configs.setdefault(cv["config"], named(cv["config"], "cross_validation"))
-    control = section.get("control", {"config": "corrected"}) or None
+    control = spec(section.get("control", True), "control")
     if control:
         configs.setdefault(control["config"], named(control["config"], "control"))
     rs = section.get("resplits") or None

@@ -105,6 +105,9 @@ def test_plan_names_every_run_by_a_registry_id_and_checks_options_up_front():
     with pytest.raises(ValueError, match="learning_rate"):
         experiments.plan_runs(profile_cfg(ablations={"x": {"learning_rate": 1}}))
     assert experiments.plan_runs(profile_cfg(control=False)).control is None
+    assert experiments.plan_runs(profile_cfg(control=True, cross_validation=True)).cross_validation == "corrected"
+    with pytest.raises(ValueError, match="training.control"):
+        experiments.plan_runs(profile_cfg(control={"confg": "corrected"}))
 
 
 def test_permuted_training_labels_keep_prevalence_and_leave_val_and_test_alone():
