@@ -12,6 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from .selection import KeepBest
 from .sequences import AMINO_ACIDS
 
 _DIPEPTIDES = ["".join(p) for p in itertools.product(AMINO_ACIDS, repeat=2)]
@@ -64,19 +65,16 @@ def fit_mlp(X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, Y_val: np.ndarray, 
     model = MLPHead(X.shape[1], hidden, Y.shape[1])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
     lossf = nn.BCEWithLogitsLoss()
-    best, best_state = float("inf"), None
-    for _ in range(epochs):
+    keep = KeepBest()
+    for epoch in range(epochs):
         model.train()
         opt.zero_grad()
         lossf(model(Xt), Yt).backward()
         opt.step()
         model.eval()
         with torch.no_grad():
-            v = float(lossf(model(Xv), Yv))
-        if v < best:
-            best, best_state = v, {k: t.clone() for k, t in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    model.eval()
+            keep.update(model, float(lossf(model(Xv), Yv)), epoch)
+    keep.restore(model).eval()
 
     def predict(Xn):
         with torch.no_grad():
@@ -108,9 +106,13 @@ class LightAttention(nn.Module):
 
 
 def fit_light_attention(train: list, Y: np.ndarray, val: list, Y_val: np.ndarray, epochs: int = 20,
-                        batch_size: int = 16, lr: float = 1e-3, seed: int = 0):
-    """Train on per-residue tensors (lists of (L_i, D)); keep the best validation epoch."""
-    from .embeddings import pad_batch
+                        batch_size: int = 16, lr: float = 1e-3, seed: int = 0, batch_tokens: int | None = None):
+    """Train on per-residue tensors (lists of (L_i, D)); keep the best validation epoch.
+
+    Batches are length buckets (``embeddings.length_buckets``) of at most ``batch_size``
+    sequences and, with ``batch_tokens``, at most that many padded residues.
+    """
+    from .embeddings import length_buckets, pad_batch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -124,10 +126,12 @@ def fit_light_attention(train: list, Y: np.ndarray, val: list, Y_val: np.ndarray
         with torch.no_grad():
             return torch.cat([model(*pad_batch(xs[i:i + bs])) for i in range(0, len(xs), bs)])
 
-    best, best_state = float("inf"), None
-    order = np.argsort([len(t) for t in train])      # length buckets: little padding
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for _ in range(epochs):
+    keep = KeepBest()
+    lengths = {i: len(t) for i, t in enumerate(train)}
+    # without a residue budget: plain chunks of batch_size in length order (little padding)
+    budget = batch_tokens or batch_size * max(lengths.values())
+    batches = [np.array(b) for b in length_buckets(lengths, budget, max_batch=batch_size)]
+    for epoch in range(epochs):
         model.train()
         for b in rng.permutation(len(batches)):
             idx = batches[b]
@@ -135,8 +139,6 @@ def fit_light_attention(train: list, Y: np.ndarray, val: list, Y_val: np.ndarray
             opt.zero_grad()
             loss.backward()
             opt.step()
-        v = float(lossf(run(val), Yv))
-        if v < best:
-            best, best_state = v, {k: t.clone() for k, t in model.state_dict().items()}
-    model.load_state_dict(best_state)
+        keep.update(model, float(lossf(run(val), Yv)), epoch)
+    keep.restore(model)
     return lambda xs: torch.sigmoid(run(xs)).numpy()

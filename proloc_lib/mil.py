@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .selection import KeepBest
 from .training import FusionDataset, inference_batches
 
 
@@ -56,8 +57,8 @@ def fit_mil(train_bags, val_bags, n_labels: int, epochs: int = 60, lr: float = 1
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
     lossf = nn.BCEWithLogitsLoss()
     rng = np.random.default_rng(seed)
-    best, best_state = float("inf"), None
-    for _ in range(epochs):
+    keep = KeepBest()
+    for epoch in range(epochs):
         model.train()
         for i in rng.permutation(len(Xt)):
             loss = lossf(model(Xt[i])[0], yt[i])
@@ -67,10 +68,8 @@ def fit_mil(train_bags, val_bags, n_labels: int, epochs: int = 60, lr: float = 1
         model.eval()
         with torch.no_grad():
             val = float(torch.stack([lossf(model(x)[0], y) for x, y in zip(Xv, yv)]).mean())
-        if val < best:
-            best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    return model.eval()
+        keep.update(model, val, epoch)
+    return keep.restore(model).eval()
 
 
 @torch.no_grad()

@@ -2,20 +2,22 @@
 
 Ids are what tables, figures, tests and checkpoints select by (never display strings):
 ``fusion.corrected``, ``fusion.authors``, ``fusion.corrected_mil``, ``ablation.mask_off``,
-``ablation.reference``, ``baseline.composition_lr``, ``cv.corrected``, ``control.permuted_labels``.
+``ablation.reference``, ``baseline.composition_lr``, ``cv.corrected``, ``control.permuted_labels``,
+``resplit.stratified`` (the corrected model retrained on fresh splits of one protocol).
 Display names are derived here, in one place.
 """
 from __future__ import annotations
 
 import re
 
-KINDS = ("fusion", "ablation", "baseline", "cv", "control")
+KINDS = ("fusion", "ablation", "baseline", "cv", "control", "resplit")
 _ID = re.compile(r"^(?P<kind>[a-z]+)\.(?P<name>[a-z0-9_]+)$")
 
 FUSION_CORRECTED = "fusion.corrected"
 FUSION_AUTHORS = "fusion.authors"
 FUSION_CORRECTED_MIL = "fusion.corrected_mil"
 ABLATION_REFERENCE = "ablation.reference"
+CONTROL_PERMUTED = "control.permuted_labels"
 
 # Display names that are not derivable from the id's words alone.
 _DISPLAY = {
@@ -69,4 +71,11 @@ def display_name(run_id: str) -> str:
         return f"ablation: {words}"
     if k == "cv":
         return f"fusion ({words}), cross-validation"
+    if k == "resplit":
+        return f"fusion (corrected), {words} re-splits"
     return f"{k}: {words}"
+
+
+def display_names(run_ids) -> list[str]:
+    """``display_name`` for each id (a column of a table)."""
+    return [display_name(r) for r in run_ids]

@@ -366,33 +366,57 @@ def train_config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
 
 
-PLAN_KEYS = {"seeds", "base", "configurations", "ablations", "ablation_overrides", "cross_validation"}
+PLAN_KEYS = {"seeds", "base", "configurations", "ablations", "ablation_overrides", "cross_validation", "control",
+             "resplits"}
 
 
 def training_plan(section: dict) -> list[dict]:
     """Expand a profile's ``training`` section into runs; every option is checked up front.
 
-    ``configurations: {name: overrides}`` are the named settings (authors, corrected);
-    ``ablations: {label: {of: name, switches}}`` change single switches of one of them (first
-    seed only; ``ablation_overrides``, e.g. a shorter schedule, apply to every ablation run and to
-    the reference run they are compared with).
+    ``configurations: {name: overrides}`` are the named settings (authors, corrected), one run id
+    ``fusion.<name>`` each, trained with every seed of ``seeds`` (the same seeds for every
+    configuration, so runs pair by seed). ``ablations: {slug: {of: name, image_variant: variant,
+    switches}}`` change single switches of one of them (first seed only; run id
+    ``ablation.<slug>``, labels with spaces are slugged); ``image_variant`` trains on the store
+    ``02_embeddings/images-<variant>/``. ``ablation_overrides`` (e.g. a shorter schedule) apply to
+    every ablation run and to the run ``ablation.reference`` they are compared with.
+    ``cross_validation``, ``control`` and ``resplits`` are read by ``experiments.plan_runs``.
+
+    Returns one dict per (run, seed): ``run_id`` (also under ``model``), ``config``, ``seed``,
+    ``train`` (TrainConfig), and for ablations ``ablation`` (the slug) and ``image_variant``.
     """
+    from .runs import make_id, parse, slug
+
     unknown = set(section) - PLAN_KEYS
     if unknown:
         raise ValueError(f"unknown keys in the training section {sorted(unknown)} (allowed: {sorted(PLAN_KEYS)})")
     base = section.get("base", {})
+    seeds = list(section.get("seeds", [0]))
+    configurations = section.get("configurations") or {"corrected": {}}
     runs = []
-    for seed in section.get("seeds", [0]):
-        for name, over in (section.get("configurations") or {"corrected": {}}).items():
-            runs.append({"model": f"fusion ({name})", "config": name, "seed": seed,
+    for seed in seeds:
+        for name, over in configurations.items():
+            rid = make_id("fusion", name)
+            runs.append({"run_id": rid, "model": rid, "config": name, "seed": seed,
                          "train": make_config(name, base, **(over or {}))})
     ablations = section.get("ablations") or {}
     common = section.get("ablation_overrides") or {}
-    seed = section.get("seeds", [0])[0]
+    if any(slug(label) == "reference" for label in ablations):
+        raise ValueError("'reference' is reserved for the run the ablations are compared with; rename that ablation")
+    seen = set()
     for label, spec in ({"reference": {}, **ablations} if ablations else {}).items():
-        spec = dict(spec)
+        spec = dict(spec or {})
         of = spec.pop("of", "corrected")
-        over = {**(section.get("configurations") or {}).get(of, {}), **common, **spec}
-        runs.append({"model": f"ablation: {label}", "config": of, "seed": seed,
-                     "train": make_config(of, base, **over), "ablation": label})
+        variant = spec.pop("image_variant", None)
+        rid = make_id("ablation", label)
+        if rid in seen:
+            raise ValueError(f"ablation '{label}' gives the run id {rid} twice (ablation names must differ "
+                             "after slugging; 'reference' is reserved)")
+        seen.add(rid)
+        over = {**configurations.get(of, {}), **common, **spec}
+        run = {"run_id": rid, "model": rid, "config": of, "seed": seeds[0], "train": make_config(of, base, **over),
+               "ablation": parse(rid)[1]}
+        if variant is not None:
+            run["image_variant"] = str(variant)
+        runs.append(run)
     return runs

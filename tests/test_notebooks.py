@@ -68,12 +68,16 @@ def test_smoke_split_is_protein_disjoint(smoke_run):
 
 
 def test_smoke_results_table_holds_every_model_and_level(smoke_run):
+    from proloc_lib import runs
+
     stages, _, _ = smoke_run
     res = pd.read_csv(stages / "05_figures" / "all_metrics.csv")
     models = set(res["model"])
-    assert {"fusion (corrected)", "fusion (authors)", "label frequency", "composition + LR", "sequence-only (pooled ProtT5 + MLP)",
-            "image-only (pooled ViT + MLP)", "sequence-only (light attention)", "late fusion (sequence + image)",
-            "early fusion (pooled features + MLP)", "fusion (corrected) + attention MIL"} <= models
+    assert {"fusion.corrected", "fusion.authors", "fusion.corrected_mil", "cv.corrected", "control.permuted_labels",
+            "baseline.label_frequency", "baseline.composition_lr", "baseline.sequence_mlp", "baseline.image_mlp",
+            "baseline.light_attention", "baseline.late_fusion", "baseline.early_fusion"} <= models
+    assert all(runs.parse(m) for m in models)
+    assert (res["display"] == res["model"].map(runs.display_name)).all()
     assert {"image", "protein"} <= set(res["level"])
     scores = res[~res["metric"].isin(["support", "n", "n_labels_scored"])]   # counts, not scores
     assert scores["value"].dropna().between(0, 1).all()
@@ -93,7 +97,7 @@ def test_cross_validation_tests_every_protein_once(smoke_run):
     stages, _, _ = smoke_run
     proteins = pd.read_parquet(stages / "01_data_assembly" / "proteins.parquet")
     pred = pd.read_parquet(stages / "03_training" / "predictions.parquet")
-    cv = pred[pred["model"].str.contains("fold CV") & (pred["split"] == "test") & (pred["level"] == "protein")]
+    cv = pred[(pred["model"] == "cv.corrected") & (pred["split"] == "test") & (pred["level"] == "protein")]
     assert sorted(cv["protein_id"]) == sorted(proteins["protein_id"])
     assert cv.groupby("fold")["protein_id"].apply(set).map(len).sum() == len(proteins)
 

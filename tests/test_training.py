@@ -37,8 +37,8 @@ def test_unknown_options_fail_before_any_work():
     plan = training.training_plan({"seeds": [0, 1], "base": {"d_model": 16, "n_heads": 2},
                                    "configurations": {"corrected": {}, "authors": {}},
                                    "ablations": {"mask off": {"of": "corrected", "apply_mask": False}}})
-    assert [r["model"] for r in plan] == ["fusion (corrected)", "fusion (authors)"] * 2 + [
-        "ablation: reference", "ablation: mask off"]
+    assert [r["run_id"] for r in plan] == ["fusion.corrected", "fusion.authors"] * 2 + [
+        "ablation.reference", "ablation.mask_off"]
     assert plan[-1]["train"].apply_mask is False and plan[-1]["train"].d_model == 16
 
 
