@@ -273,7 +273,9 @@ def write_protein_images(protein_id: str, labels, out_dir: str | Path, n_images:
 
     All tiles of a protein share its labels and staining strength; layout and noise differ.
     Each file is written to a temporary name in out_dir and moved into place, and files that
-    already exist and decode at the requested size are kept, so reruns are resumable.
+    already exist and decode at the requested size are kept, so reruns are resumable. A kept
+    file is not checked against ``base_seed``: give each seed its own ``out_dir`` (the demo
+    uses ``images/seed-<seed>/``).
     """
     lab = _check_labels(labels, protein_id)
     pid = str(protein_id)
