@@ -134,8 +134,15 @@ def benchmark_splits(proteins: pd.DataFrame, images: pd.DataFrame, labels: list[
     groups = link_groups(proteins, images)
     train_groups = groups[split == "train"]
     y = proteins.loc[train_groups.index, labels].groupby(train_groups.to_numpy()).max()
-    sss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    if len(y) < 2:
+        raise ValueError(f"the benchmark's train file has {len(y)} independent protein groups: "
+                         "cannot carve a validation part")
+    # at least one group: a small train file would otherwise get no validation part at all
+    frac = max(val_fraction, 1.0 / len(y))
+    sss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
     _, val_idx = next(sss.split(np.zeros(len(y)), y.to_numpy()))
+    if len(val_idx) == 0:  # iterative stratification rounds every rare label down to nothing
+        val_idx = np.random.default_rng(seed).choice(len(y), size=1)
     val_groups = set(y.index[val_idx])
     split = split.where(~groups.isin(val_groups) | (split != "train"), "val")
     check_disjoint(proteins.assign(split=split), images)

@@ -134,3 +134,19 @@ def test_audit_json_on_the_real_tables(capsys):
     assert rep["label_source"] == "columns"
     # per-label counts over unique images add up to the image label columns
     assert sum(v["images"] for v in rep["labels"].values()) >= rep["unique_images"] - 200
+
+
+@pytest.mark.parametrize("column,value,problem", [
+    ("Sequence", "MK7T", "row 0"),                    # not an amino-acid sequence
+    ("Antibody Id", "", "empty antibody"),
+])
+def test_bad_row_one_line(tmp_path, capsys, column, value, problem):
+    import pandas as pd
+
+    df = pd.read_csv(GOOD, dtype=str, keep_default_na=False)
+    df.loc[0, column] = value
+    path = tmp_path / "badrow.csv"
+    df.to_csv(path, index=False)
+    rc, out, err = _audit(capsys, path)
+    line = _one_line(err)
+    assert rc == 2 and out == "" and str(path) in line and problem in line, line
