@@ -64,6 +64,34 @@ def _json_report(report: dict) -> dict:
     return out
 
 
+def stage_provenance(cfg: dict, data_root=None) -> dict:
+    """The provenance later stages should show: the profile's, corrected by what stage 01 built.
+
+    Stage 01 records in its manifest whether its data came from a mirror with synthetic images
+    or stand-in sequences (``hpa.build_provenance``); the profile alone cannot know that.
+    """
+    from . import config
+    from .manifest import MANIFEST
+
+    path = config.stage_dir(cfg["profile"], "01_data_assembly", data_root) / MANIFEST
+    prov = dict(cfg.get("provenance", {}))
+    if path.is_file():
+        try:
+            prov.update(json.loads(path.read_text()).get("provenance") or {})
+        except ValueError:
+            pass  # a broken manifest is stage 01's problem; the profile's provenance stands
+    return prov
+
+
+def provenance_note(cfg: dict, data_root=None) -> str:
+    """``config.provenance_note`` of ``stage_provenance``, plus the mirror's words when it applies."""
+    from . import config
+    from .hpa import provenance_line
+
+    prov = stage_provenance(cfg, data_root)
+    return " ".join(filter(None, [config.provenance_note(prov), provenance_line(prov)]))
+
+
 @cli_main("python -m proloc_lib.data")
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m proloc_lib.data", description=__doc__.splitlines()[0])

@@ -215,3 +215,20 @@ def test_streaming_build_embeds_each_image_once_and_resumes(srv, label_map, full
     assert images["image_id"].is_unique
     assert all(p.startswith("images/thumbnails/") for p in images["path"])
     assert not [p for p in (tmp_path / "images").rglob("*.jpg") if "thumbnails" not in p.parts]
+
+
+def test_later_stages_read_the_build_provenance(tmp_path):
+    """A mirror build's manifest says synthetic images + stand-ins; data.provenance_note repeats it."""
+    from proloc_lib import data as data_cli
+    from proloc_lib import manifest
+
+    cfg = config.load_profile("full")
+    assert data_cli.provenance_note(cfg, tmp_path) == "Real data and pretrained encoders."  # nothing built yet
+    report = {"provenance": {"mirror": "http://127.0.0.1:1", "synthetic_images": True,
+                             "n_standin_sequences": 490}}
+    prov = hpa.build_provenance(cfg["provenance"], report)
+    out = config.stage_dir("full", "01_data_assembly", tmp_path)
+    with manifest.stage_output(out, "01_data_assembly", {}, provenance=prov):
+        pass
+    note = data_cli.provenance_note(cfg, tmp_path)
+    assert "SYNTHETIC" in note and "490 seeded STAND-IN sequences" in note and "Not comparable" in note
