@@ -167,6 +167,13 @@ def test_full_profile_build_through_the_mirror(srv, label_map, full_data_cfg, tm
     assert set(split) == {"train", "val", "test"}  # val carved from train: at least one protein
     proteins = proteins.assign(split=split)
     images = images.merge(proteins[["protein_id", "split"]], on="protein_id")
+    # the stage's files: parquet tables (round trip), report.json, data card
+    proteins.to_parquet(tmp_path / "proteins.parquet", index=False)
+    images.to_parquet(tmp_path / "images.parquet", index=False)
+    back = pd.read_parquet(tmp_path / "images.parquet")
+    assert back["image_id"].tolist() == images["image_id"].tolist() and (back["synthetic_image"]).all()
+    assert set(pd.read_parquet(tmp_path / "proteins.parquet")["split"]) == {"train", "val", "test"}
+    json.loads(json.dumps({**report, "split": srep}, default=str))
     card = datacard.data_card(proteins, images, LABELS, report, "note", split_report=srep)
     for text in ("offline mirror", "SYNTHETIC stand-in images", "STAND-IN sequences", "label source: **columns**",
                  "duplicate rows:", "split protocol: **benchmark**", "## Images per label and split",
