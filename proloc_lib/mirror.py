@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from . import download
+from .errors import UserError
 from .labels import LABELS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,10 @@ AA_FREQ = [8.25, 1.38, 5.46, 6.72, 3.86, 7.07, 2.27, 5.91, 5.80, 9.65, 2.41, 4.0
            6.65, 5.36, 6.86, 1.10, 2.92]
 NOTE = ("offline mirror: SYNTHETIC stand-in images drawn from each row's labels; seeded STAND-IN "
         "sequences except the 54 real test proteins; numbers made from it are not results")
+
+
+class MirrorError(UserError, FileNotFoundError):
+    """The mirror cannot start: a table it serves is missing, or the port is taken."""
 
 
 def _seed(*parts) -> int:
@@ -75,7 +80,8 @@ class MirrorData:
         for name in TABLES:
             path = self.vislocas_dir / name
             if not path.is_file():
-                raise FileNotFoundError(f"mirror: Vislocas table {path} not found (../shared/reference/vislocas)")
+                raise MirrorError(f"{path}: Vislocas table not found (the mirror reads ../shared/reference/vislocas "
+                                  "or --vislocas DIR)")
             self.tables[name] = path
         self.images: dict[str, tuple[int, ...]] = {}   # "/<ab number>/<image>" -> label vector
         genes: list[str] = []
@@ -279,7 +285,11 @@ def serve(vislocas_dir=None, reference_csv=None, *, port: int = 0, max_seconds: 
           image_size: int = IMAGE_SIZE):
     """Run the mirror on 127.0.0.1 (``port`` 0: any free one) for at most ``max_seconds``."""
     data = MirrorData(vislocas_dir, reference_csv, image_size=image_size)
-    m = Mirror(_Server(("127.0.0.1", int(port)), data), max_seconds).start()
+    try:
+        server = _Server(("127.0.0.1", int(port)), data)
+    except OSError as exc:
+        raise MirrorError(f"127.0.0.1:{port}: cannot serve the mirror there ({exc.strerror or exc})") from None
+    m = Mirror(server, max_seconds).start()
     try:
         yield m
     finally:

@@ -150,3 +150,9 @@ def test_bad_row_one_line(tmp_path, capsys, column, value, problem):
     rc, out, err = _audit(capsys, path)
     line = _one_line(err)
     assert rc == 2 and out == "" and str(path) in line and problem in line, line
+
+
+def test_mirror_without_tables_is_one_line(tmp_path, capsys):
+    assert data_cli.main(["mirror", "--vislocas", str(tmp_path), "--seconds", "1"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{tmp_path / 'data_train.csv'}: Vislocas table not found" in line
