@@ -62,7 +62,7 @@ def test_synthetic_images_are_keyed_by_seed(source, label_map, tmp_path):
     assert then1["image_id"].tolist() == fresh1["image_id"].tolist()
     assert not set(then1["image_id"]) & set(first0["image_id"])
     assert again0["image_id"].tolist() == first0["image_id"].tolist()
-    assert (then1["path"].str.startswith("images/seed-1/")).all()
-    assert (first0["path"].str.startswith("images/seed-0/")).all()
+    assert (then1["path"].str.fullmatch(r"images/[^/]+_seed1_\d\.jpg")).all()
+    assert (first0["path"].str.fullmatch(r"images/[^/]+_seed0_\d\.jpg")).all()
     for p in then1["path"]:
         assert (shared.parent / p).is_file()
