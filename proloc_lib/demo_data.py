@@ -70,20 +70,26 @@ def select_proteins(table: pd.DataFrame, label_map: LabelMap, n_proteins: int, s
 
 def make_demo_images(proteins: pd.DataFrame, labels: list[str], image_dir: Path, images_per_protein: int,
                      seed: int, size: int) -> pd.DataFrame:
-    """Render (or reuse) synthetic JPEG tiles and return the image table."""
+    """Render (or reuse) synthetic JPEG tiles and return the image table.
+
+    Tiles are named ``<protein>_seed<seed>_<k>.jpg``: a file is reused only by a rerun with the
+    same seed, so a seed's images never depend on which seeds ran before in the same folder
+    (and ``predict --images`` still finds them as ``<id>_*.jpg``).
+    """
     from .synthetic import write_protein_images
 
     rng = np.random.default_rng(seed)
     rows = []
     label_rows = proteins[labels].to_numpy(dtype=int)
     for pid, vec in tqdm(list(zip(proteins["protein_id"], label_rows)), desc="synthetic IHC images"):
-        paths = write_protein_images(pid, vec.tolist(), image_dir, images_per_protein, seed, size=size)
+        paths = write_protein_images(pid, vec.tolist(), image_dir, images_per_protein, seed, size=size,
+                                     name_tag=f"_seed{int(seed)}")
         for path in paths:
             load_image(path)  # the same validated loader as for real HPA images
             rows.append({"image_id": file_sha256(path), "protein_id": pid,
                          "antibody": f"SYN{pid}", "image_name": path.name,
                          "tissue": TISSUES[int(rng.integers(len(TISSUES)))], "organ": "synthetic",
                          "intensity": "strong", "quantity": ">75%",
-                         "path": f"{image_dir.name}/{path.name}",  # relative to the profile folder
+                         "path": f"{Path(image_dir).name}/{path.name}",  # relative to the profile folder
                          **{lab: int(v) for lab, v in zip(labels, vec)}})
     return pd.DataFrame(rows)

@@ -336,7 +336,8 @@ def stream_images(rows, cache_dir, embed, chunk_size: int = 32, thumbnail_px: in
     cache_dir.mkdir(parents=True, exist_ok=True)
     ledger_path = cache_dir / STREAM_LEDGER
     ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
-    todo = table[~table["url"].isin(ledger)]
+    # each URL once: rows repeating an image would otherwise find its file already deleted
+    todo = table[~table["url"].isin(ledger)].drop_duplicates("url")
     failures: list[tuple[str, str]] = []
     for start in range(0, len(todo), chunk_size):
         ok, fails = fetch_images(todo.iloc[start:start + chunk_size], cache_dir, **fetch_kwargs)

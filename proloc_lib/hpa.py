@@ -11,11 +11,13 @@ import difflib
 import re
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 
-from .labels import LABELS, LabelMap, UnknownLocationError
+from .errors import UserError
+from .labels import LABELS, LabelMap, UnknownLocationError, add_label_columns
 from .sequences import InvalidSequenceError, clean_sequence, sequence_hash
 
 IMAGE_COLUMNS = ["protein_id", "protein_name", "antibody", "image_name", "tissue", "organ",
@@ -50,11 +52,15 @@ METADATA_COLUMNS = {"Protein Id": "protein_id", "Protein Name": "protein_name",
 METADATA_REQUIRED = ["Protein Id", "Antibody Id", "locations"]
 
 
-class SchemaError(KeyError, ValueError):
+class SchemaError(UserError, KeyError, ValueError):
     """A table lacks (or has renamed) a required column; the message names file and column."""
 
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0]) if self.args else ""
+
+
+class TableError(UserError, ValueError):
+    """A file that cannot be read as a CSV table (empty, binary, UTF-16, ragged, a folder)."""
 
 
 def _missing_message(path, missing: list[str], found: list[str], layout: str) -> str:
@@ -91,12 +97,51 @@ def image_url(antibody: str, image_name: str, host: str | None = None) -> str:
     return f"{(host or HPA_IMAGE_HOST).rstrip('/')}/{m.group(1)}/{str(image_name).strip()}"
 
 
-def _read_raw(path) -> pd.DataFrame:
+def check_csv_file(path) -> None:
+    """Raise TableError (one line: file and problem) unless ``path`` is a readable UTF-8 CSV.
+
+    Caught here, before pandas: a folder, an empty file, a binary or UTF-16 file, and ragged
+    rows (a row with more or fewer fields than the header), which pandas would read silently
+    as NaN or fail on with a parser traceback.
+    """
+    import csv
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"HPA table not found: {path}")
+        raise TableError(f"{path}: file not found")
+    if path.is_dir():
+        raise TableError(f"{path}: is a directory, not a CSV file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TableError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise TableError(f"{path}: file is empty")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) > 3 and (data[1:2] == b"\0" or data[0:1] == b"\0")
+                                                  and data.count(b"\0") > len(data) // 4):
+        raise TableError(f"{path}: file is UTF-16 encoded; save it as UTF-8 CSV")
+    if b"\0" in data:
+        raise TableError(f"{path}: binary file (NUL bytes), not a CSV table")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TableError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
+    rows = csv.reader(text.splitlines())
+    try:
+        header = next(rows)
+        for i, row in enumerate(rows, start=2):
+            if row and len(row) != len(header):
+                raise TableError(f"{path}: ragged table: line {i} has {len(row)} fields, the header "
+                                 f"has {len(header)}")
+    except csv.Error as exc:
+        raise TableError(f"{path}: not a CSV table ({exc})") from None
+
+
+def _read_raw(path) -> pd.DataFrame:
+    path = Path(path)
+    check_csv_file(path)
     # All text: ids like HPA005560 must keep their zeros; label columns are converted below.
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
 
 
 def _label_sources(raw: pd.DataFrame, path) -> pd.DataFrame:
@@ -107,7 +152,7 @@ def _label_sources(raw: pd.DataFrame, path) -> pd.DataFrame:
             bad = vals.isna() | ~vals.isin([0, 1])
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise ValueError(f"{path} row {i}: label column '{col}' holds "
+                raise TableError(f"{path} row {i}: label column '{col}' holds "
                                  f"'{raw[col].iloc[i]}', expected 0 or 1")
             out[SRC_PREFIX + col] = vals.astype(np.int8).to_numpy()
     return pd.DataFrame(out, index=raw.index)
@@ -146,15 +191,18 @@ def _from_metadata(raw: pd.DataFrame, path) -> pd.DataFrame:
     for i in out.index[out["image_name"].isna()]:
         raise ValueError(f"{path} row {i}: no image name (neither 'Image Name' nor 'URL' given)")
     out["authors_locations"] = out["locations"]
-    for i in out.index[out["url"].isna()]:
-        path_i = out.at[i, "hpa_path"]
+    urls = out["url"].to_numpy(dtype=object).copy()  # plain arrays: .at per row is slow on 5,000 rows
+    for k, (u, path_i, ab, name) in enumerate(zip(urls, out["hpa_path"], out["antibody"], out["image_name"])):
+        if not pd.isna(u):
+            continue
         if isinstance(path_i, str) and path_i.startswith(("http://", "https://")):
-            out.at[i, "url"] = path_i  # a full URL already
+            urls[k] = path_i  # a full URL already
             continue
         try:
-            out.at[i, "url"] = image_url(out.at[i, "antibody"], out.at[i, "image_name"])
+            urls[k] = image_url(ab, name)
         except ValueError as exc:
-            raise ValueError(f"{path} row {i}: {exc}") from None
+            raise ValueError(f"{path} row {out.index[k]}: {exc}") from None
+    out["url"] = urls
     return out.drop(columns="hpa_path")
 
 
@@ -192,6 +240,143 @@ def detect_layout(columns) -> str:
     if cols & {"Protein Id", "Antibody Id", "Image Name", "Modified URL"}:
         return "metadata"
     return "unknown"
+
+
+LAYOUTS = {"file_name": "the authors' File Name layout (proloc_ihs_test.csv)",
+           "authors_metadata": "the authors' HPA metadata layout (proloc_ihs_test_img_URL.csv)",
+           "vislocas": "the Vislocas benchmark layout (data_train.csv, data_test.csv)"}
+
+
+def read_table(path, label_map: LabelMap | None = None) -> pd.DataFrame:
+    """Read any of the three known layouts into the canonical image table.
+
+    The authors' File Name and metadata layouts (``read_authors_csv``) and the Vislocas
+    benchmark layout (``parse_vislocas_csv``: the metadata columns without Sequence). The
+    layout name is in ``attrs['layout']``. A file of none of them raises SchemaError naming
+    the file, the columns found and the layouts known.
+    """
+    try:
+        return _read_table(path, label_map)
+    except UserError:
+        raise
+    except (ValueError, KeyError) as exc:  # a bad row: the message names the file and row already
+        msg = str(exc.args[0]) if exc.args else str(exc)
+        raise TableError(msg if str(path) in msg else f"{path}: {msg}") from exc
+
+
+def _read_table(path, label_map: LabelMap | None = None) -> pd.DataFrame:
+    raw_cols = list(_read_raw(path).columns)
+    layout = detect_layout(raw_cols)
+    if layout == "file_name" or (layout == "metadata" and "Sequence" in raw_cols):
+        df = read_authors_csv(path, label_map)
+        df.attrs["layout"] = "file_name" if layout == "file_name" else "authors_metadata"
+    elif layout == "metadata":
+        df = parse_vislocas_csv(path, label_map)
+        df.attrs["layout"] = "vislocas"
+    else:
+        shown = raw_cols[:6] + (["..."] if len(raw_cols) > 6 else [])
+        raise SchemaError(f"{path}: unknown layout (no header with 'File Name' or 'Protein Id'/"
+                          f"'Antibody Id'; a headerless file?); first columns found {shown}; known: "
+                          + "; ".join(LAYOUTS.values()))
+    return df
+
+
+def image_key(antibody, image_name) -> str:
+    """One key per HPA image: ``<antibody number>/<image name>``, the path of its image URL.
+
+    Rows that repeat an antibody/image pair under another tissue share it.
+    """
+    m = _ANTIBODY.fullmatch(str(antibody).strip())
+    return f"{m.group(1) if m else str(antibody).strip()}/{str(image_name).strip()}"
+
+
+def source_label_matrix(df: pd.DataFrame, labels, where: str = "table") -> np.ndarray:
+    """The table's own 0/1 label columns (``src:<label>``), the paper's labels; an error if absent."""
+    cols = [SRC_PREFIX + lab for lab in labels]
+    missing = [c[len(SRC_PREFIX):] for c in cols if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{where}: no label column(s) {missing} to take labels from "
+                          "(data.labels: columns); use data.labels: mapping for a table without them")
+    return df[cols].to_numpy(dtype=np.int8)
+
+
+def mapped_label_matrix(df: pd.DataFrame, label_map: LabelMap, column: str = "authors_locations"
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels the mapping gives each row's ``column``, and a mask of rows it could map.
+
+    Rows with a location the mapping does not know get zeros and ``False`` in the mask
+    (the caller counts them; nothing is raised).
+    """
+    out = np.zeros((len(df), len(label_map.labels)), dtype=np.int8)
+    ok = np.ones(len(df), dtype=bool)
+    for i, value in enumerate(df[column]):
+        try:
+            out[i] = label_map.vector(value)
+        except UnknownLocationError:
+            ok[i] = False
+    return out, ok
+
+
+def label_disagreements(df: pd.DataFrame, label_map: LabelMap, max_examples: int = 20) -> dict:
+    """Rows whose mapped ``locations`` differ from the table's own label columns, counted.
+
+    The mapping (data/mappings) and the table's columns (Vislocas' own classes) are two label
+    sources; this says where, and by how much, they differ: never silent.
+    """
+    labels = label_map.labels
+    have = [lab for lab in labels if SRC_PREFIX + lab in df.columns]
+    if not have:
+        return {"mapping": label_map.id, "rows": 0, "proteins": 0, "unknown_location_rows": 0,
+                "checked_labels": [], "per_label": {}, "examples": []}
+    given_f = df[[SRC_PREFIX + lab for lab in have]].to_numpy(dtype=float)
+    has_cols = ~np.isnan(given_f).any(axis=1)  # pooled tables: rows of a file without the columns
+    given = np.nan_to_num(given_f).astype(np.int8)
+    mapped, ok = mapped_label_matrix(df, label_map)
+    ok &= has_cols
+    mapped = mapped[:, [labels.index(lab) for lab in have]]
+    diff = (given != mapped) & ok[:, None]
+    rows = diff.any(axis=1)
+    examples = []
+    for i in np.flatnonzero(rows)[:max_examples]:
+        r = df.iloc[i]
+        examples.append({"file": Path(str(r["source_file"])).name, "row": int(r["source_row"]),
+                         "protein_id": r["protein_id"], "locations": r["authors_locations"],
+                         "columns": {lab: {"given": int(given[i, j]), "mapped": int(mapped[i, j])}
+                                     for j, lab in enumerate(have) if diff[i, j]}})
+    return {"mapping": label_map.id, "rows": int(rows.sum()),
+            "proteins": int(df.loc[rows, "protein_id"].nunique()),
+            "unknown_location_rows": int((~ok & has_cols).sum()), "checked_labels": have,
+            "per_label": {lab: {"given_1_mapped_0": int(((given[:, j] == 1) & (mapped[:, j] == 0) & ok).sum()),
+                                "given_0_mapped_1": int(((given[:, j] == 0) & (mapped[:, j] == 1) & ok).sum())}
+                          for j, lab in enumerate(have)},
+            "examples": examples}
+
+
+def summarize(df: pd.DataFrame, labels) -> dict:
+    """The audit's machine-readable counts for one image table (keys read by other tools).
+
+    Images are counted once per ``image_key`` (duplicate rows repeat an antibody/image pair);
+    label counts use the table's own columns when it has them, else the mapped columns.
+    """
+    key = [image_key(a, n) for a, n in zip(df["antibody"], df["image_name"])]
+    have_src = all(SRC_PREFIX + lab in df.columns for lab in labels)
+    cols = [SRC_PREFIX + lab for lab in labels] if have_src else [lab for lab in labels if lab in df.columns]
+    out = {"rows": int(len(df)), "unique_images": int(len(set(key))),
+           "proteins": int(df["protein_id"].nunique()), "antibodies": int(df["antibody"].nunique()),
+           "duplicate_image_rows": int(len(df) - len(set(key)))}
+    first = df.assign(_key=key).drop_duplicates("_key")
+    if len(cols) == len(labels) and first[cols].notna().all().all():
+        y = first[cols].to_numpy(dtype=int)
+        out["labels"] = {lab: {"images": int(y[:, j].sum()),
+                               "proteins": int(first.loc[y[:, j] == 1, "protein_id"].nunique())}
+                         for j, lab in enumerate(labels)}
+        sets = pd.Series([tuple(r) for r in y], index=first.index).groupby(first["protein_id"]).nunique()
+        out["proteins_with_mixed_label_sets"] = int((sets > 1).sum())
+    else:
+        out["labels"] = None
+        out["proteins_with_mixed_label_sets"] = None
+    out["label_source"] = "columns" if have_src else ("mapping" if cols else None)
+    return out
 
 
 def read_authors_csv(path, label_map: LabelMap | None = None) -> pd.DataFrame:
@@ -293,13 +478,17 @@ def filter_images(df: pd.DataFrame, if_verification: str | None = "enhanced",
 
 # ----------------------------------------------------------------------------- proteins
 
-def protein_table(images_df: pd.DataFrame, label_map: LabelMap) -> pd.DataFrame:
-    """One row per protein: ids, sequence, seq_hash and labels from its images' locations.
+def protein_table(images_df: pd.DataFrame, label_map: LabelMap, *, labels_from: str = "mapping") -> pd.DataFrame:
+    """One row per protein: ids, sequence, seq_hash and labels from its images.
 
-    Images of one protein that carry different location sets get the union of their labels;
-    ``n_location_sets`` records how many distinct sets were merged. A protein whose images
-    carry different sequences is an error.
+    ``labels_from="mapping"``: labels of the union of its images' location sets under
+    ``label_map``; ``"columns"``: the union (max) of its images' own label columns (the
+    image table's label columns, e.g. Vislocas' 0/1 columns). ``n_location_sets`` records how
+    many distinct location sets were merged. A protein whose images carry different
+    sequences is an error.
     """
+    if labels_from not in ("mapping", "columns"):
+        raise ValueError(f"labels_from must be 'mapping' or 'columns', got {labels_from!r}")
     for col in ("protein_id", "locations", "sequence"):
         if col not in images_df.columns:
             raise SchemaError(f"image table lacks column '{col}' (have {list(images_df.columns)})")
@@ -312,7 +501,10 @@ def protein_table(images_df: pd.DataFrame, label_map: LabelMap) -> pd.DataFrame:
         seq = clean_sequence(seqs[0], where=f"protein {pid}")
         sets = {location_set(v) for v in grp["locations"]}
         union = sorted(set().union(*sets))
-        vec = label_map.vector(";".join(union), where=f"protein {pid}")
+        if labels_from == "columns":
+            vec = grp[label_map.labels].max().to_numpy(dtype=int)
+        else:
+            vec = label_map.vector(";".join(union), where=f"protein {pid}")
         names = grp["protein_name"].dropna() if "protein_name" in grp else pd.Series([], dtype=object)
         uniprot = grp["uniprot"].dropna() if "uniprot" in grp else pd.Series([], dtype=object)
         rows.append({"protein_id": pid,
@@ -349,15 +541,24 @@ def audit(paths, label_map: LabelMap) -> dict:
     paths = [Path(p) for p in paths]
     tables, files = [], []
     for p in paths:
-        df = read_authors_csv(p)  # no label_map: unknown locations are reported, not raised
+        df = read_table(p)  # no label_map: unknown locations are reported, not raised
         checked = [lab for lab in label_map.labels if SRC_PREFIX + lab in df.columns]
-        files.append({"path": str(p), "layout": df.attrs.get("layout", "?"),
+        summary = summarize(df, label_map.labels)
+        summary["label_disagreements"] = label_disagreements(df, label_map, max_examples=0)["rows"]
+        files.append({"path": str(p), "layout": df.attrs.get("layout", "?"), **summary,
                       "n_rows": int(len(df)), "n_proteins": int(df["protein_id"].nunique()),
                       "n_antibodies": int(df["antibody"].nunique()), "label_columns_checked": checked})
         tables.append(df)
     report: dict = {"mapping": label_map.id, "mapping_file": label_map.source, "files": files,
                     "disagreeing_rows": [], "unknown_location_rows": [], "no_label_rows": 0,
                     "name_vs_column_rows": []}
+    # totals over all files: an image (antibody/image pair) or protein listed in several counts once
+    pooled_all = pd.concat(tables, ignore_index=True)
+    total = summarize(pooled_all, label_map.labels)
+    report.update(unique_images=total["unique_images"], proteins=total["proteins"], labels=total["labels"],
+                  label_source=total["label_source"],
+                  proteins_with_mixed_label_sets=total["proteins_with_mixed_label_sets"],
+                  label_disagreements=sum(f["label_disagreements"] for f in files))
 
     for df in tables:
         for _, row in df.iterrows():
@@ -461,9 +662,15 @@ def format_audit(report: dict, max_examples: int = 10) -> str:
     """Readable text for an ``audit`` report; each section shows up to ``max_examples``."""
     lines = [f"HPA table audit (mapping {report['mapping']}, {report['mapping_file']})", ""]
     for f in report["files"]:
-        lines.append(f"  {f['path']}: {f['layout']} layout, {f['n_rows']} images, "
-                     f"{f['n_proteins']} proteins, {f['n_antibodies']} antibodies; label columns "
-                     f"checked: {', '.join(f['label_columns_checked']) or 'none'}")
+        lines.append(f"  {f['path']}: {f['layout']} layout, {f['rows']} rows, {f['unique_images']} unique "
+                     f"images ({f['duplicate_image_rows']} duplicate rows), {f['proteins']} proteins, "
+                     f"{f['antibodies']} antibodies; label columns checked: "
+                     f"{', '.join(f['label_columns_checked']) or 'none'}")
+    lines.append(f"  all files: {report['unique_images']} unique images, {report['proteins']} proteins; "
+                 f"proteins with mixed label sets: {report['proteins_with_mixed_label_sets']}")
+    if report.get("labels"):
+        lines.append("  per label (images / proteins, label source: " + str(report["label_source"]) + "): "
+                     + ", ".join(f"{lab} {v['images']}/{v['proteins']}" for lab, v in report["labels"].items()))
 
     def section(title, items, show):
         lines.append("")
@@ -517,52 +724,181 @@ def format_audit(report: dict, max_examples: int = 10) -> str:
 
 # ----------------------------------------------------------------------------- full build
 
-def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = True, embed=None):
-    """Build the full profile's tables from public sources (needs network).
+LABEL_SOURCES = ("columns", "mapping")
 
-    Vislocas tables (Zenodo, MD5-checked) -> the paper's image filters -> reviewed UniProt
-    sequences by Ensembl id -> HPA images (validated, cached, resumable) -> protein and image
-    tables. Reachability is checked first, so offline it stops at once and writes nothing.
-    With ``embed`` (the embedding stage's image API) images are streamed: embedded as they
-    arrive, kept as thumbnails, the full files deleted (small disks). Returns (proteins,
-    images, report); every drop is counted in the report.
+
+def source_urls(mirror: str | None = None) -> dict:
+    """Base URLs of the three sources; a mirror base URL replaces all of them.
+
+    A mirror serves the same paths as the real services: Zenodo's
+    ``/api/records/<record>/files/<name>/content``, UniProt's ``/idmapping/...`` and HPA's
+    ``/<antibody number>/<image>.jpg`` (``proloc_lib.mirror`` is one; an institutional copy
+    laid out the same way is another).
+    """
+    from . import download
+
+    if mirror:
+        m = str(mirror).rstrip("/")
+        if not m.startswith(("http://", "https://")):
+            raise UserError(f"data.mirror / --mirror must be an http(s) base URL, got {mirror!r}")
+        return {"zenodo": f"{m}/api/records/{download.ZENODO_RECORD}/files", "uniprot": m, "images": m,
+                "mirror": m}
+    return {"zenodo": download.ZENODO_BASE, "uniprot": download.UNIPROT_BASE, "images": HPA_IMAGE_HOST,
+            "mirror": None}
+
+
+def mirror_provenance(mirror: str | None, timeout: float = 10) -> dict:
+    """What a mirror says about itself (``/proloc-mirror.json``); {} for a plain copy of the sources.
+
+    ``proloc_lib.mirror`` answers ``{"synthetic_images": true, "standin_sequences": [...], ...}``:
+    the build then marks its images and those sequences as not real, everywhere.
+    """
+    import requests
+
+    if not mirror:
+        return {}
+    try:
+        r = requests.get(f"{str(mirror).rstrip('/')}/proloc-mirror.json", timeout=timeout)
+    except requests.RequestException:
+        return {}
+    if r.status_code != 200:
+        return {}
+    try:
+        return dict(r.json())
+    except ValueError:
+        return {}
+
+
+def dedup_images(images: pd.DataFrame, labels) -> tuple[pd.DataFrame, dict]:
+    """One row per image (``image_key``: antibody number + image name, the image URL's path).
+
+    Vislocas repeats some antibody/image pairs under a second tissue name (train 5,440 rows /
+    5,169 images; test 589 / 566). They are merged before any download: the first row's
+    metadata is kept, ``tissues`` lists every tissue, ``n_rows`` counts the rows merged, and
+    labels are the union over the rows (they agree on the real tables; a disagreement is
+    counted). Streaming then fetches and embeds each image once.
+    """
+    images = images.assign(image_key=[image_key(a, n) for a, n in zip(images["antibody"], images["image_name"])])
+    grp = images.groupby("image_key", sort=False)
+    n_rows = grp["image_key"].transform("size")
+    lab_cols = [c for c in labels if c in images.columns]
+    disagree = int((grp[lab_cols].nunique() > 1).any(axis=1).sum()) if lab_cols else 0
+    tissues = grp["tissue"].agg(lambda t: ";".join(dict.fromkeys(str(x) for x in t if not pd.isna(x))))
+    first = images[~images.duplicated("image_key")].copy()
+    if lab_cols:
+        first[lab_cols] = grp[lab_cols].max().loc[first["image_key"]].to_numpy()
+    first["n_rows"] = n_rows[first.index].to_numpy()
+    first["tissues"] = first["image_key"].map(tissues)
+    dup_keys = first.loc[first["n_rows"] > 1, "image_key"]
+    report = {"rows": int(len(images)), "unique_images": int(len(first)),
+              "duplicate_rows": int(len(images) - len(first)), "images_with_duplicates": int(len(dup_keys)),
+              "label_disagreements_within_duplicates": disagree,
+              "handled": "merged into one image row before download (first row's metadata kept, all "
+                         "tissues in 'tissues', row count in 'n_rows', labels the union)",
+              "examples": dup_keys.head(5).tolist()}
+    return first.reset_index(drop=True), report
+
+
+def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = True, embed=None,
+             *, mirror: str | None = None):
+    """Build the full profile's tables from public sources (needs network, or a mirror).
+
+    Vislocas tables (Zenodo, MD5-checked) -> the paper's image filters -> labels (the
+    tables' own five 0/1 columns by default, ``data.labels: columns``; or the location
+    mapping, ``data.labels: mapping``; the two are compared and their disagreements
+    reported) -> one row per image (duplicate rows merged) -> reviewed UniProt sequences by
+    Ensembl id -> HPA images (validated, cached, resumable) -> protein and image tables.
+    ``mirror`` (or ``data.mirror``) is a base URL that replaces all three sources (see
+    ``source_urls``); a mirror that declares synthetic images or stand-in sequences
+    (``proloc_lib.mirror`` does) is recorded in ``report["provenance"]``. Reachability is
+    checked first, so offline it stops at once and writes nothing. With ``embed`` (the
+    embedding stage's image API) images are streamed: embedded as they arrive, kept as
+    thumbnails, the full files deleted (small disks). Returns (proteins, images, report);
+    every drop is counted in the report.
     """
     from . import download
     from .encoders import check_reachable
-    from .labels import add_label_columns
 
-    check_reachable([f"{download.ZENODO_BASE}/data_test.csv/content", f"{download.UNIPROT_BASE}/",
-                     f"{HPA_IMAGE_HOST}/"])
+    mirror = mirror or data_cfg.get("mirror")
+    urls = source_urls(mirror)
+    label_source = data_cfg.get("labels", "columns")
+    if label_source not in LABEL_SOURCES:
+        raise UserError(f"data.labels must be one of {list(LABEL_SOURCES)}, got {label_source!r}")
+    check_reachable([f"{urls['zenodo']}/data_test.csv/content", f"{urls['uniprot']}/", f"{urls['images']}/"],
+                    hint=("check the mirror URL and that it is running" if mirror else
+                          "run the full profile on Colab or any machine with internet, or point it at a "
+                          "mirror with data.mirror / --mirror URL (see README)"))
+    prov = mirror_provenance(mirror)
     profile_dir = Path(profile_dir)
     files = data_cfg.get("benchmark_files", ["data_train.csv", "data_test.csv"])
     tables = []
     for name in files:
-        path = download.fetch_zenodo(name, profile_dir / "cache" / "zenodo", progress=progress)
-        tables.append(parse_vislocas_csv(path).assign(benchmark_split=Path(name).stem.replace("data_", "")))
+        path = download.fetch_zenodo(name, profile_dir / "cache" / "zenodo", base_url=urls["zenodo"],
+                                     progress=progress)
+        table = parse_vislocas_csv(path).assign(benchmark_split=Path(name).stem.replace("data_", ""))
+        if data_cfg.get("max_proteins"):  # a quick trial build: a seeded subset of each file's proteins
+            ids = pd.Series(table["protein_id"].unique())
+            keep = set(ids.sample(n=min(int(data_cfg["max_proteins"]), len(ids)),
+                                  random_state=int(data_cfg.get("subsample_seed", 0))))
+            table = table[table["protein_id"].isin(keep)]
+        tables.append(table)
     images = pd.concat(tables, ignore_index=True)
-    report: dict = {"source_images": int(len(images)), "source_files": files}
+    report: dict = {"source_images": int(len(images)), "source_files": files,
+                    "max_proteins_per_file": data_cfg.get("max_proteins"),
+                    "subsample_seed": data_cfg.get("subsample_seed", 0) if data_cfg.get("max_proteins") else None,
+                    "sources": {k: v for k, v in urls.items() if k != "mirror"}}
+    report["provenance"] = {"mirror": urls["mirror"], "synthetic_images": bool(prov.get("synthetic_images")),
+                            "standin_sequences": bool(prov.get("standin_sequences")),
+                            "mirror_note": prov.get("note")}
     filters = data_cfg.get("filters", {})
     images, report["filters"] = filter_images(images, filters.get("if_verification"), filters.get("intensity"),
                                               filters.get("quantity"))
-    label_map.check_known(images["locations"].set_axis(images["source_file"].map(lambda f: Path(f).name)
-                                                        + " row " + images["source_row"].astype(str)),
-                          where="at")
-    mapped, dropped = download.uniprot_map_ensembl(images["protein_id"].unique())
+    where = images["source_file"].map(lambda f: Path(f).name) + " row " + images["source_row"].astype(str)
+    # labels: the tables' own columns (the paper's) or the mapping; the other one is compared
+    disagreements = label_disagreements(images, label_map)
+    if label_source == "columns":
+        mat = source_label_matrix(images, label_map.labels, where=", ".join(files))
+        images = images.copy()
+        for j, lab in enumerate(label_map.labels):
+            images[lab] = mat[:, j]
+    else:
+        label_map.check_known(images["locations"].set_axis(where), where="at")
+        images = add_label_columns(images, "locations", label_map, where="image")
+    report["label_source"] = {
+        "source": label_source,
+        "description": ("the tables' own five 0/1 label columns (Vislocas' classes; the paper's labels)"
+                        if label_source == "columns" else f"the location mapping {label_map.id}"),
+        "mapping_vs_columns": disagreements}
+    if disagreements["rows"]:
+        print(f"label source '{label_source}': the mapping {label_map.id} and the tables' label columns "
+              f"disagree on {disagreements['rows']} rows ({disagreements['proteins']} proteins); see "
+              "report['label_source']")
+    # known locations outside the five labels: counted (image rows), never guessed
+    report["locations_outside_labels"] = dict(Counter(
+        loc for s in images["locations"] for loc in label_map.split(s)
+        if loc in label_map.mapping and not label_map.mapping[loc]))
+    # one row per image before anything is fetched: duplicates would be fetched (and, when
+    # streaming, deleted) twice
+    images, report["duplicate_image_rows"] = dedup_images(images, label_map.labels)
+    # proteins none of whose images carry one of the five labels: dropped before any download
+    has_label = images.groupby("protein_id")[label_map.labels].max().sum(axis=1) > 0
+    report["dropped_proteins_no_target_label"] = int((~has_label).sum())
+    report["dropped_images_no_target_label"] = int((~images["protein_id"].map(has_label)).sum())
+    images = images[images["protein_id"].map(has_label)].copy()
+    mapped, dropped = download.uniprot_map_ensembl(images["protein_id"].unique(), base_url=urls["uniprot"])
     report["uniprot_dropped"] = dropped
     seqs = mapped.set_index("ensembl")
     images = images[images["protein_id"].isin(seqs.index)].copy()
     images["sequence"] = images["protein_id"].map(seqs["sequence"])
     images["uniprot"] = images["protein_id"].map(seqs["accession"])
-    # proteins none of whose locations map to the five labels: drop before downloading their images
-    labelled = add_label_columns(images, "locations", label_map, where="image")
-    # known locations outside the five labels: counted (image rows), never guessed
-    report["locations_outside_labels"] = dict(Counter(loc for s in images["locations"]
-                                                      for loc in label_map.unmapped(s)))
-    has_label = labelled.groupby("protein_id")[label_map.labels].max().sum(axis=1) > 0
-    report["dropped_proteins_no_target_label"] = int((~has_label).sum())
-    images = labelled[labelled["protein_id"].map(has_label)].copy()
-    images["url"] = [image_url(a, n) for a, n in zip(images["antibody"], images["image_name"])]
-    est = download.estimate_download(images["url"], profile_dir / "images")
+    real = set(prov.get("real_sequence_genes") or [])
+    images["sequence_source"] = [("uniprot" if not prov.get("standin_sequences") or g in real else "standin")
+                                 for g in images["protein_id"]]
+    images["synthetic_image"] = bool(prov.get("synthetic_images"))
+    images["url"] = [image_url(a, n, host=urls["images"]) for a, n in zip(images["antibody"], images["image_name"])]
+    local = bool(mirror) and urlsplit(urls["images"]).hostname in ("127.0.0.1", "localhost", "::1")
+    rate = data_cfg.get("rate_limit_per_s", None if local else 5)  # the HPA server asks for politeness
+    est = download.estimate_download(images["url"], profile_dir / "images", rate_limit_per_s=rate)
     report["download_estimate"] = est
     print(f"downloading up to {len(images)} images of {images['protein_id'].nunique()} proteins "
           f"into {profile_dir / 'images'}: {est['n_cached']} cached, about "
@@ -572,16 +908,19 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
         print("WARNING: the images will likely not fit on this disk; set data.stream: true in the "
               "profile config to embed them as they arrive and keep only thumbnails")
     if embed is None:
-        images, failures = download.fetch_images(images, profile_dir / "images", progress=progress)
+        images, failures = download.fetch_images(images, profile_dir / "images", progress=progress,
+                                                 rate_limit_per_s=rate)
     else:
-        images, failures = download.stream_images(images, profile_dir / "images", embed, progress=progress)
+        images, failures = download.stream_images(images, profile_dir / "images", embed, progress=progress,
+                                                  rate_limit_per_s=rate)
     report["image_failures"] = [{"url": u, "reason": r} for u, r in failures]
     images["image_id"] = images["sha256"]
     images["path"] = [str(Path(p).resolve().relative_to(profile_dir.resolve())) if p else None for p in images["path"]]
     dup = images.duplicated("image_id")
-    report["duplicate_image_files"] = int(dup.sum())
+    report["duplicate_image_files"] = int(dup.sum())  # same bytes under two URLs
     images = images[~dup].reset_index(drop=True)
-    proteins = protein_table(images, label_map)
+    proteins = protein_table(images, label_map, labels_from=label_source)
+    proteins["sequence_source"] = proteins["protein_id"].map(images.groupby("protein_id")["sequence_source"].first())
     # a protein can still end up unlabelled if its labelled images all failed to download
     has_label = proteins[label_map.labels].sum(axis=1) > 0
     report["dropped_proteins_no_target_label"] += int((~has_label).sum())
@@ -591,4 +930,36 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     # what the download really was: the data card and README quote it
     report["image_bytes_on_disk"] = int(sum(f.stat().st_size for f in on_disk if f.exists()))
     report.update(n_proteins=int(len(proteins)), n_images=int(len(images)))
+    report["provenance"].update(
+        n_standin_sequences=int((proteins["sequence_source"] == "standin").sum()),
+        n_real_sequences=int((proteins["sequence_source"] == "uniprot").sum()),
+        n_synthetic_images=int(images["synthetic_image"].sum()))
     return proteins, images, report
+
+
+def build_provenance(profile_provenance: dict, report: dict) -> dict:
+    """The profile's provenance, corrected by what the build found (a synthetic mirror).
+
+    Stage 01 writes this into its manifest; later stages should read it from there, so every
+    number made from mirror data says so.
+    """
+    out = dict(profile_provenance)
+    prov = report.get("provenance") or {}
+    if prov.get("synthetic_images"):
+        out["synthetic_images"] = True
+    if prov.get("n_standin_sequences"):
+        out["real_sequences"] = False
+        out["standin_sequences"] = int(prov["n_standin_sequences"])
+    if prov.get("mirror"):
+        out["mirror"] = prov["mirror"]
+    return out
+
+
+def provenance_line(provenance: dict) -> str:
+    """Extra words for the provenance note when a build used mirror data ('' otherwise)."""
+    parts = []
+    if provenance.get("synthetic_images") and provenance.get("mirror"):
+        parts.append("SYNTHETIC stand-in images from the offline mirror")
+    if provenance.get("standin_sequences"):
+        parts.append(f"{provenance['standin_sequences']} seeded STAND-IN sequences (not UniProt)")
+    return ("Mirror build: " + "; ".join(parts) + ". Not comparable with the paper.") if parts else ""

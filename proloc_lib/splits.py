@@ -3,17 +3,31 @@
 Proteins that share an identical sequence or an antibody are linked into one group, and
 groups never straddle two sides. Stratification is iterative (Sechidis et al. 2011, via
 the ``iterative-stratification`` package) over the groups' label vectors.
+
+Three protocols (``split.method``): ``benchmark`` (the benchmark's own train/test, the
+paper's test set; validation carved from train), ``stratified`` (a grouped re-split), and
+``homology`` (the stratified re-split over clusters of similar sequences: proteins whose
+local alignment reaches ``split.identity`` identity over ``split.coverage`` of the shorter
+sequence are linked, so no test protein has a close homologue in training). The homology
+protocol needs the optional aligner ``pyopal`` (PyPI; the ``homology`` extra).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
+
 SPLITS = ("train", "val", "test")
+METHODS = ("benchmark", "stratified", "homology")
 
 
 class SplitLeakError(AssertionError):
     """A protein, sequence or antibody found on two sides of a split."""
+
+
+class MissingToolError(UserError, ImportError):
+    """An optional tool a protocol needs is not installed (one line: what and how to install)."""
 
 
 def link_groups(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.Series:
@@ -44,14 +58,42 @@ def link_groups(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -> p
     return pd.Series([codes[roots[p]] for p in ids], index=proteins.index, name="group")
 
 
+def merge_groups(*groupings: pd.Series) -> pd.Series:
+    """Connected components of several groupings of the same proteins (same index)."""
+    index = groupings[0].index
+    parent = list(range(len(index)))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for g in groupings:
+        first: dict = {}
+        for pos, key in enumerate(g.to_numpy()):
+            if key in first:
+                ra, rb = find(first[key]), find(pos)
+                if ra != rb:
+                    parent[rb] = ra
+            else:
+                first[key] = pos
+    roots = [find(i) for i in range(len(index))]
+    codes = {r: i for i, r in enumerate(dict.fromkeys(roots))}
+    return pd.Series([codes[r] for r in roots], index=index, name="group")
+
+
 def assign_splits(proteins: pd.DataFrame, labels: list[str], val_fraction: float, test_fraction: float,
-                  seed: int, images: pd.DataFrame | None = None) -> pd.Series:
-    """Split name per protein row; asserted disjoint before it is returned."""
+                  seed: int, images: pd.DataFrame | None = None, *, groups: pd.Series | None = None) -> pd.Series:
+    """Split name per protein row; asserted disjoint before it is returned.
+
+    ``groups`` (per protein row) adds links to the sequence/antibody ones, e.g. homology clusters.
+    """
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(f"bad split fractions val={val_fraction} test={test_fraction}")
-    groups = link_groups(proteins, images)
+    groups = link_groups(proteins, images) if groups is None else merge_groups(link_groups(proteins, images), groups)
     y_group = proteins[labels].groupby(groups.to_numpy()).max()   # a group carries all its labels
     gid = y_group.index.to_numpy()
     y = y_group.to_numpy()
@@ -92,8 +134,15 @@ def benchmark_splits(proteins: pd.DataFrame, images: pd.DataFrame, labels: list[
     groups = link_groups(proteins, images)
     train_groups = groups[split == "train"]
     y = proteins.loc[train_groups.index, labels].groupby(train_groups.to_numpy()).max()
-    sss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+    if len(y) < 2:
+        raise ValueError(f"the benchmark's train file has {len(y)} independent protein groups: "
+                         "cannot carve a validation part")
+    # at least one group: a small train file would otherwise get no validation part at all
+    frac = max(val_fraction, 1.0 / len(y))
+    sss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
     _, val_idx = next(sss.split(np.zeros(len(y)), y.to_numpy()))
+    if len(val_idx) == 0:  # iterative stratification rounds every rare label down to nothing
+        val_idx = np.random.default_rng(seed).choice(len(y), size=1)
     val_groups = set(y.index[val_idx])
     split = split.where(~groups.isin(val_groups) | (split != "train"), "val")
     check_disjoint(proteins.assign(split=split), images)
@@ -143,3 +192,132 @@ def check_disjoint(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -
         leaks = sides[sides > 1]
         if len(leaks):
             raise SplitLeakError(f"{len(leaks)} antibodies on two sides, e.g. {list(leaks.index[:3])}")
+
+
+# ----------------------------------------------------------------------------- homology
+
+def _aligner():
+    try:
+        import pyopal
+    except ImportError:
+        raise MissingToolError("split.method: homology needs the aligner pyopal, which is not installed: "
+                               "pip install pyopal (or the project's 'homology' extra)") from None
+    return pyopal
+
+
+def homology_pairs(sequences: dict, *, identity: float = 0.3, coverage: float = 0.8,
+                   prefilter: float = 0.28, threads: int = 0) -> list[tuple[str, str, float, float]]:
+    """Pairs of ids whose sequences are homologous: (a, b, identity, coverage).
+
+    Smith-Waterman (BLOSUM62, pyopal's SIMD aligner): every pair is scored; pairs whose score
+    reaches ``prefilter`` x the smaller self-score (unrelated pairs stay near 0.2 on real and
+    random proteins) are aligned in full, and linked when the alignment's identity (identical
+    columns / alignment length) is at least ``identity`` and it covers at least ``coverage`` of
+    the shorter sequence (MMseqs2's ``--min-seq-id 0.3 -c 0.8`` in spirit). Identical
+    sequences always pair.
+    """
+    pyopal = _aligner()
+    ids = list(sequences)
+    seqs = [str(sequences[i]) for i in ids]
+    selfs = [next(iter(pyopal.align(q, [q], mode="score", algorithm="sw", threads=1))).score for q in seqs]
+    pairs = []
+    for i in range(len(seqs) - 1):
+        rest = seqs[i + 1:]
+        scores = pyopal.align(seqs[i], rest, mode="score", algorithm="sw", threads=threads)
+        cand = [i + 1 + r.target_index for r in scores
+                if r.score >= prefilter * min(selfs[i], selfs[i + 1 + r.target_index])]
+        if not cand:
+            continue
+        full = list(pyopal.align(seqs[i], [seqs[j] for j in cand], mode="full", algorithm="sw", threads=threads))
+        for r in full:
+            j = cand[r.target_index]
+            shorter = min(len(seqs[i]), len(seqs[j]))
+            cov = min(r.query_end - r.query_start, r.target_end - r.target_start) / shorter
+            ident = r.identity()
+            if seqs[i] == seqs[j] or (ident >= identity and cov >= coverage):
+                pairs.append((ids[i], ids[j], round(float(ident), 4), round(float(cov), 4)))
+    return pairs
+
+
+def homology_groups(proteins: pd.DataFrame, *, identity: float = 0.3, coverage: float = 0.8,
+                    pairs: list | None = None) -> tuple[pd.Series, list]:
+    """Cluster id per protein row (single linkage over ``homology_pairs``), and the pairs."""
+    seq_of = dict(zip(proteins["protein_id"], proteins["sequence"]))
+    if pairs is None:
+        pairs = homology_pairs(seq_of, identity=identity, coverage=coverage)
+    parent = {p: p for p in proteins["protein_id"]}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b, *_ in pairs:
+        if a in parent and b in parent:
+            parent[find(b)] = find(a)
+    roots = [find(p) for p in proteins["protein_id"]]
+    codes = {r: i for i, r in enumerate(dict.fromkeys(roots))}
+    return pd.Series([codes[r] for r in roots], index=proteins.index, name="group"), pairs
+
+
+def homology_splits(proteins: pd.DataFrame, labels: list[str], val_fraction: float, test_fraction: float,
+                    seed: int, images: pd.DataFrame | None = None, *, identity: float = 0.3,
+                    coverage: float = 0.8) -> tuple[pd.Series, dict]:
+    """The stratified re-split over homology clusters; asserted free of cross-split homologues.
+
+    Returns the split and a report (aligner, thresholds, clusters, linked pairs).
+    """
+    groups, pairs = homology_groups(proteins, identity=identity, coverage=coverage)
+    split = assign_splits(proteins, labels, val_fraction, test_fraction, seed, images, groups=groups)
+    check_homology_disjoint(proteins.assign(split=split), pairs)
+    import pyopal
+
+    report = {"method": "homology", "aligner": f"pyopal {pyopal.__version__} (Smith-Waterman, BLOSUM62)",
+              "identity": identity, "coverage": coverage, "linked_pairs": len(pairs),
+              "clusters": int(groups.nunique()), "largest_cluster": int(groups.value_counts().max()),
+              "pairs": [list(p) for p in pairs[:50]]}
+    return split, report
+
+
+def check_homology_disjoint(proteins: pd.DataFrame, pairs) -> None:
+    """Raise SplitLeakError if a homologous pair sits on two sides."""
+    side = dict(zip(proteins["protein_id"], proteins["split"]))
+    leaks = [(a, b) for a, b, *_ in pairs if side.get(a) != side.get(b)]
+    if leaks:
+        raise SplitLeakError(f"{len(leaks)} homologous pairs on two sides, e.g. {leaks[:3]}")
+
+
+def split_proteins(proteins: pd.DataFrame, images: pd.DataFrame | None, labels: list[str], split_cfg: dict,
+                   seed: int) -> tuple[pd.Series, dict]:
+    """The profile's split protocol (``split.method``), asserted disjoint; (split, report).
+
+    ``benchmark``: the benchmark files' own train/test (the paper's test set), validation
+    carved protein-disjointly from train. ``stratified``: grouped multi-label re-split.
+    ``homology``: ``stratified`` over sequence-similarity clusters (``split.identity``, default
+    0.3; ``split.coverage``, default 0.8).
+    """
+    method = split_cfg.get("method", "stratified")
+    if method not in METHODS:
+        raise UserError(f"split.method must be one of {list(METHODS)}, got {method!r}")
+    report: dict = {"method": method, "seed": int(seed), "val_fraction": split_cfg["val_fraction"]}
+    if method == "benchmark":
+        split = benchmark_splits(proteins, images, labels, split_cfg["val_fraction"], seed)
+        report["description"] = ("the benchmark's own train/test files (test = the paper's test set); "
+                                 "validation carved from train, protein- and antibody-disjoint")
+    elif method == "homology":
+        split, hom = homology_splits(proteins, labels, split_cfg["val_fraction"], split_cfg["test_fraction"],
+                                     seed, images, identity=float(split_cfg.get("identity", 0.3)),
+                                     coverage=float(split_cfg.get("coverage", 0.8)))
+        report.update(hom, test_fraction=split_cfg["test_fraction"],
+                      description=f"grouped, stratified re-split over homology clusters (identity >= "
+                                  f"{hom['identity']}, coverage >= {hom['coverage']})")
+    else:
+        split = assign_splits(proteins, labels, split_cfg["val_fraction"], split_cfg["test_fraction"],
+                              seed=seed, images=images)
+        report.update(test_fraction=split_cfg["test_fraction"],
+                      description="grouped (shared sequence or antibody), multi-label stratified re-split")
+    check_disjoint(proteins.assign(split=split), images)
+    report["disjoint"] = "asserted: no protein, identical sequence or antibody on two sides" + (
+        "; no homologous pair on two sides" if method == "homology" else "")
+    return split, report

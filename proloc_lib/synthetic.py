@@ -268,16 +268,18 @@ def protein_seed(base_seed: int, protein_id: str) -> int:
 
 
 def write_protein_images(protein_id: str, labels, out_dir: str | Path, n_images: int,
-                         base_seed: int, size: int = 256, quality: int = 90) -> list[Path]:
-    """Render n_images tiles for one protein and save them as JPEGs f"{protein_id}_{k}.jpg".
+                         base_seed: int, size: int = 256, quality: int = 90, *, name_tag: str = "") -> list[Path]:
+    """Render n_images tiles for one protein and save them as JPEGs f"{protein_id}{name_tag}_{k}.jpg".
 
     All tiles of a protein share its labels and staining strength; layout and noise differ.
     Each file is written to a temporary name in out_dir and moved into place, and files that
-    already exist and decode at the requested size are kept, so reruns are resumable.
+    already exist and decode at the requested size are kept, so reruns are resumable. A kept
+    file is not checked against ``base_seed``: key the names by it (the demo passes
+    ``name_tag="_seed<seed>"``) or give each seed its own ``out_dir``.
     """
     lab = _check_labels(labels, protein_id)
     pid = str(protein_id)
-    if not pid or "/" in pid or "\\" in pid or pid in (".", ".."):
+    if not pid or "/" in pid or "\\" in pid or pid in (".", "..") or "/" in name_tag or "\\" in name_tag:
         raise ValueError(f"protein_id must be a plain file-name stem, got {protein_id!r}")
     if int(n_images) != n_images or n_images < 1:
         raise ValueError(f"n_images must be an integer >= 1, got {n_images!r}")
@@ -292,7 +294,7 @@ def write_protein_images(protein_id: str, labels, out_dir: str | Path, n_images:
 
     paths = []
     for k in range(int(n_images)):
-        path = out_dir / f"{pid}_{k}.jpg"
+        path = out_dir / f"{pid}{name_tag}_{k}.jpg"
         paths.append(path)
         if path.exists():
             try:

@@ -24,7 +24,9 @@ from proloc_lib.labels import LabelMap, UnknownLocationError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZPATH = "/api/records/10632698/files"
-DATA_CFG = {"source": "hpa", "stream": False,
+# These fixtures test the location-mapping label source (data.labels: mapping); the tables'
+# own label columns (the default) are tested on the real Vislocas tables in test_mirror.py.
+DATA_CFG = {"source": "hpa", "stream": False, "labels": "mapping",
             "filters": {"if_verification": "enhanced", "intensity": "strong", "quantity": ">75%"}}
 
 P1, P2, P3, P4, P5, P6 = (f"ENSG00000{100000 + i}" for i in range(1, 7))
@@ -171,7 +173,8 @@ def test_assemble_end_to_end(online, label_map, tmp_path):
 
     # UniProt: one job over the filtered proteins (version dropped, P5 never asked), two pages
     [run] = [r for r in srv.log if r["path"] == "/idmapping/run"]
-    assert parse_qs(run["body"].decode())["ids"] == [",".join([P1, P2, P3, P4, P6])]
+    # P6 (only 'nucleoli': no target label) is dropped before UniProt is asked
+    assert parse_qs(run["body"].decode())["ids"] == [",".join([P1, P2, P3, P4])]
     assert len(_gets(srv, {"/idmapping/uniprotkb/results/job7"})) == 2
     assert report["uniprot_dropped"] == {P3: "no reviewed (Swiss-Prot) entry"}
     assert report["locations_outside_labels"] == {"nucleoli": 2}  # P4's and P6's kept images
@@ -292,8 +295,11 @@ def test_assemble_unreachable_source_stops_at_once(hpa_server, label_map, monkey
         hpa.assemble(DATA_CFG, label_map, profile_dir, progress=False)
     assert time.monotonic() - t0 < 3
     msg = str(err.value)
-    assert f"{dead}/data_test.csv/content" in msg and "ConnectionError" in msg
-    assert f"{hpa_server.url}/ (" not in msg  # the reachable hosts are not blamed
+    # one short line: the unreachable host, the kind of failure, where to go (a mirror, Colab)
+    host = dead.split("/")[2]
+    assert msg.startswith(f"cannot reach {host} (ConnectionError):") and "--mirror" in msg and "Colab" in msg
+    assert "\n" not in msg and len(msg) < 250
+    assert f"{dead}/data_test.csv/content" in err.value.details  # the full reasons are kept
     assert not profile_dir.exists() and list(tmp_path.iterdir()) == []
     assert {r["method"] for r in hpa_server.log} == {"HEAD"}  # probes only, no download
 

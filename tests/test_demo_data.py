@@ -48,3 +48,21 @@ def test_unknown_class_and_bad_sequence_are_named(source, label_map):
         demo_data.select_proteins(bad, label_map, 1, seed=0)
     with pytest.raises(KeyError, match="sequence"):
         demo_data.select_proteins(bad.drop(columns="sequence"), label_map, 1, seed=0)
+
+
+def test_synthetic_images_are_keyed_by_seed(source, label_map, tmp_path):
+    """A seed's images never depend on which seeds ran before in the same folder (issue 14)."""
+    prot, _ = demo_data.select_proteins(source, label_map, 4, seed=5, max_length=600)
+    shared = tmp_path / "shared" / "images"
+    first0 = demo_data.make_demo_images(prot, label_map.labels, shared, 2, seed=0, size=96)
+    then1 = demo_data.make_demo_images(prot, label_map.labels, shared, 2, seed=1, size=96)
+    fresh1 = demo_data.make_demo_images(prot, label_map.labels, tmp_path / "fresh" / "images", 2, seed=1, size=96)
+    again0 = demo_data.make_demo_images(prot, label_map.labels, shared, 2, seed=0, size=96)
+    # seed 1 after seed 0 equals seed 1 alone: drawn with its own seed, not reused by file name
+    assert then1["image_id"].tolist() == fresh1["image_id"].tolist()
+    assert not set(then1["image_id"]) & set(first0["image_id"])
+    assert again0["image_id"].tolist() == first0["image_id"].tolist()
+    assert (then1["path"].str.fullmatch(r"images/[^/]+_seed1_\d\.jpg")).all()
+    assert (first0["path"].str.fullmatch(r"images/[^/]+_seed0_\d\.jpg")).all()
+    for p in then1["path"]:
+        assert (shared.parent / p).is_file()

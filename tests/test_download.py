@@ -408,3 +408,24 @@ def test_download_estimate_skips_cached_files_and_sizeless_answers(server, tmp_p
     (cache / "streamed.json").write_text(json.dumps({urls[1]: {"sha256": "x", "thumbnail": None}}))
     assert estimate_download(urls[:2], cache)["n_cached"] == 2  # streamed (embedded, deleted) counts as done
     assert format_bytes(2.5e9) == "2.5 GB" and format_bytes(None) == "unknown"
+
+
+def test_streaming_fetches_a_repeated_image_once(server, tmp_path):
+    """Rows repeating an image (Vislocas: the same antibody/image under two tissues), even in one
+    chunk: fetched and embedded once, every row answered (it used to fail 'image not found')."""
+    from proloc_lib.download import stream_images
+
+    for i in range(3):
+        server.routes[f"/5560/d{i}.jpg"] = [serve_file(jpeg_bytes(300, (60 * i, 90, 40)))]  # one answer each
+    calls = []
+
+    def embed(paths):
+        calls.append(sorted(paths))
+        return {"failures": []}
+
+    table, failures = stream_images(rows(server, "d0.jpg", "d1.jpg", "d0.jpg", "d2.jpg", "d0.jpg"), tmp_path,
+                                    embed, chunk_size=4, **FAST)
+    assert failures == [] and len(table) == 5
+    assert sum(len(c) for c in calls) == 3 and len({k for c in calls for k in c}) == 3
+    assert table["sha256"].iloc[0] == table["sha256"].iloc[2] == table["sha256"].iloc[4]
+    assert len([r for r in server.log if r["path"] == "/5560/d0.jpg"]) == 1

@@ -171,7 +171,10 @@ def test_check_reachable_converts_connection_errors(monkeypatch):
     with pytest.raises(E.OfflineError) as err:
         E.check_reachable([url_a, url_b], timeout=0.5)
     msg = str(err.value)
-    assert url_a in msg and url_b in msg and "Colab" in msg
+    # one short line naming the host and the kind of failure; full reasons kept in .details
+    assert msg.startswith("cannot reach hub.invalid (ConnectionError; Timeout)") and "Colab" in msg
+    assert "\n" not in msg and len(msg) < 200 and "boom" not in msg
+    assert set(err.value.details) == {url_a, url_b} and "boom" in err.value.details[url_a]
 
 
 def test_check_reachable_never_hangs(monkeypatch):

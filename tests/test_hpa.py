@@ -316,7 +316,6 @@ def test_audit_cross_file_join(tmp_path, label_map):
 
 
 def test_cli_requires_existing_files(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        data_cli.main(["audit", str(tmp_path / "absent.csv")])
-    assert "absent.csv" in capsys.readouterr().err
+    assert data_cli.main(["audit", str(tmp_path / "absent.csv")]) == 2
+    assert "absent.csv: file not found" in capsys.readouterr().err
     assert data_cli.DEFAULT_MAPPING.exists()
