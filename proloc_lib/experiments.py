@@ -405,19 +405,15 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
 
 
 def resplit(data: StageData, method: str, *, seed: int, split_cfg: dict) -> pd.Series:
-    """A fresh split (train/val/test per protein row) by one protocol of ``data.split``.
-
-    ``stratified``: ``splits.assign_splits``; any other method: ``splits.make_split(method, ...)``
-    where the splits module offers it (the homology-aware protocol).
-    """
-    val_f, test_f = float(split_cfg.get("val_fraction", 0.15)), float(split_cfg.get("test_fraction", 0.2))
-    if method == "stratified":
-        return splits.assign_splits(data.proteins, data.labels, val_f, test_f, seed, data.images)
-    make = getattr(splits, "make_split", None)
-    if make is None:
-        raise UserError(f"training.resplits: split method '{method}' is not available here (known: stratified)")
-    return make(method, data.proteins, data.labels, seed=seed, images=data.images,
-                split_cfg={**split_cfg, "method": method})
+    """A fresh split (train/val/test per protein row) by one protocol of ``data.split``
+    (``stratified`` or ``homology``: ``splits.split_proteins``, asserted disjoint)."""
+    if method == "benchmark":
+        raise UserError("training.resplits: 'benchmark' is one fixed split, not a re-split protocol "
+                        "(use stratified or homology)")
+    split, _ = splits.split_proteins(data.proteins, data.images, data.labels,
+                                     {"val_fraction": 0.15, "test_fraction": 0.2, **split_cfg, "method": method},
+                                     seed)
+    return split
 
 
 def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = "cpu",
