@@ -196,6 +196,11 @@ def check_disjoint(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -
 
 # ----------------------------------------------------------------------------- homology
 
+# BLAST's protein defaults (BLOSUM62, gap open 11, extend 1): pyopal's cheaper default gaps let
+# local alignments weave high-identity paths through unrelated sequences
+GAPS = {"gap_open": 11, "gap_extend": 1}
+
+
 def _aligner():
     try:
         import pyopal
@@ -209,7 +214,7 @@ def homology_pairs(sequences: dict, *, identity: float = 0.3, coverage: float = 
                    prefilter: float = 0.28, threads: int = 0) -> list[tuple[str, str, float, float]]:
     """Pairs of ids whose sequences are homologous: (a, b, identity, coverage).
 
-    Smith-Waterman (BLOSUM62, pyopal's SIMD aligner): every pair is scored; pairs whose score
+    Smith-Waterman (BLOSUM62, gap open 11 / extend 1, pyopal's SIMD aligner): every pair is scored; pairs whose score
     reaches ``prefilter`` x the smaller self-score (unrelated pairs stay near 0.2 on real and
     random proteins) are aligned in full, and linked when the alignment's identity (identical
     columns / alignment length) is at least ``identity`` and it covers at least ``coverage`` of
@@ -219,16 +224,16 @@ def homology_pairs(sequences: dict, *, identity: float = 0.3, coverage: float = 
     pyopal = _aligner()
     ids = list(sequences)
     seqs = [str(sequences[i]) for i in ids]
-    selfs = [next(iter(pyopal.align(q, [q], mode="score", algorithm="sw", threads=1))).score for q in seqs]
+    selfs = [next(iter(pyopal.align(q, [q], mode="score", algorithm="sw", threads=1, **GAPS))).score for q in seqs]
     pairs = []
     for i in range(len(seqs) - 1):
         rest = seqs[i + 1:]
-        scores = pyopal.align(seqs[i], rest, mode="score", algorithm="sw", threads=threads)
+        scores = pyopal.align(seqs[i], rest, mode="score", algorithm="sw", threads=threads, **GAPS)
         cand = [i + 1 + r.target_index for r in scores
                 if r.score >= prefilter * min(selfs[i], selfs[i + 1 + r.target_index])]
         if not cand:
             continue
-        full = list(pyopal.align(seqs[i], [seqs[j] for j in cand], mode="full", algorithm="sw", threads=threads))
+        full = list(pyopal.align(seqs[i], [seqs[j] for j in cand], mode="full", algorithm="sw", threads=threads, **GAPS))
         for r in full:
             j = cand[r.target_index]
             shorter = min(len(seqs[i]), len(seqs[j]))

@@ -86,12 +86,12 @@ def test_homology_split_keeps_families_together():
 @needs_pyopal
 @pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/reference not found")
 def test_homology_on_the_real_test_proteins():
-    """Of the paper's 54 test proteins, GATAD2A and GATAD2B are homologues (~65% identity)."""
+    """Of the paper's 54 test proteins, GATAD2A and GATAD2B are homologues (~53% identity)."""
     ref = pd.read_csv(REFERENCE)
     seqs = dict(zip(ref["File Name"].str.split("-").str[0], ref["Sequence"]))
     pairs = splits.homology_pairs(seqs)
     assert [(a, b) for a, b, *_ in pairs] == [("ENSG00000143614", "ENSG00000167491")]
-    assert 0.6 < pairs[0][2] < 0.7 and pairs[0][3] > 0.95
+    assert 0.5 < pairs[0][2] < 0.6 and pairs[0][3] > 0.95
 
 
 def test_homology_without_the_aligner_is_one_clear_error(monkeypatch):
