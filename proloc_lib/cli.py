@@ -116,6 +116,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (an integer; default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N, mps")
     p.add_argument("--data-root", default=None, help="where stage outputs go (default: $PROLOC_DATA_ROOT or data/)")
+    p.add_argument("--mirror", default=None, metavar="URL",
+                   help="full profile: one base URL serving Zenodo, UniProt and HPA images (overrides data.mirror; "
+                        "e.g. `python -m proloc_lib.data mirror` or an institutional mirror)")
     p.add_argument("--only", default=None, metavar="01,03",
                    help="comma-separated notebook numbers to run (default: all, in order)")
     p.add_argument("--out", default=None, help="folder for executed notebooks (default: <project>/executed/<profile>)")
@@ -216,9 +219,12 @@ def run_command(argv: list[str]) -> int:
     params = {"profile": args.profile, "seed": args.seed, "device": args.device}
     if args.data_root:
         params["data_root"] = str(Path(args.data_root).resolve())
+    if args.mirror and not args.mirror.startswith(("http://", "https://")):
+        raise UserError(f"run: --mirror must be an http(s) base URL, got {args.mirror!r}")
     for book in books:
         print(f"== {args.profile}: {book.name}", flush=True)
-        execute_notebook(book, out / book.name, params, progress=not args.no_progress)
+        extra = {"mirror": args.mirror} if args.mirror and book.name.startswith("01_") else {}
+        execute_notebook(book, out / book.name, {**params, **extra}, progress=not args.no_progress)
     figures = config.figures_dir(args.profile)
     print(f"== done: executed notebooks in {out}/, figures in {figures}/")
     return 0

@@ -32,6 +32,7 @@ import pandas as pd
 from . import baselines, config, evaluation, manifest, runs, splits, training
 from .checkpoint import Checkpoint
 from .embeddings import EmbeddingStore
+from .hpa import provenance_line
 from .errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -53,6 +54,7 @@ class StageData:
     emb_dir: Path
     data_manifest: dict
     emb_manifest: dict
+    note: str = ""                      # provenance line for every table (stage 01's build included)
     _variant_stores: dict = field(default_factory=dict, repr=False)
 
     def image_store(self, variant: str | None = None) -> EmbeddingStore:
@@ -67,9 +69,21 @@ class StageData:
             self._variant_stores[variant] = EmbeddingStore(path)
         return self._variant_stores[variant]
 
+    @property
+    def eval_targets(self) -> str:
+        """Image-level scoring uses each image's own label columns where stage 01 wrote them
+        (the paper's image-level setting); protein-level scoring always uses the proteins' labels."""
+        return "image" if all(lab in self.images.columns for lab in self.labels) else "protein"
+
     def inputs(self) -> list[Path]:
         """The files a stage manifest lists as its inputs."""
         return [self.data_dir / "proteins.parquet", self.data_dir / "images.parquet", self.emb_dir / manifest.MANIFEST]
+
+
+def provenance_note(prov: dict) -> str:
+    """What the tables say about their inputs: stage 01's recorded provenance (the profile's, plus
+    what a mirror build marked: synthetic images, stand-in sequences)."""
+    return " ".join(filter(None, [config.provenance_note(prov), provenance_line(prov)]))
 
 
 def load_stage_data(profile: str, *, data_root=None) -> StageData:
@@ -80,7 +94,9 @@ def load_stage_data(profile: str, *, data_root=None) -> StageData:
     return StageData(labels=list(data_man["labels"]), proteins=pd.read_parquet(data_dir / "proteins.parquet"),
                      images=pd.read_parquet(data_dir / "images.parquet"),
                      seq_store=EmbeddingStore(emb_dir / "sequences"), img_store=EmbeddingStore(emb_dir / "images"),
-                     data_dir=data_dir, emb_dir=emb_dir, data_manifest=data_man, emb_manifest=emb_man)
+                     data_dir=data_dir, emb_dir=emb_dir, data_manifest=data_man, emb_manifest=emb_man,
+                     note=provenance_note(data_man.get("provenance") or {}))
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +313,7 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
         tcfg, variant = group[0]["train"], group[0].get("image_variant")
         seeds = [r["seed"] for r in group]
         ds = datasets_for(tcfg.targets, variant)
-        ds_eval = datasets_for("protein", variant)     # scored against the proteins' labels
+        ds_eval = datasets_for(data.eval_targets, variant)   # images scored on their own labels
         if progress:
             print(f"== {run_id}, seeds {seeds}")
         trained = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=seeds, device=device,
@@ -307,7 +323,8 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
             res, thresholds, pred = evaluation.evaluate(
                 run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
                 (ds_eval["test"].samples, probs["test"]), seed=seed, tune=tcfg.thresholds == "tuned",
-                config=group[0]["config"], config_hash=tcfg.hash())
+                config=group[0]["config"], config_hash=tcfg.hash(),
+                strict_threshold=tcfg.thresholds == "fixed", provenance=data.note)
             metrics.append(res)
             preds.append(pred)
             hists.append(hist.assign(model=run_id, seed=seed))
@@ -332,14 +349,15 @@ def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", se
     for fold in range(k):
         prot_f = data.proteins.assign(split=splits.fold_split(data.proteins["fold"], fold))
         ds = fusion_datasets(data, targets=cv_cfg.targets, proteins=prot_f)
-        ds_eval = fusion_datasets(data, proteins=prot_f) if cv_cfg.targets != "protein" else ds
+        ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=prot_f)
+                   if cv_cfg.targets != data.eval_targets else ds)
         (model, hist), = _train_seeds(ds["train"], ds["val"], cv_cfg, data.labels, seeds=[seed], device=device,
                                       progress=progress, resume_dir=None)
         probs = _predict(model, ds, cv_cfg, device)
         res, _, pred = evaluation.evaluate(run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
                                            (ds_eval["test"].samples, probs["test"]), seed=seed,
                                            tune=cv_cfg.thresholds == "tuned", config=name,
-                                           config_hash=cv_cfg.hash(), fold=fold)
+                                           config_hash=cv_cfg.hash(), fold=fold, provenance=data.note)
         metrics.append(res)
         preds.append(pred.assign(fold=fold))
         hists.append(hist.assign(model=run_id, seed=seed, fold=fold))
@@ -365,7 +383,7 @@ def run_attention_mil(data: StageData, fusion: RunResults, *, device: str = "cpu
     first_seed = int(fusion.metrics.loc[fusion.metrics["model"] == of, "seed"].min())
     res, _, pred = evaluation.evaluate(run_id, data.labels, data.proteins, (bag_rows["val"], bag_probs["val"]),
                                        (bag_rows["test"], bag_probs["test"]), seed=first_seed, tune=True,
-                                       config=runs.parse(of)[1], config_hash=tcfg.hash(), image_level=False)
+                                       config=runs.parse(of)[1], config_hash=tcfg.hash(), image_level=False, provenance=data.note)
     return _collect([res], [pred], [])
 
 
@@ -400,7 +418,7 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
     probs = _predict(model, ds, tcfg, device)
     res, _, pred = evaluation.evaluate(PERMUTED_CONTROL, data.labels, data.proteins, (ds["val"].samples, probs["val"]),
                                        (ds["test"].samples, probs["test"]), seed=seed,
-                                       tune=tcfg.thresholds == "tuned", config=plan.control, config_hash=tcfg.hash())
+                                       tune=tcfg.thresholds == "tuned", config=plan.control, config_hash=tcfg.hash(), provenance=data.note)
     return _collect([res], [pred], [hist.assign(model=PERMUTED_CONTROL, seed=seed)])
 
 
@@ -430,14 +448,15 @@ def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = 
         for r in range(plan.resplits["repeats"]):
             prot_r = data.proteins.assign(split=resplit(data, method, seed=r, split_cfg=split_cfg).to_numpy())
             ds = fusion_datasets(data, targets=tcfg.targets, proteins=prot_r)
-            ds_eval = fusion_datasets(data, proteins=prot_r) if tcfg.targets != "protein" else ds
+            ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=prot_r)
+                       if tcfg.targets != data.eval_targets else ds)
             (model, hist), = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=[r], device=device,
                                           progress=progress, resume_dir=None)
             probs = _predict(model, ds, tcfg, device)
             res, _, pred = evaluation.evaluate(run_id, data.labels, prot_r, (ds_eval["val"].samples, probs["val"]),
                                                (ds_eval["test"].samples, probs["test"]), seed=r,
                                                tune=tcfg.thresholds == "tuned", config=plan.resplits["config"],
-                                               config_hash=tcfg.hash())
+                                               config_hash=tcfg.hash(), provenance=data.note)
             metrics.append(res)
             preds.append(pred)
             hists.append(hist.assign(model=run_id, seed=r))
@@ -530,16 +549,19 @@ class _Recorder:
         self.P = {s: p[p["split"] == s].reset_index(drop=True) for s in SPLITS}
         # image rows carry their protein's split (the contract's images.parquet has it; join to be sure)
         i = i.drop(columns=["split"], errors="ignore").merge(p[["protein_id", "split"]], on="protein_id")
-        # image models are trained and scored on the protein's labels, as the fusion model is
-        i = i.drop(columns=[lab for lab in data.labels if lab in i.columns]).merge(
-            p[["protein_id", *data.labels]], on="protein_id")
-        self.I = {s: i[i["split"] == s].reset_index(drop=True) for s in SPLITS}
+        # image rows are scored on their own labels where stage 01 wrote them (as the fusion model's
+        # image level is); image models train on their protein's labels, as the corrected fusion does
+        own = i if data.eval_targets == "image" else i.drop(columns=[lab for lab in data.labels if lab in i.columns]) \
+            .merge(p[["protein_id", *data.labels]], on="protein_id")
+        self.I = {s: own[own["split"] == s].reset_index(drop=True) for s in SPLITS}
+        union = p.set_index("protein_id")[data.labels]
+        self.Yi_train = {s: union.loc[self.I[s]["protein_id"]].to_numpy(dtype=int) for s in SPLITS}
 
     def record(self, run_id: str, val_probs, test_probs, *, on: str = "proteins") -> None:
         tables = self.I if on == "images" else self.P
         res, _, pred = evaluation.evaluate(run_id, self.data.labels, self.data.proteins, (tables["val"], val_probs),
                                            (tables["test"], test_probs), seed=self.seed, tune=True,
-                                           config="baseline", image_level=on == "images")
+                                           config="baseline", image_level=on == "images", provenance=self.data.note)
         self.metrics.append(res)
         self.predictions.append(pred)
 
@@ -568,7 +590,7 @@ def run_baselines_stage(data: StageData, bcfg: dict, *, seed: int = 0) -> RunRes
     rec = _Recorder(data, seed)
     P, I, labels = rec.P, rec.I, data.labels
     Y = {s: P[s][labels].to_numpy(dtype=int) for s in SPLITS}
-    Yi = {s: I[s][labels].to_numpy(dtype=int) for s in SPLITS}
+    Yi = rec.Yi_train   # protein labels per image row (training and model selection)
     mlp = dict(hidden=bcfg["mlp_hidden"], epochs=bcfg["mlp_epochs"], seed=seed)
 
     # the floor: every protein gets the training prevalence

@@ -46,6 +46,9 @@ class Data(Section):
     label_map: str
     labels: Optional[Literal["columns", "mapping"]] = None
     mirror: Optional[str] = None          # base URL of a mirror (null: the public sources)
+    max_proteins: Optional[int] = None    # seeded sample of proteins per benchmark file (null: all)
+    subsample_seed: Optional[int] = None
+    rate_limit_per_s: Optional[float] = None  # image requests per second (null: none for a 127.0.0.1 mirror)
     stream: Optional[bool] = None
     n_proteins: Optional[int] = None
     min_length: Optional[int] = None
