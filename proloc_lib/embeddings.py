@@ -864,6 +864,13 @@ def _print_repairs(what: str, report: dict) -> None:
         print(f"{what}: bad shard {p['shard']}: {p['problem']}{where}; its items are embedded again")
 
 
+class _Parser(__import__("argparse").ArgumentParser):
+    """argparse, but a usage error is one line (via UserError, exit 2), not usage + message."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def _load_profile(name: str) -> dict:
     from . import config
 
@@ -877,18 +884,16 @@ def _load_profile(name: str) -> dict:
 
 @cli_main("python -m proloc_lib.embeddings")
 def _extract_or_merge(argv: list[str]) -> int:
-    import argparse
-
     import pandas as pd
 
     from . import config, manifest
     from .encoders import OfflineError
 
-    parser = argparse.ArgumentParser(prog="python -m proloc_lib.embeddings", epilog=EXIT_CODES,
+    parser = _Parser(prog="python -m proloc_lib.embeddings", epilog=EXIT_CODES,
                                      description="Feature stores: extract (resumable, shardable), merge; "
                                                  "bench, bench-training, bench-images (JSON benchmarks).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     ex = sub.add_parser("extract", help="embed the stage-01 tables of a profile (resumable, shardable)",
                         epilog=EXIT_CODES)
     ex.add_argument("--profile", default="demo")
