@@ -52,6 +52,16 @@ def test_draft_target_comes_from_the_encoder_transform(encoder):
     assert E.image_autocast_dtype("cpu") is None                     # float32 on the CPU
 
 
+def test_prepared_tensor_equals_the_encoder_transform_exactly(tmp_path, encoder):
+    p = ihc_like(tmp_path / "a.jpg", 700)
+    im = load_image(p, draft=(248, 248))
+    ours = E.prepare_image(p, encoder, draft=(248, 248))
+    assert ours.shape == (1, 3, 224, 224) and torch.equal(ours[0], encoder.transform(im))
+    tiles = E.prepare_image(p, encoder, grid=2)
+    assert tiles.shape == (4, 3, 224, 224)
+    assert torch.equal(tiles[3], encoder.transform(E.crop_grid(load_image(p), 2)[3]))
+
+
 def test_parallel_decoding_gives_the_same_store_and_draft_stays_close(tmp_path, encoder):
     paths = {f"k{i}": ihc_like(tmp_path / f"im{i}.jpg", 1600, seed=i) for i in range(6)}
     stores = {}
