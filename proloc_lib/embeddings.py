@@ -185,7 +185,7 @@ class EmbeddingStore:
                 aside = path.with_name(path.name + f".stale-{old.get('fingerprint_id', 'unknown')}")
                 shutil.rmtree(aside, ignore_errors=True)
                 path.rename(aside)
-        elif path.is_dir() and any(path.iterdir()):
+        elif path.is_dir() and any(not p.name.startswith(".") for p in path.iterdir()):  # ".": another rank's temp file
             raise StoreError(f"{path} is not empty and holds no store.json: not an embedding store; "
                              "choose another folder")
         if not meta_path.exists():
