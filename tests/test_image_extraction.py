@@ -111,3 +111,21 @@ def test_image_variants_get_their_own_stores(tmp_path):
     cfg["embeddings"]["image_variants"] = {"../evil": {}}
     with pytest.raises(E.UserError, match="evil"):
         E.image_variants(cfg)
+
+
+def test_autocast_path_records_its_dtype_and_stays_close(tmp_path, encoder, monkeypatch):
+    """The CUDA path (autocast) exercised on the CPU: bfloat16 compute, float16 storage."""
+    paths = {f"k{i}": ihc_like(tmp_path / f"im{i}.jpg", 400, seed=i) for i in range(3)}
+    E.extract_images(paths, encoder, tmp_path / "fp32", progress=False)
+    monkeypatch.setattr(E, "image_autocast_dtype", lambda device, enabled=True: torch.bfloat16 if enabled else None)
+    rep = E.extract_images(paths, encoder, tmp_path / "bf16", progress=False)
+    assert rep["autocast"] == "bfloat16"
+    a, b = E.EmbeddingStore(tmp_path / "fp32"), E.EmbeddingStore(tmp_path / "bf16")
+    assert b.meta["fingerprint"]["autocast"] == "bfloat16" and "autocast" not in a.meta["fingerprint"]
+    for k in paths:
+        x, y = a.get(k).float(), b.get(k).float()
+        assert y.dtype == torch.float32 and b.get(k).dtype == torch.float16
+        cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)
+        assert cos.min() > 0.99 and not torch.equal(x, y)
+    E.extract_images(paths, encoder, tmp_path / "off", progress=False, autocast=False)
+    assert "autocast" not in E.EmbeddingStore(tmp_path / "off").meta["fingerprint"]
