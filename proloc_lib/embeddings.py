@@ -157,19 +157,26 @@ class EmbeddingStore:
     # -- creation -------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, fingerprint: dict, hidden_size: int, kind: str,
-             on_stale: str = "error", *, verify: str = "quick") -> "EmbeddingStore":
+             on_stale: str = "error", *, verify: str = "quick", extraction: dict | None = None) -> "EmbeddingStore":
         """Open for appending; create if absent. A store of another fingerprint is stale:
         ``on_stale='error'`` raises, ``'recompute'`` moves it aside and starts afresh.
 
         Bad shards are moved to ``bad/`` and listed in ``store.problems`` (their items are then
-        missing, so the caller re-embeds them). ``verify='full'`` re-hashes every shard."""
+        missing, so the caller re-embeds them). ``verify='full'`` re-hashes every shard.
+
+        ``extraction``: settings of the extraction itself that change the features (JPEG draft
+        size, autocast dtype), kept apart from the encoder's fingerprint (which checkpoints copy
+        and ``predict`` compares with its encoder) but part of ``fingerprint_id``, so stores made
+        with other settings are stale."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not an embedding store folder")
         meta_path = path / "store.json"
         meta = {"format": STORE_FORMAT, "kind": kind, "hidden_size": int(hidden_size),
                 "dtype": str(STORE_DTYPE).replace("torch.", ""), "fingerprint": fingerprint,
-                "fingerprint_id": fingerprint_id(fingerprint)}
+                "fingerprint_id": fingerprint_id(dict(fingerprint, _extraction=extraction) if extraction else fingerprint)}
+        if extraction:
+            meta["extraction"] = extraction
         if meta_path.exists():
             try:
                 old = json.loads(meta_path.read_text())
@@ -178,8 +185,8 @@ class EmbeddingStore:
             same = old.get("fingerprint_id") == meta["fingerprint_id"] and old.get("hidden_size") == meta["hidden_size"]
             if not same:
                 msg = (f"embedding store {path} was made with {old.get('fingerprint')} "
-                       f"(hidden size {old.get('hidden_size')}); now asked for {fingerprint} "
-                       f"(hidden size {hidden_size})")
+                       f"{old.get('extraction') or ''} (hidden size {old.get('hidden_size')}); now asked for "
+                       f"{fingerprint} {extraction or ''} (hidden size {hidden_size})")
                 if on_stale != "recompute":
                     raise StaleStoreError(msg + "; pass on_stale='recompute' to rebuild it")
                 aside = path.with_name(path.name + f".stale-{old.get('fingerprint_id', 'unknown')}")
@@ -390,7 +397,8 @@ def merge_stores(sources: list[str | Path], dest: str | Path) -> EmbeddingStore:
         names = ", ".join(f"{s.path} ({s.meta['fingerprint_id']})" for s in stores)
         raise StaleStoreError(f"cannot merge stores of different models/preprocessing: {names}")
     first = stores[0].meta
-    out = EmbeddingStore.open(dest, first["fingerprint"], first["hidden_size"], first["kind"], on_stale="error")
+    out = EmbeddingStore.open(dest, first["fingerprint"], first["hidden_size"], first["kind"], on_stale="error",
+                              extraction=first.get("extraction"))
     problems = list(out.problems)
     for s in stores:
         if s.path.resolve() == out.path.resolve():
@@ -695,16 +703,20 @@ def _forward_tokens(encoder, x: torch.Tensor, amp_dtype) -> torch.Tensor:
     return out.float().cpu()
 
 
-def image_fingerprint(encoder, *, grid: int = 1, draft: tuple[int, int] | None = None, amp_dtype=None) -> dict:
-    """What makes an image store's features what they are (a store of another one is stale)."""
+def image_fingerprint(encoder, *, grid: int = 1, draft: tuple[int, int] | None = None,
+                      amp_dtype=None) -> tuple[dict, dict]:
+    """(fingerprint, extraction settings): what makes an image store's features what they are
+    (a store of other ones is stale). The extraction settings are kept apart (see
+    ``EmbeddingStore.open``)."""
     fp = dict(encoder.fingerprint())
     if grid > 1:
         fp["crop_grid"] = grid
+    extraction = {}
     if draft is not None:
-        fp["jpeg_draft"] = list(draft)
+        extraction["jpeg_draft"] = list(draft)
     if amp_dtype is not None:
-        fp["autocast"] = str(amp_dtype).replace("torch.", "")
-    return fp
+        extraction["autocast"] = str(amp_dtype).replace("torch.", "")
+    return fp, extraction
 
 
 def extract_images(images: dict[str, str | Path], encoder, store_dir: str | Path, batch_size: int = 32,
@@ -723,8 +735,9 @@ def extract_images(images: dict[str, str | Path], encoder, store_dir: str | Path
     share = parse_shard(shard)
     draft = draft_size(encoder, grid, jpeg_draft)
     amp_dtype = image_autocast_dtype(getattr(encoder, "device", "cpu"), autocast) if hasattr(encoder, "model") else None
-    fp = image_fingerprint(encoder, grid=grid, draft=draft, amp_dtype=amp_dtype)
-    store = EmbeddingStore.open(store_dir, fp, encoder.hidden_size, "image", on_stale, verify=verify)
+    fp, extraction = image_fingerprint(encoder, grid=grid, draft=draft, amp_dtype=amp_dtype)
+    store = EmbeddingStore.open(store_dir, fp, encoder.hidden_size, "image", on_stale, verify=verify,
+                                extraction=extraction or None)
     todo = store.missing(select_shard(images, share))
     tag = "all" if shard is None else "s{}of{}".format(*share)
     n_workers = decode_workers(workers)

@@ -75,8 +75,9 @@ def test_parallel_decoding_gives_the_same_store_and_draft_stays_close(tmp_path, 
     diff = max(float((stores["one"][k] - stores["full"][k]).abs().max()) for k in paths)
     scale = max(float(stores["full"][k].abs().max()) for k in paths)
     assert 0 < diff < 0.1 * scale
-    assert E.EmbeddingStore(tmp_path / "one").meta["fingerprint"]["jpeg_draft"] == [248, 248]
-    assert "jpeg_draft" not in E.EmbeddingStore(tmp_path / "full").meta["fingerprint"]
+    one, full = E.EmbeddingStore(tmp_path / "one").meta, E.EmbeddingStore(tmp_path / "full").meta
+    assert one["extraction"]["jpeg_draft"] == [248, 248] and "extraction" not in full
+    assert one["fingerprint"] == full["fingerprint"] and one["fingerprint_id"] != full["fingerprint_id"]
     with pytest.raises(E.StaleStoreError):
         E.extract_images(paths, encoder, tmp_path / "full", progress=False)
     # the extraction path equals the encoder's own embed_batch on the same decoded image
@@ -121,11 +122,21 @@ def test_autocast_path_records_its_dtype_and_stays_close(tmp_path, encoder, monk
     rep = E.extract_images(paths, encoder, tmp_path / "bf16", progress=False)
     assert rep["autocast"] == "bfloat16"
     a, b = E.EmbeddingStore(tmp_path / "fp32"), E.EmbeddingStore(tmp_path / "bf16")
-    assert b.meta["fingerprint"]["autocast"] == "bfloat16" and "autocast" not in a.meta["fingerprint"]
+    assert b.meta["extraction"]["autocast"] == "bfloat16" and "autocast" not in a.meta["extraction"]
     for k in paths:
         x, y = a.get(k).float(), b.get(k).float()
         assert y.dtype == torch.float32 and b.get(k).dtype == torch.float16
         cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)
         assert cos.min() > 0.99 and not torch.equal(x, y)
     E.extract_images(paths, encoder, tmp_path / "off", progress=False, autocast=False)
-    assert "autocast" not in E.EmbeddingStore(tmp_path / "off").meta["fingerprint"]
+    assert "autocast" not in E.EmbeddingStore(tmp_path / "off").meta["extraction"]
+
+
+def test_merge_keeps_the_extraction_settings(tmp_path, encoder):
+    paths = {f"k{i}": ihc_like(tmp_path / f"im{i}.jpg", 600, seed=i) for i in range(4)}
+    for i in range(2):
+        E.extract_images(paths, encoder, tmp_path / f"p{i}", shard=f"{i}/2", progress=False)
+    merged = E.merge_stores([tmp_path / "p0", tmp_path / "p1"], tmp_path / "m")
+    assert len(merged) == 4 and merged.meta["extraction"] == {"jpeg_draft": [248, 248]}
+    rep = E.extract_images(paths, encoder, tmp_path / "m", progress=False)      # the same store: nothing to do
+    assert rep["embedded"] == 0
