@@ -25,7 +25,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
+def load_image(path: str | Path, min_side: int = MIN_SIDE, *, draft: tuple[int, int] | None = None) -> Image.Image:
     """Open, fully decode and convert to RGB (grayscale, CMYK, palette, RGBA all accepted).
 
     16-bit and float images are scaled to 8 bits (``to_rgb8``), never clipped; the note is left
@@ -33,6 +33,10 @@ def load_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
     HTML error page saved as .jpg, a truncated download, a decompression bomb (more pixels than
     ``PIL.Image.MAX_IMAGE_PIXELS``: refused before decoding), an image too small to hold a
     16-pixel patch.
+
+    ``draft=(w, h)``: JPEG draft decoding, libjpeg scales by 1/2, 1/4 or 1/8 while decoding,
+    to the smallest such size that is still at least ``w`` x ``h`` (several times faster on
+    3000-pixel IHC images; other formats ignore it). ``min_side`` applies to the original size.
     """
     path = Path(path)
     try:
@@ -43,6 +47,9 @@ def load_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
             if limit and im.size[0] * im.size[1] > limit:
                 raise Image.DecompressionBombError(f"{im.size[0]}x{im.size[1]} = {im.size[0] * im.size[1]} "
                                                    f"pixels, over the limit of {limit}")
+            original = im.size
+            if draft is not None and im.format == "JPEG":
+                im.draft("RGB", tuple(int(v) for v in draft))
             im.load()  # decode now: a truncated file fails here, not later in a batch
             im, note = to_rgb8(im)
     except FileNotFoundError:
@@ -54,8 +61,8 @@ def load_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
         raise BadImageError(f"unreadable image {path}: {exc}") from None
     if note:
         im.info[CONVERSION_NOTE] = note
-    if min(im.size) < min_side:
-        raise BadImageError(f"image {path} is {im.size[0]}x{im.size[1]}, smaller than {min_side} px")
+    if min(original) < min_side:
+        raise BadImageError(f"image {path} is {original[0]}x{original[1]}, smaller than {min_side} px")
     return im
 
 
