@@ -48,6 +48,8 @@ def _delegate(module: str, func: str, *head: str):
 COMMANDS: dict[str, tuple[str, object]] = {
     "run": ("run the study: notebooks 01..05 through papermill (what run_all.sh does after set-up)", None),
     "audit": ("check the authors' / Vislocas HPA tables against the label mapping", _delegate("data", "main", "audit")),
+    "mirror": ("serve an offline mirror of the full data path on 127.0.0.1 (real tables, SYNTHETIC images)",
+               _delegate("data", "main", "mirror")),
     "extract": ("embed a profile's sequences and images into the feature stores (resumable, shardable)",
                 _delegate("embeddings", "cli", "extract")),
     "merge": ("join feature stores written on several machines into one", _delegate("embeddings", "cli", "merge")),

@@ -1023,12 +1023,10 @@ def cli(argv: list[str] | None = None) -> int:
     import sys
 
     argv = list(argv if argv is not None else sys.argv[1:])
-    if argv and argv[0] == "bench-images":
-        from .bench_images import main as bench_images_main
-        return bench_images_main(argv[1:])
-    if argv and argv[0] in ("bench", "bench-training"):
-        from .benchmarks import main as bench_main
-        return bench_main(argv)
+    if argv and argv[0] in ("bench", "bench-training", "bench-images"):
+        # old alias of `proloc bench*`: the command line dispatches, so embeddings never imports benchmarks
+        from .cli import main as proloc_main
+        return proloc_main(argv)
     return _extract_or_merge(argv)
 
 
