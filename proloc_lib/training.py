@@ -238,8 +238,11 @@ def epoch_batches(lengths: np.ndarray, cfg: TrainConfig, *, shuffle: bool, seed:
     if cfg.bucket_batches:
         idx = bucketed_batches(lengths, cfg.batch_size, np.random.default_rng(seed), cfg.batch_tokens)
     else:
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy() if shuffle
-                 else np.arange(n))
+        order = np.arange(n)
+        if shuffle:  # as DataLoader(shuffle=True, generator=seeded) draws it: a base seed, then the permutation
+            gen = torch.Generator().manual_seed(seed)
+            torch.empty((), dtype=torch.int64).random_(generator=gen)
+            order = torch.randperm(n, generator=gen).numpy()
         idx = [order[i:i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
     out = []
     for b in idx:
