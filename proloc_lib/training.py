@@ -272,23 +272,31 @@ def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int, *
 class ResidentFeatures:
     """A split's features loaded once into device memory; batches are gathered there by index.
 
-    Image tokens are one [N, T, D] tensor; sequences one packed [sum L, D] buffer of the unique
-    sequences with offsets. Stored as float16 (the store's dtype), gathered batches come out as
-    float32, bit-identical to what the store-reading loader builds (zero padding, bool mask).
+    Image tokens are one [N, T, D] tensor; sequences one packed [sum L + 1, D] buffer of the unique
+    sequences with offsets, its last row zeros: padded positions gather that row, so a batch is one
+    ``index_select`` and no masking pass. Kept as float16 (the store's dtype) on CUDA and float32 on
+    the CPU (no conversion pass per batch). Batches come out as ``out_dtype`` (float32 by default,
+    bit-identical to the store-reading loader's; float16 under CUDA autocast, which casts it to
+    the same bf16/fp16 values as it would the float32 copy).
     """
 
-    def __init__(self, ds: FusionDataset, device: str = "cpu", *, targets: str = "protein"):
+    def __init__(self, ds: FusionDataset, device: str = "cpu", *, targets: str = "protein",
+                 out_dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
+        keep = STORE_DTYPE if self.device.type == "cuda" else torch.float32
+        self.out_dtype = out_dtype
         keys = list(dict.fromkeys(ds.samples["seq_hash"]))
         pos = {k: i for i, k in enumerate(keys)}
         seqs = [ds.seq_store.get(k) for k in keys]
         lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.int64)
         offsets = torch.zeros(len(keys), dtype=torch.int64)
         offsets[1:] = torch.cumsum(lengths, 0)[:-1]
-        self.seq = torch.cat(seqs).to(self.device, STORE_DTYPE)
+        zero = torch.zeros(1, ds.seq_store.hidden_size, dtype=seqs[0].dtype if seqs else STORE_DTYPE)
+        self.seq = torch.cat([*seqs, zero]).to(self.device, keep)
+        self.zero_row = int(self.seq.shape[0] - 1)
         self.seq_len, self.seq_off = lengths.to(self.device), offsets.to(self.device)
         self.sample_seq = torch.tensor([pos[k] for k in ds.samples["seq_hash"]], dtype=torch.int64, device=self.device)
-        self.img = torch.stack([ds.img_store.get(k) for k in ds.samples["image_id"]]).to(self.device, STORE_DTYPE)
+        self.img = torch.stack([ds.img_store.get(k) for k in ds.samples["image_id"]]).to(self.device, keep)
         self.y = ds.targets(targets).to(self.device)
         self.n = len(ds)
 
@@ -299,14 +307,33 @@ class ResidentFeatures:
         img = ds.img_store.get(ds.samples["image_id"].iloc[0]) if len(ds) else torch.zeros(0, 0)
         return 2 * (seq_res * ds.seq_store.hidden_size + len(ds) * img.numel())
 
-    def batch(self, idx: torch.Tensor, width: int):
-        """(img, seq, mask, y) for rows ``idx`` (a device tensor), sequences padded to ``width``."""
+    def batch(self, idx: torch.Tensor, width: int, *, reuse: bool = False):
+        """(img, seq, mask, y) for rows ``idx`` (a device tensor), sequences padded to ``width``.
+
+        ``reuse``: gather into buffers kept from the previous call (the previous batch is
+        overwritten): on the CPU a fresh 100 MB tensor per batch costs more in page faults than the
+        copy itself. Only for a loop that is done with one batch before it asks for the next.
+        """
         s = self.sample_seq[idx]
         ar = torch.arange(width, device=self.device)
         mask = ar[None, :] < self.seq_len[s][:, None]
-        pos = torch.where(mask, self.seq_off[s][:, None] + ar[None, :], 0)
-        seq = self.seq[pos].float().masked_fill_(~mask[..., None], 0.0)
-        return self.img[idx].float(), seq, mask, self.y[idx]
+        pos = torch.where(mask, self.seq_off[s][:, None] + ar[None, :], self.zero_row).reshape(-1)
+        if reuse and self.seq.dtype == self.out_dtype:
+            seq = torch.index_select(self.seq, 0, pos, out=self._buffer("seq", pos.numel(), self.seq.shape[1]))
+            img = torch.index_select(self.img, 0, idx, out=self._buffer("img", len(idx), *self.img.shape[1:]))
+        else:
+            seq = self.seq.index_select(0, pos).to(self.out_dtype)
+            img = self.img.index_select(0, idx).to(self.out_dtype)
+        return img, seq.view(len(idx), width, -1), mask, self.y[idx]
+
+    def _buffer(self, name: str, rows: int, *shape):
+        """A [rows, *shape] view of one flat buffer per name that only grows."""
+        need = rows * math.prod(shape)
+        buf = getattr(self, "_buf_" + name, None)
+        if buf is None or buf.numel() < need:
+            buf = torch.empty(need, dtype=self.out_dtype, device=self.device)
+            setattr(self, "_buf_" + name, buf)
+        return buf[:need].view(rows, *shape)
 
 
 def _fits_on_device(nbytes: int, device: str) -> bool:
@@ -336,10 +363,14 @@ class _StoreBatches:
                 self.y[rows].to(self.device))
 
 
-def features_on_device(ds: FusionDataset, device: str, *, targets: str = "protein", resident="auto"):
+def features_on_device(ds: FusionDataset, device: str, *, targets: str = "protein", resident="auto",
+                       out_dtype: torch.dtype = torch.float32):
     """Device-resident features when they fit (``resident``: "auto", True, False), else store reads."""
-    use = resident is True or (resident == "auto" and _fits_on_device(ResidentFeatures.nbytes_needed(ds), device))
-    return ResidentFeatures(ds, device, targets=targets) if use else _StoreBatches(ds, device, targets=targets)
+    need = ResidentFeatures.nbytes_needed(ds) * (1 if torch.device(device).type == "cuda" else 2)
+    use = resident is True or (resident == "auto" and _fits_on_device(need, device))
+    if use:
+        return ResidentFeatures(ds, device, targets=targets, out_dtype=out_dtype)
+    return _StoreBatches(ds, device, targets=targets)
 
 
 def build_model(cfg: TrainConfig, seq_dim: int, img_dim: int, n_labels: int) -> FusionModel:
@@ -559,10 +590,13 @@ def _train_runs(runs: list[_Run], train_ds, val_ds, cfg: TrainConfig, device: st
 
     def feats_of(ds):
         if id(ds) not in feats:
-            feats[id(ds)] = features_on_device(ds, device, targets=cfg.targets, resident=resident)
+            # under CUDA autocast the model casts its inputs anyway: hand it the stored float16
+            out = STORE_DTYPE if _amp_dtype(cfg, device) is not None else torch.float32
+            feats[id(ds)] = features_on_device(ds, device, targets=cfg.targets, resident=resident, out_dtype=out)
         return feats[id(ds)]
 
     val_feats = feats_of(val_ds)
+    reuse = torch.device(device).type == "cpu"  # one step at a time there: the buffers can be reused
     for r in todo:  # loaded once, off the epoch clock
         feats_of(r.train_ds)
     first = min(r.state["epoch"] for r in todo) + 1
@@ -585,7 +619,7 @@ def _train_runs(runs: list[_Run], train_ds, val_ds, cfg: TrainConfig, device: st
                     continue
                 idx, width = plans[id(r)][k]
                 with r.own_rng():
-                    img, seq, mask, y = feats_of(r.train_ds).batch(idx, width)
+                    img, seq, mask, y = feats_of(r.train_ds).batch(idx, width, reuse=reuse)
                     sums[id(r)] += r.step(img, seq, mask, y) * len(idx)
                 ns[id(r)] += len(idx)
         if torch.device(device).type == "cuda":
@@ -595,7 +629,7 @@ def _train_runs(runs: list[_Run], train_ds, val_ds, cfg: TrainConfig, device: st
             train_loss = float(sums[id(r)]) / max(ns[id(r)], 1)
             if not math.isfinite(train_loss):
                 raise r.fail(epoch)
-            val_b = (val_feats.batch(torch.as_tensor(i).to(device), w) for i, w in r.plan(epoch, val=True))
+            val_b = (val_feats.batch(torch.as_tensor(i).to(device), w, reuse=reuse) for i, w in r.plan(epoch, val=True))
             with r.own_rng():
                 val = evaluate_loss(r.model, val_b, r.lossf, cfg, device)
             r.state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
