@@ -900,12 +900,11 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
                                       **(section.get("configurations") or {}).get(cv["config"], {}))
         runs += [{"model": f"cv.{cv['config']} fold {f}", "config": cv["config"], "seed": 0, "train": cv_cfg}
                  for f in range(k)]
-    for rs in section.get("resplits") or []:
-        for s in rs.get("seeds", [0]):
-            c = training.make_config(rs.get("config", "corrected"), section.get("base"),
-                                     **(section.get("configurations") or {}).get(rs.get("config", "corrected"), {}))
-            runs.append({"model": f"resplit.{rs['method']}.{rs.get('config', 'corrected')}", "config": rs.get(
-                "config", "corrected"), "seed": s, "train": c})
+    for rs in training.resplit_plan(section):
+        c = training.make_config(rs["config"], section.get("base"),
+                                 **(section.get("configurations") or {}).get(rs["config"], {}))
+        runs += [{"model": f"resplit.{rs['method']}.{rs['config']}", "config": rs["config"], "seed": s, "train": c}
+                 for s in rs["seeds"]]
     probes: dict[str, float] = {}
     out_runs, total = [], 0.0
     for r in runs:
@@ -935,6 +934,72 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
             "note": ("Upper bound at max_epochs (early stopping ends sooner); several seeds trained at once are "
                      "counted one by one; baselines, evaluation and feature extraction not included; "
                      "the probe times a few steps on random tensors of the paper's shapes.")}
+
+
+# -- 7. where the training step's time goes (torch.profiler) ----------------------------------------
+def profile_training(reference=None, profile: str = "full", device: str = "auto", config_name: str = "corrected",
+                     n_samples: int = 64, steps: int = 6, warmup: int = 3, batch_size: int | None = None,
+                     top: int = 15, trace: str | os.PathLike | None = None,
+                     workdir: str | os.PathLike | None = None) -> dict:
+    """Profile ``steps`` training steps of one configuration at the profile's shapes (random features).
+
+    CPU activities always; CUDA activities on a GPU. Returns the ``top`` operators by self time on
+    the device that does the work (CUDA kernels on a GPU, CPU ops on a CPU), and which attention
+    kernels ran (flash / memory-efficient / math).
+    """
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    from . import training
+    from .labels import LABELS
+
+    cfg_p = config.load_profile(profile)
+    device = config.resolve_device(device)
+    widths = encoder_widths(cfg_p)
+    over = {"batch_size": batch_size} if batch_size else {}
+    cfg = training_configs(cfg_p, epochs=1, batch_size_corrected=batch_size or 32)[config_name]
+    if over:
+        cfg = training.TrainConfig.from_dict({**training.train_config_dict(cfg), **over})
+    rows = sample_rows(read_reference(reference_csv_path(reference)), n_samples, 0)
+    cuda = device.startswith("cuda")
+    with tempfile.TemporaryDirectory(prefix="proloc-bench-prof-", dir=workdir) as tmp:
+        seq_path, img_path, samples = build_random_stores(rows, widths, tmp, LABELS, 0)
+        ds = training.FusionDataset(samples, list(LABELS), EmbeddingStore(seq_path), EmbeddingStore(img_path))
+        run = training._Run(ds, ds, cfg, list(LABELS), device, 0, None, None)
+        out = STORE_DTYPE if training._amp_dtype(cfg, device) is not None else torch.float32
+        feats = training.features_on_device(ds, device, targets=cfg.targets, out_dtype=out)
+        plan = [(torch.as_tensor(i).to(device), w) for i, w in run.plan(1)]
+        plan = (plan * (1 + (warmup + steps) // max(1, len(plan))))[:warmup + steps]
+        run.model.train()
+
+        def one(i):
+            idx, w = plan[i]
+            with run.own_rng():
+                run.step(*feats.batch(idx, w, reuse=not cuda))
+
+        for i in range(warmup):
+            one(i)
+        _sync(device)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        t0 = time.perf_counter()
+        with tprofile(activities=acts) as prof:
+            for i in range(warmup, warmup + steps):
+                one(i)
+            _sync(device)
+        wall = time.perf_counter() - t0
+        samples_done = sum(len(plan[i][0]) for i in range(warmup, warmup + steps))
+    if trace:
+        prof.export_chrome_trace(str(trace))
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    avgs = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in avgs) or 1.0
+    avgs.sort(key=lambda e: getattr(e, key), reverse=True)
+    names = {e.key for e in prof.key_averages()}
+    attn = sorted(n for n in names if "attention" in n.lower() or "fmha" in n.lower() or "flash" in n.lower())
+    return {"profile": profile, "config": config_name, **_machine(device), "steps": steps, "wall_seconds": wall,
+            "samples_per_s": samples_done / wall, "batch_size": cfg.batch_size, "time_basis": key,
+            "top_ops": [{"op": e.key, "self_ms": getattr(e, key) / 1e3, "calls": e.count,
+                         "share": getattr(e, key) / total} for e in avgs[:top]],
+            "attention_ops": attn, "random_features": True}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -986,16 +1051,29 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--n-val", type=int, default=None)
     d.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     d.add_argument("--out", default=None)
+    pr = sub.add_parser("profile-training", help="torch.profiler of a few training steps at the profile's shapes")
+    pr.add_argument("--reference", default=None)
+    pr.add_argument("--profile", default="full")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--config", default="corrected", choices=["corrected", "authors"])
+    pr.add_argument("--steps", type=int, default=6)
+    pr.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch size")
+    pr.add_argument("--trace", default=None, help="also write a Chrome trace here")
+    pr.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.command == "dry-run":
         return _dry_run_cli(args)
-    if args.command not in ("bench", "bench-training", "bench-loader"):
+    if args.command not in ("bench", "bench-training", "bench-loader", "profile-training"):
         parser.print_help(sys.stderr)
         return 2
     from .encoders import OfflineError
 
     try:
-        if args.command == "bench-loader":
+        if args.command == "profile-training":
+            res = profile_training(reference=args.reference, profile=args.profile, device=args.device,
+                                   config_name=args.config, steps=args.steps, batch_size=args.batch_size,
+                                   trace=args.trace)
+        elif args.command == "bench-loader":
             res = loader_only_throughput(reference=args.reference, profile=args.profile, device=args.device,
                                          n_samples=args.n_samples, threads=args.threads)
         elif args.command == "bench-training":

@@ -724,7 +724,25 @@ def train_config_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg)
 
 
-PLAN_KEYS = {"seeds", "base", "configurations", "ablations", "ablation_overrides", "cross_validation"}
+PLAN_KEYS = {"seeds", "base", "configurations", "ablations", "ablation_overrides", "cross_validation", "resplits"}
+RESPLIT_KEYS = {"method", "config", "seeds"}
+RESPLIT_METHODS = ("stratified", "homology", "benchmark")
+
+
+def resplit_plan(section: dict) -> list[dict]:
+    """The ``resplits`` of a training section, checked: [{method, config, seeds}] (full-extended)."""
+    out = []
+    for i, rs in enumerate(section.get("resplits") or []):
+        if not isinstance(rs, dict) or set(rs) - RESPLIT_KEYS or "method" not in rs:
+            raise ValueError(f"training.resplits[{i}] = {rs!r}: give a mapping with 'method' and optional "
+                             f"'config', 'seeds' (allowed keys: {sorted(RESPLIT_KEYS)})")
+        if rs["method"] not in RESPLIT_METHODS:
+            raise ValueError(f"training.resplits[{i}].method {rs['method']!r}: choose one of {RESPLIT_METHODS}")
+        name = rs.get("config", "corrected")
+        if name not in NAMED_CONFIGS:
+            raise ValueError(f"training.resplits[{i}].config {name!r}: choose one of {sorted(NAMED_CONFIGS)}")
+        out.append({"method": rs["method"], "config": name, "seeds": [int(s) for s in rs.get("seeds", [0])]})
+    return out
 
 
 def training_plan(section: dict) -> list[dict]:
@@ -739,6 +757,7 @@ def training_plan(section: dict) -> list[dict]:
     if unknown:
         raise ValueError(f"unknown keys in the training section {sorted(unknown)} (allowed: {sorted(PLAN_KEYS)})")
     base = section.get("base", {})
+    resplit_plan(section)  # checked here, run by the driver
     runs = []
     for seed in section.get("seeds", [0]):
         for name, over in (section.get("configurations") or {"corrected": {}}).items():
