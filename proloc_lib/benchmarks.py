@@ -524,6 +524,7 @@ def build_random_stores(rows: pd.DataFrame, widths: dict, root: str | os.PathLik
     y = torch.randint(0, 2, (len(samples), len(labels)), generator=gen)
     for j, lab in enumerate(labels):
         samples[lab] = y[:, j].numpy().astype(np.float32)
+        samples["image_label:" + lab] = samples[lab]  # the image rows' own labels (targets="image"), the same here
     seqs = dict(zip(samples["seq_hash"], samples["length"]))
     for items, store, shape in ((list(seqs.items()), seq_store, lambda n: (n, widths["seq_dim"])),
                                 ([(k, None) for k in samples["image_id"]], img_store,
