@@ -74,6 +74,8 @@ class TrainConfig(ModelSwitches):
         for key, allowed in self.CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"training option {key}={getattr(self, key)!r}: choose one of {allowed}")
+        if not isinstance(self.pad_multiple, int) or self.pad_multiple < 1:
+            raise ValueError(f"training option pad_multiple={self.pad_multiple!r}: give an integer >= 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
