@@ -79,3 +79,15 @@ def test_resplits_are_checked():
     with pytest.raises(ValueError, match="resplits"):
         training.training_plan({"resplits": [{"method": "stratified", "folds": 3}]})
     assert training.resplit_plan(config.load_profile("full-extended")["training"])[1]["method"] == "homology"
+
+
+def test_profile_names_the_attention_kernels(csv):
+    """Attention-weight dropout (authors) leaves the fused CPU kernel; corrected (mask, no such dropout) keeps it."""
+    a = B.profile_training(reference=csv, profile="smoke", device="cpu", config_name="authors", n_samples=4,
+                           steps=1, warmup=1)
+    c = B.profile_training(reference=csv, profile="smoke", device="cpu", config_name="corrected", n_samples=4,
+                           steps=1, warmup=1, batch_size=4)
+    assert "aten::_scaled_dot_product_attention_math" in a["attention_ops"]
+    assert any("flash_attention_for_cpu" in op for op in c["attention_ops"])
+    assert a["top_ops"] and sum(o["share"] for o in a["top_ops"]) <= 1 + 1e-9
+    assert all(o["self_ms"] >= 0 and o["calls"] > 0 for o in c["top_ops"])
