@@ -524,6 +524,7 @@ def build_random_stores(rows: pd.DataFrame, widths: dict, root: str | os.PathLik
     y = torch.randint(0, 2, (len(samples), len(labels)), generator=gen)
     for j, lab in enumerate(labels):
         samples[lab] = y[:, j].numpy().astype(np.float32)
+        samples["image_label:" + lab] = samples[lab]  # the image rows' own labels (targets="image"), the same here
     seqs = dict(zip(samples["seq_hash"], samples["length"]))
     for items, store, shape in ((list(seqs.items()), seq_store, lambda n: (n, widths["seq_dim"])),
                                 ([(k, None) for k in samples["image_id"]], img_store,
@@ -586,6 +587,9 @@ def _train_worker(job: dict) -> dict:
     peak = mem.peak_mb()
     hist = hist.to_dict(orient="records")
     last = hist[-1]
+    flops = epoch_flops(train_ds, cfg, job["widths"], job["seed"] + len(hist), training.pad_length(cfg, train_ds))
+    peak_tf, basis = device_peak_tflops(device)
+    tflops = flops / float(last["seconds"]) / 1e12
     res = {"samples_per_s": float(last["samples_per_s"]), "seconds": float(last["seconds"]),
            "samples_per_s_all_epochs": [float(h["samples_per_s"]) for h in hist],
            "samples_seen_per_epoch": [int(round(h["samples_per_s"] * h["seconds"])) for h in hist],
@@ -595,7 +599,12 @@ def _train_worker(job: dict) -> dict:
            "n_samples": len(train_ds), "samples_digest": _samples_digest(train_ds.samples),
            "max_sequence_length": int(train_ds.seq_lengths.max()),
            "loader": loader_stats(train_ds, cfg, job["seed"] + len(hist)),
-           "amp_active": bool(cfg.amp and str(device).startswith("cuda")), "warmup": job["warmup"]}
+           "amp_active": bool(cfg.amp and str(device).startswith("cuda")), "warmup": job["warmup"],
+           "train_gflop_per_sample": flops / len(train_ds) / 1e9, "achieved_tflops": tflops,
+           "peak_tflops": peak_tf, "peak_basis": basis,
+           "fraction_of_peak": tflops / peak_tf if peak_tf else None}
+    if job.get("loader_only"):  # the same samples' batches delivered to the device with no model
+        res["loader_only"] = loader_only(train_ds, cfg, device, seed=job["seed"])
     seq_store.close()
     img_store.close()
     return res
@@ -658,7 +667,7 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
              f"{samples['length'].min()}..{samples['length'].max()}, widths {widths}, device {device}")
         job = {"seq_store": str(seq_path), "img_store": str(img_path), "samples": samples, "labels": list(LABELS),
                "val_index": val_index, "device": device, "seed": seed, "threads": threads or torch.get_num_threads(),
-               "warmup": warmup}
+               "warmup": warmup, "widths": widths}
         for name, tcfg in cfgs.items():
             _log(f"{name}: batch {tcfg.batch_size}, "
                  + ("padded to the longest of the set" if tcfg.padding != "batch" else "length-bucketed")
@@ -666,11 +675,11 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
                  + (", fresh process" if isolate else ""))
             if isolate:
                 with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                    res[name] = pool.submit(_train_worker, dict(job, cfg=tcfg)).result()
+                    res[name] = pool.submit(_train_worker, dict(job, cfg=tcfg, loader_only=name == "corrected")).result()
             else:
                 before = torch.get_num_threads()
                 try:
-                    res[name] = _train_worker(dict(job, cfg=tcfg))
+                    res[name] = _train_worker(dict(job, cfg=tcfg, loader_only=name == "corrected"))
                 finally:
                     torch.set_num_threads(before)
             res[name]["config"] = training.train_config_dict(tcfg)
@@ -684,6 +693,12 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
         "training_speedup": speedup,
         "samples_per_s_authors": a["samples_per_s"],
         "samples_per_s_corrected": c["samples_per_s"],
+        "loader_only_samples_per_s": c["loader_only"]["loader_only_samples_per_s"],
+        "achieved_tflops_authors": a["achieved_tflops"],
+        "achieved_tflops_corrected": c["achieved_tflops"],
+        "peak_tflops": c["peak_tflops"],
+        "fraction_of_peak_corrected": c["fraction_of_peak"],
+        "train_gflop_per_sample_corrected": c["train_gflop_per_sample"],
         "peak_mem_mb_authors": a["peak_mem_mb"],
         "peak_mem_mb_corrected": c["peak_mem_mb"],
         "peak_mem_method": a["peak_mem_method"],
@@ -715,10 +730,283 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
     }
 
 
+# -- 5. loader-only throughput, FLOPs and the device's peak ---------------------------------------
+# Dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) from the vendors' data sheets, by name.
+PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+               "A10G": 70.0, "T4": 65.0, "V100": 125.0}
+LOADER_GOAL_CPU = 1000.0      # loader-only samples/s at paper shapes on the 2-core CPU
+
+
+def device_peak_tflops(device: str) -> tuple[float | None, str]:
+    """(peak TFLOP/s, basis) of a CUDA device by name; (None, why) where unknown (CPUs)."""
+    if not str(device).startswith("cuda"):
+        return None, "CPU: no peak figure"
+    name = torch.cuda.get_device_name()
+    for key, peak in PEAK_TFLOPS.items():
+        if key in name:
+            return peak, f"{key} dense bf16/fp16 tensor-core peak (data sheet)"
+    return None, f"{name}: peak unknown"
+
+
+def forward_flops(cfg, widths: dict, batch: int, width: int) -> float:
+    """Multiply-adds x 2 of one forward pass of the fusion model (matmuls and attention only)."""
+    d, t, ff = cfg.d_model, widths["image_tokens"], cfg.ff_mult
+    q, kv = (t, width) if cfg.query == "image" else (width, t)
+    proj = 2 * t * widths["img_dim"] * d + 2 * width * widths["seq_dim"] * d
+    cross = 2 * q * d * d + 4 * kv * d * d + 4 * q * kv * d + 2 * q * d * d
+    block = 8 * q * d * d + 4 * q * q * d + 4 * q * d * ff * d
+    return float(batch * (proj + cross + cfg.n_blocks * block))
+
+
+def epoch_flops(ds, cfg, widths: dict, seed: int, pad_to: int | None = None) -> float:
+    """Training FLOPs of one epoch (forward x 3 for forward + backward) over the batches it feeds."""
+    from . import training
+
+    return sum(3 * forward_flops(cfg, widths, len(i), w)
+               for i, w in training.epoch_batches(ds.seq_lengths, cfg, shuffle=True, seed=seed, pad_to=pad_to))
+
+
+def loader_only(ds, cfg, device: str, *, seed: int = 0, min_seconds: float = 2.0, resident="auto") -> dict:
+    """The corrected loop's batches delivered to the device with no model: samples/s (steady state).
+
+    The features are loaded once (timed apart as ``load_seconds``); then whole epochs of batches
+    are gathered by index until ``min_seconds`` have passed.
+    """
+    from . import training
+
+    _sync(device)
+    t0 = time.perf_counter()
+    out = STORE_DTYPE if training._amp_dtype(cfg, device) is not None else torch.float32  # as train_fusion does
+    feats = training.features_on_device(ds, device, targets=cfg.targets, resident=resident, out_dtype=out)
+    _sync(device)
+    load = time.perf_counter() - t0
+    pad_to = training.pad_length(cfg, ds)
+    n, epochs, t0 = 0, 0, time.perf_counter()
+    while True:
+        epochs += 1
+        for idx, w in training.epoch_batches(ds.seq_lengths, cfg, shuffle=True, seed=seed + epochs, pad_to=pad_to):
+            img, seq, mask, y = feats.batch(torch.as_tensor(idx).to(device, non_blocking=True), w,
+                                            reuse=not str(device).startswith("cuda"))
+            n += len(idx)
+        _sync(device)
+        if time.perf_counter() - t0 >= min_seconds:
+            break
+    secs = time.perf_counter() - t0
+    return {"loader_only_samples_per_s": n / secs, "samples": n, "epochs": epochs, "seconds": secs,
+            "load_seconds": load, "resident": isinstance(feats, training.ResidentFeatures),
+            "batch_dtype": str(img.dtype).replace("torch.", ""), "image_shape": list(img.shape[1:]),
+            "goal_cpu": LOADER_GOAL_CPU}
+
+
+def loader_only_throughput(reference=None, profile: str = "full", device: str = "cpu", n_samples: int = 512,
+                           seed: int = 0, threads: int | None = None, min_seconds: float = 3.0,
+                           workdir: str | os.PathLike | None = None) -> dict:
+    """:func:`loader_only` at the profile's shapes (random features at the reference set's real lengths)."""
+    from . import training
+    from .labels import LABELS
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg_p = config.load_profile(profile)
+    device = config.resolve_device(device)
+    widths = encoder_widths(cfg_p)
+    cfg = training_configs(cfg_p)["corrected"]
+    rows = sample_rows(read_reference(reference_csv_path(reference)), n_samples, seed)
+    with tempfile.TemporaryDirectory(prefix="proloc-bench-loader-", dir=workdir) as tmp:
+        seq_path, img_path, samples = build_random_stores(rows, widths, tmp, LABELS, seed)
+        ds = training.FusionDataset(samples, list(LABELS), EmbeddingStore(seq_path), EmbeddingStore(img_path))
+        res = loader_only(ds, cfg, device, seed=seed, min_seconds=min_seconds)
+    res.update(_machine(device, threads), profile=profile, feature_widths=widths, n_samples=len(samples),
+               mean_sequence_length=float(samples["length"].mean()), batch_size=cfg.batch_size,
+               goal_met_cpu=res["loader_only_samples_per_s"] >= LOADER_GOAL_CPU, random_features=True)
+    return res
+
+
+# -- 6. dry run: the runs of a profile and their estimated time on this device ------------------
+VISLOCAS_SIZES = {"train": 4652, "val": 517, "test": 566}  # unique images; val = 10% carved from train
+PAPER_LENGTH = 600
+
+
+def _probe_step_seconds(cfg, widths: dict, device: str, width: int, batch: int, steps: int = 2) -> float:
+    """Seconds per training step of ``cfg`` at (batch, width) on ``device``: one untimed step, then ``steps``."""
+    from . import training
+
+    torch.manual_seed(0)
+    model = training.build_model(cfg, widths["seq_dim"], widths["img_dim"], 5).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    img = torch.randn(batch, widths["image_tokens"], widths["img_dim"], device=device)
+    seq = torch.randn(batch, width, widths["seq_dim"], device=device)
+    mask = torch.ones(batch, width, dtype=torch.bool, device=device)
+    y = torch.randint(0, 2, (batch, 5), device=device).float()
+    lossf = training.loss_fn(cfg, 4)
+    times = []
+    for k in range(steps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        with training._autocast(cfg, device):
+            out = model(img, seq, mask)
+        loss = lossf(out.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if k:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _dry_lengths(profile: str, data_root=None, reference=None) -> tuple[np.ndarray, str]:
+    """Sequence lengths per training sample: stage 01's tables, else the reference CSV, else the paper's ~600."""
+    try:
+        d = config.stage_dir(profile, "01_data_assembly", data_root)
+        if (d / "images.parquet").exists():
+            prot = pd.read_parquet(d / "proteins.parquet")
+            img = pd.read_parquet(d / "images.parquet")
+            lens = img.merge(prot[["protein_id", "sequence"]], on="protein_id")["sequence"].str.len()
+            return lens.to_numpy(), f"stage 01 tables ({d})"
+    except Exception:  # noqa: BLE001 - an estimate falls back, never fails
+        pass
+    try:
+        ref = read_reference(reference_csv_path(reference))
+        return ref["sequence"].str.len().to_numpy(), "reference CSV lengths (Vislocas test rows)"
+    except (FileNotFoundError, ValueError):
+        return np.full(64, PAPER_LENGTH), f"assumed {PAPER_LENGTH} residues (no tables found)"
+
+
+def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, reference=None,
+            n_train: int | None = None, n_val: int | None = None, probe_batch_cpu: int = 2) -> dict:
+    """List the training runs of a profile and estimate their time from a short timed probe here.
+
+    Each distinct configuration is probed for a few steps at the paper's shapes (the profile's
+    encoder widths, its length distribution) and scaled by steps x epochs (max_epochs: an upper
+    bound; early stopping ends sooner). On CPU the probe uses batches of ``probe_batch_cpu`` and
+    scales per sample. Baselines, evaluation and feature extraction are not included.
+    """
+    from . import training
+
+    cfg_p = config.load_profile(profile)
+    device = config.resolve_device(device)
+    widths = encoder_widths(cfg_p)
+    section = cfg_p.get("training", {})
+    runs = training.training_plan(section)
+    lengths, length_source = _dry_lengths(profile, data_root, reference)
+    rng = np.random.default_rng(0)
+    n_tr = int(n_train or VISLOCAS_SIZES["train"])
+    n_va = int(n_val or VISLOCAS_SIZES["val"])
+    tr_len, va_len = rng.choice(lengths, n_tr), rng.choice(lengths, n_va)
+    cv = section.get("cross_validation")
+    if cv:
+        k = int(cfg_p.get("data", {}).get("split", {}).get("folds", 5) or 5)
+        cv_cfg = training.make_config(cv["config"], section.get("base"),
+                                      **(section.get("configurations") or {}).get(cv["config"], {}))
+        runs += [{"model": f"cv.{cv['config']} fold {f}", "config": cv["config"], "seed": 0, "train": cv_cfg}
+                 for f in range(k)]
+    for rs in training.resplit_plan(section):
+        c = training.make_config(rs["config"], section.get("base"),
+                                 **(section.get("configurations") or {}).get(rs["config"], {}))
+        runs += [{"model": f"resplit.{rs['method']}.{rs['config']}", "config": rs["config"], "seed": s, "train": c}
+                 for s in rs["seeds"]]
+    probes: dict[str, float] = {}
+    out_runs, total = [], 0.0
+    for r in runs:
+        c = r["train"]
+        plan = training.epoch_batches(tr_len, c, shuffle=True, seed=0,
+                                      pad_to=None if c.padding == "batch" else int(tr_len.max()))
+        widths_used = [w for _, w in plan]
+        width = int(np.median(widths_used))
+        batch = c.batch_size if device.startswith("cuda") else min(c.batch_size, probe_batch_cpu)
+        key = f"{c.hash()}:{width}:{batch}"
+        if key not in probes:
+            _log(f"probe {r['model']}: batch {batch} x {width} residues on {device}")
+            probes[key] = _probe_step_seconds(c, widths, device, width, batch)
+        per_sample = probes[key] / batch
+        train_s = per_sample * n_tr
+        val_s = per_sample / 3 * n_va  # forward only
+        secs = c.max_epochs * (train_s + val_s)
+        total += secs
+        out_runs.append({"run": r["model"], "config": r["config"], "seed": r["seed"], "epochs_max": c.max_epochs,
+                         "batch_size": c.batch_size, "median_padded_width": width, "steps_per_epoch": len(plan),
+                         "probe_seconds_per_step": probes[key], "probe_batch": batch,
+                         "estimated_seconds": secs})
+    return {"profile": profile, **_machine(device), "n_runs": len(out_runs), "runs": out_runs,
+            "estimated_training_seconds": total, "estimated_training_hours": total / 3600,
+            "n_train": n_tr, "n_val": n_va, "sample_counts": "given" if n_train else "Vislocas benchmark sizes",
+            "lengths": length_source, "feature_widths": widths,
+            "note": ("Upper bound at max_epochs (early stopping ends sooner); several seeds trained at once are "
+                     "counted one by one; baselines, evaluation and feature extraction not included; "
+                     "the probe times a few steps on random tensors of the paper's shapes.")}
+
+
+# -- 7. where the training step's time goes (torch.profiler) ----------------------------------------
+def profile_training(reference=None, profile: str = "full", device: str = "auto", config_name: str = "corrected",
+                     n_samples: int = 64, steps: int = 6, warmup: int = 3, batch_size: int | None = None,
+                     top: int = 15, trace: str | os.PathLike | None = None,
+                     workdir: str | os.PathLike | None = None) -> dict:
+    """Profile ``steps`` training steps of one configuration at the profile's shapes (random features).
+
+    CPU activities always; CUDA activities on a GPU. Returns the ``top`` operators by self time on
+    the device that does the work (CUDA kernels on a GPU, CPU ops on a CPU), and which attention
+    kernels ran (flash / memory-efficient / math).
+    """
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    from . import training
+    from .labels import LABELS
+
+    cfg_p = config.load_profile(profile)
+    device = config.resolve_device(device)
+    widths = encoder_widths(cfg_p)
+    over = {"batch_size": batch_size} if batch_size else {}
+    cfg = training_configs(cfg_p, epochs=1, batch_size_corrected=batch_size or 32)[config_name]
+    if over:
+        cfg = training.TrainConfig.from_dict({**training.train_config_dict(cfg), **over})
+    rows = sample_rows(read_reference(reference_csv_path(reference)), n_samples, 0)
+    cuda = device.startswith("cuda")
+    with tempfile.TemporaryDirectory(prefix="proloc-bench-prof-", dir=workdir) as tmp:
+        seq_path, img_path, samples = build_random_stores(rows, widths, tmp, LABELS, 0)
+        ds = training.FusionDataset(samples, list(LABELS), EmbeddingStore(seq_path), EmbeddingStore(img_path))
+        run = training._Run(ds, ds, cfg, list(LABELS), device, 0, None, None)
+        out = STORE_DTYPE if training._amp_dtype(cfg, device) is not None else torch.float32
+        feats = training.features_on_device(ds, device, targets=cfg.targets, out_dtype=out)
+        plan = [(torch.as_tensor(i).to(device), w) for i, w in run.plan(1)]
+        plan = (plan * (1 + (warmup + steps) // max(1, len(plan))))[:warmup + steps]
+        run.model.train()
+
+        def one(i):
+            idx, w = plan[i]
+            with run.own_rng():
+                run.step(*feats.batch(idx, w, reuse=not cuda))
+
+        for i in range(warmup):
+            one(i)
+        _sync(device)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        t0 = time.perf_counter()
+        with tprofile(activities=acts) as prof:
+            for i in range(warmup, warmup + steps):
+                one(i)
+            _sync(device)
+        wall = time.perf_counter() - t0
+        samples_done = sum(len(plan[i][0]) for i in range(warmup, warmup + steps))
+    if trace:
+        prof.export_chrome_trace(str(trace))
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    avgs = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in avgs) or 1.0
+    avgs.sort(key=lambda e: getattr(e, key), reverse=True)
+    names = {e.key for e in prof.key_averages()}
+    attn = sorted(n for n in names if "attention" in n.lower() or "fmha" in n.lower() or "flash" in n.lower())
+    return {"profile": profile, "config": config_name, **_machine(device), "steps": steps, "wall_seconds": wall,
+            "samples_per_s": samples_done / wall, "batch_size": cfg.batch_size, "time_basis": key,
+            "top_ops": [{"op": e.key, "self_ms": getattr(e, key) / 1e3, "calls": e.count,
+                         "share": getattr(e, key) / total} for e in avgs[:top]],
+            "attention_ops": attn, "random_features": True}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m proloc_lib.embeddings",
-        description="Feature-store, sequence-embedding and training-loop benchmarks (offline).")
+        prog="python -m proloc_lib.benchmarks",
+        description="Feature-store, sequence-embedding and training-loop benchmarks, and the dry run (offline).")
     sub = parser.add_subparsers(dest="command")
     b = sub.add_parser("bench", help="store size, padded vs bucketed throughput, peak memory; prints JSON")
     b.add_argument("--reference", default=None,
@@ -748,14 +1036,48 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--no-isolate", action="store_true", help="run both loops in this process (rougher memory)")
     t.add_argument("--no-warmup", action="store_true", help="skip the untimed one-step warm-up")
     t.add_argument("--out", default=None, help="also write the JSON to this file")
+    lo = sub.add_parser("bench-loader", help="loader-only samples/s at the profile's shapes (no model); prints JSON")
+    lo.add_argument("--reference", default=None, help=f"folder with {REFERENCE_CSV}, or a CSV of that format")
+    lo.add_argument("--profile", default="full", help="profile whose encoder widths to use (default: full)")
+    lo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    lo.add_argument("--n-samples", type=int, default=512)
+    lo.add_argument("--threads", type=int, default=None)
+    lo.add_argument("--out", default=None)
+    d = sub.add_parser("dry-run", help="list a profile's training runs and estimate their time on this device")
+    d.add_argument("--profile", default="full")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    d.add_argument("--data-root", default=None)
+    d.add_argument("--reference", default=None)
+    d.add_argument("--n-train", type=int, default=None, help="training samples (default: stage 01's, else Vislocas')")
+    d.add_argument("--n-val", type=int, default=None)
+    d.add_argument("--json", action="store_true", help="print the JSON instead of the table")
+    d.add_argument("--out", default=None)
+    pr = sub.add_parser("profile-training", help="torch.profiler of a few training steps at the profile's shapes")
+    pr.add_argument("--reference", default=None)
+    pr.add_argument("--profile", default="full")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--config", default="corrected", choices=["corrected", "authors"])
+    pr.add_argument("--steps", type=int, default=6)
+    pr.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch size")
+    pr.add_argument("--trace", default=None, help="also write a Chrome trace here")
+    pr.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    if args.command not in ("bench", "bench-training"):
+    if args.command == "dry-run":
+        return _dry_run_cli(args)
+    if args.command not in ("bench", "bench-training", "bench-loader", "profile-training"):
         parser.print_help(sys.stderr)
         return 2
     from .encoders import OfflineError
 
     try:
-        if args.command == "bench-training":
+        if args.command == "profile-training":
+            res = profile_training(reference=args.reference, profile=args.profile, device=args.device,
+                                   config_name=args.config, steps=args.steps, batch_size=args.batch_size,
+                                   trace=args.trace)
+        elif args.command == "bench-loader":
+            res = loader_only_throughput(reference=args.reference, profile=args.profile, device=args.device,
+                                         n_samples=args.n_samples, threads=args.threads)
+        elif args.command == "bench-training":
             res = training_throughput(reference=args.reference, profile=args.profile, device=args.device,
                                       n_samples=args.n_samples, epochs=args.epochs, seed=args.seed,
                                       batch_size_corrected=args.batch_size,
@@ -775,3 +1097,30 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(text + "\n")
     print(text)
     return 0
+
+
+def _dry_run_cli(args) -> int:
+    try:
+        res = dry_run(args.profile, args.device, data_root=args.data_root, reference=args.reference,
+                      n_train=args.n_train, n_val=args.n_val)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"python -m proloc_lib.benchmarks dry-run: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    text = json.dumps(res, indent=2, default=str)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        print(text)
+        return 0
+    print(f"profile {res['profile']} on {res['device']} ({res['device_name']}): {res['n_runs']} training runs, "
+          f"{res['n_train']} training samples ({res['sample_counts']}), lengths from {res['lengths']}")
+    for r in res["runs"]:
+        print(f"  {r['run']:<40} seed {r['seed']}  {r['epochs_max']:>3} epochs x {r['steps_per_epoch']:>5} steps "
+              f"(batch {r['batch_size']}, ~{r['median_padded_width']} residues)  ~{r['estimated_seconds'] / 60:8.1f} min")
+    print(f"estimated training time: {res['estimated_training_hours']:.2f} h on this device. {res['note']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

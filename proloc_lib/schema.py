@@ -132,16 +132,9 @@ class CrossValidation(Section):
     config: str
 
 
-class ResplitRun(Section):
-    """speed's shape (configs/full-extended.yaml): one entry per protocol."""
-    method: Literal["stratified", "benchmark", "homology"]
-    config: Optional[str] = None
-    seeds: Optional[list[int]] = None
-
-
 class ResplitPlan(Section):
-    """driver's shape (experiments.plan_runs). TODO at merge: keep one of the two shapes."""
-    methods: list[Literal["stratified", "benchmark", "homology"]]
+    """Variance over re-splits (experiments.run_resplits): each method re-split ``repeats`` times."""
+    methods: list[Literal["stratified", "homology"]]
     repeats: Optional[int] = None
     config: Optional[str] = None
 
@@ -155,7 +148,7 @@ class Training(Section):
     ablations: Optional[dict[str, dict[str, Any]]] = None
     cross_validation: Union[bool, CrossValidation, None] = None
     control: Union[bool, CrossValidation, None] = None     # label-permutation control: {config: name}
-    resplits: Union[bool, list[ResplitRun], ResplitPlan, None] = None
+    resplits: Union[bool, ResplitPlan, None] = None
 
 
 # keys an ablation may carry besides TrainConfig switches

@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -22,9 +24,10 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .embeddings import EmbeddingStore, pad_batch
+from .embeddings import STORE_DTYPE, EmbeddingStore, pad_batch
 from .losses import authors_loss, bce_focal_loss
 from .model import FusionConfig, FusionModel, ModelSwitches
+from .selection import KeepBest
 
 
 @dataclass(kw_only=True)
@@ -58,6 +61,8 @@ class TrainConfig(ModelSwitches):
     thresholds: str = "tuned"        # per-label, on validation; authors: "fixed" (0.5)
     amp: bool = True                 # mixed precision, on CUDA only
     images_per_protein: int | None = None  # ablation: train on at most this many images per protein
+    pad_multiple: int = 1            # round each batch's padded width up to a multiple of this (fewer
+                                     # distinct shapes for compiled kernels; masked models give the same output)
 
     CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
                "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
@@ -69,6 +74,8 @@ class TrainConfig(ModelSwitches):
         for key, allowed in self.CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"training option {key}={getattr(self, key)!r}: choose one of {allowed}")
+        if not isinstance(self.pad_multiple, int) or self.pad_multiple < 1:
+            raise ValueError(f"training option pad_multiple={self.pad_multiple!r}: give an integer >= 1")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -107,26 +114,43 @@ class NaNLossError(FloatingPointError):
     pass
 
 
+IMAGE_LABEL_PREFIX = "image_label:"  # the image row's own label columns, carried next to the protein's
+
+
 def image_samples(images: pd.DataFrame, proteins: pd.DataFrame, labels: list[str], split: str | None = None):
-    """One row per image with its protein's sequence key, split and labels (joined by id)."""
+    """One row per image with its protein's sequence key, split and labels (joined by id).
+
+    When ``images`` has the label columns (images.parquet: the image row's own labels), they come
+    along as ``image_label:<label>`` columns, the targets of ``targets="image"`` (the published loop).
+    """
     for col in ("protein_id", "seq_hash", "split", *labels):
         if col not in proteins.columns:
             raise KeyError(f"protein table lacks column '{col}'")
-    img = images[["image_id", "protein_id"]].merge(
-        proteins[["protein_id", "seq_hash", "split", *labels]], on="protein_id", how="inner", validate="many_to_one")
+    own = [lab for lab in labels if lab in images.columns]
+    img_cols = ["image_id", "protein_id"] + (own if len(own) == len(labels) else [])
+    img = images[img_cols].rename(columns={lab: IMAGE_LABEL_PREFIX + lab for lab in own})
+    img = img.merge(proteins[["protein_id", "seq_hash", "split", *labels]], on="protein_id", how="inner",
+                    validate="many_to_one")
     if split is not None:
         img = img[img["split"] == split]
     return img.reset_index(drop=True)
 
 
 class FusionDataset(Dataset):
-    """Reads tokens lazily from the stores; each unique sequence is loaded once."""
+    """Reads tokens lazily from the stores; each unique sequence is loaded once.
+
+    ``y`` holds the protein's labels (``targets="protein"``), ``y_image`` the image row's own
+    labels when the samples carry them (``targets="image"``), else None.
+    """
 
     def __init__(self, samples: pd.DataFrame, labels: list[str], seq_store: EmbeddingStore,
                  img_store: EmbeddingStore):
         self.samples = samples.reset_index(drop=True)
         self.labels = labels
         self.y = torch.tensor(self.samples[labels].to_numpy(np.float32))
+        img_cols = [IMAGE_LABEL_PREFIX + lab for lab in labels]
+        self.y_image = (torch.tensor(self.samples[img_cols].to_numpy(np.float32))
+                        if all(c in self.samples.columns for c in img_cols) else None)
         self.seq_store, self.img_store = seq_store, img_store
         missing_seq = set(self.samples["seq_hash"]) - seq_store.keys()
         missing_img = set(self.samples["image_id"]) - img_store.keys()
@@ -134,11 +158,23 @@ class FusionDataset(Dataset):
             raise KeyError(f"{len(missing_seq)} sequences and {len(missing_img)} images of this split are not in "
                            f"the embedding stores (failed or not extracted; see the stores' failures.json)")
         self._seq_cache: dict[str, torch.Tensor] = {}
-        self.seq_lengths = np.array([self._seq(h).shape[0] for h in self.samples["seq_hash"]])
+        self.seq_lengths = np.array([self._seq(h).shape[0] for h in self.samples["seq_hash"]], dtype=np.int64)
 
     def subset(self, rows) -> "FusionDataset":
         """The same stores, only the given sample rows (labels come along)."""
         return FusionDataset(self.samples.loc[sorted(rows)], self.labels, self.seq_store, self.img_store)
+
+    def targets(self, kind: str = "protein") -> torch.Tensor:
+        """The training targets: the protein's label union, or the image row's own label columns."""
+        if kind == "protein":
+            return self.y
+        if self.y_image is None:  # e.g. data whose images.parquet has no label columns: say so, use the protein's
+            if not getattr(self, "_warned", False):
+                self._warned = True
+                warnings.warn("targets='image': these samples carry no image-level label columns (images.parquet "
+                              f"without {self.labels}); training on the protein's labels instead", stacklevel=2)
+            return self.y
+        return self.y_image
 
     def _seq(self, h):
         if h not in self._seq_cache:
@@ -165,6 +201,8 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
 
     A batch closes at ``batch_size`` samples or when its padded size (longest x count) would
     pass ``batch_tokens``, so long sequences travel in small batches and short ones in full ones.
+    (Not ``embeddings.length_buckets``: that one is deterministic by key; training needs a seeded
+    shuffle of bucket membership and order every epoch.)
     """
     noisy = lengths + rng.uniform(0, 0.1 * max(1, lengths.max()), size=len(lengths))
     batches, cur, longest = [], [], 0
@@ -181,8 +219,49 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
     return batches
 
 
-def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
-    pad_to = int(ds.seq_lengths.max()) if cfg.padding != "batch" else None  # TODO(speed): 'global' across splits
+def pad_length(cfg: TrainConfig, ds: FusionDataset, *, all_splits=()) -> int | None:
+    """The fixed sequence width of ``ds``'s batches under ``cfg.padding`` (None: each batch its own longest).
+
+    ``"split"`` (the published code, per file): the longest of ``ds`` itself; ``"global"``: the
+    longest over ``ds`` and ``all_splits`` (pass every split: train, val and test).
+    """
+    if cfg.padding == "batch":
+        return None
+    if cfg.padding == "split":
+        return int(ds.seq_lengths.max())
+    return max(int(d.seq_lengths.max()) for d in (ds, *all_splits))
+
+
+def epoch_batches(lengths: np.ndarray, cfg: TrainConfig, *, shuffle: bool, seed: int,
+                  pad_to: int | None = None) -> list[tuple[np.ndarray, int]]:
+    """One epoch's batches as (row indices, padded width): the same rows, order and widths as
+    :func:`make_loader` with the same seed (a test checks this), computed from lengths alone."""
+    n = len(lengths)
+    if cfg.bucket_batches:
+        idx = bucketed_batches(lengths, cfg.batch_size, np.random.default_rng(seed), cfg.batch_tokens)
+    else:
+        order = np.arange(n)
+        if shuffle:  # as DataLoader(shuffle=True, generator=seeded) draws it: a base seed, then the permutation
+            gen = torch.Generator().manual_seed(seed)
+            torch.empty((), dtype=torch.int64).random_(generator=gen)
+            order = torch.randperm(n, generator=gen).numpy()
+        idx = [order[i:i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+    out = []
+    for b in idx:
+        b = np.asarray(b, dtype=np.int64)
+        width = max(int(lengths[b].max()), pad_to or 0)
+        if cfg.pad_multiple > 1:  # a few fixed widths: kernels and compiled graphs are reused
+            width = -(-width // cfg.pad_multiple) * cfg.pad_multiple
+        out.append((b, width))
+    return out
+
+
+def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int, *,
+                pad_to: int | None = None) -> DataLoader:
+    """The store-reading loader (per-sample reads, CPU padding): the reference the device-resident
+    path is tested against, and the fallback when features do not fit in device memory."""
+    if pad_to is None and cfg.padding != "batch":
+        pad_to = int(ds.seq_lengths.max())
     fn = partial(collate, pad_to=pad_to)
     if cfg.bucket_batches:
         rng = np.random.default_rng(seed)
@@ -190,6 +269,116 @@ def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int) -
                           collate_fn=fn)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, collate_fn=fn, generator=gen)
+
+
+class ResidentFeatures:
+    """A split's features loaded once into device memory; batches are gathered there by index.
+
+    Image tokens are one [N, T, D] tensor; sequences one packed [sum L + 1, D] buffer of the unique
+    sequences with offsets, its last row zeros: padded positions gather that row, so a batch is one
+    ``index_select`` and no masking pass. Kept as float16 (the store's dtype) on CUDA and float32 on
+    the CPU (no conversion pass per batch). Batches come out as ``out_dtype`` (float32 by default,
+    bit-identical to the store-reading loader's; float16 under CUDA autocast, which casts it to
+    the same bf16/fp16 values as it would the float32 copy).
+    """
+
+    def __init__(self, ds: FusionDataset, device: str = "cpu", *, targets: str = "protein",
+                 out_dtype: torch.dtype = torch.float32):
+        self.device = torch.device(device)
+        keep = STORE_DTYPE if self.device.type == "cuda" else torch.float32
+        self.out_dtype = out_dtype
+        keys = list(dict.fromkeys(ds.samples["seq_hash"]))
+        pos = {k: i for i, k in enumerate(keys)}
+        seqs = [ds.seq_store.get(k) for k in keys]
+        lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.int64)
+        offsets = torch.zeros(len(keys), dtype=torch.int64)
+        offsets[1:] = torch.cumsum(lengths, 0)[:-1]
+        zero = torch.zeros(1, ds.seq_store.hidden_size, dtype=seqs[0].dtype if seqs else STORE_DTYPE)
+        self.seq = torch.cat([*seqs, zero]).to(self.device, keep)
+        self.zero_row = int(self.seq.shape[0] - 1)
+        self.seq_len, self.seq_off = lengths.to(self.device), offsets.to(self.device)
+        self.sample_seq = torch.tensor([pos[k] for k in ds.samples["seq_hash"]], dtype=torch.int64, device=self.device)
+        self.img = torch.stack([ds.img_store.get(k) for k in ds.samples["image_id"]]).to(self.device, keep)
+        self.y = ds.targets(targets).to(self.device)
+        self.n = len(ds)
+
+    @staticmethod
+    def nbytes_needed(ds: FusionDataset) -> int:
+        """Bytes the features of ``ds`` take in device memory (float16), before loading them."""
+        seq_res = sum(int(ds.seq_lengths[i]) for i in np.unique(ds.samples["seq_hash"], return_index=True)[1])
+        img = ds.img_store.get(ds.samples["image_id"].iloc[0]) if len(ds) else torch.zeros(0, 0)
+        return 2 * (seq_res * ds.seq_store.hidden_size + len(ds) * img.numel())
+
+    def batch(self, idx: torch.Tensor, width: int, *, reuse: bool = False):
+        """(img, seq, mask, y) for rows ``idx`` (a device tensor), sequences padded to ``width``.
+
+        ``reuse``: gather into buffers kept from the previous call (the previous batch is
+        overwritten): on the CPU a fresh 100 MB tensor per batch costs more in page faults than the
+        copy itself. Only for a loop that is done with one batch before it asks for the next.
+        """
+        s = self.sample_seq[idx]
+        ar = torch.arange(width, device=self.device)
+        mask = ar[None, :] < self.seq_len[s][:, None]
+        pos = torch.where(mask, self.seq_off[s][:, None] + ar[None, :], self.zero_row).reshape(-1)
+        if reuse and self.seq.dtype == self.out_dtype:
+            threads = torch.get_num_threads()
+            if self.device.type == "cpu":  # a row gather is memory-bound: one thread, measured 6x faster here
+                torch.set_num_threads(1)
+            try:
+                seq = torch.index_select(self.seq, 0, pos, out=self._buffer("seq", pos.numel(), self.seq.shape[1]))
+                img = torch.index_select(self.img, 0, idx, out=self._buffer("img", len(idx), *self.img.shape[1:]))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            seq = self.seq.index_select(0, pos).to(self.out_dtype)
+            img = self.img.index_select(0, idx).to(self.out_dtype)
+        return img, seq.view(len(idx), width, -1), mask, self.y[idx]
+
+    def _buffer(self, name: str, rows: int, *shape):
+        """A [rows, *shape] view of one flat buffer per name that only grows."""
+        need = rows * math.prod(shape)
+        buf = getattr(self, "_buf_" + name, None)
+        if buf is None or buf.numel() < need:
+            buf = torch.empty(need, dtype=self.out_dtype, device=self.device)
+            setattr(self, "_buf_" + name, buf)
+        return buf[:need].view(rows, *shape)
+
+
+def _fits_on_device(nbytes: int, device: str) -> bool:
+    """Half the free device memory (CUDA) or of the available RAM (CPU) for the features."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return nbytes < 0.5 * free
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return True
+    return nbytes < 0.5 * avail
+
+
+class _StoreBatches:
+    """Fallback when a split does not fit: the same batches, read from the stores per sample."""
+
+    def __init__(self, ds: FusionDataset, device: str, *, targets: str = "protein"):
+        self.ds, self.device, self.y = ds, torch.device(device), ds.targets(targets)
+
+    def batch(self, idx: torch.Tensor, width: int):
+        rows = idx.tolist()
+        imgs, seqs, _ = zip(*(self.ds[i] for i in rows))
+        seq, mask = pad_batch(list(seqs), width)
+        return (torch.stack(imgs).to(self.device), seq.to(self.device), mask.to(self.device),
+                self.y[rows].to(self.device))
+
+
+def features_on_device(ds: FusionDataset, device: str, *, targets: str = "protein", resident="auto",
+                       out_dtype: torch.dtype = torch.float32):
+    """Device-resident features when they fit (``resident``: "auto", True, False), else store reads."""
+    need = ResidentFeatures.nbytes_needed(ds) * (1 if torch.device(device).type == "cuda" else 2)
+    use = resident is True or (resident == "auto" and _fits_on_device(need, device))
+    if use:
+        return ResidentFeatures(ds, device, targets=targets, out_dtype=out_dtype)
+    return _StoreBatches(ds, device, targets=targets)
 
 
 def build_model(cfg: TrainConfig, seq_dim: int, img_dim: int, n_labels: int) -> FusionModel:
@@ -216,15 +405,16 @@ def _autocast(cfg: TrainConfig, device: str):
 
 
 @torch.no_grad()
-def evaluate_loss(model, loader, lossf, cfg, device) -> float:
+def evaluate_loss(model, batches, lossf, cfg, device) -> float:
+    """Mean loss over ``batches``: (img, seq, mask, y) tuples (a loader, or gathered batches)."""
     model.eval()
-    total, n = 0.0, 0
-    for img, seq, mask, y in loader:
+    total, n = torch.zeros((), device=device), 0
+    for img, seq, mask, y in batches:
         with _autocast(cfg, device):
             logits = model(img.to(device), seq.to(device), mask.to(device))
-        total += float(lossf(logits.float(), y.to(device))) * len(y)
+        total += lossf(logits.float(), y.to(device)) * len(y)
         n += len(y)
-    return total / max(n, 1)
+    return float(total) / max(n, 1)
 
 
 def _schedule(opt, cfg: TrainConfig, total_steps: int):
@@ -240,92 +430,268 @@ def _schedule(opt, cfg: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, labels: list[str],
-                 device: str = "cpu", seed: int = 0, progress: bool = True, resume_dir: str | Path | None = None):
-    """Train; keep the epoch best by ``cfg.select_on``; returns (model, history frame).
+# -- resume keying -------------------------------------------------------------------------------
+RESUME_FORMAT = 2
 
-    With ``resume_dir``, the state after every epoch is saved there (weights-only torch
-    format, loaded without arbitrary pickle) and an interrupted run continues from it.
+
+def _frame_digest(ds: FusionDataset, targets: str) -> str:
+    """Sample ids, sequence keys and targets, in order: what a run trains or validates on."""
+    h = hashlib.sha256()
+    h.update("\n".join(f"{a}:{b}" for a, b in zip(ds.samples["image_id"], ds.samples["seq_hash"])).encode())
+    h.update(ds.targets(targets).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_key(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, seed: int, *,
+            pad_to: int | None = None) -> dict:
+    """Everything that determines a training run; a resume state must match it to be continued."""
+    return {"format": RESUME_FORMAT, "config_hash": cfg.hash(), "seed": int(seed),
+            "train": _frame_digest(train_ds, cfg.targets), "val": _frame_digest(val_ds, cfg.targets),
+            "seq_store": train_ds.seq_store.meta.get("fingerprint_id"),
+            "img_store": train_ds.img_store.meta.get("fingerprint_id"), "global_pad_to": pad_to}
+
+
+def _set_aside(path: Path, why: str) -> Path:
+    aside = path.with_name(f"{path.stem}.set-aside-{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}")
+    path.replace(aside)
+    warnings.warn(f"{path}: {why}; not continued (set aside as {aside.name}); training starts afresh",
+                  stacklevel=3)
+    return aside
+
+
+# -- the loop ------------------------------------------------------------------------------------
+class _Run:
+    """One seed's model, optimiser, schedule, selection and RNG, stepped by :func:`_train_runs`.
+
+    RNG scheme (the same for one seed alone and for several in lockstep): the weights are drawn
+    after ``torch.manual_seed(seed)``; that generator state then belongs to this run and is swapped
+    in around each of its steps, so dropout masks come in the same order whatever else runs
+    between them. Shuffles use ``seed + epoch`` generators of their own.
+    """
+
+    def __init__(self, train_ds, val_ds, cfg: TrainConfig, labels, device, seed, resume_dir, pad_to):
+        self.cfg, self.device, self.seed = cfg, device, seed
+        if cfg.images_per_protein:
+            train_ds = train_ds.subset(train_ds.samples.sample(frac=1.0, random_state=seed)
+                                       .groupby("protein_id").head(cfg.images_per_protein).index)
+        self.train_ds, self.val_ds = train_ds, val_ds
+        cuda = torch.device(device).type == "cuda"
+        torch.manual_seed(seed)
+        self.model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size,
+                                 len(labels)).to(device)
+        self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(device) if cuda else None
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.opt = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           **({"foreach": True} if cuda else {}))
+        self.train_pad = pad_to if cfg.padding == "global" else pad_length(cfg, train_ds)
+        self.val_pad = pad_to if cfg.padding == "global" else pad_length(cfg, val_ds)
+        steps_per_epoch = len(epoch_batches(train_ds.seq_lengths, cfg, shuffle=True, seed=seed, pad_to=self.train_pad))
+        self.sched = _schedule(self.opt, cfg, cfg.max_epochs * steps_per_epoch)
+        self.lossf = loss_fn(cfg, labels.index("plasma membrane") if "plasma membrane" in labels else len(labels) - 1)
+        # float16 needs loss scaling against gradient underflow; bfloat16 and float32 do not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(cfg, device) == torch.float16)
+        self.keep = KeepBest(patience=cfg.patience)
+        self.state = {"epoch": 0, "history": [], "finished": False}
+        self.key = run_key(train_ds, val_ds, cfg, seed, pad_to=pad_to)
+        self.resume = Path(resume_dir) / "last_state.pt" if resume_dir else None
+        self.stream = torch.cuda.Stream(device) if cuda else None
+        if self.resume is not None and self.resume.exists():
+            self._load_resume()
+
+    def plan(self, epoch: int, val: bool = False):
+        ds = self.val_ds if val else self.train_ds
+        return epoch_batches(ds.seq_lengths, self.cfg, shuffle=not val, seed=self.seed + (0 if val else epoch),
+                             pad_to=self.val_pad if val else self.train_pad)
+
+    def _load_resume(self):
+        try:
+            saved = torch.load(self.resume, map_location=self.device, weights_only=True)
+            key = json.loads(saved["run_key"])
+        except Exception as exc:  # unreadable, or an older format without a key
+            _set_aside(self.resume, f"unreadable or older resume state ({type(exc).__name__})")
+            return
+        if key != self.key:
+            diff = sorted(k for k in set(key) | set(self.key) if key.get(k) != self.key.get(k))
+            _set_aside(self.resume, f"resume state of another run (differs in {', '.join(diff)})")
+            return
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = json.loads(saved["state_json"])
+        self.keep.load_state_dict(self.state.pop("keep"), saved["best_model"])
+        self.rng = saved["rng"]  # dropout continues as if never interrupted
+        if self.cuda_rng is not None and "cuda_rng" in saved:
+            self.cuda_rng = saved["cuda_rng"].cpu()
+
+    def save(self):
+        if self.resume is None:
+            return
+        self.resume.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.resume.with_suffix(".tmp")
+        extra = {"cuda_rng": self.cuda_rng} if self.cuda_rng is not None else {}
+        torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(), "best_model": self.keep.weights,
+                    "state_json": json.dumps({**self.state, "keep": self.keep.state_dict()}),
+                    "run_key": json.dumps(self.key), "rng": self.rng, "scaler": self.scaler.state_dict(), **extra},
+                   tmp)
+        tmp.replace(self.resume)
+
+    @contextlib.contextmanager
+    def own_rng(self):
+        """This run's generator state in, around one of its steps (see the class docstring)."""
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+        try:
+            if self.stream is not None:
+                with torch.cuda.stream(self.stream):
+                    yield
+            else:
+                yield
+        finally:
+            self.rng = torch.get_rng_state()
+            if self.cuda_rng is not None:
+                self.cuda_rng = torch.cuda.get_rng_state(self.device)
+
+    def step(self, img, seq, mask, y):
+        cfg = self.cfg
+        with _autocast(cfg, self.device):
+            logits = self.model(img, seq, mask)
+        loss = self.lossf(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return loss.detach()
+
+    def fail(self, epoch):
+        self.keep.restore(self.model)
+        err = NaNLossError(f"non-finite training loss at epoch {epoch}; the best model so far is kept "
+                           f"(epoch {self.keep.best_epoch or 'none'}). Lower the learning rate or check the inputs.")
+        err.model, err.history = self.model, pd.DataFrame(self.state["history"])
+        return err
+
+    def result(self):
+        if self.keep.weights is None:  # every epoch scored NaN: nothing trustworthy to return
+            raise NaNLossError(f"no epoch reached a finite {self.cfg.select_on.replace('_', ' ')}; check the inputs")
+        self.keep.restore(self.model)
+        hist = pd.DataFrame(self.state["history"])
+        hist["best"] = hist["epoch"] == self.keep.best_epoch
+        return self.model, hist
+
+
+def _train_runs(runs: list[_Run], train_ds, val_ds, cfg: TrainConfig, device: str, progress: bool, resident):
+    """Train the runs in lockstep, step by step, on features loaded once (see train_fusion_seeds)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores (authors' amp off)
+        torch.backends.cudnn.allow_tf32 = True
+    todo = [r for r in runs if not r.state["finished"]]
+    if not todo:
+        return
+    feats = {}
+
+    def feats_of(ds):
+        if id(ds) not in feats:
+            # under CUDA autocast the model casts its inputs anyway: hand it the stored float16
+            out = STORE_DTYPE if _amp_dtype(cfg, device) is not None else torch.float32
+            feats[id(ds)] = features_on_device(ds, device, targets=cfg.targets, resident=resident, out_dtype=out)
+        return feats[id(ds)]
+
+    val_feats = feats_of(val_ds)
+    reuse = torch.device(device).type == "cpu"  # one step at a time there: the buffers can be reused
+    for r in todo:  # loaded once, off the epoch clock
+        feats_of(r.train_ds)
+    first = min(r.state["epoch"] for r in todo) + 1
+    for epoch in tqdm(range(first, cfg.max_epochs + 1), desc="epochs", disable=not progress):
+        active = [r for r in todo if not r.state["finished"] and r.state["epoch"] < epoch]
+        if not active:
+            break
+        t0 = time.perf_counter()
+        plans = {id(r): [(torch.as_tensor(i).to(device, non_blocking=True), w) for i, w in r.plan(epoch)]
+                 for r in active}
+        sums = {id(r): torch.zeros((), device=device) for r in active}
+        ns = {id(r): 0 for r in active}
+        for r in active:
+            r.model.train()
+            if r.stream is not None:  # the index tensors were made on the default stream
+                r.stream.wait_stream(torch.cuda.current_stream(device))
+        for k in range(max(len(p) for p in plans.values())):
+            for r in active:
+                if k >= len(plans[id(r)]):
+                    continue
+                idx, width = plans[id(r)][k]
+                with r.own_rng():
+                    img, seq, mask, y = feats_of(r.train_ds).batch(idx, width, reuse=reuse)
+                    sums[id(r)] += r.step(img, seq, mask, y) * len(idx)
+                ns[id(r)] += len(idx)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = (time.perf_counter() - t0) / len(active)  # each run's share of the lockstep epoch
+        for r in active:
+            train_loss = float(sums[id(r)]) / max(ns[id(r)], 1)
+            if not math.isfinite(train_loss):
+                raise r.fail(epoch)
+            val_b = (val_feats.batch(torch.as_tensor(i).to(device), w, reuse=reuse) for i, w in r.plan(epoch, val=True))
+            with r.own_rng():
+                val = evaluate_loss(r.model, val_b, r.lossf, cfg, device)
+            r.state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
+                                       "seconds": seconds, "samples_per_s": ns[id(r)] / seconds})
+            r.keep.update(r.model, val if cfg.select_on == "val_loss" else train_loss, epoch)
+            r.state["epoch"] = epoch
+            r.state["finished"] = r.keep.should_stop or epoch >= cfg.max_epochs
+            r.save()
+
+
+def train_fusion_seeds(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, labels: list[str], *,
+                       seeds, device: str = "cpu", progress: bool = True, resume_dir: str | Path | None = None,
+                       global_pad_to: int | None = None, resident="auto") -> list[tuple]:
+    """Several seeds of one configuration at once: [(model, history)] in ``seeds`` order.
+
+    The features are loaded once and every seed steps in lockstep (on CUDA each on its own
+    stream), each with its own batch size (the published loop stays at batch 2 per model).
+    Results equal separate :func:`train_fusion` runs with the same seeds (the RNG scheme of
+    ``_Run``; a test checks weights and losses). ``resume_dir``: one state per seed under
+    ``seed-<s>/``, keyed like train_fusion's.
+    """
+    seeds = [int(s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat: {seeds}")
+    pad_to = _global_pad(cfg, train_ds, val_ds, global_pad_to)
+    runs = [_Run(train_ds, val_ds, cfg, labels, device, s, Path(resume_dir) / f"seed-{s}" if resume_dir else None,
+                 pad_to) for s in seeds]
+    _train_runs(runs, train_ds, val_ds, cfg, device, progress, resident)
+    return [r.result() for r in runs]
+
+
+def _global_pad(cfg, train_ds, val_ds, global_pad_to):
+    if cfg.padding != "global":
+        return None
+    return global_pad_to or pad_length(cfg, train_ds, all_splits=(val_ds,))
+
+
+def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, labels: list[str],
+                 device: str = "cpu", seed: int = 0, progress: bool = True, resume_dir: str | Path | None = None,
+                 *, global_pad_to: int | None = None, resident="auto"):
+    """Train; keep the epoch best by ``cfg.select_on`` (``selection.KeepBest``); returns (model, history).
+
+    Batches are gathered on the device from features loaded once (``resident="auto"``: when they
+    fit in half the free device memory; else read from the stores). ``global_pad_to``: the
+    longest sequence over all splits, for ``padding="global"`` (default: over train and val).
+    With ``resume_dir``, the state after every epoch is saved there (weights-only torch format),
+    keyed by everything that determines the run (:func:`run_key`): a matching state continues,
+    a finished one (early-stopped or at max_epochs) is returned as it is, any other is set aside.
     A non-finite loss stops training with NaNLossError; the best model so far is kept on it.
     """
-    torch.manual_seed(seed)
-    if cfg.images_per_protein:
-        train_ds = train_ds.subset(train_ds.samples.sample(frac=1.0, random_state=seed)
-                                   .groupby("protein_id").head(cfg.images_per_protein).index)
-    model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size, len(labels)).to(device)
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(make_loader(train_ds, cfg, True, seed))
-    sched = _schedule(opt, cfg, cfg.max_epochs * steps_per_epoch)
-    lossf = loss_fn(cfg, labels.index("plasma membrane") if "plasma membrane" in labels else len(labels) - 1)
-    val_loader = make_loader(val_ds, cfg, False, seed)
-    # float16 needs loss scaling against gradient underflow; bfloat16 and float32 do not
-    scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(cfg, device) == torch.float16)
-    state = {"epoch": 0, "best": math.inf, "bad_epochs": 0, "history": []}
-    best_state = None
-    resume = Path(resume_dir) / "last_state.pt" if resume_dir else None
-    if resume is not None and resume.exists():
-        saved = torch.load(resume, map_location=device, weights_only=True)
-        if saved["config_hash"] != cfg.hash():
-            raise ValueError(f"{resume} was written by another training configuration; delete it to start afresh")
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        best_state = saved["best_model"]
-        state = json.loads(saved["state_json"])
-        torch.set_rng_state(saved["rng"])  # dropout continues as if never interrupted
-        scaler.load_state_dict(saved["scaler"])
-    for epoch in tqdm(range(state["epoch"] + 1, cfg.max_epochs + 1), desc="epochs", disable=not progress):
-        model.train()
-        t0, total, n = time.perf_counter(), 0.0, 0
-        for img, seq, mask, y in make_loader(train_ds, cfg, True, seed + epoch):
-            with _autocast(cfg, device):
-                logits = model(img.to(device), seq.to(device), mask.to(device))
-            loss = lossf(logits.float(), y.to(device))
-            if not torch.isfinite(loss):
-                if best_state is not None:
-                    model.load_state_dict(best_state)
-                err = NaNLossError(f"non-finite training loss at epoch {epoch}; the best model so far is kept "
-                                   f"(epoch {state.get('best_epoch', 'none')}). "
-                                   "Lower the learning rate or check the inputs.")
-                err.model, err.history = model, pd.DataFrame(state["history"])
-                raise err
-            opt.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            total += loss.item() * len(y)
-            n += len(y)
-        seconds = time.perf_counter() - t0
-        val = evaluate_loss(model, val_loader, lossf, cfg, device)
-        state["history"].append({"epoch": epoch, "train_loss": total / n, "val_loss": val, "seconds": seconds,
-                                 "samples_per_s": n / seconds})
-        score = val if cfg.select_on == "val_loss" else total / n
-        if score < state["best"] - 1e-6:
-            state["best"], state["bad_epochs"], state["best_epoch"] = score, 0, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        if resume is not None:
-            resume.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "best_model": best_state, "state_json": json.dumps(state), "config_hash": cfg.hash(),
-                        "rng": torch.get_rng_state(), "scaler": scaler.state_dict()},
-                       resume.with_suffix(".tmp"))
-            resume.with_suffix(".tmp").replace(resume)
-        if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
-            break
-    if best_state is None:  # every epoch scored NaN: nothing trustworthy to return
-        raise NaNLossError(f"no epoch reached a finite {cfg.select_on.replace('_', ' ')}; check the inputs")
-    model.load_state_dict(best_state)
-    hist = pd.DataFrame(state["history"])
-    hist["best"] = hist["epoch"] == state["best_epoch"]
-    return model, hist
+    pad_to = _global_pad(cfg, train_ds, val_ds, global_pad_to)
+    run = _Run(train_ds, val_ds, cfg, labels, device, seed, resume_dir, pad_to)
+    _train_runs([run], train_ds, val_ds, cfg, device, progress, resident)
+    return run.result()
 
 
 def inference_batches(ds: FusionDataset, batch_size: int = 64, pad_to: int | None = None):
@@ -370,6 +736,29 @@ PLAN_KEYS = {"seeds", "base", "configurations", "ablations", "ablation_overrides
              "resplits"}
 
 
+RESPLIT_KEYS = {"methods", "repeats", "config"}
+RESPLIT_METHODS = ("stratified", "homology")
+
+
+def resplit_plan(section: dict) -> list[dict]:
+    """The ``resplits`` of a training section, checked and expanded: one {method, config, seeds}
+    per protocol. Profile shape: ``resplits: {methods: [stratified, homology], repeats: 3,
+    config: corrected}`` (repeat r re-splits with seed r and trains with seed r)."""
+    rs = section.get("resplits")
+    if not rs:
+        return []
+    if not isinstance(rs, dict) or set(rs) - RESPLIT_KEYS:
+        raise ValueError(f"training.resplits = {rs!r}: give a mapping with keys {sorted(RESPLIT_KEYS)}")
+    methods = list(rs.get("methods", ["stratified"]))
+    bad = [m for m in methods if m not in RESPLIT_METHODS]
+    if bad:
+        raise ValueError(f"training.resplits.methods {bad}: choose from {RESPLIT_METHODS}")
+    name = rs.get("config", "corrected")
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"training.resplits.config {name!r}: choose one of {sorted(NAMED_CONFIGS)}")
+    return [{"method": m, "config": name, "seeds": list(range(int(rs.get("repeats", 3))))} for m in methods]
+
+
 def training_plan(section: dict) -> list[dict]:
     """Expand a profile's ``training`` section into runs; every option is checked up front.
 
@@ -391,6 +780,7 @@ def training_plan(section: dict) -> list[dict]:
     if unknown:
         raise ValueError(f"unknown keys in the training section {sorted(unknown)} (allowed: {sorted(PLAN_KEYS)})")
     base = section.get("base", {})
+    resplit_plan(section)  # checked here, run by experiments.run_resplits
     seeds = list(section.get("seeds", [0]))
     configurations = section.get("configurations") or {"corrected": {}}
     runs = []

@@ -199,19 +199,19 @@ def test_images_per_protein_ablation_trains_on_fewer_images(tmp_path):
     sub = doubled.subset(doubled.samples.groupby("protein_id").head(1).index)
     assert len(sub) == len(one) and sub.samples["protein_id"].is_unique
     seen = {}
-    orig = training.make_loader
+    orig = training.epoch_batches
 
-    def spy(ds_, cfg_, shuffle, seed):
-        if shuffle:
-            seen[cfg_.images_per_protein] = len(ds_)
-        return orig(ds_, cfg_, shuffle, seed)
+    def spy(lengths, cfg_, **kw):
+        if kw["shuffle"]:
+            seen[cfg_.images_per_protein] = len(lengths)
+        return orig(lengths, cfg_, **kw)
 
-    training.make_loader = spy
+    training.epoch_batches = spy
     try:
         for k in (1, None):
             cfg = training.make_config("corrected", d_model=16, n_heads=2, n_blocks=1, max_epochs=1,
                                        images_per_protein=k)
             training.train_fusion(doubled, ds["val"], cfg, LABELS, seed=0, progress=False)
     finally:
-        training.make_loader = orig
+        training.epoch_batches = orig
     assert seen == {1: len(one), None: 2 * len(one)}

@@ -1,0 +1,187 @@
+"""The fast training path: device-resident batches equal the store loader's, padding and targets
+modes, several seeds at once equal separate runs, resume keyed by the run."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from proloc_lib import training
+from proloc_lib.embeddings import EmbeddingStore
+from proloc_lib.labels import LABELS
+from test_training import make_stores
+
+SMALL = dict(d_model=16, n_heads=2, n_blocks=1)
+
+
+def _plan_batches(ds, cfg, seed, pad_to=None, shuffle=True):
+    feats = training.ResidentFeatures(ds, "cpu", targets=cfg.targets)
+    return [feats.batch(torch.as_tensor(i), w)
+            for i, w in training.epoch_batches(ds.seq_lengths, cfg, shuffle=shuffle, seed=seed, pad_to=pad_to)]
+
+
+@pytest.mark.parametrize("name,over", [("corrected", {"batch_size": 8}), ("corrected", {"batch_tokens": 20}),
+                                       ("authors", {}), ("authors", {"padding": "batch"})])
+def test_resident_batches_equal_the_store_loader(tmp_path, name, over):
+    ds = make_stores(tmp_path)["train"]
+    cfg = training.make_config(name, **SMALL, **over)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        new = _plan_batches(ds, cfg, seed=3, pad_to=training.pad_length(cfg, ds))
+    old = list(training.make_loader(ds, cfg, True, 3))
+    assert len(new) == len(old) > 1
+    for (i1, s1, m1, y1), (i2, s2, m2, y2) in zip(new, old):
+        for a, b in ((i1, i2), (s1, s2), (m1, m2), (y1, y2)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert torch.equal(a, b)  # bit for bit: same rows, order, padding and mask
+
+
+def test_padding_modes(tmp_path):
+    ds = make_stores(tmp_path)
+    longest = {s: int(d.seq_lengths.max()) for s, d in ds.items()}
+    assert len(set(longest.values())) > 1 or True
+    every = tuple(ds.values())
+    cb = training.make_config("corrected", **SMALL, padding="batch", bucket_batches=False, batch_size=4)
+    cs = training.make_config("corrected", **SMALL, padding="split", bucket_batches=False, batch_size=4)
+    cg = training.make_config("corrected", **SMALL, padding="global", bucket_batches=False, batch_size=4)
+    assert training.pad_length(cb, ds["val"], all_splits=every) is None
+    assert training.pad_length(cs, ds["val"], all_splits=every) == longest["val"]
+    assert training.pad_length(cg, ds["val"], all_splits=every) == max(longest.values())
+    for split, d in ds.items():
+        widths = {w for _, w in training.epoch_batches(d.seq_lengths, cs, shuffle=False, seed=0,
+                                                       pad_to=training.pad_length(cs, d))}
+        assert widths == {longest[split]}  # the published code: each file padded to its own longest
+        widths = {w for _, w in training.epoch_batches(d.seq_lengths, cb, shuffle=False, seed=0)}
+        assert max(widths) == longest[split] and (len(widths) > 1 or len(d) <= 4)
+    # pad_multiple rounds every width up; masked content is unchanged
+    c64 = training.make_config("corrected", **SMALL, pad_multiple=16)
+    assert {w % 16 for _, w in training.epoch_batches(ds["train"].seq_lengths, c64, shuffle=True, seed=0)} == {0}
+    # train_fusion pads train and val as the mode says: spy on the widths the model sees
+    seen = []
+    orig = training.FusionModel.forward
+
+    def spy(self, img, seq, mask, *a, **k):
+        seen.append(seq.shape[1])
+        return orig(self, img, seq, mask, *a, **k)
+
+    training.FusionModel.forward = spy
+    try:
+        for cfg, expect in ((cs, {longest["train"], longest["val"]}), (cg, {max(longest.values())})):
+            seen.clear()
+            training.train_fusion(ds["train"], ds["val"], cfg.__class__(**{**cfg.__dict__, "max_epochs": 1}),
+                                  LABELS, seed=0, progress=False, global_pad_to=max(longest.values()))
+            assert set(seen) == expect
+    finally:
+        training.FusionModel.forward = orig
+
+
+def test_image_targets_come_from_the_image_rows(tmp_path):
+    ds = make_stores(tmp_path)
+    prot = pd.concat([d.samples for d in ds.values()])[["protein_id", "seq_hash", "split", *LABELS]]
+    images = ds["train"].samples[["image_id", "protein_id"]].copy()
+    own = np.zeros((len(images), len(LABELS)), dtype=int)
+    own[:, 2] = 1  # each image's own row says: mitochondria only
+    images[LABELS] = own
+    samples = training.image_samples(images, prot, LABELS, "train")
+    assert {f"image_label:{lab}" for lab in LABELS} <= set(samples.columns)
+    d = training.FusionDataset(samples, LABELS, ds["train"].seq_store, ds["train"].img_store)
+    assert torch.equal(d.targets("protein"), torch.tensor(samples[LABELS].to_numpy(np.float32)))
+    assert torch.equal(d.targets("image"), torch.tensor(own, dtype=torch.float32))
+    assert not torch.equal(d.targets("image"), d.targets("protein"))
+    cfg = training.make_config("corrected", **SMALL, targets="image")
+    _, _, _, y = _plan_batches(d, cfg, seed=0)[0]
+    assert (y[:, 2] == 1).all() and y.sum() == len(y)
+    # without image-level columns, image targets fall back to the protein's labels with a warning
+    with pytest.warns(UserWarning, match="no image-level label columns"):
+        assert torch.equal(ds["train"].targets("image"), ds["train"].y)
+
+
+@pytest.mark.parametrize("name,over", [("authors", {"batch_size": 2, "lr": 1e-3}),
+                                       ("corrected", {"batch_size": 8, "lr": 1e-2, "dropout": 0.3, "patience": 1})])
+def test_several_seeds_at_once_equal_separate_runs(tmp_path, name, over):
+    ds = make_stores(tmp_path)
+    cfg = training.make_config(name, **SMALL, max_epochs=3, **over)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        together = training.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 1, 2], progress=False)
+        separate = [training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=s, progress=False) for s in (0, 1, 2)]
+    assert len(together) == 3
+    for (m1, h1), (m2, h2) in zip(together, separate):
+        np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-6)
+        np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-6)
+        assert list(h1["best"]) == list(h2["best"])
+        for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=k)
+    # the seeds really differ (dropout and initialisation are per seed)
+    assert not torch.equal(together[0][0].head.weight, together[1][0].head.weight)
+
+
+def test_resume_is_keyed_by_the_run(tmp_path):
+    ds = make_stores(tmp_path)
+    cfg = training.make_config("corrected", **SMALL, max_epochs=3, patience=None, batch_size=8)
+    resume = tmp_path / "resume"
+    m0, h0 = training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+    assert (resume / "last_state.pt").exists()
+    # another seed: the state is set aside with a message, never continued
+    fresh1, hf1 = training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=1, progress=False)
+    with pytest.warns(UserWarning, match="another run.*seed"):
+        m1, h1 = training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=1, progress=False, resume_dir=resume)
+    assert list(resume.glob("last_state.set-aside-*.pt"))
+    assert len(h1) == 3
+    for (k, a), b in zip(fresh1.state_dict().items(), m1.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)  # as if trained from scratch
+    # other training samples (another split) or labels: set aside too
+    other = ds["train"].subset(ds["train"].samples.index[:-2])
+    with pytest.warns(UserWarning, match="differs in train"):
+        training.train_fusion(other, ds["val"], cfg, LABELS, seed=1, progress=False, resume_dir=resume)
+    relabelled = training.FusionDataset(ds["train"].samples.assign(**{LABELS[0]: 1 - ds["train"].samples[LABELS[0]]}),
+                                        LABELS, ds["train"].seq_store, ds["train"].img_store)
+    with pytest.warns(UserWarning, match="differs in train"):
+        training.train_fusion(relabelled, ds["val"], cfg, LABELS, seed=1, progress=False, resume_dir=resume)
+    # an unreadable state is set aside as well
+    (resume / "last_state.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+
+
+def test_a_finished_run_is_never_trained_further(tmp_path):
+    ds = make_stores(tmp_path)
+    # early stopping: patience 1 with a learning rate that makes validation loss rise quickly
+    cfg = training.make_config("corrected", **SMALL, max_epochs=30, patience=1, batch_size=8, lr=0.3,
+                               schedule="constant")
+    resume = tmp_path / "resume"
+    m1, h1 = training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+    assert len(h1) < 30  # stopped early
+    calls = {"n": 0}
+    orig = training._Run.step
+
+    def count(self, *a):
+        calls["n"] += 1
+        return orig(self, *a)
+
+    training._Run.step = count
+    try:
+        m2, h2 = training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+        done = training.make_config("corrected", **SMALL, max_epochs=2, patience=None, batch_size=8)
+        training.train_fusion(ds["train"], ds["val"], done, LABELS, seed=0, progress=False, resume_dir=tmp_path / "r2")
+        n_after_fresh = calls["n"]
+        _, h3 = training.train_fusion(ds["train"], ds["val"], done, LABELS, seed=0, progress=False,
+                                      resume_dir=tmp_path / "r2")
+    finally:
+        training._Run.step = orig
+    assert calls["n"] == n_after_fresh  # neither finished run took a single step when resumed
+    pd.testing.assert_frame_equal(h1, h2)
+    assert len(h3) == 2
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_seeds_resume_per_seed(tmp_path):
+    ds = make_stores(tmp_path)
+    cfg = training.make_config("corrected", **SMALL, max_epochs=2, patience=None, batch_size=8)
+    training.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 1], progress=False,
+                                resume_dir=tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["seed-0", "seed-1"]
+    with pytest.raises(ValueError, match="repeat"):
+        training.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 0], progress=False)
