@@ -901,6 +901,12 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
                                       **(section.get("configurations") or {}).get(cv["config"], {}))
         runs += [{"model": f"cv.{cv['config']} fold {f}", "config": cv["config"], "seed": 0, "train": cv_cfg}
                  for f in range(k)]
+    control = section.get("control", True)   # the label-permutation control (experiments.run_permutation_control)
+    if control:
+        name = control.get("config", "corrected") if isinstance(control, dict) else "corrected"
+        runs.append({"model": "control.permuted_labels", "config": name, "seed": 0,
+                     "train": training.make_config(name, section.get("base"),
+                                                   **(section.get("configurations") or {}).get(name, {}))})
     for rs in training.resplit_plan(section):
         c = training.make_config(rs["config"], section.get("base"),
                                  **(section.get("configurations") or {}).get(rs["config"], {}))

@@ -290,7 +290,7 @@ class Checkpoint:
                 raise CheckpointMismatchError(
                     f"{ckpt_dir / CONFIG}: labels {meta['labels']} differ from the labels the weights were "
                     f"trained with {trained} (recorded in {WEIGHTS}); config.json was edited or mixed up")
-        else:  # written by the older training.save_checkpoint: config.json is all there is
+        else:  # written by the first releases (no label record in the weights): config.json is all there is
             _warn(f"{ckpt_dir / WEIGHTS} records no label names (older checkpoint); the label order "
                   f"is taken from {CONFIG} unchecked")
         try:

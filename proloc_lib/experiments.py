@@ -206,26 +206,19 @@ def fusion_datasets(data: StageData, *, targets: str = "protein", image_variant:
 
 
 def _train_seeds(train_ds, val_ds, cfg: training.TrainConfig, labels: list[str], *, seeds, device: str,
-                 progress: bool, resume_dir: Path | None) -> list[tuple]:
-    """Train one configuration with several seeds; returns [(model, history)] in seed order.
-
-    The one place to switch to ``training.train_fusion_seeds`` (several seeds at once where it
-    pays); until then, one ``train_fusion`` per seed, each with its own resume folder.
-    """
-    return [training.train_fusion(train_ds, val_ds, cfg, labels, device=device, seed=s, progress=progress,
-                                  resume_dir=(resume_dir / f"seed{s}") if resume_dir is not None else None)
-            for s in seeds]
+                 progress: bool, resume_dir: Path | None, datasets: dict | None = None) -> list[tuple]:
+    """Train one configuration with several seeds at once (``training.train_fusion_seeds``: the
+    seeds step in lockstep, results equal separate runs); returns [(model, history)] in seed order.
+    ``datasets``: every split, for the "global" padding width."""
+    return training.train_fusion_seeds(train_ds, val_ds, cfg, labels, seeds=list(seeds), device=device,
+                                       progress=progress, resume_dir=resume_dir,
+                                       global_pad_to=_pad_to(cfg, train_ds, datasets or {}) if cfg.padding == "global"
+                                       else None)
 
 
 def _pad_to(cfg: training.TrainConfig, ds: training.FusionDataset, datasets: dict) -> int | None:
-    """Padding length for inference, per ``cfg.padding``: "batch" = none (each batch to its own
-    longest); "split" = this split's own longest (the published code, per file); "global" = the
-    longest of all splits. The one place to hand this to the training module at merge."""
-    if cfg.padding == "batch":
-        return None
-    if cfg.padding == "split":
-        return int(ds.seq_lengths.max())
-    return max(int(d.seq_lengths.max()) for d in datasets.values())
+    """Padding width under ``cfg.padding`` (training.pad_length: one rule for training and inference)."""
+    return training.pad_length(cfg, ds, all_splits=list(datasets.values()))
 
 
 def _predict(model, datasets: dict, cfg: training.TrainConfig, device: str, splits_=("val", "test")) -> dict:
@@ -317,7 +310,8 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
         if progress:
             print(f"== {run_id}, seeds {seeds}")
         trained = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=seeds, device=device,
-                               progress=progress, resume_dir=Path(resume_root) / run_id if resume_root else None)
+                               progress=progress, resume_dir=Path(resume_root) / run_id if resume_root else None,
+                               datasets=ds)
         for seed, (model, hist) in zip(seeds, trained):
             probs = _predict(model, ds, tcfg, device)
             res, thresholds, pred = evaluation.evaluate(
@@ -352,7 +346,7 @@ def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", se
         ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=prot_f)
                    if cv_cfg.targets != data.eval_targets else ds)
         (model, hist), = _train_seeds(ds["train"], ds["val"], cv_cfg, data.labels, seeds=[seed], device=device,
-                                      progress=progress, resume_dir=None)
+                                      progress=progress, resume_dir=None, datasets=ds)
         probs = _predict(model, ds, cv_cfg, device)
         res, _, pred = evaluation.evaluate(run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
                                            (ds_eval["test"].samples, probs["test"]), seed=seed,
@@ -414,7 +408,7 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
     train_ds = fusion_datasets(data, targets="protein", proteins=permuted)["train"]
     ds = fusion_datasets(data)
     (model, hist), = _train_seeds(train_ds, ds["val"], tcfg, data.labels, seeds=[seed], device=device,
-                                  progress=progress, resume_dir=None)
+                                  progress=progress, resume_dir=None, datasets=ds)
     probs = _predict(model, ds, tcfg, device)
     res, _, pred = evaluation.evaluate(PERMUTED_CONTROL, data.labels, data.proteins, (ds["val"].samples, probs["val"]),
                                        (ds["test"].samples, probs["test"]), seed=seed,
@@ -451,7 +445,7 @@ def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = 
             ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=prot_r)
                        if tcfg.targets != data.eval_targets else ds)
             (model, hist), = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=[r], device=device,
-                                          progress=progress, resume_dir=None)
+                                          progress=progress, resume_dir=None, datasets=ds)
             probs = _predict(model, ds, tcfg, device)
             res, _, pred = evaluation.evaluate(run_id, data.labels, prot_r, (ds_eval["val"].samples, probs["val"]),
                                                (ds_eval["test"].samples, probs["test"]), seed=r,

@@ -272,7 +272,7 @@ def _clean_loc(loc: tuple) -> tuple:
 
 _SECTION_NAMES = {c.__name__ for c in (Filters, Split, Data, T5Arch, SequenceEncoder, ImageEncoder,
                                        ImageEncoderOverride, ImageVariant, Embeddings, CrossValidation,
-                                       ResplitRun, ResplitPlan,
+                                       ResplitPlan,
                                        Training, Baselines, Figures, Provenance, Profile)}
 
 
@@ -349,9 +349,8 @@ def validate_profile(cfg: dict, *, file: str, origins: dict | None = None) -> No
         if isinstance(training.get(key), dict):
             refs.append((("training", key, "config"), training[key]["config"]))
     rs = training.get("resplits")
-    for i, entry in (enumerate(rs) if isinstance(rs, list) else [("", rs)] if isinstance(rs, dict) else []):
-        if entry.get("config") is not None:
-            refs.append((tuple(x for x in ("training", "resplits", i, "config") if x != ""), entry["config"]))
+    if isinstance(rs, dict) and rs.get("config") is not None:
+        refs.append((("training", "resplits", "config"), rs["config"]))
     for loc, name in refs:
         if name not in named:
             from .config import ProfileError

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -709,23 +708,6 @@ def predict_proba(model, ds: FusionDataset, device: str = "cpu", batch_size: int
     out = [torch.sigmoid(model(img.to(device), seq.to(device), mask.to(device))).cpu()
            for img, seq, mask in inference_batches(ds, batch_size, pad_to)]
     return torch.cat(out).numpy()
-
-
-def save_checkpoint(model: FusionModel, out_dir: str | Path, extra: dict) -> Path:
-    """safetensors weights + JSON config (no pickle): label order, thresholds, encoders..."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-    (out_dir / "config.json").write_text(json.dumps({"model": model.cfg.to_dict(), **extra}, indent=2, default=str))
-    return out_dir
-
-
-def load_checkpoint(ckpt_dir: str | Path, device: str = "cpu") -> tuple[FusionModel, dict]:
-    ckpt_dir = Path(ckpt_dir)
-    meta = json.loads((ckpt_dir / "config.json").read_text())
-    model = FusionModel(FusionConfig(**meta["model"]))
-    model.load_state_dict(load_file(str(ckpt_dir / "model.safetensors"), device=device))
-    return model.to(device).eval(), meta
 
 
 def train_config_dict(cfg: TrainConfig) -> dict:

@@ -25,7 +25,6 @@ from proloc_lib.labels import LABELS
 from proloc_lib.manifest import stage_output
 from proloc_lib.model import FusionConfig, FusionModel
 from proloc_lib.synthetic import write_protein_images
-from proloc_lib.training import save_checkpoint
 
 MAX_RESIDUES = 60
 SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"
@@ -305,8 +304,7 @@ def test_labels_must_match_names_and_order(env):
         Checkpoint.load(renamed)
     # older checkpoints (no label record in the weights) are still checked against the caller
     model = Checkpoint.load(env["ckpt"]).model
-    legacy = save_checkpoint(model, env["root"] / "ck_legacy", {k: v for k, v in
-                             json.loads((env["ckpt"] / "config.json").read_text()).items() if k != "model"})
+    legacy = _legacy_checkpoint(model, env["root"] / "ck_legacy", json.loads((env["ckpt"] / "config.json").read_text()))
     legacy_swapped = _edit(env, "ck_legacy_swapped", lambda m: m.update(labels=swapped), src=legacy)
     with pytest.raises(CheckpointMismatchError, match="another order"):
         Checkpoint.load(legacy_swapped, labels=LABELS)
@@ -315,6 +313,15 @@ def test_labels_must_match_names_and_order(env):
     with pytest.raises(CheckpointMismatchError, match="5 distinct names"):
         Checkpoint.load(short)
     assert Checkpoint.load(env["ckpt"], labels=LABELS).labels == LABELS
+
+
+def _legacy_checkpoint(model, out, meta):
+    """A checkpoint as the first releases wrote it: weights without a label record + config.json."""
+    from safetensors.torch import save_file
+    out.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({**meta, "model": model.cfg.to_dict()}))
+    return out
 
 
 @pytest.mark.parametrize("edit,match", [

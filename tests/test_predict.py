@@ -16,7 +16,8 @@ from proloc_lib.labels import LABELS
 from proloc_lib.model import FusionConfig, FusionModel
 from proloc_lib.sequences import sequence_hash
 from proloc_lib.synthetic import write_protein_images
-from proloc_lib.training import FusionDataset, image_samples, load_checkpoint, predict_proba, save_checkpoint
+from proloc_lib.checkpoint import Checkpoint
+from proloc_lib.training import FusionDataset, image_samples, predict_proba
 
 SEQS = {"P1": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",
         "P2": "MSDNELAPLLRWAELQGKLSGTPEEFLSVLSAQDGHKRLLWKAIVDQGRASFVNSL",
@@ -38,10 +39,11 @@ def _build_checkpoint(out, seq_enc, img_enc, emb, seq_dim=None, thresholds=THRES
                 "long_policy": "truncate"}
     # the sequence fingerprint as the feature store records it (with max_residues / long_policy)
     seq_fp = dict(seq_enc.fingerprint(), max_residues=MAX_RESIDUES, long_policy="truncate")
-    return save_checkpoint(model.eval(), out, {
-        "labels": LABELS, "label_map": "hpa_to_proloc5@v1", "thresholds": list(thresholds), "encoders": encoders,
-        "sequence_encoder": seq_fp, "image_encoder": img_enc.fingerprint(),
-        "provenance": {"real_sequences": False, "synthetic_images": True, "random_weight_encoders": True}})
+    return Checkpoint(model=model.eval(), run_id="fusion.corrected", labels=LABELS, label_map="hpa_to_proloc5@v1",
+                      thresholds=list(thresholds), training={}, config_hash="", encoders=encoders,
+                      sequence_encoder=seq_fp, image_encoder=img_enc.fingerprint(),
+                      provenance={"real_sequences": False, "synthetic_images": True,
+                                  "random_weight_encoders": True}).save(out)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ def test_probabilities_equal_direct_computation(env):
     df = env["df"]
     assert list(df["protein_id"]) == list(SEQS) and (df["n_images"] == 2).all() and (df["error"] == "").all()
     assert list(df.columns[:12]) == ["protein_id", "n_images", *PROB, *CALL]
-    model, _ = load_checkpoint(env["ckpt"])
+    model = Checkpoint.load(env["ckpt"]).model
     for pid, seq in SEQS.items():
         with torch.no_grad():
             # features pass through the fp16 feature store during training, so round the same way
@@ -106,7 +108,7 @@ def test_probabilities_equal_the_evaluation_path(env):
     proteins = pd.DataFrame([{"protein_id": pid, "seq_hash": sequence_hash(s), "split": "test",
                               **dict(zip(LABELS, env["labels"][pid]))} for pid, s in SEQS.items()])
     ds = FusionDataset(image_samples(images, proteins, LABELS), LABELS, seq_store, img_store)
-    model, _ = load_checkpoint(env["ckpt"])
+    model = Checkpoint.load(env["ckpt"]).model
     per_image = predict_proba(model, ds)
     expected = pd.DataFrame(per_image).groupby(ds.samples["protein_id"].to_numpy()).mean()
     np.testing.assert_allclose(env["df"].set_index("protein_id").loc[expected.index, PROB].to_numpy(),
@@ -119,7 +121,7 @@ def test_windows_policy_embeds_long_sequences_in_windows(env):
         m["sequence_encoder"].update(long_policy="windows", max_residues=30)
     ckpt = _edit(env, "ckpt_windows", windows)
     df = P.predict(ckpt, env["fasta"], env["images"], device="cpu", progress=False)
-    model, _ = load_checkpoint(ckpt)
+    model = Checkpoint.load(ckpt).model
     with torch.no_grad():
         s = embed_sequence_long(env["seq_enc"], SEQS["P3"], 30).half().float()  # 80 residues, 4 windows
         im = env["img_enc"].embed_batch([load_image(p) for p in env["paths"]["P3"]]).half().float()
@@ -130,8 +132,7 @@ def test_windows_policy_embeds_long_sequences_in_windows(env):
 def test_checkpoint_round_trip_gives_identical_predictions(env):
     src = env["ckpt"]
     for i in range(2):  # save -> load -> save again -> load
-        model, meta = load_checkpoint(src)
-        src = save_checkpoint(model, env["root"] / f"roundtrip{i}", {k: v for k, v in meta.items() if k != "model"})
+        src = Checkpoint.load(src).save(env["root"] / f"roundtrip{i}")
     again = P.predict(src, env["fasta"], env["images"], device="cpu", progress=False)
     pd.testing.assert_frame_equal(again, env["df"])
 
@@ -174,9 +175,9 @@ def test_encoder_mismatch_is_refused(env):
 
 
 def test_model_dims_must_match_the_encoders(env):
-    bad = _build_checkpoint(env["root"] / "ckpt_dim", env["seq_enc"], env["img_enc"], env["emb"],
-                            seq_dim=env["seq_enc"].hidden_size + 1)
-    with pytest.raises(P.CheckpointMismatchError, match="seq_dim"):
+    with pytest.raises(P.CheckpointMismatchError, match="seq_dim"):  # refused when written, or when read
+        bad = _build_checkpoint(env["root"] / "ckpt_dim", env["seq_enc"], env["img_enc"], env["emb"],
+                                seq_dim=env["seq_enc"].hidden_size + 1)
         P.predict(bad, env["fasta"], env["images"], device="cpu", progress=False)
     labels = _edit(env, "ckpt_labels", lambda m: m.update(labels=LABELS[:4]))
     with pytest.raises(P.CheckpointMismatchError, match="labels"):
