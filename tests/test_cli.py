@@ -186,7 +186,7 @@ def project_copy(tmp_path):
     (["--seed", "abc"], "--seed must be a non-negative integer, got 'abc'"),
     (["--seed", "--test"], "--seed needs a value"),
     (["--profile"], "--profile needs a value"),
-    (["--profile", "nope"], "no profile 'nope' (known: demo full full-extended smoke)"),
+    (["--profile", "nope"], "no profile 'nope' (known: demo full"),
     (["--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
     (["--bogus"], "unknown option '--bogus'"),
 ])
