@@ -31,7 +31,7 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "proloc-checkpoint/1"
 REQUIRED_KEYS = ("model", "labels", "thresholds", "encoders", "sequence_encoder", "image_encoder")
 ENCODER_KEYS = ("sequence", "image", "max_residues", "long_policy")
-OPTIONAL_ENCODER_KEYS = ("crop_grid",)
+OPTIONAL_ENCODER_KEYS = ("crop_grid", "jpeg_draft")   # jpeg_draft: extraction decoded JPEGs at draft size
 LONG_POLICIES = ("truncate", "windows")
 
 # Architecture keys a random-weight encoder may set (allow-list: anything else, e.g. timm's
@@ -163,6 +163,8 @@ def validate_config(meta, cfg_path: Path, *, labels=None) -> dict:
         v = enc.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise CheckpointError(f"{cfg_path}: encoders.{key} must be a positive integer, got {v!r}")
+    if not isinstance(enc.get("jpeg_draft", False), bool):
+        raise CheckpointError(f"{cfg_path}: encoders.jpeg_draft must be true or false, got {enc['jpeg_draft']!r}")
     for kind in ("sequence", "image"):
         check_encoder_config(kind, enc[kind], cfg_path)
     for key in ("seq_dim", "img_dim"):

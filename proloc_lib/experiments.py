@@ -482,7 +482,10 @@ def make_checkpoint(model, *, run_id: str, thresholds: dict, train_cfg: training
                       thresholds=list(thresholds["protein"]), training=training.train_config_dict(train_cfg),
                       config_hash=train_cfg.hash(),
                       encoders={"sequence": emb["sequence"], "image": emb["image"],
-                                "max_residues": emb["max_residues"], "long_policy": emb["long_policy"]},
+                                "max_residues": emb["max_residues"], "long_policy": emb["long_policy"],
+                                "crop_grid": int(emb.get("crop_grid", 1)),
+                                "jpeg_draft": bool(data.emb_manifest["image_store"].get("extraction", {})
+                                                   .get("jpeg_draft"))},
                       sequence_encoder=data.emb_manifest["sequence_store"]["fingerprint"],
                       image_encoder=data.emb_manifest["image_store"]["fingerprint"],
                       provenance=cfg.get("provenance", {}))

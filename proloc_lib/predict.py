@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (ENCODER_KEYS, REQUIRED_KEYS, Checkpoint, CheckpointError,  # noqa: F401 (re-exported)
                          CheckpointMismatchError, read_config)
 from .config import resolve_device
-from .embeddings import STORE_DTYPE, crop_grid, embed_sequence_long
+from .embeddings import STORE_DTYPE, crop_grid, draft_size, embed_sequence_long
 from .errors import EXIT_FAILED, RunFailed, UserError, cli_main
 from .fileio import publish
 from .images import CONVERSION_NOTE, BadImageError, load_image
@@ -330,8 +330,10 @@ def protein_probabilities(model, seq_tokens: torch.Tensor, img_tokens: torch.Ten
     return torch.cat(probs).double().mean(0).numpy()
 
 
-def _image_tokens(img_enc, paths: list[Path], pid: str, batch_size: int, grid: int, warns: list[str]):
-    """Tokens of every usable image, loaded batch by batch (never all images in memory at once)."""
+def _image_tokens(img_enc, paths: list[Path], pid: str, batch_size: int, grid: int, warns: list[str], *,
+                  draft: tuple[int, int] | None = None):
+    """Tokens of every usable image, loaded batch by batch (never all images in memory at once).
+    ``draft``: decode JPEGs at this draft size, as the training features were extracted."""
     chunks, used, skipped = [], 0, 0
     for start in range(0, len(paths), batch_size):
         pics = []
@@ -339,7 +341,7 @@ def _image_tokens(img_enc, paths: list[Path], pid: str, batch_size: int, grid: i
             try:
                 with warnings.catch_warnings():  # load_image refuses these itself, with the file's name
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    im = load_image(path)
+                    im = load_image(path, draft=draft)
             except BadImageError as exc:
                 skipped += 1
                 warns.append(f"skipped {exc}")
@@ -395,6 +397,8 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
         _warn("this model ignores the padding mask (apply_mask: false); predictions are made without "
               "padding and may differ from the evaluation's padded batches")
 
+    # decode as extraction did (JPEG draft size from the encoder's transform), so features match training
+    draft = draft_size(img_enc, grid, enabled=bool(enc.get("jpeg_draft", False)))
     rows = []
     for pid, seq in tqdm(sequences.items(), desc="proteins", unit="protein", disable=not progress):
         use, seq_note = sequence_use(seq, enc["max_residues"], enc["long_policy"])
@@ -409,7 +413,7 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
                 _warn(f"{pid}: {seq_note}")
             try:
                 img_tokens, row["n_images"], row["n_images_skipped"] = _image_tokens(
-                    img_enc, found[pid], pid, batch_size, grid, warns)
+                    img_enc, found[pid], pid, batch_size, grid, warns, draft=draft)
                 if img_tokens is None:
                     why = (f"all {len(found[pid])} image(s) of {pid} are unusable" if found[pid]
                            else f"no images for {pid} in {images}")

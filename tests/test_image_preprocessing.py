@@ -60,6 +60,6 @@ def test_full_profiles_use_the_published_encoder_and_list_the_variants():
         assert img["model"] == "vit_base_patch16_224.orig_in21k", path.name
         assert {k: img[k] for k in PUBLISHED} == PUBLISHED, path.name
         variants = cfg["embeddings"].get("image_variants") or {}
-        if path.name == "full.yaml":
+        if path.name == "full-extended.yaml":  # the ablation tier; `full` is the main table only
             assert variants["augreg"]["image"]["model"] == "vit_base_patch16_224.augreg_in21k"
             assert variants["tiles"]["crop_grid"] == 3
