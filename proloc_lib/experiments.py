@@ -254,14 +254,14 @@ class RunResults:
         sel = self._select(kinds)
         if sel.empty:
             return pd.DataFrame()
-        return evaluation.paper_table(sel, level=level).rename(index=runs.display_name)
+        return evaluation.paper_table(sel, level=level)
 
     def summary(self, *, level: str = "protein", kinds=None) -> pd.DataFrame:
         """'mean ± sd' over seeds (or folds, or re-splits) per run."""
         sel = self._select(kinds)
         if sel.empty:
             return pd.DataFrame()
-        return evaluation.summary_table(sel, level=level).rename(index=runs.display_name)
+        return evaluation.summary_table(sel, level=level)
 
 
 def _collect(metrics: list, preds: list, hists: list, models=None, datasets=None) -> RunResults:
