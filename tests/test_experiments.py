@@ -110,16 +110,18 @@ def test_plan_names_every_run_by_a_registry_id_and_checks_options_up_front():
         experiments.plan_runs(profile_cfg(control={"confg": "corrected"}))
 
 
-def test_permuted_training_labels_keep_prevalence_and_leave_val_and_test_alone():
+def test_permuted_labels_keep_prevalence_per_split_and_leave_test_alone():
     rng = np.random.default_rng(0)
     prot = pd.DataFrame((rng.random((40, 5)) < 0.4).astype(int), columns=LABELS).assign(
         protein_id=[f"P{i}" for i in range(40)], split=["train"] * 24 + ["val"] * 8 + ["test"] * 8)
-    perm = experiments.permute_training_labels(prot, LABELS, seed=3)
-    tr = prot["split"] == "train"
-    pd.testing.assert_frame_equal(perm[~tr], prot[~tr])
-    assert (perm.loc[tr, LABELS].to_numpy() != prot.loc[tr, LABELS].to_numpy()).any()
-    key = lambda f: sorted(map(tuple, f.loc[tr, LABELS].to_numpy()))
-    assert key(perm) == key(prot)                       # the same label vectors, other proteins
+    perm = experiments.permute_labels(prot, LABELS, seed=3)
+    te = prot["split"] == "test"
+    pd.testing.assert_frame_equal(perm[te], prot[te])          # scored on the true labels
+    for split in ("train", "val"):                              # fitted and selected on permuted ones
+        sel = prot["split"] == split
+        assert (perm.loc[sel, LABELS].to_numpy() != prot.loc[sel, LABELS].to_numpy()).any()
+        key = lambda f: sorted(map(tuple, f.loc[sel, LABELS].to_numpy()))
+        assert key(perm) == key(prot)                           # the same label vectors, other proteins
     assert list(perm["protein_id"]) == list(prot["protein_id"])
 
 
