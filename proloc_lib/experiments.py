@@ -406,20 +406,27 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
     validation labels alone lifts a model trained on noise above chance.)"""
     if not plan.control:
         return RunResults()
-    seed = plan.seeds[0] if seed is None else seed
     tcfg = plan.configs[plan.control]
-    permuted = permute_labels(data.proteins, data.labels, seed=seed)
-    fit = fusion_datasets(data, targets="protein", proteins=permuted)      # train and val: permuted
-    ds = {"train": fit["train"], "val": fit["val"],
-          "test": fusion_datasets(data, targets=data.eval_targets)["test"]}  # test: the true labels
-    (model, hist), = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=[seed], device=device,
-                                  progress=progress, resume_dir=None, datasets=ds)
-    probs = _predict(model, ds, tcfg, device)
-    res, _, pred = evaluation.evaluate(PERMUTED_CONTROL, data.labels, permuted, (ds["val"].samples, probs["val"]),
-                                       (ds["test"].samples, probs["test"]), seed=seed,
-                                       tune=tcfg.thresholds == "tuned", config=plan.control, config_hash=tcfg.hash(),
-                                       provenance=data.note)
-    return _collect([res], [pred], [hist.assign(model=PERMUTED_CONTROL, seed=seed)])
+    metrics, preds, hists = [], [], []
+    # one run per training seed, each with its own permutation: a single noise-trained run can sit
+    # above its shuffle null by chance (its scores cluster by image class); several show whether it does so
+    # systematically (evaluation.permutation_control)
+    for s in (plan.seeds if seed is None else [seed]):
+        permuted = permute_labels(data.proteins, data.labels, seed=s)
+        fit = fusion_datasets(data, targets="protein", proteins=permuted)      # train and val: permuted
+        ds = {"train": fit["train"], "val": fit["val"],
+              "test": fusion_datasets(data, targets=data.eval_targets)["test"]}  # test: the true labels
+        (model, hist), = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=[s], device=device,
+                                      progress=progress, resume_dir=None, datasets=ds)
+        probs = _predict(model, ds, tcfg, device)
+        res, _, pred = evaluation.evaluate(PERMUTED_CONTROL, data.labels, permuted, (ds["val"].samples, probs["val"]),
+                                           (ds["test"].samples, probs["test"]), seed=s,
+                                           tune=tcfg.thresholds == "tuned", config=plan.control,
+                                           config_hash=tcfg.hash(), provenance=data.note)
+        metrics.append(res)
+        preds.append(pred)
+        hists.append(hist.assign(model=PERMUTED_CONTROL, seed=s))
+    return _collect(metrics, preds, hists)
 
 
 def resplit(data: StageData, method: str, *, seed: int, split_cfg: dict) -> pd.Series:

@@ -118,6 +118,22 @@ def test_permutation_control_lands_at_chance_and_a_real_model_does_not():
     assert not real["at_chance"] and real["macro_ap"] > real["macro_ap_null_high"]
 
 
+def test_permutation_control_over_several_runs_asks_for_a_systematic_excess():
+    """Several control runs (one per seed): at chance unless they beat their nulls systematically;
+    a run whose scores cluster by class may sit above its own shuffle null by chance."""
+    rng = np.random.default_rng(7)
+    y = (rng.random((120, 3)) < [0.5, 0.3, 0.2]).astype(int)
+    noise = [rng.random((120, 3)) for _ in range(4)]
+    informed = [np.clip(0.5 * y + 0.5 * rng.random((120, 3)), 0, 1) for _ in range(4)]
+    pred = pd.concat([_pred("control.permuted_labels", y, p, seed=s) for s, p in enumerate(noise)]
+                     + [_pred("fusion.corrected", y, p, seed=s) for s, p in enumerate(informed)])
+    ctl = evaluation.permutation_control(pred, LABELS, n_perm=100)
+    assert ctl["n_runs"] == 4 and ctl["at_chance"]
+    assert ctl["macro_ap_excess_low"] <= 0 <= ctl["macro_ap_excess_high"]
+    real = evaluation.permutation_control(pred, LABELS, control="fusion.corrected", n_perm=100)
+    assert real["n_runs"] == 4 and not real["at_chance"] and real["macro_ap_excess_low"] > 0
+
+
 def _tidy_run(model, seed, y, p, level, n_labels_ok=True):
     return evaluation.tidy(model, level, "test", seed, y, p, LABELS)
 
