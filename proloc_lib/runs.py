@@ -31,7 +31,7 @@ _DISPLAY = {
     "baseline.image_mlp": "image-only (pooled ViT + MLP)",
     "baseline.late_fusion": "late fusion (sequence + image)",
     "baseline.early_fusion": "early fusion (pooled features + MLP)",
-    "control.permuted_labels": "control: permuted training labels",
+    "control.permuted_labels": "control: permuted labels",
 }
 
 
