@@ -1097,12 +1097,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OfflineError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = json.dumps(res, indent=2, default=str)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    text = _write_json(res, args.out)
     print(text)
     return 0
+
+
+def _write_json(res: dict, out) -> str:
+    """The result as indented JSON, also written to ``out`` when given."""
+    text = json.dumps(res, indent=2, default=str)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    return text
 
 
 def _dry_run_cli(args) -> int:
@@ -1112,10 +1118,7 @@ def _dry_run_cli(args) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"python -m proloc_lib.benchmarks dry-run: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    text = json.dumps(res, indent=2, default=str)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    text = _write_json(res, args.out)
     if args.json:
         print(text)
         return 0

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .errors import RunFailed, UserError, cli_main
 from .fileio import publish, write_text
+from .images import file_sha256
 
 STORE_FORMAT = "safetensors-shards-v1"
 STORE_DTYPE = torch.float16
@@ -88,14 +89,6 @@ def select_shard(keys, shard: tuple[int, int]) -> list[str]:
     """Deterministic: the same keys go to the same shard on every machine."""
     i, n = shard
     return [k for k in sorted(set(keys)) if int(hashlib.md5(k.encode()).hexdigest(), 16) % n == i]
-
-
-def file_digest(path: str | Path, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_shard_header(path: str | Path) -> tuple[list[str], dict]:
@@ -232,7 +225,7 @@ class EmbeddingStore:
             raise StaleStoreError(f"shard {shard} belongs to another model/preprocessing than {self.path}")
         m = SHARD_NAME.match(shard.name)
         if m and (full or stamps.get(shard.name) != self._stamp(shard)):
-            digest = file_digest(shard)
+            digest = file_sha256(shard)
             if digest[:32] != m["sha"]:
                 raise CorruptStoreError(f"shard {shard} is corrupted: its checksum is {digest[:32]}, "
                                         f"its name says {m['sha']}")
@@ -265,7 +258,7 @@ class EmbeddingStore:
                 problems.append({"shard": str(shard), "problem": str(exc), "moved_to": str(bad / shard.name)})
                 continue
             if not SHARD_NAME.match(shard.name) and repair:   # old numbered name: give it its content name
-                named = self.path / f"shard-{_tag_of(shard.name)}-{file_digest(shard)[:32]}.safetensors"
+                named = self.path / f"shard-{_tag_of(shard.name)}-{file_sha256(shard)[:32]}.safetensors"
                 os.replace(shard, named)
                 stamps.pop(shard.name, None)
                 stamps[named.name] = self._stamp(named)
@@ -348,7 +341,7 @@ class EmbeddingStore:
             save_file(tensors, tmp, metadata={"fingerprint_id": self.meta["fingerprint_id"]})
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-            final = self.path / f"shard-{tag}-{file_digest(tmp)[:32]}.safetensors"
+            final = self.path / f"shard-{tag}-{file_sha256(tmp)[:32]}.safetensors"
             publish(tmp, final)
         finally:
             if os.path.exists(tmp):
@@ -412,7 +405,7 @@ def merge_stores(sources: list[str | Path], dest: str | Path) -> EmbeddingStore:
             if all(k in out for k in keys):
                 continue
             m = SHARD_NAME.match(shard.name)
-            name = shard.name if m else f"shard-{_tag_of(shard.name)}-{file_digest(shard)[:32]}.safetensors"
+            name = shard.name if m else f"shard-{_tag_of(shard.name)}-{file_sha256(shard)[:32]}.safetensors"
             fd, tmp = tempfile.mkstemp(prefix=".merge-", suffix=".tmp", dir=out.path)
             os.close(fd)
             try:

@@ -327,6 +327,23 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
     return _collect(metrics, preds, hists, models, datasets_for("protein", None))
 
 
+def _train_and_score(data: StageData, proteins: pd.DataFrame, tcfg: training.TrainConfig, run_id: str, *,
+                     config: str, seed: int, device: str, progress: bool, fold: int | None = None):
+    """Train ``tcfg`` once on the split that ``proteins`` carries (a cross-validation fold, a re-split)
+    and score it: (tidy metrics, predictions, history)."""
+    ds = fusion_datasets(data, targets=tcfg.targets, proteins=proteins)
+    ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=proteins)
+               if tcfg.targets != data.eval_targets else ds)
+    (model, hist), = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=[seed], device=device,
+                                  progress=progress, resume_dir=None, datasets=ds)
+    probs = _predict(model, ds, tcfg, device)
+    res, _, pred = evaluation.evaluate(run_id, data.labels, proteins, (ds_eval["val"].samples, probs["val"]),
+                                       (ds_eval["test"].samples, probs["test"]), seed=seed,
+                                       tune=tcfg.thresholds == "tuned", config=config, config_hash=tcfg.hash(),
+                                       fold=fold, provenance=data.note)
+    return res, pred, hist.assign(model=run_id, seed=seed)
+
+
 def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", seed: int = 0,
                          progress: bool = True) -> RunResults:
     """Train ``plan.cross_validation`` once per fold (run id ``cv.<config>``, the ``fold`` column set).
@@ -342,19 +359,11 @@ def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", se
     metrics, preds, hists = [], [], []
     for fold in range(k):
         prot_f = data.proteins.assign(split=splits.fold_split(data.proteins["fold"], fold))
-        ds = fusion_datasets(data, targets=cv_cfg.targets, proteins=prot_f)
-        ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=prot_f)
-                   if cv_cfg.targets != data.eval_targets else ds)
-        (model, hist), = _train_seeds(ds["train"], ds["val"], cv_cfg, data.labels, seeds=[seed], device=device,
-                                      progress=progress, resume_dir=None, datasets=ds)
-        probs = _predict(model, ds, cv_cfg, device)
-        res, _, pred = evaluation.evaluate(run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
-                                           (ds_eval["test"].samples, probs["test"]), seed=seed,
-                                           tune=cv_cfg.thresholds == "tuned", config=name,
-                                           config_hash=cv_cfg.hash(), fold=fold, provenance=data.note)
+        res, pred, hist = _train_and_score(data, prot_f, cv_cfg, run_id, config=name, seed=seed, device=device,
+                                           progress=progress, fold=fold)
         metrics.append(res)
         preds.append(pred.assign(fold=fold))
-        hists.append(hist.assign(model=run_id, seed=seed, fold=fold))
+        hists.append(hist.assign(fold=fold))
     return _collect(metrics, preds, hists)
 
 
@@ -454,19 +463,11 @@ def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = 
         run_id = runs.make_id("resplit", method)
         for r in range(plan.resplits["repeats"]):
             prot_r = data.proteins.assign(split=resplit(data, method, seed=r, split_cfg=split_cfg).to_numpy())
-            ds = fusion_datasets(data, targets=tcfg.targets, proteins=prot_r)
-            ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=prot_r)
-                       if tcfg.targets != data.eval_targets else ds)
-            (model, hist), = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=[r], device=device,
-                                          progress=progress, resume_dir=None, datasets=ds)
-            probs = _predict(model, ds, tcfg, device)
-            res, _, pred = evaluation.evaluate(run_id, data.labels, prot_r, (ds_eval["val"].samples, probs["val"]),
-                                               (ds_eval["test"].samples, probs["test"]), seed=r,
-                                               tune=tcfg.thresholds == "tuned", config=plan.resplits["config"],
-                                               config_hash=tcfg.hash(), provenance=data.note)
+            res, pred, hist = _train_and_score(data, prot_r, tcfg, run_id, config=plan.resplits["config"], seed=r,
+                                               device=device, progress=progress)
             metrics.append(res)
             preds.append(pred)
-            hists.append(hist.assign(model=run_id, seed=r))
+            hists.append(hist)
     return _collect(metrics, preds, hists)
 
 
