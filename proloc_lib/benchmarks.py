@@ -971,7 +971,7 @@ def profile_training(reference=None, profile: str = "full", device: str = "auto"
     with tempfile.TemporaryDirectory(prefix="proloc-bench-prof-", dir=workdir) as tmp:
         seq_path, img_path, samples = build_random_stores(rows, widths, tmp, LABELS, 0)
         ds = training.FusionDataset(samples, list(LABELS), EmbeddingStore(seq_path), EmbeddingStore(img_path))
-        run = training._Run(ds, ds, cfg, list(LABELS), device, 0, None, None)
+        run = training._Run(training.TrainJob(train_ds=ds, val_ds=ds, cfg=cfg), list(LABELS), device, None)
         out = STORE_DTYPE if training._amp_dtype(cfg, device) is not None else torch.float32
         feats = training.features_on_device(ds, device, targets=cfg.targets, out_dtype=out)
         plan = [(torch.as_tensor(i).to(device), w) for i, w in run.plan(1)]
@@ -980,8 +980,7 @@ def profile_training(reference=None, profile: str = "full", device: str = "auto"
 
         def one(i):
             idx, w = plan[i]
-            with run.own_rng():
-                run.step(*feats.batch(idx, w, reuse=not cuda))
+            run.step(*feats.batch(idx, w, reuse=not cuda))
 
         for i in range(warmup):
             one(i)

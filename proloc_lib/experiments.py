@@ -205,15 +205,11 @@ def fusion_datasets(data: StageData, *, targets: str = "protein", image_variant:
                                       data.seq_store, img_store) for s in SPLITS}
 
 
-def _train_seeds(train_ds, val_ds, cfg: training.TrainConfig, labels: list[str], *, seeds, device: str,
-                 progress: bool, resume_dir: Path | None, datasets: dict | None = None) -> list[tuple]:
-    """Train one configuration with several seeds at once (``training.train_fusion_seeds``: the
-    seeds step in lockstep, results equal separate runs); returns [(model, history)] in seed order.
-    ``datasets``: every split, for the "global" padding width."""
-    return training.train_fusion_seeds(train_ds, val_ds, cfg, labels, seeds=list(seeds), device=device,
-                                       progress=progress, resume_dir=resume_dir,
-                                       global_pad_to=_pad_to(cfg, train_ds, datasets or {}) if cfg.padding == "global"
-                                       else None)
+def _job(datasets: dict, cfg: training.TrainConfig, *, seed: int, resume_dir: Path | None = None) -> training.TrainJob:
+    """One training run on ``datasets`` (every split: the "global" padding width is over all of them)."""
+    return training.TrainJob(train_ds=datasets["train"], val_ds=datasets["val"], cfg=cfg, seed=int(seed),
+                             resume_dir=resume_dir,
+                             global_pad_to=_pad_to(cfg, datasets["train"], datasets) if cfg.padding == "global" else None)
 
 
 def _pad_to(cfg: training.TrainConfig, ds: training.FusionDataset, datasets: dict) -> int | None:
@@ -301,18 +297,24 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
             cache[(targets, variant)] = fusion_datasets(data, targets=targets, image_variant=variant)
         return cache[(targets, variant)]
 
+    jobs = []
+    for run_id, group in grouped.items():
+        tcfg, variant = group[0]["train"], group[0].get("image_variant")
+        ds = datasets_for(tcfg.targets, variant)
+        jobs += [_job(ds, tcfg, seed=r["seed"], resume_dir=Path(resume_root) / run_id / f"seed-{r['seed']}"
+                      if resume_root else None) for r in group]
+    if progress:
+        print("== training", ", ".join(f"{rid} (seeds {', '.join(str(r['seed']) for r in g)})" for rid, g in grouped.items()))
+    # every run in one call: on the CPU they share the cores (training.train_jobs)
+    trained = iter(training.train_jobs(jobs, data.labels, device=device, progress=progress))
     metrics, preds, hists, models = [], [], [], {}
     for run_id, group in grouped.items():
         tcfg, variant = group[0]["train"], group[0].get("image_variant")
         seeds = [r["seed"] for r in group]
         ds = datasets_for(tcfg.targets, variant)
         ds_eval = datasets_for(data.eval_targets, variant)   # images scored on their own labels
-        if progress:
-            print(f"== {run_id}, seeds {seeds}")
-        trained = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=seeds, device=device,
-                               progress=progress, resume_dir=Path(resume_root) / run_id if resume_root else None,
-                               datasets=ds)
-        for seed, (model, hist) in zip(seeds, trained):
+        for seed in seeds:
+            model, hist = next(trained)
             probs = _predict(model, ds, tcfg, device)
             res, thresholds, pred = evaluation.evaluate(
                 run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
@@ -327,21 +329,37 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
     return _collect(metrics, preds, hists, models, datasets_for("protein", None))
 
 
-def _train_and_score(data: StageData, proteins: pd.DataFrame, tcfg: training.TrainConfig, run_id: str, *,
-                     config: str, seed: int, device: str, progress: bool, fold: int | None = None):
-    """Train ``tcfg`` once on the split that ``proteins`` carries (a cross-validation fold, a re-split)
-    and score it: (tidy metrics, predictions, history)."""
-    ds = fusion_datasets(data, targets=tcfg.targets, proteins=proteins)
-    ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=proteins)
-               if tcfg.targets != data.eval_targets else ds)
-    (model, hist), = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=[seed], device=device,
-                                  progress=progress, resume_dir=None, datasets=ds)
-    probs = _predict(model, ds, tcfg, device)
-    res, _, pred = evaluation.evaluate(run_id, data.labels, proteins, (ds_eval["val"].samples, probs["val"]),
-                                       (ds_eval["test"].samples, probs["test"]), seed=seed,
-                                       tune=tcfg.thresholds == "tuned", config=config, config_hash=tcfg.hash(),
-                                       fold=fold, provenance=data.note)
-    return res, pred, hist.assign(model=run_id, seed=seed)
+@dataclass(kw_only=True)
+class _SplitRun:
+    """One run on the split that ``proteins`` carries (a cross-validation fold, a re-split)."""
+    proteins: pd.DataFrame
+    cfg: training.TrainConfig
+    run_id: str
+    config: str
+    seed: int
+    fold: int | None = None
+
+
+def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: str, progress: bool) -> list[tuple]:
+    """Train the runs at once (``training.train_jobs``), then score each on its own split:
+    [(tidy metrics, predictions, history)] in order."""
+    sets = []
+    for sr in split_runs:
+        ds = fusion_datasets(data, targets=sr.cfg.targets, proteins=sr.proteins)
+        ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=sr.proteins)
+                   if sr.cfg.targets != data.eval_targets else ds)
+        sets.append((ds, ds_eval))
+    trained = training.train_jobs([_job(ds, sr.cfg, seed=sr.seed) for sr, (ds, _) in zip(split_runs, sets)],
+                                  data.labels, device=device, progress=progress)
+    out = []
+    for sr, (ds, ds_eval), (model, hist) in zip(split_runs, sets, trained):
+        probs = _predict(model, ds, sr.cfg, device)
+        res, _, pred = evaluation.evaluate(sr.run_id, data.labels, sr.proteins, (ds_eval["val"].samples, probs["val"]),
+                                           (ds_eval["test"].samples, probs["test"]), seed=sr.seed,
+                                           tune=sr.cfg.thresholds == "tuned", config=sr.config,
+                                           config_hash=sr.cfg.hash(), fold=sr.fold, provenance=data.note)
+        out.append((res, pred, hist.assign(model=sr.run_id, seed=sr.seed)))
+    return out
 
 
 def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", seed: int = 0,
@@ -355,16 +373,12 @@ def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", se
         return RunResults()
     name = plan.cross_validation
     cv_cfg, run_id = plan.configs[name], runs.make_id("cv", name)
-    k = int(data.proteins["fold"].max()) + 1
-    metrics, preds, hists = [], [], []
-    for fold in range(k):
-        prot_f = data.proteins.assign(split=splits.fold_split(data.proteins["fold"], fold))
-        res, pred, hist = _train_and_score(data, prot_f, cv_cfg, run_id, config=name, seed=seed, device=device,
-                                           progress=progress, fold=fold)
-        metrics.append(res)
-        preds.append(pred.assign(fold=fold))
-        hists.append(hist.assign(fold=fold))
-    return _collect(metrics, preds, hists)
+    folds = range(int(data.proteins["fold"].max()) + 1)
+    scored = _train_and_score(data, [_SplitRun(proteins=data.proteins.assign(split=splits.fold_split(data.proteins["fold"], f)),
+                                               cfg=cv_cfg, run_id=run_id, config=name, seed=seed, fold=f) for f in folds],
+                              device=device, progress=progress)
+    return _collect([res for res, _, _ in scored], [pred.assign(fold=f) for f, (_, pred, _) in zip(folds, scored)],
+                    [hist.assign(fold=f) for f, (_, _, hist) in zip(folds, scored)])
 
 
 def run_attention_mil(data: StageData, fusion: RunResults, *, device: str = "cpu", seed: int = 0,
@@ -416,19 +430,21 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
     if not plan.control:
         return RunResults()
     tcfg = plan.configs[plan.control]
-    metrics, preds, hists = [], [], []
+    seeds = plan.seeds if seed is None else [seed]
     # one run per training seed, each with its own permutation: a single noise-trained run can sit
     # above its shuffle null by chance (its scores cluster by image class); several show whether it does so
     # systematically (evaluation.permutation_control)
-    for s in (plan.seeds if seed is None else [seed]):
-        permuted = permute_labels(data.proteins, data.labels, seed=s)
-        fit = fusion_datasets(data, targets="protein", proteins=permuted)      # train and val: permuted
-        ds = {"train": fit["train"], "val": fit["val"],
-              "test": fusion_datasets(data, targets=data.eval_targets)["test"]}  # test: the true labels
-        (model, hist), = _train_seeds(ds["train"], ds["val"], tcfg, data.labels, seeds=[s], device=device,
-                                      progress=progress, resume_dir=None, datasets=ds)
+    true_test = fusion_datasets(data, targets=data.eval_targets)["test"]   # test: the true labels
+    permuted = {s: permute_labels(data.proteins, data.labels, seed=s) for s in seeds}
+    sets = {s: {**fusion_datasets(data, targets="protein", proteins=permuted[s]), "test": true_test}  # train, val: permuted
+            for s in seeds}
+    trained = training.train_jobs([_job(sets[s], tcfg, seed=s) for s in seeds], data.labels, device=device,
+                                  progress=progress)
+    metrics, preds, hists = [], [], []
+    for s, (model, hist) in zip(seeds, trained):
+        ds = sets[s]
         probs = _predict(model, ds, tcfg, device)
-        res, _, pred = evaluation.evaluate(PERMUTED_CONTROL, data.labels, permuted, (ds["val"].samples, probs["val"]),
+        res, _, pred = evaluation.evaluate(PERMUTED_CONTROL, data.labels, permuted[s], (ds["val"].samples, probs["val"]),
                                            (ds["test"].samples, probs["test"]), seed=s,
                                            tune=tcfg.thresholds == "tuned", config=plan.control,
                                            config_hash=tcfg.hash(), provenance=data.note)
@@ -458,17 +474,12 @@ def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = 
     if not plan.resplits:
         return RunResults()
     tcfg = plan.configs[plan.resplits["config"]]
-    metrics, preds, hists = [], [], []
-    for method in plan.resplits["methods"]:
-        run_id = runs.make_id("resplit", method)
-        for r in range(plan.resplits["repeats"]):
-            prot_r = data.proteins.assign(split=resplit(data, method, seed=r, split_cfg=split_cfg).to_numpy())
-            res, pred, hist = _train_and_score(data, prot_r, tcfg, run_id, config=plan.resplits["config"], seed=r,
-                                               device=device, progress=progress)
-            metrics.append(res)
-            preds.append(pred)
-            hists.append(hist)
-    return _collect(metrics, preds, hists)
+    scored = _train_and_score(data, [
+        _SplitRun(proteins=data.proteins.assign(split=resplit(data, method, seed=r, split_cfg=split_cfg).to_numpy()),
+                  cfg=tcfg, run_id=runs.make_id("resplit", method), config=plan.resplits["config"], seed=r)
+        for method in plan.resplits["methods"] for r in range(plan.resplits["repeats"])],
+        device=device, progress=progress)
+    return _collect(*(list(part) for part in zip(*scored)))
 
 
 def run_training_stage(cfg: dict, *, profile: str, data_root=None, device: str = "cpu", seed: int = 0,

@@ -11,8 +11,10 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 import warnings
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -362,7 +364,7 @@ class _StoreBatches:
     def __init__(self, ds: FusionDataset, device: str, *, targets: str = "protein"):
         self.ds, self.device, self.y = ds, torch.device(device), ds.targets(targets)
 
-    def batch(self, idx: torch.Tensor, width: int):
+    def batch(self, idx: torch.Tensor, width: int, *, reuse: bool = False):  # reuse: nothing to reuse here
         rows = idx.tolist()
         imgs, seqs, _ = zip(*(self.ds[i] for i in rows))
         seq, mask = pad_batch(list(seqs), width)
@@ -430,7 +432,7 @@ def _schedule(opt, cfg: TrainConfig, total_steps: int):
 
 
 # -- resume keying -------------------------------------------------------------------------------
-RESUME_FORMAT = 2
+RESUME_FORMAT = 3   # 3: dropout from the run's own generator
 
 
 def _frame_digest(ds: FusionDataset, targets: str) -> str:
@@ -460,15 +462,16 @@ def _set_aside(path: Path, why: str) -> Path:
 
 # -- the loop ------------------------------------------------------------------------------------
 class _Run:
-    """One seed's model, optimiser, schedule, selection and RNG, stepped by :func:`_train_runs`.
+    """One run's model, optimiser, schedule, selection and random stream, stepped by :func:`_train_runs`.
 
-    RNG scheme (the same for one seed alone and for several in lockstep): the weights are drawn
-    after ``torch.manual_seed(seed)``; that generator state then belongs to this run and is swapped
-    in around each of its steps, so dropout masks come in the same order whatever else runs
-    between them. Shuffles use ``seed + epoch`` generators of their own.
+    RNG scheme (the same for a run alone and beside others, lockstep or threads): the weights are
+    drawn after ``torch.manual_seed(seed)``; the next draw of that stream seeds the run's own
+    generator, and every dropout mask of the run comes from it (``FusionModel.use_generator``),
+    so a run's masks depend only on its own steps. Shuffles use ``seed + epoch`` generators.
     """
 
-    def __init__(self, train_ds, val_ds, cfg: TrainConfig, labels, device, seed, resume_dir, pad_to):
+    def __init__(self, job: "TrainJob", labels, device, pad_to):
+        cfg, seed, train_ds, val_ds = job.cfg, int(job.seed), job.train_ds, job.val_ds
         self.cfg, self.device, self.seed = cfg, device, seed
         if cfg.images_per_protein:
             train_ds = train_ds.subset(train_ds.samples.sample(frac=1.0, random_state=seed)
@@ -478,8 +481,8 @@ class _Run:
         torch.manual_seed(seed)
         self.model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size,
                                  len(labels)).to(device)
-        self.rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state(device) if cuda else None
+        self.gen = torch.Generator(device=device).manual_seed(int(torch.randint(2 ** 62, (1,))))
+        self.model.use_generator(self.gen)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.opt = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                            **({"foreach": True} if cuda else {}))
@@ -493,8 +496,9 @@ class _Run:
         self.keep = KeepBest(patience=cfg.patience)
         self.state = {"epoch": 0, "history": [], "finished": False}
         self.key = run_key(train_ds, val_ds, cfg, seed, pad_to=pad_to)
-        self.resume = Path(resume_dir) / "last_state.pt" if resume_dir else None
+        self.resume = Path(job.resume_dir) / "last_state.pt" if job.resume_dir else None
         self.stream = torch.cuda.Stream(device) if cuda else None
+        self.feats = self.val_feats = None   # set by _train_runs
         if self.resume is not None and self.resume.exists():
             self._load_resume()
 
@@ -520,39 +524,19 @@ class _Run:
         self.scaler.load_state_dict(saved["scaler"])
         self.state = json.loads(saved["state_json"])
         self.keep.load_state_dict(self.state.pop("keep"), saved["best_model"])
-        self.rng = saved["rng"]  # dropout continues as if never interrupted
-        if self.cuda_rng is not None and "cuda_rng" in saved:
-            self.cuda_rng = saved["cuda_rng"].cpu()
+        self.gen.set_state(saved["rng"].cpu())  # dropout continues as if never interrupted
 
     def save(self):
         if self.resume is None:
             return
         self.resume.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.resume.with_suffix(".tmp")
-        extra = {"cuda_rng": self.cuda_rng} if self.cuda_rng is not None else {}
         torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                     "scheduler": self.sched.state_dict(), "best_model": self.keep.weights,
                     "state_json": json.dumps({**self.state, "keep": self.keep.state_dict()}),
-                    "run_key": json.dumps(self.key), "rng": self.rng, "scaler": self.scaler.state_dict(), **extra},
+                    "run_key": json.dumps(self.key), "rng": self.gen.get_state(), "scaler": self.scaler.state_dict()},
                    tmp)
         tmp.replace(self.resume)
-
-    @contextlib.contextmanager
-    def own_rng(self):
-        """This run's generator state in, around one of its steps (see the class docstring)."""
-        torch.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, self.device)
-        try:
-            if self.stream is not None:
-                with torch.cuda.stream(self.stream):
-                    yield
-            else:
-                yield
-        finally:
-            self.rng = torch.get_rng_state()
-            if self.cuda_rng is not None:
-                self.cuda_rng = torch.cuda.get_rng_state(self.device)
 
     def step(self, img, seq, mask, y):
         cfg = self.cfg
@@ -569,8 +553,24 @@ class _Run:
         self.sched.step()
         return loss.detach()
 
+    def end_epoch(self, epoch: int, loss_sum, n: int, seconds: float, *, reuse: bool):
+        """Validate, record, select, save; raises NaNLossError on a non-finite training loss."""
+        train_loss = float(loss_sum) / max(n, 1)
+        if not math.isfinite(train_loss):
+            raise self.fail(epoch)
+        val_b = (self.val_feats.batch(torch.as_tensor(i).to(self.device), w, reuse=reuse)
+                 for i, w in self.plan(epoch, val=True))
+        val = evaluate_loss(self.model, val_b, self.lossf, self.cfg, self.device)
+        self.state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
+                                      "seconds": seconds, "samples_per_s": n / seconds})
+        self.keep.update(self.model, val if self.cfg.select_on == "val_loss" else train_loss, epoch)
+        self.state["epoch"] = epoch
+        self.state["finished"] = self.keep.should_stop or epoch >= self.cfg.max_epochs
+        self.save()
+
     def fail(self, epoch):
         self.keep.restore(self.model)
+        self.model.use_generator(None)
         err = NaNLossError(f"non-finite training loss at epoch {epoch}; the best model so far is kept "
                            f"(epoch {self.keep.best_epoch or 'none'}). Lower the learning rate or check the inputs.")
         err.model, err.history = self.model, pd.DataFrame(self.state["history"])
@@ -580,37 +580,24 @@ class _Run:
         if self.keep.weights is None:  # every epoch scored NaN: nothing trustworthy to return
             raise NaNLossError(f"no epoch reached a finite {self.cfg.select_on.replace('_', ' ')}; check the inputs")
         self.keep.restore(self.model)
+        self.model.use_generator(None)
         hist = pd.DataFrame(self.state["history"])
         hist["best"] = hist["epoch"] == self.keep.best_epoch
         return self.model, hist
 
 
-def _train_runs(runs: list[_Run], train_ds, val_ds, cfg: TrainConfig, device: str, progress: bool, resident):
-    """Train the runs in lockstep, step by step, on features loaded once (see train_fusion_seeds)."""
-    if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores (authors' amp off)
-        torch.backends.cudnn.allow_tf32 = True
-    todo = [r for r in runs if not r.state["finished"]]
-    if not todo:
-        return
-    feats = {}
+def _lockstep(runs: list[_Run], device: str, bar, *, reuse: bool, stop: threading.Event | None = None,
+              share: int | None = None):
+    """Train ``runs`` epoch by epoch, step by step in turn (on CUDA each on its own stream).
 
-    def feats_of(ds):
-        if id(ds) not in feats:
-            # under CUDA autocast the model casts its inputs anyway: hand it the stored float16
-            out = STORE_DTYPE if _amp_dtype(cfg, device) is not None else torch.float32
-            feats[id(ds)] = features_on_device(ds, device, targets=cfg.targets, resident=resident, out_dtype=out)
-        return feats[id(ds)]
-
-    val_feats = feats_of(val_ds)
-    reuse = torch.device(device).type == "cpu"  # one step at a time there: the buffers can be reused
-    for r in todo:  # loaded once, off the epoch clock
-        feats_of(r.train_ds)
-    first = min(r.state["epoch"] for r in todo) + 1
-    for epoch in tqdm(range(first, cfg.max_epochs + 1), desc="epochs", disable=not progress):
-        active = [r for r in todo if not r.state["finished"] and r.state["epoch"] < epoch]
+    ``share``: how many runs train at the same time in all (threads), for each run's share of the
+    wall time in its history; default: the runs stepped here. Returns early when ``stop`` is set.
+    """
+    first = min(r.state["epoch"] for r in runs) + 1
+    for epoch in range(first, max(r.cfg.max_epochs for r in runs) + 1):
+        active = [r for r in runs if not r.state["finished"] and r.state["epoch"] < epoch <= r.cfg.max_epochs]
         if not active:
-            break
+            return
         t0 = time.perf_counter()
         plans = {id(r): [(torch.as_tensor(i).to(device, non_blocking=True), w) for i, w in r.plan(epoch)]
                  for r in active}
@@ -621,51 +608,126 @@ def _train_runs(runs: list[_Run], train_ds, val_ds, cfg: TrainConfig, device: st
             if r.stream is not None:  # the index tensors were made on the default stream
                 r.stream.wait_stream(torch.cuda.current_stream(device))
         for k in range(max(len(p) for p in plans.values())):
+            if stop is not None and stop.is_set():
+                return
             for r in active:
                 if k >= len(plans[id(r)]):
                     continue
                 idx, width = plans[id(r)][k]
-                with r.own_rng():
-                    img, seq, mask, y = feats_of(r.train_ds).batch(idx, width, reuse=reuse)
+                with torch.cuda.stream(r.stream) if r.stream is not None else contextlib.nullcontext():
+                    img, seq, mask, y = r.feats.batch(idx, width, reuse=reuse)
                     sums[id(r)] += r.step(img, seq, mask, y) * len(idx)
                 ns[id(r)] += len(idx)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = (time.perf_counter() - t0) / len(active)  # each run's share of the lockstep epoch
+        seconds = (time.perf_counter() - t0) / (share or len(active))  # each run's share of the wall time
         for r in active:
-            train_loss = float(sums[id(r)]) / max(ns[id(r)], 1)
-            if not math.isfinite(train_loss):
-                raise r.fail(epoch)
-            val_b = (val_feats.batch(torch.as_tensor(i).to(device), w, reuse=reuse) for i, w in r.plan(epoch, val=True))
-            with r.own_rng():
-                val = evaluate_loss(r.model, val_b, r.lossf, cfg, device)
-            r.state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
-                                       "seconds": seconds, "samples_per_s": ns[id(r)] / seconds})
-            r.keep.update(r.model, val if cfg.select_on == "val_loss" else train_loss, epoch)
-            r.state["epoch"] = epoch
-            r.state["finished"] = r.keep.should_stop or epoch >= cfg.max_epochs
-            r.save()
+            r.end_epoch(epoch, sums[id(r)], ns[id(r)], seconds, reuse=reuse)
+            bar.update(1)
+
+
+def _workers(workers, device: str, n_runs: int) -> int:
+    """Runs trained at once in threads: on the CPU as many as cores (up to the runs), since small
+    models leave cores idle inside one run (2 cores, demo model: 1.3x); on CUDA one thread, the
+    runs in lockstep on their own streams."""
+    if workers != "auto":
+        return max(1, min(int(workers), n_runs))
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), n_runs))
+
+
+def _train_runs(runs: list[_Run], device: str, progress: bool, resident, workers="auto"):
+    """Train the runs (see :func:`train_jobs`) on features loaded once per dataset."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores (authors' amp off)
+        torch.backends.cudnn.allow_tf32 = True
+    todo = [r for r in runs if not r.state["finished"]]
+    if not todo:
+        return
+    feats = {}
+    for r in todo:  # loaded once, off the epoch clock
+        # under CUDA autocast the model casts its inputs anyway: hand it the stored float16
+        out = STORE_DTYPE if _amp_dtype(r.cfg, device) is not None else torch.float32
+        for ds, attr in ((r.train_ds, "feats"), (r.val_ds, "val_feats")):
+            key = (id(ds), r.cfg.targets, out)
+            if key not in feats:
+                feats[key] = features_on_device(ds, device, targets=r.cfg.targets, resident=resident, out_dtype=out)
+            setattr(r, attr, feats[key])
+    n_workers = _workers(workers, device, len(todo))
+    total = sum(r.cfg.max_epochs - r.state["epoch"] for r in todo)
+    with tqdm(total=total, desc="epochs" if len(todo) == 1 else f"epochs ({len(todo)} runs)",
+              disable=not progress) as bar:
+        if n_workers == 1:
+            # one step at a time on the CPU: the gather buffers can be reused
+            _lockstep(todo, device, bar, reuse=torch.device(device).type == "cpu")
+            return
+        stop, threads_each = threading.Event(), max(1, torch.get_num_threads() // n_workers)
+
+        def work(run):
+            torch.set_num_threads(threads_each)  # this thread's share of the cores
+            _lockstep([run], device, bar, reuse=False, stop=stop, share=n_workers)
+
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="proloc-train") as pool:
+            futures = [pool.submit(work, r) for r in todo]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for f in futures:
+                    if f.done() and f.exception() is not None:
+                        raise f.exception()
+            except BaseException:  # a failed run or Ctrl-C: the others stop after their current step
+                stop.set()
+                raise
+
+
+@dataclass(kw_only=True)
+class TrainJob:
+    """One training run for :func:`train_jobs`: a configuration, a seed and its data.
+
+    ``resume_dir``: the run's keyed resume state (see :func:`train_fusion`); ``global_pad_to``:
+    the padding width for ``padding="global"`` (default: the longest over train and val)."""
+    train_ds: FusionDataset
+    val_ds: FusionDataset
+    cfg: TrainConfig
+    seed: int = 0
+    resume_dir: str | Path | None = None
+    global_pad_to: int | None = None
+
+
+def train_jobs(jobs: list[TrainJob], labels: list[str], *, device: str = "cpu", progress: bool = True,
+               resident="auto", workers="auto") -> list[tuple]:
+    """Train several runs at once (any configurations, seeds and data): [(model, history)] in order.
+
+    On the CPU the runs train in parallel threads (``workers``: "auto" = one per core, up to the
+    runs), on CUDA in lockstep on their own streams, runs of one configuration and data together
+    (the published loop stays at batch 2 per model). Each run draws only from its own random
+    streams (``_Run``), so its result equals the same run trained alone; a test checks weights and
+    losses. A failed run (NaNLossError) or an interrupt stops them all; every finished epoch is in
+    the resume states.
+    """
+    runs = [_Run(j, labels, device, _global_pad(j.cfg, j.train_ds, j.val_ds, j.global_pad_to)) for j in jobs]
+    if torch.device(device).type == "cuda" and workers in ("auto", 1):
+        groups: dict[tuple, list[_Run]] = {}
+        for j, r in zip(jobs, runs):   # features of one group at a time in device memory
+            groups.setdefault((j.cfg.hash(), id(j.train_ds), id(j.val_ds)), []).append(r)
+        for group in groups.values():
+            _train_runs(group, device, progress, resident, workers=1)
+    else:
+        _train_runs(runs, device, progress, resident, workers)
+    return [r.result() for r in runs]
 
 
 def train_fusion_seeds(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, labels: list[str], *,
                        seeds, device: str = "cpu", progress: bool = True, resume_dir: str | Path | None = None,
-                       global_pad_to: int | None = None, resident="auto") -> list[tuple]:
-    """Several seeds of one configuration at once: [(model, history)] in ``seeds`` order.
-
-    The features are loaded once and every seed steps in lockstep (on CUDA each on its own
-    stream), each with its own batch size (the published loop stays at batch 2 per model).
-    Results equal separate :func:`train_fusion` runs with the same seeds (the RNG scheme of
-    ``_Run``; a test checks weights and losses). ``resume_dir``: one state per seed under
-    ``seed-<s>/``, keyed like train_fusion's.
-    """
+                       global_pad_to: int | None = None, resident="auto", workers="auto") -> list[tuple]:
+    """Several seeds of one configuration at once (:func:`train_jobs`): [(model, history)] in
+    ``seeds`` order. ``resume_dir``: one keyed state per seed under ``seed-<s>/``."""
     seeds = [int(s) for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeat: {seeds}")
-    pad_to = _global_pad(cfg, train_ds, val_ds, global_pad_to)
-    runs = [_Run(train_ds, val_ds, cfg, labels, device, s, Path(resume_dir) / f"seed-{s}" if resume_dir else None,
-                 pad_to) for s in seeds]
-    _train_runs(runs, train_ds, val_ds, cfg, device, progress, resident)
-    return [r.result() for r in runs]
+    jobs = [TrainJob(train_ds=train_ds, val_ds=val_ds, cfg=cfg, seed=s, global_pad_to=global_pad_to,
+                     resume_dir=Path(resume_dir) / f"seed-{s}" if resume_dir else None) for s in seeds]
+    return train_jobs(jobs, labels, device=device, progress=progress, resident=resident, workers=workers)
 
 
 def _global_pad(cfg, train_ds, val_ds, global_pad_to):
@@ -687,10 +749,9 @@ def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfi
     a finished one (early-stopped or at max_epochs) is returned as it is, any other is set aside.
     A non-finite loss stops training with NaNLossError; the best model so far is kept on it.
     """
-    pad_to = _global_pad(cfg, train_ds, val_ds, global_pad_to)
-    run = _Run(train_ds, val_ds, cfg, labels, device, seed, resume_dir, pad_to)
-    _train_runs([run], train_ds, val_ds, cfg, device, progress, resident)
-    return run.result()
+    job = TrainJob(train_ds=train_ds, val_ds=val_ds, cfg=cfg, seed=seed, resume_dir=resume_dir,
+                   global_pad_to=global_pad_to)
+    return train_jobs([job], labels, device=device, progress=progress, resident=resident)[0]
 
 
 def inference_batches(ds: FusionDataset, batch_size: int = 64, pad_to: int | None = None):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from proloc_lib.model import FusionConfig, FusionModel, published_to_ours
+from proloc_lib.model import Dropout, FusionConfig, FusionModel, published_to_ours
 from proloc_lib.training import NAMED_CONFIGS, make_config
 
 D, HEADS, LAYERS, DI, DS, C = 32, 4, 3, 24, 20, 5
@@ -97,7 +97,7 @@ def test_authors_switches_are_the_published_values():
 
 def test_authors_dropout_sits_only_on_attention_weights_and_inside_the_feed_forward():
     model = authors_model()
-    drops = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    drops = {name: m.p for name, m in model.named_modules() if isinstance(m, Dropout)}
     assert drops == {"blocks.0.ff.2": 0.5}         # after the ReLU; no residual-branch dropout
     assert model.cross.dropout == 0.5 and model.blocks[0].attn.dropout == 0.5
     assert len(model.blocks) == 1

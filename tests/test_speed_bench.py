@@ -83,12 +83,14 @@ def test_resplits_are_checked():
 
 
 def test_profile_names_the_attention_kernels(csv):
-    """Attention-weight dropout (authors) leaves the fused CPU kernel; corrected (mask, no such dropout) keeps it."""
+    """Attention-weight dropout (authors: model.Attention's explicit softmax, its masks from the run's
+    generator) leaves the fused CPU kernel; corrected (mask, no such dropout) keeps it."""
     a = B.profile_training(reference=csv, profile="smoke", device="cpu", config_name="authors", n_samples=4,
                            steps=1, warmup=1)
     c = B.profile_training(reference=csv, profile="smoke", device="cpu", config_name="corrected", n_samples=4,
                            steps=1, warmup=1, batch_size=4)
-    assert "aten::_scaled_dot_product_attention_math" in a["attention_ops"]
+    assert not any("flash" in op for op in a["attention_ops"])
+    assert any(o["op"] == "aten::_softmax" for o in a["top_ops"])
     assert any("flash_attention_for_cpu" in op for op in c["attention_ops"])
     assert a["top_ops"] and sum(o["share"] for o in a["top_ops"]) <= 1 + 1e-9
     assert all(o["self_ms"] >= 0 and o["calls"] > 0 for o in c["top_ops"])

@@ -1,5 +1,6 @@
 """The fast training path: device-resident batches equal the store loader's, padding and targets
 modes, several seeds at once equal separate runs, resume keyed by the run."""
+import json
 import warnings
 
 import numpy as np
@@ -97,24 +98,63 @@ def test_image_targets_come_from_the_image_rows(tmp_path):
         assert torch.equal(ds["train"].targets("image"), ds["train"].y)
 
 
-@pytest.mark.parametrize("name,over", [("authors", {"batch_size": 2, "lr": 1e-3}),
-                                       ("corrected", {"batch_size": 8, "lr": 1e-2, "dropout": 0.3, "patience": 1})])
-def test_several_seeds_at_once_equal_separate_runs(tmp_path, name, over):
-    ds = make_stores(tmp_path)
-    cfg = training.make_config(name, **SMALL, max_epochs=3, **over)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        together = training.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 1, 2], progress=False)
-        separate = [training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=s, progress=False) for s in (0, 1, 2)]
-    assert len(together) == 3
-    for (m1, h1), (m2, h2) in zip(together, separate):
+@pytest.fixture
+def one_intra_op_thread():
+    """Runs in threads use a share of the cores each: give the runs trained alone the same one
+    thread, so that float sums split alike and "equal" can mean bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def assert_same_runs(got, expected):
+    for (m1, h1), (m2, h2) in zip(got, expected, strict=True):
         np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-6)
         np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-6)
         assert list(h1["best"]) == list(h2["best"])
         for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
             torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.parametrize("workers", [1, 3])   # 1: lockstep, one step each in turn; 3: a thread per run
+@pytest.mark.parametrize("name,over", [("authors", {"batch_size": 2, "lr": 1e-3}),
+                                       ("corrected", {"batch_size": 8, "lr": 1e-2, "dropout": 0.3, "patience": 1})])
+def test_several_seeds_at_once_equal_separate_runs(tmp_path, name, over, workers, one_intra_op_thread):
+    ds = make_stores(tmp_path)
+    cfg = training.make_config(name, **SMALL, max_epochs=3, **over)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        together = training.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 1, 2], progress=False,
+                                               workers=workers)
+        separate = [training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=s, progress=False) for s in (0, 1, 2)]
+    assert_same_runs(together, separate)
     # the seeds really differ (dropout and initialisation are per seed)
     assert not torch.equal(together[0][0].head.weight, together[1][0].head.weight)
+    # dropout masks come from each run's own generator, never the global one
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    training.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False)
+    torch.manual_seed(123)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_runs_of_different_configurations_and_data_train_together(tmp_path, one_intra_op_thread):
+    """What notebook 03 does with its ablations and control runs: one call, any mix of runs."""
+    ds = make_stores(tmp_path)
+    half = ds["train"].subset(ds["train"].samples.index[::2])
+    jobs = [training.TrainJob(train_ds=ds["train"], val_ds=ds["val"], seed=0,
+                              cfg=training.make_config("authors", **SMALL, max_epochs=2)),
+            training.TrainJob(train_ds=half, val_ds=ds["val"], seed=1,
+                              cfg=training.make_config("corrected", **SMALL, max_epochs=3, batch_size=8, patience=1)),
+            training.TrainJob(train_ds=ds["train"], val_ds=ds["val"], seed=2,
+                              cfg=training.make_config("corrected", **SMALL, max_epochs=1, apply_mask=False))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        together = training.train_jobs(jobs, LABELS, progress=False, workers=2)
+        alone = [training.train_fusion(j.train_ds, j.val_ds, j.cfg, LABELS, seed=j.seed, progress=False) for j in jobs]
+    assert [len(h) for _, h in together] == [2, len(alone[1][1]), 1]
+    assert_same_runs(together, alone)
 
 
 def test_resume_is_keyed_by_the_run(tmp_path):
@@ -185,3 +225,21 @@ def test_seeds_resume_per_seed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["seed-0", "seed-1"]
     with pytest.raises(ValueError, match="repeat"):
         training.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 0], progress=False)
+
+
+def test_a_failing_run_stops_the_runs_beside_it(tmp_path, monkeypatch):
+    """A NaN in one thread's run ends the call with NaNLossError; the others stop at their next
+    step instead of training on, and what they finished is in their resume states."""
+    ds = make_stores(tmp_path)
+    orig = training.loss_fn
+    poison = lambda cfg, pm: (lambda logits, y: logits.sum() * float("nan")) if cfg.focal_gamma == 3.0 else orig(cfg, pm)
+    monkeypatch.setattr(training, "loss_fn", poison)
+    healthy = training.make_config("corrected", **SMALL, max_epochs=200, patience=None, batch_size=4)
+    jobs = [training.TrainJob(train_ds=ds["train"], val_ds=ds["val"], cfg=healthy, resume_dir=tmp_path / "ok"),
+            training.TrainJob(train_ds=ds["train"], val_ds=ds["val"], cfg=training.make_config(
+                "corrected", **SMALL, max_epochs=2, focal_gamma=3.0))]
+    with pytest.raises(training.NaNLossError, match="non-finite"):
+        training.train_jobs(jobs, LABELS, progress=False, workers=2)
+    saved = tmp_path / "ok" / "last_state.pt"
+    epochs_done = json.loads(torch.load(saved, weights_only=True)["state_json"])["epoch"] if saved.exists() else 0
+    assert epochs_done < 200
