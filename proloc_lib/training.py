@@ -467,7 +467,8 @@ class _Run:
     RNG scheme (the same for a run alone and beside others, lockstep or threads): the weights are
     drawn after ``torch.manual_seed(seed)``; the next draw of that stream seeds the run's own
     generator, and every dropout mask of the run comes from it (``FusionModel.use_generator``),
-    so a run's masks depend only on its own steps. Shuffles use ``seed + epoch`` generators.
+    so a run's masks depend only on its own steps. Shuffles use ``seed + epoch`` generators. The
+    caller's global generator is left where it was.
     """
 
     def __init__(self, job: "TrainJob", labels, device, pad_to):
@@ -478,10 +479,13 @@ class _Run:
                                        .groupby("protein_id").head(cfg.images_per_protein).index)
         self.train_ds, self.val_ds = train_ds, val_ds
         cuda = torch.device(device).type == "cuda"
-        torch.manual_seed(seed)
-        self.model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size,
-                                 len(labels)).to(device)
-        self.gen = torch.Generator(device=device).manual_seed(int(torch.randint(2 ** 62, (1,))))
+        cuda_devices = range(torch.cuda.device_count()) if cuda else []
+        with torch.random.fork_rng(devices=cuda_devices):  # the caller's global stream stays where it was
+            torch.manual_seed(seed)
+            self.model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size,
+                                     len(labels)).to(device)
+            dropout_seed = int(torch.randint(2 ** 62, (1,)))
+        self.gen = torch.Generator(device=device).manual_seed(dropout_seed)
         self.model.use_generator(self.gen)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.opt = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
