@@ -6,7 +6,9 @@ per image file, read back through ``images.load_image``).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,27 +71,52 @@ def select_proteins(table: pd.DataFrame, label_map: LabelMap, n_proteins: int, s
 
 
 def make_demo_images(proteins: pd.DataFrame, labels: list[str], image_dir: Path, images_per_protein: int,
-                     seed: int, size: int) -> pd.DataFrame:
+                     seed: int, size: int, *, workers: int | None = None) -> pd.DataFrame:
     """Render (or reuse) synthetic JPEG tiles and return the image table.
+
+    ``workers``: rendering threads (default: the CPUs this process may use); the table and the
+    files are the same for any number.
 
     Tiles are named ``<protein>_seed<seed>_<k>.jpg``: a file is reused only by a rerun with the
     same seed, so a seed's images never depend on which seeds ran before in the same folder
     (and ``predict --images`` still finds them as ``<id>_*.jpg``).
     """
+    from threadpoolctl import threadpool_limits   # a scikit-learn dependency
+
     from .synthetic import write_protein_images
 
-    rng = np.random.default_rng(seed)
-    rows = []
-    label_rows = proteins[labels].to_numpy(dtype=int)
-    for pid, vec in tqdm(list(zip(proteins["protein_id"], label_rows)), desc="synthetic IHC images"):
+    def render(item):
+        pid, vec = item
         paths = write_protein_images(pid, vec.tolist(), image_dir, images_per_protein, seed, size=size,
                                      name_tag=f"_seed{int(seed)}")
         for path in paths:
             load_image(path)  # the same validated loader as for real HPA images
-            rows.append({"image_id": file_sha256(path), "protein_id": pid,
-                         "antibody": f"SYN{pid}", "image_name": path.name,
-                         "tissue": TISSUES[int(rng.integers(len(TISSUES)))], "organ": "synthetic",
-                         "intensity": "strong", "quantity": ">75%",
-                         "path": f"{Path(image_dir).name}/{path.name}",  # relative to the profile folder
-                         **{lab: int(v) for lab, v in zip(labels, vec)}})
+        return [(path, file_sha256(path)) for path in paths]
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    label_rows = proteins[labels].to_numpy(dtype=int)
+    items = list(zip(proteins["protein_id"], label_rows))
+    # Proteins render in parallel threads (numpy releases the GIL), each with single-threaded BLAS:
+    # BLAS threads on top oversubscribe the cores (the blur's small products ran several times slower),
+    # and OpenBLAS's thread split changes the blur's last bits, so the pixels (a few per thousand
+    # tiles) depended on the machine's core count. Each tile has its own seed: same pixels in any order.
+    with threadpool_limits(1), ThreadPoolExecutor(workers or _workers()) as pool:
+        for (pid, vec), files in tqdm(zip(items, pool.map(render, items)), total=len(items),
+                                      desc="synthetic IHC images"):
+            for path, digest in files:
+                rows.append({"image_id": digest, "protein_id": pid,
+                             "antibody": f"SYN{pid}", "image_name": path.name,
+                             "tissue": TISSUES[int(rng.integers(len(TISSUES)))], "organ": "synthetic",
+                             "intensity": "strong", "quantity": ">75%",
+                             "path": f"{Path(image_dir).name}/{path.name}",  # relative to the profile folder
+                             **{lab: int(v) for lab, v in zip(labels, vec)}})
     return pd.DataFrame(rows)
+
+
+def _workers() -> int:
+    """The CPUs this process may use (affinity, e.g. a container's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:               # macOS, Windows
+        return max(1, os.cpu_count() or 1)

@@ -190,3 +190,33 @@ def test_every_table_file_carries_its_provenance(tmp_path):
     y, p = _data(n=20)
     tidy = evaluation.tidy("fusion.corrected", "protein", "test", 0, y, p, LABELS, provenance=note)
     assert (tidy["provenance"] == note).all()
+
+
+def test_finished_figure_saves_without_a_layout_pass(tmp_path):
+    """finish lays the figure out once and leaves no layout engine, so savefig draws it once
+    (an engine, even tight_layout's placeholder, costs a second full draw per file) and the
+    saved PNG is the same."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from proloc_lib import figures
+
+    def make():
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([0, 1, 2], [1, 0, 2], label="a run")
+        ax.set_title("title")
+        ax.legend()
+        return fig
+
+    plain = make()
+    plain.text(0.01, 0.005, "caption", fontsize=7, ha="left", va="bottom", wrap=True, color="dimgray")
+    plain.tight_layout(rect=(0, 0.06, 1, 1))       # what finish did before: leaves a placeholder engine
+    assert plain.get_layout_engine() is not None
+    plain.savefig(tmp_path / "plain.png", dpi=150)   # as figures.save
+    fig = figures.finish(make(), "caption")
+    assert fig.get_layout_engine() is None
+    figures.save(fig, tmp_path, "finished", "caption", formats=("png",))
+    assert (tmp_path / "finished.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
+    plt.close("all")

@@ -39,3 +39,21 @@ def test_attention_mil_learns_to_attend_to_the_informative_image():
     flagged = [int(np.argmax(x[:, 5].numpy())) for x in val[1]]
     hit = np.mean([w[f] > 0.5 for w, f in zip(weights, flagged)])
     assert hit > 0.8, hit
+
+
+def test_mil_fits_on_one_thread_with_the_same_weights():
+    """fit_mil and predict_bags run on one torch thread (speed); the caller's setting is restored
+    and the result is the same as with several threads."""
+    tr, ftr = make_bags(20, 0)
+    va, fva = make_bags(8, 1)
+    train, val = mil.bags(tr, ftr, LABELS), mil.bags(va, fva, LABELS)
+    before = torch.get_num_threads()
+    probs = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            probs[n] = mil.predict_bags(mil.fit_mil(train, val, 5, epochs=3, seed=0), val)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(probs[1], probs[2])
