@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .selection import KeepBest, one_thread
+from .config import torch_threads
+from .selection import KeepBest
 from .training import FusionDataset, inference_batches
 
 
@@ -48,7 +49,7 @@ def bags(samples: pd.DataFrame, features: np.ndarray, labels: list[str]):
     return ids, X, y
 
 
-@one_thread()   # one bag per step: tiny ops (the same weights as with more threads)
+@torch_threads(1)   # one bag per step: tiny ops (the same weights as with more threads)
 def fit_mil(train_bags, val_bags, n_labels: int, epochs: int = 60, lr: float = 1e-3, seed: int = 0) -> AttentionMIL:
     """Train on protein bags, keep the epoch with the lowest validation loss."""
     torch.manual_seed(seed)
@@ -74,7 +75,7 @@ def fit_mil(train_bags, val_bags, n_labels: int, epochs: int = 60, lr: float = 1
 
 
 @torch.no_grad()
-@one_thread()
+@torch_threads(1)
 def predict_bags(model: AttentionMIL, bag_set) -> np.ndarray:
     _, X, _ = bag_set
     return torch.stack([torch.sigmoid(model(x)[0]) for x in X]).numpy()

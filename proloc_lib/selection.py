@@ -1,8 +1,6 @@
-"""Keep the best epoch: the one model-selection helper every training loop uses; and one
-thread for the small models' loops."""
+"""Keep the best epoch: the one model-selection helper every training loop uses."""
 from __future__ import annotations
 
-import contextlib
 import math
 
 
@@ -46,17 +44,3 @@ class KeepBest:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
         self.weights = weights
 
-
-@contextlib.contextmanager
-def one_thread():
-    """torch on one intra-op thread inside the block (restored after). For loops of tiny ops
-    (a bag of two images, a 64-wide head): more threads cannot split them, and waking the idle
-    ones for every op cost 10-30x the op itself on a busy 2-core CPU (measured)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
