@@ -588,11 +588,12 @@ class _Run:
 
 
 def _lockstep(runs: list[_Run], device: str, bar, *, reuse: bool, stop: threading.Event | None = None,
-              share: int | None = None):
+              share: int | None = None, threads=None):
     """Train ``runs`` epoch by epoch, step by step in turn (on CUDA each on its own stream).
 
     ``share``: how many runs train at the same time in all (threads), for each run's share of the
     wall time in its history; default: the runs stepped here. Returns early when ``stop`` is set.
+    ``threads``: a function giving this thread's intra-op threads, asked before every step.
     """
     first = min(r.state["epoch"] for r in runs) + 1
     for epoch in range(first, max(r.cfg.max_epochs for r in runs) + 1):
@@ -611,6 +612,8 @@ def _lockstep(runs: list[_Run], device: str, bar, *, reuse: bool, stop: threadin
         for k in range(max(len(p) for p in plans.values())):
             if stop is not None and stop.is_set():
                 return
+            if threads is not None:
+                torch.set_num_threads(threads())
             for r in active:
                 if k >= len(plans[id(r)]):
                     continue
@@ -663,11 +666,17 @@ def _train_runs(runs: list[_Run], device: str, progress: bool, resident, workers
             # one step at a time on the CPU: the gather buffers can be reused
             _lockstep(todo, device, bar, reuse=torch.device(device).type == "cpu")
             return
-        stop, threads_each = threading.Event(), max(1, torch.get_num_threads() // n_workers)
+        stop, cores, left, lock = threading.Event(), torch.get_num_threads(), [len(todo)], threading.Lock()
+        # each thread's share of the cores, grown as runs finish (the last runs alone get them all)
+        share_of_cores = lambda: max(1, cores // min(n_workers, max(1, left[0])))
 
         def work(run):
-            with torch_threads(threads_each):  # this thread's share of the cores
-                _lockstep([run], device, bar, reuse=False, stop=stop, share=n_workers)
+            try:
+                with torch_threads(share_of_cores()):
+                    _lockstep([run], device, bar, reuse=False, stop=stop, share=n_workers, threads=share_of_cores)
+            finally:
+                with lock:
+                    left[0] -= 1
 
         with ThreadPoolExecutor(n_workers, thread_name_prefix="proloc-train") as pool:
             futures = [pool.submit(work, r) for r in todo]

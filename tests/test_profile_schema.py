@@ -72,7 +72,7 @@ def test_yaml_number_without_dot_gets_a_hint(tmp_path):
 
 
 def test_inherited_key_is_blamed_on_the_file_that_set_it(tmp_path):
-    write(tmp_path, "parent", (ROOT / "configs" / "demo.yaml").read_text().replace("n_proteins: 160", "n_protein: 160"))
+    write(tmp_path, "parent", (ROOT / "configs" / "demo.yaml").read_text().replace("n_proteins: 150", "n_protein: 150"))
     child = write(tmp_path, "child", "extends: parent\ndescription: child\n")
     msg = error_of(child)
     assert msg.startswith(f"{tmp_path / 'parent.yaml'}: unknown key 'data.n_protein'")
