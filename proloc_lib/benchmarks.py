@@ -1008,6 +1008,42 @@ def profile_training(reference=None, profile: str = "full", device: str = "auto"
             "attention_ops": attn, "random_features": True}
 
 
+def seeds_throughput(reference=None, profile: str = "full", device: str = "auto", *, config_name: str = "authors",
+                     n_seeds: int = 5, n_samples: int = 96, epochs: int = 1, workdir=None) -> dict:
+    """Several seeds at once (``training.train_fusion_seeds``: threads on the CPU, lockstep on CUDA
+    streams) against one seed, on random features at the profile's shapes: samples/s over all seeds.
+
+    The published loop stays at batch 2 per model; what a device gains from training its seeds
+    together is ``speedup`` (all seeds' samples/s over one seed's). A one-step warm-up runs first.
+    """
+    from . import training
+    from .labels import LABELS
+
+    cfg_p = config.load_profile(profile)
+    device = config.resolve_device(device)
+    cfg = training_configs(cfg_p, epochs=epochs)[config_name]
+    rows = sample_rows(read_reference(reference_csv_path(reference)), n_samples, 0)
+    labels = list(LABELS)
+    with tempfile.TemporaryDirectory(prefix="proloc-bench-seeds-", dir=workdir) as tmp:
+        seq_path, img_path, samples = build_random_stores(rows, encoder_widths(cfg_p), tmp, labels, 0)
+        ds = training.FusionDataset(samples, labels, EmbeddingStore(seq_path), EmbeddingStore(img_path))
+        short = ds.subset(samples.index[:cfg.batch_size])
+        one_step = training.TrainConfig.from_dict({**training.train_config_dict(cfg), "max_epochs": 1})
+        training.train_fusion(short, short, one_step, labels, device, progress=False)   # warm-up
+        rates = {}
+        for k in (1, n_seeds):
+            _sync(device)
+            t0 = time.perf_counter()
+            training.train_fusion_seeds(ds, short, cfg, labels, seeds=range(k), device=device, progress=False)
+            _sync(device)
+            rates[k] = k * len(ds) * cfg.max_epochs / (time.perf_counter() - t0)
+    return {"profile": profile, "config": config_name, **_machine(device), "n_seeds": n_seeds,
+            "n_samples": len(ds), "epochs": cfg.max_epochs, "batch_size": cfg.batch_size,
+            "samples_per_s_one_seed": rates[1], "samples_per_s_all_seeds": rates[n_seeds],
+            "speedup": rates[n_seeds] / rates[1], "random_features": True,
+            "note": "wall time of whole calls (validation on a one-batch set included); random features"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m proloc_lib.benchmarks",
@@ -1057,6 +1093,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--n-val", type=int, default=None)
     d.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     d.add_argument("--out", default=None)
+    se = sub.add_parser("bench-seeds", help="several seeds at once against one seed (samples/s over all seeds)")
+    se.add_argument("--reference", default=None)
+    se.add_argument("--profile", default="full")
+    se.add_argument("--device", default="auto")
+    se.add_argument("--config", default="authors", choices=["corrected", "authors"])
+    se.add_argument("--seeds", type=int, default=5, help="seeds trained together (default 5, the full profile's)")
+    se.add_argument("--n-samples", type=int, default=96)
+    se.add_argument("--epochs", type=int, default=1)
+    se.add_argument("--out", default=None)
     pr = sub.add_parser("profile-training", help="torch.profiler of a few training steps at the profile's shapes")
     pr.add_argument("--reference", default=None)
     pr.add_argument("--profile", default="full")
@@ -1069,13 +1114,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "dry-run":
         return _dry_run_cli(args)
-    if args.command not in ("bench", "bench-training", "bench-loader", "profile-training"):
+    if args.command not in ("bench", "bench-training", "bench-loader", "profile-training", "bench-seeds"):
         parser.print_help(sys.stderr)
         return 2
     from .encoders import OfflineError
 
     try:
-        if args.command == "profile-training":
+        if args.command == "bench-seeds":
+            res = seeds_throughput(reference=args.reference, profile=args.profile, device=args.device,
+                                   config_name=args.config, n_seeds=args.seeds, n_samples=args.n_samples,
+                                   epochs=args.epochs)
+        elif args.command == "profile-training":
             res = profile_training(reference=args.reference, profile=args.profile, device=args.device,
                                    config_name=args.config, steps=args.steps, batch_size=args.batch_size,
                                    trace=args.trace)

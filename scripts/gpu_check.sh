@@ -5,6 +5,7 @@
 #
 # It writes JSON and a short summary (summary.md) into OUT_DIR:
 #   bench_training.json   python -m proloc_lib.benchmarks bench-training --profile full --device cuda --epochs 3
+#   bench_seeds.json      the published loop (batch 2): 5 seeds at once against one seed, samples/s
 #   bench_loader.json     loader-only samples/s at paper shapes
 #   bench_images.json     python -m proloc_lib.embeddings bench-images --device cuda
 #   profile_*.json        torch.profiler (CUDA activities) of the corrected and authors steps
@@ -58,6 +59,7 @@ step() {  # step NAME OUTFILE CMD...: run, keep the JSON, note success or failur
 
 step bench_training bench_training.json "$PY" -m proloc_lib.benchmarks bench-training --profile full --device "$DEVICE" --epochs "$EPOCHS" --n-samples 512
 step bench_training_old_cli bench_training_old_cli.json "$PY" -m proloc_lib.embeddings bench-training --profile smoke --device "$DEVICE" --n-samples 16 --no-isolate
+step bench_seeds bench_seeds.json "$PY" -m proloc_lib.benchmarks bench-seeds --profile full --device "$DEVICE" --config authors --seeds 5 --n-samples 96
 step bench_loader bench_loader.json "$PY" -m proloc_lib.benchmarks bench-loader --profile full --device "$DEVICE" --n-samples 2048
 step bench_images bench_images.json "$PY" -m proloc_lib.embeddings bench-images --device "$DEVICE"
 step profile_corrected profile_corrected.json "$PY" -m proloc_lib.benchmarks profile-training --profile full --device "$DEVICE" --config corrected
@@ -92,6 +94,10 @@ if t:
           f"{t['samples_per_s_corrected']:.1f} ({t['training_speedup']:.1f}x), loader only "
           f"{t['loader_only_samples_per_s']:.0f}; corrected {t['achieved_tflops_corrected']:.1f} TFLOP/s"
           + (f" = {100 * t['fraction_of_peak_corrected']:.1f}% of peak" if t.get('fraction_of_peak_corrected') else ""))
+se = load("bench_seeds.json")
+if se:
+    print(f"- published loop, {se['n_seeds']} seeds at once: {se['samples_per_s_all_seeds']:.1f} samples/s against "
+          f"{se['samples_per_s_one_seed']:.1f} for one seed ({se['speedup']:.2f}x)")
 lo = load("bench_loader.json")
 if lo:
     print(f"- loader only at paper shapes: {lo['loader_only_samples_per_s']:.0f} samples/s")

@@ -94,3 +94,12 @@ def test_profile_names_the_attention_kernels(csv):
     assert any("flash_attention_for_cpu" in op for op in c["attention_ops"])
     assert a["top_ops"] and sum(o["share"] for o in a["top_ops"]) <= 1 + 1e-9
     assert all(o["self_ms"] >= 0 and o["calls"] > 0 for o in c["top_ops"])
+
+
+def test_bench_seeds_reports_all_seeds_against_one(csv):
+    """The published loop's seeds together (threads here, lockstep on CUDA) against one seed."""
+    res = B.seeds_throughput(reference=csv, profile="smoke", device="cpu", n_seeds=2, n_samples=4)
+    assert (res["config"], res["n_seeds"], res["batch_size"], res["n_samples"]) == ("authors", 2, 2, 4)
+    assert res["samples_per_s_one_seed"] > 0 and res["samples_per_s_all_seeds"] > 0
+    assert res["speedup"] == pytest.approx(res["samples_per_s_all_seeds"] / res["samples_per_s_one_seed"])
+    assert res["random_features"] is True
