@@ -479,7 +479,7 @@ def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = 
                   cfg=tcfg, run_id=runs.make_id("resplit", method), config=plan.resplits["config"], seed=r)
         for method in plan.resplits["methods"] for r in range(plan.resplits["repeats"])],
         device=device, progress=progress)
-    return _collect(*(list(part) for part in zip(*scored)))
+    return _collect([res for res, _, _ in scored], [pred for _, pred, _ in scored], [hist for _, _, hist in scored])
 
 
 def run_training_stage(cfg: dict, *, profile: str, data_root=None, device: str = "cpu", seed: int = 0,

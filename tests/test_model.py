@@ -4,7 +4,7 @@ import torch
 
 from proloc_lib.embeddings import pad_batch
 from proloc_lib.losses import bce_focal_loss, focal_loss
-from proloc_lib.model import FusionConfig, FusionModel
+from proloc_lib.model import Attention, Dropout, FusionConfig, FusionModel
 
 
 def small(**kw):
@@ -98,3 +98,41 @@ def test_model_learns_a_learnable_signal_far_below_label_frequency():
     prior = y.mean(0, keepdim=True).clamp(1e-4, 1 - 1e-4).expand_as(y)
     freq_loss = bce_focal_loss(torch.logit(prior), y)
     assert loss.item() < 0.3 * freq_loss.item(), (loss.item(), freq_loss.item())
+
+
+def test_attention_with_weight_dropout_is_multihead_attention_plus_dropout():
+    """model.Attention's own training path (dropout on the weights from the run's generator) computes
+    what nn.MultiheadAttention computes: with a keep-everything dropout it equals the parent's
+    output, key-padding mask and averaged weights included; with p=0.5 about half the weights go."""
+    torch.manual_seed(0)
+    attn = Attention(16, 4, dropout=0.5, batch_first=True)
+    q, kv = torch.randn(3, 7, 16), torch.randn(3, 9, 16)
+    pad = torch.zeros(3, 9, dtype=torch.bool)
+    pad[1, 5:] = True
+    attn.eval()
+    want, want_w = attn(q, kv, kv, key_padding_mask=pad, need_weights=True)
+    attn.train()
+    attn.dropout = 1e-12   # the training path, keeping every weight
+    got, got_w = attn(q, kv, kv, key_padding_mask=pad, need_weights=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+    attn.dropout = 0.5
+    attn.generator = torch.Generator().manual_seed(1)
+    _, w = attn(q, kv, kv, key_padding_mask=pad, need_weights=True, average_attn_weights=False)
+    kept = (w[~pad[:, None, None, :].expand_as(w)] > 0).float().mean()
+    assert 0.4 < kept < 0.6
+    attn.generator = torch.Generator().manual_seed(1)   # the same generator state: the same masks
+    _, w2 = attn(q, kv, kv, key_padding_mask=pad, need_weights=True, average_attn_weights=False)
+    assert torch.equal(w, w2)
+
+
+def test_dropout_draws_from_its_generator_and_scales_what_it_keeps():
+    drop = Dropout(0.25).train()
+    x = torch.ones(2000)
+    drop.generator = torch.Generator().manual_seed(3)
+    a = drop(x)
+    drop.generator = torch.Generator().manual_seed(3)
+    assert torch.equal(a, drop(x))
+    torch.testing.assert_close(a.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert abs((a == 0).float().mean().item() - 0.25) < 0.04
+    assert torch.equal(drop.eval()(x), x)
