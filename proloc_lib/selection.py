@@ -43,4 +43,3 @@ class KeepBest:
     def load_state_dict(self, state: dict, weights: dict | None = None) -> None:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
         self.weights = weights
-
