@@ -150,15 +150,8 @@ def test_failed_notebook_keeps_the_good_copy_and_ends_with_its_own_error(tmp_pat
     assert not failed.exists() and "again" in dest.read_text()      # a good run supersedes the failed copy
 
 
-def test_offline_full_profile_ends_with_one_short_line(tmp_path):
+def test_offline_full_profile_ends_with_one_short_line(tmp_path, offline):
     """`proloc run --profile full` offline: the notebook's own one-line error, exit 1, nothing written."""
-    import requests
-
-    try:
-        requests.head("https://zenodo.org", timeout=3)
-        pytest.skip("this machine is online; the offline behaviour cannot be checked here")
-    except requests.RequestException:
-        pass
     out_dir = tmp_path / "executed"
     out = subprocess.run([sys.executable, "-m", "proloc_lib", "run", "--profile", "full", "--only", "01", "--no-progress",
                           "--out", str(out_dir), "--data-root", str(tmp_path / "data")],

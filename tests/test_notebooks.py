@@ -172,18 +172,12 @@ def test_executed_notebooks_label_synthetic_numbers(smoke_run):
         assert "SYNTHETIC" in text and "RANDOM-WEIGHT" in text, name
 
 
-def test_full_profile_offline_stops_at_once_and_writes_nothing(tmp_path):
+def test_full_profile_offline_stops_at_once_and_writes_nothing(tmp_path, offline):
     """Offline, the paper-scale profile must fail fast naming what it could not reach."""
     import time
 
     import papermill as pm
-    import requests
 
-    try:
-        requests.head("https://zenodo.org", timeout=3)
-        pytest.skip("this machine is online; the offline behaviour cannot be checked here")
-    except requests.RequestException:
-        pass
     t0 = time.perf_counter()
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(str(NOTEBOOKS[0]), str(tmp_path / "out.ipynb"),
