@@ -1064,10 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default=None, help="also write the JSON to this file")
     t = sub.add_parser("bench-training",
                        help="authors' vs corrected training loop: samples/s, peak memory; prints JSON")
-    t.add_argument("--reference", default=None,
-                   help=f"folder with {REFERENCE_CSV}, or a CSV of that format (default: {default_reference_dir()})")
-    t.add_argument("--profile", default="demo", help="profile whose encoder widths and training.base sizes to use")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    _shape_options(t, profile="demo")
     t.add_argument("--n-samples", type=int, default=96, help="image rows sampled from the reference set")
     t.add_argument("--epochs", type=int, default=1, help="timed epochs (the last one is reported)")
     t.add_argument("--batch-size", type=int, default=32, help="batch size of the corrected loop")
@@ -1078,9 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--no-warmup", action="store_true", help="skip the untimed one-step warm-up")
     t.add_argument("--out", default=None, help="also write the JSON to this file")
     lo = sub.add_parser("bench-loader", help="loader-only samples/s at the profile's shapes (no model); prints JSON")
-    lo.add_argument("--reference", default=None, help=f"folder with {REFERENCE_CSV}, or a CSV of that format")
-    lo.add_argument("--profile", default="full", help="profile whose encoder widths to use (default: full)")
-    lo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    _shape_options(lo, profile="full")
     lo.add_argument("--n-samples", type=int, default=512)
     lo.add_argument("--threads", type=int, default=None)
     lo.add_argument("--out", default=None)
@@ -1094,18 +1089,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     d.add_argument("--out", default=None)
     se = sub.add_parser("bench-seeds", help="several seeds at once against one seed (samples/s over all seeds)")
-    se.add_argument("--reference", default=None)
-    se.add_argument("--profile", default="full")
-    se.add_argument("--device", default="auto")
+    _shape_options(se, profile="full")
     se.add_argument("--config", default="authors", choices=["corrected", "authors"])
     se.add_argument("--seeds", type=int, default=5, help="seeds trained together (default 5, the full profile's)")
     se.add_argument("--n-samples", type=int, default=96)
     se.add_argument("--epochs", type=int, default=1)
     se.add_argument("--out", default=None)
     pr = sub.add_parser("profile-training", help="torch.profiler of a few training steps at the profile's shapes")
-    pr.add_argument("--reference", default=None)
-    pr.add_argument("--profile", default="full")
-    pr.add_argument("--device", default="auto")
+    _shape_options(pr, profile="full")
     pr.add_argument("--config", default="corrected", choices=["corrected", "authors"])
     pr.add_argument("--steps", type=int, default=6)
     pr.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch size")
@@ -1148,6 +1139,15 @@ def main(argv: list[str] | None = None) -> int:
     text = _write_json(res, args.out)
     print(text)
     return 0
+
+
+def _shape_options(p: argparse.ArgumentParser, *, profile: str) -> None:
+    """The options every benchmark at a profile's shapes takes: the reference set, the profile, the device."""
+    p.add_argument("--reference", default=None,
+                   help=f"folder with {REFERENCE_CSV}, or a CSV of that format (default: {default_reference_dir()})")
+    p.add_argument("--profile", default=profile,
+                   help=f"profile whose encoder widths and training.base sizes to use (default: {profile})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
 
 def _write_json(res: dict, out) -> str:
