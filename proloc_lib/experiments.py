@@ -297,35 +297,32 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
             cache[(targets, variant)] = fusion_datasets(data, targets=targets, image_variant=variant)
         return cache[(targets, variant)]
 
-    jobs = []
+    planned = []   # (run, its config, its datasets, the datasets it is scored on), every seed of every run
     for run_id, group in grouped.items():
         tcfg, variant = group[0]["train"], group[0].get("image_variant")
-        ds = datasets_for(tcfg.targets, variant)
-        jobs += [_job(ds, tcfg, seed=r["seed"], resume_dir=Path(resume_root) / run_id / f"seed-{r['seed']}"
-                      if resume_root else None) for r in group]
+        # images scored on their own labels (data.eval_targets)
+        sets = datasets_for(tcfg.targets, variant), datasets_for(data.eval_targets, variant)
+        planned += [(r, tcfg, *sets) for r in group]
     if progress:
         print("== training", ", ".join(f"{rid} (seeds {', '.join(str(r['seed']) for r in g)})" for rid, g in grouped.items()))
     # every run in one call: on the CPU they share the cores (training.train_jobs)
-    trained = iter(training.train_jobs(jobs, data.labels, device=device, progress=progress))
+    trained = training.train_jobs(
+        [_job(ds, tcfg, seed=r["seed"], resume_dir=Path(resume_root) / r["run_id"] / f"seed-{r['seed']}"
+              if resume_root else None) for r, tcfg, ds, _ in planned],
+        data.labels, device=device, progress=progress)
     metrics, preds, hists, models = [], [], [], {}
-    for run_id, group in grouped.items():
-        tcfg, variant = group[0]["train"], group[0].get("image_variant")
-        seeds = [r["seed"] for r in group]
-        ds = datasets_for(tcfg.targets, variant)
-        ds_eval = datasets_for(data.eval_targets, variant)   # images scored on their own labels
-        for seed in seeds:
-            model, hist = next(trained)
-            probs = _predict(model, ds, tcfg, device)
-            res, thresholds, pred = evaluation.evaluate(
-                run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
-                (ds_eval["test"].samples, probs["test"]), seed=seed, tune=tcfg.thresholds == "tuned",
-                config=group[0]["config"], config_hash=tcfg.hash(),
-                strict_threshold=tcfg.thresholds == "fixed", provenance=data.note)
-            metrics.append(res)
-            preds.append(pred)
-            hists.append(hist.assign(model=run_id, seed=seed))
-            if seed == seeds[0]:
-                models[run_id] = (model, thresholds, tcfg)
+    for (r, tcfg, ds, ds_eval), (model, hist) in zip(planned, trained):
+        run_id, seed = r["run_id"], r["seed"]
+        probs = _predict(model, ds, tcfg, device)
+        res, thresholds, pred = evaluation.evaluate(
+            run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
+            (ds_eval["test"].samples, probs["test"]), seed=seed, tune=tcfg.thresholds == "tuned",
+            config=r["config"], config_hash=tcfg.hash(),
+            strict_threshold=tcfg.thresholds == "fixed", provenance=data.note)
+        metrics.append(res)
+        preds.append(pred)
+        hists.append(hist.assign(model=run_id, seed=seed))
+        models.setdefault(run_id, (model, thresholds, tcfg))   # the first seed's
     return _collect(metrics, preds, hists, models, datasets_for("protein", None))
 
 
