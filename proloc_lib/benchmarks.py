@@ -1057,49 +1057,49 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--full-model", action="store_true",
                    help="configs/full.yaml's ProtT5-XL (needs the network or a local HF cache; best on a GPU)")
     b.add_argument("--token-budget", type=int, default=None, help="residues per bucket (default: the profile's)")
-    b.add_argument("--batch-size", type=int, default=8, help="batch size of the padded (authors') mode")
-    b.add_argument("--repeats", type=int, default=2, help="timed repeats per mode (best is kept)")
+    b.add_argument("--batch-size", type=_count, default=8, help="batch size of the padded (authors') mode")
+    b.add_argument("--repeats", type=_count, default=2, help="timed repeats per mode (best is kept)")
     b.add_argument("--no-isolate", action="store_true", help="run both modes in this process (faster, rougher memory)")
     b.add_argument("--cache-dir", default=None, help="model / tiny-vocabulary cache folder")
     b.add_argument("--out", default=None, help="also write the JSON to this file")
     t = sub.add_parser("bench-training",
                        help="authors' vs corrected training loop: samples/s, peak memory; prints JSON")
     _shape_options(t, profile="demo")
-    t.add_argument("--n-samples", type=int, default=96, help="image rows sampled from the reference set")
-    t.add_argument("--epochs", type=int, default=1, help="timed epochs (the last one is reported)")
-    t.add_argument("--batch-size", type=int, default=32, help="batch size of the corrected loop")
+    t.add_argument("--n-samples", type=_count, default=96, help="image rows sampled from the reference set")
+    t.add_argument("--epochs", type=_count, default=1, help="timed epochs (the last one is reported)")
+    t.add_argument("--batch-size", type=_count, default=32, help="batch size of the corrected loop")
     t.add_argument("--n-blocks", type=int, default=None, help="override n_blocks for both loops")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=None, help="CPU threads per loop (default: torch's)")
+    t.add_argument("--threads", type=_count, default=None, help="CPU threads per loop (default: torch's)")
     t.add_argument("--no-isolate", action="store_true", help="run both loops in this process (rougher memory)")
     t.add_argument("--no-warmup", action="store_true", help="skip the untimed one-step warm-up")
     t.add_argument("--out", default=None, help="also write the JSON to this file")
     lo = sub.add_parser("bench-loader", help="loader-only samples/s at the profile's shapes (no model); prints JSON")
     _shape_options(lo, profile="full")
-    lo.add_argument("--n-samples", type=int, default=512)
-    lo.add_argument("--threads", type=int, default=None)
+    lo.add_argument("--n-samples", type=_count, default=512)
+    lo.add_argument("--threads", type=_count, default=None)
     lo.add_argument("--out", default=None)
     d = sub.add_parser("dry-run", help="list a profile's training runs and estimate their time on this device")
     d.add_argument("--profile", default="full")
     d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     d.add_argument("--data-root", default=None)
     d.add_argument("--reference", default=None)
-    d.add_argument("--n-train", type=int, default=None, help="training samples (default: stage 01's, else Vislocas')")
+    d.add_argument("--n-train", type=_count, default=None, help="training samples (default: stage 01's, else Vislocas')")
     d.add_argument("--n-val", type=int, default=None)
     d.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     d.add_argument("--out", default=None)
     se = sub.add_parser("bench-seeds", help="several seeds at once against one seed (samples/s over all seeds)")
     _shape_options(se, profile="full")
     se.add_argument("--config", default="authors", choices=["corrected", "authors"])
-    se.add_argument("--seeds", type=int, default=5, help="seeds trained together (default 5, the full profile's)")
-    se.add_argument("--n-samples", type=int, default=96)
-    se.add_argument("--epochs", type=int, default=1)
+    se.add_argument("--seeds", type=_count, default=5, help="seeds trained together (default 5, the full profile's)")
+    se.add_argument("--n-samples", type=_count, default=96)
+    se.add_argument("--epochs", type=_count, default=1)
     se.add_argument("--out", default=None)
     pr = sub.add_parser("profile-training", help="torch.profiler of a few training steps at the profile's shapes")
     _shape_options(pr, profile="full")
     pr.add_argument("--config", default="corrected", choices=["corrected", "authors"])
-    pr.add_argument("--steps", type=int, default=6)
-    pr.add_argument("--batch-size", type=int, default=None, help="override the configuration's batch size")
+    pr.add_argument("--steps", type=_count, default=6)
+    pr.add_argument("--batch-size", type=_count, default=None, help="override the configuration's batch size")
     pr.add_argument("--trace", default=None, help="also write a Chrome trace here")
     pr.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -1139,6 +1139,17 @@ def main(argv: list[str] | None = None) -> int:
     text = _write_json(res, args.out)
     print(text)
     return 0
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a count of samples, epochs, seeds, steps or threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a whole number >= 1, not {text!r}")
+    return value
 
 
 def _shape_options(p: argparse.ArgumentParser, *, profile: str) -> None:
