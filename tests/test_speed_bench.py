@@ -89,8 +89,9 @@ def test_profile_names_the_attention_kernels(csv):
                            steps=1, warmup=1)
     c = B.profile_training(reference=csv, profile="smoke", device="cpu", config_name="corrected", n_samples=4,
                            steps=1, warmup=1, batch_size=4)
-    assert not any("flash" in op for op in a["attention_ops"])
-    assert any(o["op"] == "aten::_softmax" for o in a["top_ops"])
+    # no scaled_dot_product_attention kernel at all: model.Attention's explicit softmax path ran (whether
+    # softmax makes the top-ops list of a one-step profile depends on the machine's load)
+    assert not any("scaled_dot_product" in op or "flash" in op for op in a["attention_ops"])
     assert any("flash_attention_for_cpu" in op for op in c["attention_ops"])
     assert a["top_ops"] and sum(o["share"] for o in a["top_ops"]) <= 1 + 1e-9
     assert all(o["self_ms"] >= 0 and o["calls"] > 0 for o in c["top_ops"])
