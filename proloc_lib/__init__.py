@@ -1,10 +1,15 @@
-"""proloc_lib: the helper library behind the ProLoc-IHS reproduction notebooks.
+"""proloc_lib: the library behind the ProLoc-IHS study's notebooks.
 
-One module per concern: ``config`` (profiles, paths, devices), ``manifest`` (stage
-provenance), ``labels`` (location -> five-label mapping), ``sequences`` and ``images``
-(validated inputs), ``demo_data`` and ``synthetic`` (the offline demo data), ``hpa`` and
-``download`` (the real data), ``splits``, ``encoders`` and ``embeddings`` (feature store),
-``model``, ``losses``, ``training``, ``metrics``, ``baselines``, ``figures``.
+Packages, each importing only from the ones above it in this list:
+
+- ``core``: paths, errors, file writes, manifests, run ids, provenance, devices;
+- ``data``: stage 01's parts (tables, labels, downloads, mirror, demo data, splits, data card);
+- ``features``: stage 02's parts (encoders, the feature store, extraction);
+- ``training``: settings and plan, model, datasets, the loop, checkpoints, MIL, baselines;
+- ``evaluation``: metrics, scoring, tables, statistics, figures;
+- ``profiles``: profile loading and the schema;
+- ``stages``: one driver per notebook (``stages.assembly`` is notebook 01, ...), and ``predict``;
+- ``bench``: benchmarks; ``cli``: the ``proloc`` command line.
 """
 
 __version__ = "0.1.0"

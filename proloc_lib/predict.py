@@ -39,9 +39,9 @@ Command line: errors print one line and exit 2 (bad arguments or files) or 1 (no
 predicted, or a download failed); 130 when interrupted; ``--debug`` shows the traceback. The
 ``--out`` file is checked before any work and written whole or not at all.
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -55,16 +55,24 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checkpoint import (ENCODER_KEYS, REQUIRED_KEYS, Checkpoint, CheckpointError,  # noqa: F401 (re-exported)
-                         CheckpointMismatchError, read_config)
-from .config import resolve_device
-from .embeddings import STORE_DTYPE, crop_grid, draft_size, embed_sequence_long
-from .errors import EXIT_FAILED, RunFailed, UserError, cli_main
-from .fileio import publish
-from .images import CONVERSION_NOTE, BadImageError, load_image
-from .labels import LABELS
-from .metrics import binarize
-from .sequences import read_fasta
+from proloc_lib.core.errors import RunFailed, UserError
+from proloc_lib.core.fileio import publish
+from proloc_lib.core.network import OfflineError
+from proloc_lib.core.runtime import resolve_device
+from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, load_image
+from proloc_lib.data.labels import LABELS
+from proloc_lib.data.sequences import read_fasta
+from proloc_lib.evaluation.metrics import binarize
+from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
+from proloc_lib.features.image import crop_grid, draft_size
+from proloc_lib.features.sequence import embed_sequence_long
+from proloc_lib.features.store import STORE_DTYPE
+from proloc_lib.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMismatchError,
+    read_config,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # Keys the feature store adds to the sequence fingerprint (extract_sequences): they come from
@@ -135,8 +143,6 @@ def image_grid(meta: dict) -> int:
 
 def load_for_prediction(checkpoint: str | Path, device: str = "cpu", *, labels=None):
     """(model, meta, sequence encoder, image encoder), all checked against each other."""
-    from .encoders import OfflineError, load_image_encoder, load_sequence_encoder
-
     ckpt = Checkpoint.load(checkpoint, device=device, labels=labels)
     meta = ckpt.meta()
     enc = meta["encoders"]
@@ -461,73 +467,7 @@ def _frame(rows: list[dict], labels: list[str], thresholds: np.ndarray, note: st
     return out
 
 
-# -- command line ------------------------------------------------------------------------------
-PROG = "proloc predict"
+if __name__ == "__main__":  # the old entry `python -m proloc_lib.predict` (by name: cli sits above this module)
+    import importlib
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2 through cli_main, not usage + message
-        raise UserError(f"{message} (see --help)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m proloc_lib.predict",
-                                description="Predict protein subcellular locations with a ProLoc-IHS checkpoint.",
-                                epilog="Images for protein P: DIR/P/*.{jpg,jpeg,png,tif,tiff}, DIR/P.<ext> "
-                                       "or DIR/P_*.<ext>. Exit codes: 0 ok, 1 no protein predicted or a "
-                                       "download failed, 2 bad arguments or files, 130 interrupted.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
-    p.add_argument("--fasta", required=True, help="protein sequences; the id is the header's first word")
-    p.add_argument("--images", help="folder of IHC images (see the rule below)")
-    p.add_argument("--out", help="output CSV (default: standard output); checked before any work")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--labels", help="comma-separated label names, in order, that the checkpoint must have "
-                                    "(default: the project's five labels)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    return p
-
-
-@cli_main(PROG)
-def main(argv=None) -> int:
-    """CLI entry point: 0 when at least one protein was predicted, 1 when none, 2 on errors."""
-    args = _parser().parse_args(argv)
-    if args.out:  # before any work: a bad --out must not cost the predictions
-        check_out_path(args.out, inputs=(args.fasta,))
-    try:
-        device = resolve_device(args.device)  # unknown or unavailable device: fail before any work
-    except (ValueError, RuntimeError) as exc:
-        raise UserError(f"--device: {exc}") from None
-    labels = [x.strip() for x in args.labels.split(",")] if args.labels else LABELS
-    df = predict(args.checkpoint, args.fasta, args.images, device=device,
-                 progress=not args.no_progress, batch_size=args.batch_size, labels=labels)
-    failed = df[df["error"] != ""]
-    if len(failed):
-        print(f"warning: {len(failed)} of {len(df)} protein(s) not predicted: "
-              + _shown(failed["protein_id"], 10), file=sys.stderr)
-        for pid, err in zip(failed["protein_id"], failed["error"]):
-            print(f"  {pid}: {err}", file=sys.stderr)
-    notes = {"truncated": "sequence(s) truncated", "windows": "sequence(s) embedded in windows"}
-    summary = [f"{int((df['sequence_use'] == k).sum())} {v}" for k, v in notes.items() if (df["sequence_use"] == k).any()]
-    if df["n_images_skipped"].sum():
-        summary.append(f"{int(df['n_images_skipped'].sum())} image(s) skipped")
-    if df.attrs.get("unmatched_images"):
-        summary.append(f"{len(df.attrs['unmatched_images'])} image file(s) matched no FASTA id")
-    if summary:
-        print(f"summary: {'; '.join(summary)} (details in the warnings column and above)", file=sys.stderr)
-    if args.out:
-        write_csv(df, args.out)
-        print(f"wrote {len(df) - len(failed)} prediction(s) to {args.out}", file=sys.stderr)
-    else:
-        try:
-            df.to_csv(sys.stdout, index=False)
-            sys.stdout.flush()
-        except BrokenPipeError:  # `... | head`: the reader left; stop quietly, no traceback
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return EXIT_FAILED
-    return EXIT_FAILED if len(failed) == len(df) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    importlib.import_module("proloc_lib.cli.legacy").forward("predict")

@@ -1,4 +1,4 @@
-"""End-to-end test of ``hpa.assemble`` (the full profile's data build), offline.
+"""End-to-end test of ``build.assemble`` (the full profile's data build), offline.
 
 Zenodo, the UniProt ID-mapping service and the HPA image host are played by one local
 127.0.0.1 server (``test_download.Server``) serving recorded-style responses: two small
@@ -17,10 +17,14 @@ import pytest
 
 from test_download import HTML_PAGE, Server, jpeg_bytes, send, send_json, serve_file  # noqa: E402
 
-from proloc_lib import datacard, download, hpa  # noqa: E402
-from proloc_lib.encoders import OfflineError  # noqa: E402
-from proloc_lib.images import file_sha256, load_image  # noqa: E402
-from proloc_lib.labels import LabelMap, UnknownLocationError  # noqa: E402
+from proloc_lib.data import build
+from proloc_lib.data import datacard
+from proloc_lib.data import download
+from proloc_lib.data import hpa
+from proloc_lib.core.network import OfflineError# noqa: E402
+from proloc_lib.core.fileio import file_sha256
+from proloc_lib.data.images import load_image# noqa: E402
+from proloc_lib.data.labels import LabelMap, UnknownLocationError# noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZPATH = "/api/records/10632698/files"
@@ -149,7 +153,7 @@ def _gets(srv, paths):
 def test_assemble_end_to_end(online, label_map, tmp_path):
     srv = online
     t0 = time.monotonic()
-    proteins, images, report = hpa.assemble(DATA_CFG, label_map, tmp_path, progress=False)
+    proteins, images, report = build.assemble(DATA_CFG, label_map, tmp_path, progress=False)
     assert time.monotonic() - t0 < 15
 
     # reachability probed on all three hosts first
@@ -231,7 +235,7 @@ def test_assemble_end_to_end(online, label_map, tmp_path):
     # a rerun reuses the Zenodo cache and the image cache; only the failed image is tried again
     n_zenodo = len(_gets(srv, {f"{ZPATH}/{n}/content" for n in ZENODO}))
     n_images = len(_gets(srv, set(PASSING)))
-    proteins2, images2, report2 = hpa.assemble(DATA_CFG, label_map, tmp_path, progress=False)
+    proteins2, images2, report2 = build.assemble(DATA_CFG, label_map, tmp_path, progress=False)
     assert len(_gets(srv, {f"{ZPATH}/{n}/content" for n in ZENODO})) == n_zenodo == 2
     assert len(_gets(srv, set(PASSING))) == n_images
     assert (images2["fetch_status"] == "cached").all()
@@ -250,7 +254,7 @@ def test_assemble_streaming_embeds_once_keeps_thumbnails(online, label_map, tmp_
         calls.append(dict(paths))
         return {"failures": []}
 
-    proteins, images, report = hpa.assemble({**DATA_CFG, "stream": True}, label_map, tmp_path,
+    proteins, images, report = build.assemble({**DATA_CFG, "stream": True}, label_map, tmp_path,
                                             progress=False, embed=embed)
     embedded = [k for c in calls for k in c]
     # every downloaded image of a mapped, labelled protein embedded exactly once; P6 (nucleoli only)
@@ -271,7 +275,7 @@ def test_assemble_streaming_embeds_once_keeps_thumbnails(online, label_map, tmp_
     # rerun: nothing fetched or embedded again (only the failed URL is retried)
     n_images, n_calls = len(_gets(srv, set(PASSING))), len(calls)
     n_html = len(_gets(srv, {HTML_PATH}))
-    proteins2, images2, report2 = hpa.assemble({**DATA_CFG, "stream": True}, label_map, tmp_path,
+    proteins2, images2, report2 = build.assemble({**DATA_CFG, "stream": True}, label_map, tmp_path,
                                                progress=False, embed=embed)
     assert len(_gets(srv, set(PASSING))) == n_images and len(calls) == n_calls
     assert len(_gets(srv, {HTML_PATH})) == n_html + 2
@@ -292,7 +296,7 @@ def test_assemble_unreachable_source_stops_at_once(hpa_server, label_map, monkey
     profile_dir = tmp_path / "profile"
     t0 = time.monotonic()
     with pytest.raises(OfflineError) as err:
-        hpa.assemble(DATA_CFG, label_map, profile_dir, progress=False)
+        build.assemble(DATA_CFG, label_map, profile_dir, progress=False)
     assert time.monotonic() - t0 < 3
     msg = str(err.value)
     # one short line: the unreachable host, the kind of failure, where to go (a mirror, Colab)
@@ -307,7 +311,7 @@ def test_assemble_unreachable_source_stops_at_once(hpa_server, label_map, monkey
 def test_assemble_names_every_unknown_location_before_any_slow_work(online, label_map, tmp_path):
     del label_map.mapping["nucleoplasm"], label_map.mapping["mitochondria"]  # an older vocabulary
     with pytest.raises(UnknownLocationError) as err:
-        hpa.assemble(DATA_CFG, label_map, tmp_path, progress=False)
+        build.assemble(DATA_CFG, label_map, tmp_path, progress=False)
     msg = str(err.value)
     # both, counted over the filtered images, with the file and row of each
     assert "2 location(s) unknown" in msg

@@ -15,21 +15,22 @@ import pytest
 import torch
 from PIL import Image
 
-from proloc_lib import predict as P
-from proloc_lib.checkpoint import Checkpoint, CheckpointError, CheckpointMismatchError, read_config
-from proloc_lib.config import load_profile
-from proloc_lib.encoders import load_image_encoder, load_sequence_encoder
-from proloc_lib.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UserError
-from proloc_lib.images import CONVERSION_NOTE, BadImageError, load_image
-from proloc_lib.labels import LABELS
-from proloc_lib.manifest import stage_output
-from proloc_lib.model import FusionConfig, FusionModel
-from proloc_lib.synthetic import write_protein_images
+from proloc_lib.cli import predict
+import proloc_lib.predict as predict_mod
+from proloc_lib.training.checkpoint import Checkpoint, CheckpointError, CheckpointMismatchError, read_config
+from proloc_lib.profiles.loader import load_profile
+from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
+from proloc_lib.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, load_image
+from proloc_lib.data.labels import LABELS
+from proloc_lib.core.manifest import stage_output
+from proloc_lib.training.model import FusionConfig, FusionModel
+from proloc_lib.data.synthetic import write_protein_images
 
 MAX_RESIDUES = 60
 SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"
 LONG = ("MADQLTEEQIAEFKEAFSLFDKDGDGTITTKELGTVMRSLGQNPTEAELQDMINEVDADGNGTIDFPEFLTMMARKMKD" * 2)  # 158 residues
-PROB = [f"prob_{P._col(lab)}" for lab in LABELS]
+PROB = [f"prob_{predict_mod._col(lab)}" for lab in LABELS]
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -98,10 +99,10 @@ def env(tmp_path_factory):
         fasta.write_text("".join(f">{i}\n{LONG if i == 'LONG' else SEQ}\n" for i in ids))
         err = io.StringIO()
         opened = []
-        real_load = P.load_image
-        mp.setattr(P, "load_image", lambda p, *a, **k: (opened.append(p), real_load(p, *a, **k))[1])
+        real_load = predict_mod.load_image
+        mp.setattr(predict_mod, "load_image", lambda p, *a, **k: (opened.append(p), real_load(p, *a, **k))[1])
         with contextlib.redirect_stderr(err):
-            df = P.predict(ckpt, fasta, images, device="cpu", progress=False)
+            df = predict_mod.predict(ckpt, fasta, images, device="cpu", progress=False)
         yield {"root": root, "emb": emb, "seq_enc": seq_enc, "img_enc": img_enc, "ckpt": ckpt, "images": images,
                "fasta": fasta, "df": df.set_index("protein_id"), "raw": df, "err": err.getvalue(),
                "opened": opened}
@@ -167,7 +168,7 @@ def test_ids_never_reach_outside_the_images_folder(env):
     root = env["images"].resolve()
     assert env["opened"] and all(root in p.resolve().parents for p in env["opened"])
     assert "'../outside' is not a plain file name" in env["err"]
-    assert P.find_images(env["images"], ["..", "a/b", "../outside"]) == {"..": [], "a/b": [], "../outside": []}
+    assert predict_mod.find_images(env["images"], ["..", "a/b", "../outside"]) == {"..": [], "a/b": [], "../outside": []}
 
 
 def test_unmatched_images_are_reported(env):
@@ -185,7 +186,7 @@ def test_truncated_and_windowed_sequences_are_reported(env):
                       long_policy="windows")
     fasta = env["root"] / "long.fasta"
     fasta.write_text(f">LONG\n{LONG}\n")
-    df = P.predict(win, fasta, env["images"], device="cpu", progress=False)
+    df = predict_mod.predict(win, fasta, env["images"], device="cpu", progress=False)
     assert df.loc[0, "sequence_use"] == "windows" and "overlapping windows of 60" in df.loc[0, "warnings"]
 
 
@@ -199,7 +200,7 @@ def _args(env, out, **over):
 
 def test_bad_out_path_fails_before_any_work(env, tmp_path, capsys, monkeypatch):
     called = []
-    monkeypatch.setattr(P, "predict", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(predict, "predict", lambda *a, **k: called.append(1))
     cases = [(tmp_path, "is a folder"), (tmp_path / "missing" / "p.csv", "does not exist"),
              (env["fasta"], "is the input file")]
     if os.geteuid() == 0:  # root writes anywhere, but not into /proc
@@ -211,7 +212,7 @@ def test_bad_out_path_fails_before_any_work(env, tmp_path, capsys, monkeypatch):
         cases.append((ro / "p.csv", "cannot write in folder"))
     before = env["fasta"].read_bytes()
     for out, msg in cases:
-        assert P.main(_args(env, out)) == EXIT_USAGE
+        assert predict.main(_args(env, out)) == EXIT_USAGE
         line = _one_line(capsys.readouterr().err)
         assert line.startswith("proloc predict: --out") and msg in line and str(out) in line
     assert not called and env["fasta"].read_bytes() == before
@@ -222,10 +223,10 @@ def test_out_file_untouched_when_predict_fails(env, tmp_path, capsys, monkeypatc
     out.write_text("previous good result\n")
     bad = tmp_path / "bad.fasta"
     bad.write_text(">X\nMK1LV\n")
-    assert P.main(_args(env, out, **{"--fasta": bad})) == EXIT_USAGE
+    assert predict.main(_args(env, out, **{"--fasta": bad})) == EXIT_USAGE
     assert "non-amino-acid" in _one_line(capsys.readouterr().err)
-    monkeypatch.setattr(P, "predict", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
-    assert P.main(_args(env, out)) == EXIT_INTERRUPTED
+    monkeypatch.setattr(predict, "predict", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert predict.main(_args(env, out)) == EXIT_INTERRUPTED
     assert "interrupted" in capsys.readouterr().err
     assert out.read_text() == "previous good result\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
@@ -268,7 +269,7 @@ def test_bad_arguments_and_files_give_one_line(env, tmp_path, capsys, kind):
         (ck / "model.safetensors").write_bytes(b"\x00\x01garbage" * 10)
         over, expect = {"--checkpoint": ck}, "model.safetensors is not a readable safetensors file"
     out = tmp_path / "pred.csv"
-    assert P.main(_args(env, out, **over)) == EXIT_USAGE
+    assert predict.main(_args(env, out, **over)) == EXIT_USAGE
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("proloc predict: ") and expect in line
     assert not out.exists()
@@ -276,14 +277,14 @@ def test_bad_arguments_and_files_give_one_line(env, tmp_path, capsys, kind):
 
 def test_debug_shows_the_traceback(env, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
-        P.main(_args(env, tmp_path / "p.csv", **{"--checkpoint": tmp_path / "nope"}) + ["--debug"])
+        predict.main(_args(env, tmp_path / "p.csv", **{"--checkpoint": tmp_path / "nope"}) + ["--debug"])
 
 
 def test_no_protein_predicted_exits_1_and_keeps_the_rows(env, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "pred.csv"
-    assert P.main(_args(env, out, **{"--images": empty})) == EXIT_FAILED
+    assert predict.main(_args(env, out, **{"--images": empty})) == EXIT_FAILED
     assert len(pd.read_csv(out)) == 9 and "9 of 9 protein(s) not predicted" in capsys.readouterr().err
 
 
@@ -296,7 +297,7 @@ def test_labels_must_match_names_and_order(env):
         Checkpoint.load(reordered)
     # and a caller that expects the project's labels is told the order differs
     with pytest.raises(CheckpointMismatchError, match="another order"):
-        P.predict(reordered, env["fasta"], env["images"], device="cpu", progress=False)
+        predict_mod.predict(reordered, env["fasta"], env["images"], device="cpu", progress=False)
     renamed = _edit(env, "ck_rename", lambda m: m.update(labels=["cytosol", *LABELS[1:]]))
     with pytest.raises(CheckpointMismatchError, match=r"missing \['cytoplasm'\], unexpected \['cytosol'\]"):
         read_config(renamed, labels=LABELS)
@@ -348,7 +349,7 @@ def test_checkpoint_config_may_not_name_files(env, tmp_path, monkeypatch, edit, 
     monkeypatch.setattr(transformers.T5EncoderModel, "from_pretrained", refuse)
     bad = _edit(env, tmp_path / "ck", edit)
     with pytest.raises(CheckpointError, match=match):
-        P.predict(bad, env["fasta"], env["images"], device="cpu", progress=False)
+        predict_mod.predict(bad, env["fasta"], env["images"], device="cpu", progress=False)
     with pytest.raises(CheckpointError, match=match):
         Checkpoint.load(bad)
     assert issubclass(CheckpointError, UserError)
@@ -368,7 +369,7 @@ def test_files_are_written_with_the_users_umask(env, tmp_path, capsys, umask, fi
             (tmp / "sub").mkdir()
             (tmp / "sub" / "t.csv").write_text("a\n")
         out = tmp_path / "pred.csv"
-        assert P.main(_args(env, out)) == 0
+        assert predict.main(_args(env, out)) == 0
     finally:
         os.umask(old)
     capsys.readouterr()
@@ -398,7 +399,7 @@ def test_malformed_checkpoint_config_is_named(env, tmp_path, edit, match):
 
 
 def test_corrupt_manifest_is_named(tmp_path):
-    from proloc_lib.manifest import ManifestError, read_manifest
+    from proloc_lib.core.manifest import ManifestError, read_manifest
 
     (tmp_path / "manifest.json").write_text('{"stage": ')
     with pytest.raises(ManifestError, match=r"manifest.json is not a valid manifest.*rerun the stage"):
@@ -409,12 +410,12 @@ def test_corrupt_manifest_is_named(tmp_path):
 def test_argument_errors_are_one_line(env, tmp_path, capsys):
     for argv, expect in ((["--fasta", "x"], "the following arguments are required: --checkpoint"),
                          (_args(env, tmp_path / "p.csv", **{"--batch-size": "abc"}), "invalid int value: 'abc'")):
-        assert P.main(argv) == EXIT_USAGE
+        assert predict.main(argv) == EXIT_USAGE
         assert expect in _one_line(capsys.readouterr().err)
 
 
 def test_encoder_option_values_are_plain(tmp_path):
-    from proloc_lib.checkpoint import check_encoder_config
+    from proloc_lib.training.checkpoint import check_encoder_config
 
     ok = {"model": "vit_base_patch16_224.orig_in21k", "pretrained": True}
     check_encoder_config("image", ok, tmp_path / "config.json")

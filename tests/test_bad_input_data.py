@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from proloc_lib import data as data_cli
-from proloc_lib.errors import UserError
+from proloc_lib.cli import data
+from proloc_lib.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "hpa"
@@ -24,7 +24,7 @@ ROW = GOOD.read_text().splitlines()[1]
 
 
 def _audit(capsys, *args):
-    rc = data_cli.main(["audit", *map(str, args)])
+    rc = data.main(["audit", *map(str, args)])
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 
@@ -77,36 +77,36 @@ def test_directory_and_missing_file(tmp_path, capsys):
 
 
 def test_bad_mapping(tmp_path, capsys):
-    rc, _, err = data_cli.main(["audit", str(GOOD), "--mapping", str(tmp_path / "none.yaml")]), None, None
+    rc, _, err = data.main(["audit", str(GOOD), "--mapping", str(tmp_path / "none.yaml")]), None, None
     err = capsys.readouterr().err
     assert rc == 2 and f"{tmp_path / 'none.yaml'}: label mapping not found" in _one_line(err)
     broken = _write(tmp_path, "broken.yaml", b"name: x\nversion: 1\nlabels: [a]\nmap: {b: [zzz]}\n")
-    assert data_cli.main(["audit", str(GOOD), "--mapping", str(broken)]) == 2
+    assert data.main(["audit", str(GOOD), "--mapping", str(broken)]) == 2
     assert f"{broken}: not a valid label mapping" in _one_line(capsys.readouterr().err)
     garbage = _write(tmp_path, "garbage.yaml", b"\x00\x01: [")
-    assert data_cli.main(["audit", str(GOOD), "--mapping", str(garbage)]) == 2
+    assert data.main(["audit", str(GOOD), "--mapping", str(garbage)]) == 2
     assert f"{garbage}: not a valid label mapping" in _one_line(capsys.readouterr().err)
 
 
 def test_bad_arguments(capsys):
-    assert data_cli.main([]) == 2
+    assert data.main([]) == 2
     assert "required" in _one_line(capsys.readouterr().err)
-    assert data_cli.main(["audit"]) == 2
+    assert data.main(["audit"]) == 2
     _one_line(capsys.readouterr().err)
-    assert data_cli.main(["audit", str(GOOD), "--max-examples", "many"]) == 2
+    assert data.main(["audit", str(GOOD), "--max-examples", "many"]) == 2
     assert "many" in _one_line(capsys.readouterr().err)
 
 
 def test_debug_shows_the_traceback(tmp_path):
     empty = _write(tmp_path, "empty.csv", b"")
     with pytest.raises(UserError, match="file is empty"):
-        data_cli.main(["audit", str(empty), "--debug"])
+        data.main(["audit", str(empty), "--debug"])
 
 
 def test_command_line_process_exit_code(tmp_path):
     """The real process: exit code 2, one stderr line, no traceback."""
     empty = _write(tmp_path, "empty.csv", b"")
-    r = subprocess.run([sys.executable, "-m", "proloc_lib.data", "audit", str(empty)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "proloc_lib", "audit", str(empty)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == f"python -m proloc_lib.data: {empty}: file is empty"
@@ -153,6 +153,6 @@ def test_bad_row_one_line(tmp_path, capsys, column, value, problem):
 
 
 def test_mirror_without_tables_is_one_line(tmp_path, capsys):
-    assert data_cli.main(["mirror", "--vislocas", str(tmp_path), "--seconds", "1"]) == 2
+    assert data.main(["mirror", "--vislocas", str(tmp_path), "--seconds", "1"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert f"{tmp_path / 'data_train.csv'}: Vislocas table not found" in line

@@ -7,14 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from proloc_lib import embeddings as E
-from proloc_lib.sequences import sequence_hash
+from proloc_lib.cli import features
+from proloc_lib.features import store
+from proloc_lib.data.sequences import sequence_hash
 
 PROG = "python -m proloc_lib.embeddings"
 
 
 def run(argv, capsys):
-    rc = E.cli(argv)
+    rc = features.cli(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -31,7 +32,7 @@ def snapshot(folder):
 
 
 def small_store(path, keys, fp=None, hidden=4):
-    st = E.EmbeddingStore.open(path, fp or {"model": "m"}, hidden, "image")
+    st = store.EmbeddingStore.open(path, fp or {"model": "m"}, hidden, "image")
     st.commit({k: torch.full((2, hidden), float(i)) for i, k in enumerate(keys)})
     return st
 
@@ -63,8 +64,8 @@ def test_usage_errors_are_one_line_too(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(E.ShardSpecError):
-        E.cli(["extract", "--shard", "x", "--debug", "--data-root", str(tmp_path)])
+    with pytest.raises(store.ShardSpecError):
+        features.cli(["extract", "--shard", "x", "--debug", "--data-root", str(tmp_path)])
 
 
 def test_merge_of_missing_file_or_non_store_sources(tmp_path, capsys):
@@ -115,7 +116,7 @@ def test_merge_names_a_corrupt_source_shard_exit_1_and_keeps_the_rest(tmp_path, 
     bad.write_bytes(bad.read_bytes()[:-7])                      # truncated
     rc, out, err = run(["merge", str(tmp_path / "m"), str(a.path), str(b.path), str(tmp_path / "b2")], capsys)
     assert rc == 1 and bad.name in err and "truncated" in err and "Traceback" not in err
-    assert set(E.EmbeddingStore(tmp_path / "m").keys()) == {"a1", "a2", "b2"}
+    assert set(store.EmbeddingStore(tmp_path / "m").keys()) == {"a1", "a2", "b2"}
 
 
 # -- extract on a tiny stage 01 (smoke profile encoders, random weights) ------------------------------
@@ -145,16 +146,16 @@ def test_extract_finds_a_damaged_shard_names_it_and_re_embeds(stage01, capsys):
     rc, out, err = run(argv, capsys)
     assert rc == 0 and "sequences: 3 embedded" in out and "images: 4 embedded" in out, err
     emb = stage01 / "smoke" / "02_embeddings"
-    ref = {k: v.clone() for k, v in ((k, E.EmbeddingStore(emb / "images").get(k))
-                                      for k in E.EmbeddingStore(emb / "images").keys())}
-    shard = E.EmbeddingStore(emb / "images").shards()[0]
+    ref = {k: v.clone() for k, v in ((k, store.EmbeddingStore(emb / "images").get(k))
+                                      for k in store.EmbeddingStore(emb / "images").keys())}
+    shard = store.EmbeddingStore(emb / "images").shards()[0]
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF                                               # inside the data region
     shard.write_bytes(bytes(data))
     rc, out, err = run(argv, capsys)
     assert rc == 0 and shard.name in out and "corrupted" in out and "images: 4 embedded" in out
     assert "sequences: 0 embedded" in out
-    got = E.EmbeddingStore(emb / "images")
+    got = store.EmbeddingStore(emb / "images")
     assert set(got.keys()) == set(ref) and all(torch.equal(got.get(k), ref[k]) for k in ref)
     # garbage in place of a store.json: one line, nothing overwritten
     (emb / "sequences" / "store.json").write_text("\x00\x01garbage")
@@ -170,5 +171,5 @@ def test_extract_exits_1_when_items_fail(stage01, capsys):
                         "--modality", "images"], capsys)
     assert rc == 1 and "images: 3 embedded, 1 failures" in out
     assert "could not be embedded" in one_line_error(err) and "failures.json" in err
-    failed = E.EmbeddingStore(stage01 / "smoke" / "02_embeddings" / "images").failures()
+    failed = store.EmbeddingStore(stage01 / "smoke" / "02_embeddings" / "images").failures()
     assert [f["key"] for f in failed] == ["img2"]

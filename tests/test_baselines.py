@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from proloc_lib import baselines
-from proloc_lib.embeddings import pad_batch
+from proloc_lib.training import baselines
+from proloc_lib.features.batching import pad_batch
 
 
 def test_composition_features_by_hand():

@@ -4,7 +4,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from proloc_lib import embeddings as E
+from proloc_lib.cli import main as cli_main
 
 
 def test_bench_images_reports_rates_parallelism_and_the_draft_difference(tmp_path, capsys):
@@ -12,7 +12,7 @@ def test_bench_images_reports_rates_parallelism_and_the_draft_difference(tmp_pat
     img = tmp_path / "ihc.jpg"
     Image.fromarray(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8)).resize((1200, 1200)).save(img, quality=90)
     out = tmp_path / "bench.json"
-    rc = E.cli(["bench-images", "--profile", "smoke", "--device", "cpu", "--image", str(img), "--n", "4",
+    rc = cli_main.main(["bench-images", "--profile", "smoke", "--device", "cpu", "--image", str(img), "--n", "4",
                 "--workers", "2", "--out", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
@@ -28,8 +28,8 @@ def test_bench_images_reports_rates_parallelism_and_the_draft_difference(tmp_pat
 
 
 def test_bench_images_bad_arguments_are_one_line(tmp_path, capsys):
-    rc = E.cli(["bench-images", "--image", str(tmp_path / "none.jpg"), "--device", "cpu"])
+    rc = cli_main.main(["bench-images", "--image", str(tmp_path / "none.jpg"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and "sample image not found" in err and "Traceback" not in err
-    rc = E.cli(["bench-images", "--workers", "0"])
+    rc = cli_main.main(["bench-images", "--workers", "0"])
     assert rc == 2 and "decode_workers" in capsys.readouterr().err

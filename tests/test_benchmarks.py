@@ -11,25 +11,29 @@ import sys
 import pytest
 import torch
 
-from proloc_lib import benchmarks as B
+from proloc_lib.bench import common
+from proloc_lib.bench import store
+from proloc_lib.cli import bench
+from proloc_lib.core import network
+from proloc_lib.core import paths
+from proloc_lib.features import encoders
+from proloc_lib.profiles import loader as profiles
 from reference_csv import write_reference
-from proloc_lib import config
-from proloc_lib import encoders as E
 
-SEQ_DEMO = config.load_profile("demo")["embeddings"]["sequence"]
+SEQ_DEMO = profiles.load_profile("demo")["embeddings"]["sequence"]
 AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    return E.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(tmp_path_factory.mktemp("vocab")))
+    return encoders.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(tmp_path_factory.mktemp("vocab")))
 
 
 def test_store_size_matches_hand_arithmetic(tmp_path):
     # 6 image rows of 2 proteins: 4 images of a 10-residue protein, 2 of a 20-residue one
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA[:9], 4),
                                                  "ENSG00000000002": (AA, 2)})
-    r = B.store_size(csv)
+    r = store.store_size(csv)
     assert (r["n_rows"], r["n_proteins"], r["n_unique_sequences"], r["L_max"]) == (6, 2, 2, 20)
     assert r["authors_bytes"] == 6 * 20 * 1024 * 4 == 491_520
     assert r["authors_bytes_with_end_token"] == 6 * 21 * 1024 * 4
@@ -43,7 +47,7 @@ def test_store_size_matches_hand_arithmetic(tmp_path):
 
 
 def test_reference_set_is_at_least_50x_smaller(reference_dir):
-    r = B.store_size(B.reference_csv_path(reference_dir))
+    r = store.store_size(common.reference_csv_path(reference_dir))
     assert (r["n_rows"], r["n_proteins"], r["n_unique_sequences"]) == (566, 54, 54)
     assert r["L_max"] == 4061
     assert r["authors_bytes"] == 566 * 4061 * 1024 * 4
@@ -52,29 +56,29 @@ def test_reference_set_is_at_least_50x_smaller(reference_dir):
 
 def test_padded_and_bucketed_give_the_same_embeddings(encoder):
     seqs = ["MKTAYIAKQR", "MSEQNNTEMTFQIQRIYTKDISFEAPNAPHVFQKDW", "GAVLIPFMW", "MDDDKK" * 7]
-    padded = B.embed_padded(encoder, seqs, pad_to=60, batch_size=3)  # padded past every length
-    bucketed = B.embed_bucketed(encoder, seqs, token_budget=40)
+    padded = store.embed_padded(encoder, seqs, pad_to=60, batch_size=3)  # padded past every length
+    bucketed = store.embed_bucketed(encoder, seqs, token_budget=40)
     direct = encoder.embed_batch(seqs)
     for s, p, b, d in zip(seqs, padded, bucketed, direct):
         assert p.shape == b.shape == (len(s), encoder.hidden_size)
         torch.testing.assert_close(p, b, atol=1e-4, rtol=0)
         torch.testing.assert_close(b, d, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="longer than pad_to"):
-        B.embed_padded(encoder, seqs, pad_to=20, batch_size=2)
+        store.embed_padded(encoder, seqs, pad_to=20, batch_size=2)
 
 
 def test_mode_shapes_count_padding():
     seqs = ["A" * 10, "A" * 20, "A" * 100]
-    padded = B._mode_shape("padded", seqs, token_budget=50, batch_size=2, pad_to=100)
+    padded = store._mode_shape("padded", seqs, token_budget=50, batch_size=2, pad_to=100)
     assert padded["n_batches"] == 2 and padded["tokens_fed"] == 3 * 101
-    bucketed = B._mode_shape("bucketed", seqs, token_budget=50, batch_size=2, pad_to=100)
+    bucketed = store._mode_shape("bucketed", seqs, token_budget=50, batch_size=2, pad_to=100)
     assert bucketed["tokens_fed"] == 2 * 21 + 101 and bucketed["n_batches"] == 2
     assert bucketed["padding_fraction"] < padded["padding_fraction"]
 
 
 def test_in_process_bucketing_reports_both_modes(encoder):
     seqs = ["M" + AA * k for k in (1, 2, 4)]
-    r = B.bucketing(seqs, encoder, token_budget=90, batch_size_padded=2, repeats=1)
+    r = store.bucketing(seqs, encoder, token_budget=90, batch_size_padded=2, repeats=1)
     assert r["bucketing_speedup"] > 0 and r["padded_vs_bucketed_max_abs_diff"] < 1e-4
     for mode in ("padded", "bucketed"):
         assert r[mode]["seconds"] > 0 and r[mode]["peak_mem_mb"] >= 0
@@ -86,7 +90,7 @@ def test_cli_prints_json(tmp_path, capsys):
                                                  "ENSG00000000002": ("M" + AA * 3, 2),
                                                  "ENSG00000000003": ("MK" * 8, 1)})
     out = tmp_path / "bench.json"
-    rc = B.main(["bench", "--reference", str(csv), "--device", "cpu", "--token-budget", "64", "--repeats", "1",
+    rc = bench.main(["bench", "--reference", str(csv), "--device", "cpu", "--token-budget", "64", "--repeats", "1",
                  "--no-isolate", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
@@ -104,7 +108,7 @@ def run_module(tmp_path, *extra):
     p = subprocess.run([sys.executable, "-m", "proloc_lib.embeddings", "bench", "--reference", str(csv),
                         "--device", "cpu", "--token-budget", "64", "--repeats", "1",
                         "--cache-dir", str(tmp_path / "cache"), *extra],
-                       capture_output=True, text=True, cwd=config.PROJECT_ROOT, timeout=300)
+                       capture_output=True, text=True, cwd=paths.PROJECT_ROOT, timeout=300)
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)  # progress goes to stderr; stdout is the JSON alone
     assert res["store_size_ratio"] > 1 and res["bucketing_speedup"] > 0
@@ -136,8 +140,8 @@ def test_mode_worker_in_this_process(tmp_path):
     job = {"model_cfg": SEQ_DEMO, "device": "cpu", "cache_dir": str(tmp_path / "cache"), "seqs": seqs,
            "token_budget": 64, "batch_size": 2, "pad_to": 61, "repeats": 1, "threads": torch.get_num_threads(),
            "n_check": 2, "max_repeat_seconds": 20.0}
-    padded = B._mode_worker(dict(job, mode="padded"))
-    bucketed = B._mode_worker(dict(job, mode="bucketed"))
+    padded = store._mode_worker(dict(job, mode="padded"))
+    bucketed = store._mode_worker(dict(job, mode="bucketed"))
     assert padded["padded_vs_bucketed_max_abs_diff"] < 1e-4 and "outputs" not in padded
     assert padded["tokens_fed"] == 3 * 62 and bucketed["tokens_fed"] < padded["tokens_fed"]
 
@@ -151,9 +155,9 @@ def test_module_entry_point_isolated(tmp_path):
 def test_full_model_fails_fast_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA, 1)})
-    with pytest.raises(E.OfflineError, match="HF_HUB_OFFLINE"):
-        B.run(reference=csv, device="cpu", full_model=True, cache_dir=str(tmp_path / "empty"))
+    with pytest.raises(network.OfflineError, match="HF_HUB_OFFLINE"):
+        store.run(reference=csv, device="cpu", full_model=True, cache_dir=str(tmp_path / "empty"))
 
 
 def test_cli_needs_a_command(capsys):
-    assert B.main([]) == 2
+    assert bench.main([]) == 2

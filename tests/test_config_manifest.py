@@ -3,28 +3,32 @@ import json
 
 import pytest
 
-from proloc_lib import config, manifest
+from proloc_lib.core import manifest
+from proloc_lib.core import provenance
+from proloc_lib.core import runtime
+from proloc_lib.core.fileio import file_sha256
+from proloc_lib.profiles import loader as profiles
 
 
 def test_profiles_load_and_inherit():
-    demo, smoke, full = (config.load_profile(p) for p in ("demo", "smoke", "full"))
+    demo, smoke, full = (profiles.load_profile(p) for p in ("demo", "smoke", "full"))
     assert demo["offline"] and not full["offline"]
     assert smoke["data"]["n_proteins"] < demo["data"]["n_proteins"]
     assert smoke["embeddings"] == demo["embeddings"]          # inherited, same code path
     assert demo["provenance"]["synthetic_images"] and not full["provenance"]["synthetic_images"]
-    assert "SYNTHETIC" in config.provenance_note(demo) and "Real data" in config.provenance_note(full)
+    assert "SYNTHETIC" in provenance.provenance_note(demo) and "Real data" in provenance.provenance_note(full)
 
 
 def test_bad_profiles_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="known profiles"):
-        config.load_profile("nope")
+        profiles.load_profile("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text("extends: demo\ntrainig: {}\n")
     with pytest.raises(ValueError, match="trainig"):
-        config.load_profile(str(bad))
+        profiles.load_profile(str(bad))
     with pytest.raises(ValueError, match="unknown device"):
-        config.resolve_device("tpu")
-    assert config.resolve_device("cpu") == "cpu"
+        runtime.resolve_device("tpu")
+    assert runtime.resolve_device("cpu") == "cpu"
 
 
 def test_stage_output_is_atomic_and_records_inputs(tmp_path):
@@ -35,8 +39,8 @@ def test_stage_output_is_atomic_and_records_inputs(tmp_path):
         (tmp / "table.csv").write_text("a\n1\n")
         extra["n"] = 1
     man = manifest.read_manifest(out)
-    assert man["inputs"][str(src)] == manifest.sha256(src)
-    assert man["outputs"] == {"table.csv": manifest.sha256(out / "table.csv")}
+    assert man["inputs"][str(src)] == file_sha256(src)
+    assert man["outputs"] == {"table.csv": file_sha256(out / "table.csv")}
     assert man["parameters"] == {"seed": 1} and man["n"] == 1 and man["packages"]["numpy"]
     # a failing rerun leaves the previous complete output untouched, and no partial folder
     with pytest.raises(RuntimeError):

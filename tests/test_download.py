@@ -16,11 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from proloc_lib.download import (
-    ZENODO_FILES, ChecksumError, DownloadError, UniProtJobError, _RateLimiter, estimate_download,
-    fetch_images, fetch_zenodo, format_bytes, uniprot_map_ensembl,
-)
-from proloc_lib.images import load_image
+from proloc_lib.data.download import ZENODO_FILES, ChecksumError, DownloadError, UniProtJobError, _RateLimiter, estimate_download, fetch_images, fetch_zenodo, format_bytes, uniprot_map_ensembl
+from proloc_lib.data.images import load_image
 
 HTML_PAGE = b"<!DOCTYPE html><html><body><h1>Service temporarily unavailable</h1></body></html>"
 
@@ -369,7 +366,7 @@ def test_uniprot_job_running_past_timeout(server):
 # ----------------------------------------------------------------------------- streaming
 
 def test_streaming_embeds_keeps_thumbnails_deletes_images_and_resumes(server, tmp_path):
-    from proloc_lib.download import stream_images
+    from proloc_lib.data.download import stream_images
 
     names = [f"s{i}.jpg" for i in range(5)]
     for i, n in enumerate(names):
@@ -413,7 +410,7 @@ def test_download_estimate_skips_cached_files_and_sizeless_answers(server, tmp_p
 def test_streaming_fetches_a_repeated_image_once(server, tmp_path):
     """Rows repeating an image (Vislocas: the same antibody/image under two tissues), even in one
     chunk: fetched and embedded once, every row answered (it used to fail 'image not found')."""
-    from proloc_lib.download import stream_images
+    from proloc_lib.data.download import stream_images
 
     for i in range(3):
         server.routes[f"/5560/d{i}.jpg"] = [serve_file(jpeg_bytes(300, (60 * i, 90, 40)))]  # one answer each

@@ -6,8 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from proloc_lib import embeddings as E
-from proloc_lib.sequences import sequence_hash
+from proloc_lib.features import batching
+from proloc_lib.features import image
+from proloc_lib.features import sequence
+from proloc_lib.features import store as store_mod
+from proloc_lib.data.sequences import sequence_hash
 
 
 class CountingEncoder:
@@ -49,22 +52,22 @@ def test_each_unique_sequence_embedded_once_at_true_length(tmp_path):
     rows = s + s[:4]                               # duplicates, as images of the same protein
     unique = {sequence_hash(x): x for x in rows}
     enc = CountingEncoder()
-    rep = E.extract_sequences(unique, enc, tmp_path / "st", token_budget=300, shard_size=4, progress=False)
+    rep = sequence.extract_sequences(unique, enc, tmp_path / "st", token_budget=300, shard_size=4, progress=False)
     assert rep["embedded"] == 10 and sorted(enc.seen) == sorted(s)
-    store = E.EmbeddingStore(tmp_path / "st")
+    store = store_mod.EmbeddingStore(tmp_path / "st")
     for x in s:
         t = store.get(sequence_hash(x))
         assert t.shape == (len(x), 8) and t.dtype == torch.float16
         torch.testing.assert_close(store.get(sequence_hash(x), pooled=True).float(), t.float().mean(0), atol=2e-3, rtol=0)
     # a second run embeds nothing
     enc2 = CountingEncoder()
-    E.extract_sequences(unique, enc2, tmp_path / "st", token_budget=300, progress=False)
+    sequence.extract_sequences(unique, enc2, tmp_path / "st", token_budget=300, progress=False)
     assert enc2.calls == 0
 
 
 def test_length_buckets_respect_budget_and_cover_all():
     lengths = {f"k{i}": n for i, n in enumerate([5, 500, 20, 18, 490, 7, 3000])}
-    batches = E.length_buckets(lengths, token_budget=1000)
+    batches = batching.length_buckets(lengths, token_budget=1000)
     assert sorted(k for b in batches for k in b) == sorted(lengths)
     for b in batches:
         assert len(b) == 1 or max(lengths[k] for k in b) * len(b) <= 1000
@@ -72,16 +75,16 @@ def test_length_buckets_respect_budget_and_cover_all():
 
 def test_interrupted_run_resumes_to_identical_store(tmp_path):
     unique = {sequence_hash(x): x for x in seqs(30)}
-    E.extract_sequences(unique, CountingEncoder(), tmp_path / "ref", token_budget=200, shard_size=3, progress=False)
+    sequence.extract_sequences(unique, CountingEncoder(), tmp_path / "ref", token_budget=200, shard_size=3, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        E.extract_sequences(unique, CountingEncoder(fail_after=4), tmp_path / "res", token_budget=200,
+        sequence.extract_sequences(unique, CountingEncoder(fail_after=4), tmp_path / "res", token_budget=200,
                             shard_size=3, progress=False)
-    partial = E.EmbeddingStore(tmp_path / "res")
+    partial = store_mod.EmbeddingStore(tmp_path / "res")
     assert 0 < len(partial) < 30 and not list((tmp_path / "res").glob("*.tmp"))
     enc = CountingEncoder()
-    E.extract_sequences(unique, enc, tmp_path / "res", token_budget=200, shard_size=3, progress=False)
+    sequence.extract_sequences(unique, enc, tmp_path / "res", token_budget=200, shard_size=3, progress=False)
     assert len(enc.seen) == 30 - len(partial)      # only the missing ones
-    ref, res = as_dict(E.EmbeddingStore(tmp_path / "ref")), as_dict(E.EmbeddingStore(tmp_path / "res"))
+    ref, res = as_dict(store_mod.EmbeddingStore(tmp_path / "ref")), as_dict(store_mod.EmbeddingStore(tmp_path / "res"))
     assert ref.keys() == res.keys()
     for k in ref:
         assert torch.equal(ref[k], res[k])
@@ -89,52 +92,52 @@ def test_interrupted_run_resumes_to_identical_store(tmp_path):
 
 def test_stale_store_is_detected_or_rebuilt(tmp_path):
     unique = {sequence_hash(x): x for x in seqs(5)}
-    E.extract_sequences(unique, CountingEncoder(tag="v1"), tmp_path / "st", progress=False)
-    with pytest.raises(E.StaleStoreError, match="counting"):
-        E.extract_sequences(unique, CountingEncoder(tag="v2"), tmp_path / "st", progress=False)
+    sequence.extract_sequences(unique, CountingEncoder(tag="v1"), tmp_path / "st", progress=False)
+    with pytest.raises(store_mod.StaleStoreError, match="counting"):
+        sequence.extract_sequences(unique, CountingEncoder(tag="v2"), tmp_path / "st", progress=False)
     enc = CountingEncoder(tag="v2")
-    E.extract_sequences(unique, enc, tmp_path / "st", on_stale="recompute", progress=False)
+    sequence.extract_sequences(unique, enc, tmp_path / "st", on_stale="recompute", progress=False)
     assert len(enc.seen) == 5
-    assert E.EmbeddingStore(tmp_path / "st").meta["fingerprint"]["tag"] == "v2"
+    assert store_mod.EmbeddingStore(tmp_path / "st").meta["fingerprint"]["tag"] == "v2"
     # other settings of the same model are stale too
-    with pytest.raises(E.StaleStoreError):
-        E.extract_sequences(unique, CountingEncoder(tag="v2"), tmp_path / "st", max_residues=50, progress=False)
+    with pytest.raises(store_mod.StaleStoreError):
+        sequence.extract_sequences(unique, CountingEncoder(tag="v2"), tmp_path / "st", max_residues=50, progress=False)
 
 
 def test_hidden_size_mismatch_is_refused(tmp_path):
-    store = E.EmbeddingStore.open(tmp_path / "st", {"m": 1}, 8, "sequence")
+    store = store_mod.EmbeddingStore.open(tmp_path / "st", {"m": 1}, 8, "sequence")
     with pytest.raises(ValueError, match="hidden size 4"):
         store.commit({"a": torch.zeros(3, 4)})
 
 
 def test_shards_merged_equal_single_run(tmp_path):
     unique = {sequence_hash(x): x for x in seqs(25)}
-    E.extract_sequences(unique, CountingEncoder(), tmp_path / "single", progress=False)
+    sequence.extract_sequences(unique, CountingEncoder(), tmp_path / "single", progress=False)
     parts = []
     for i in range(3):
-        E.extract_sequences(unique, CountingEncoder(), tmp_path / f"part{i}", shard=f"{i}/3", progress=False)
+        sequence.extract_sequences(unique, CountingEncoder(), tmp_path / f"part{i}", shard=f"{i}/3", progress=False)
         parts.append(tmp_path / f"part{i}")
-    sizes = [len(E.EmbeddingStore(p)) for p in parts]
+    sizes = [len(store_mod.EmbeddingStore(p)) for p in parts]
     assert sum(sizes) == 25 and all(s > 0 for s in sizes)
-    merged = E.merge_stores(parts, tmp_path / "merged")
-    single = as_dict(E.EmbeddingStore(tmp_path / "single"))
+    merged = store_mod.merge_stores(parts, tmp_path / "merged")
+    single = as_dict(store_mod.EmbeddingStore(tmp_path / "single"))
     got = as_dict(merged)
     assert got.keys() == single.keys() and all(torch.equal(got[k], single[k]) for k in got)
     with pytest.raises(ValueError, match="i/N"):
-        E.parse_shard("2-3")
+        store_mod.parse_shard("2-3")
     with pytest.raises(ValueError, match="out of range"):
-        E.parse_shard("3/3")
+        store_mod.parse_shard("3/3")
 
 
 def test_long_sequences_windows_and_truncation(tmp_path):
     long = "ACDEFGHIKLMNPQRSTVWY" * 6                     # 120 residues
     key = sequence_hash(long)
-    E.extract_sequences({key: long}, CountingEncoder(), tmp_path / "t", max_residues=50, progress=False)
-    assert E.EmbeddingStore(tmp_path / "t").get(key).shape == (50, 8)
-    rep = E.extract_sequences({key: long}, CountingEncoder(), tmp_path / "w", max_residues=50,
+    sequence.extract_sequences({key: long}, CountingEncoder(), tmp_path / "t", max_residues=50, progress=False)
+    assert store_mod.EmbeddingStore(tmp_path / "t").get(key).shape == (50, 8)
+    rep = sequence.extract_sequences({key: long}, CountingEncoder(), tmp_path / "w", max_residues=50,
                               long_policy="windows", progress=False)
     assert rep["long_sequences"] == 1
-    assert E.EmbeddingStore(tmp_path / "w").get(key).shape == (120, 8)
+    assert store_mod.EmbeddingStore(tmp_path / "w").get(key).shape == (120, 8)
 
 
 def test_bad_sequences_and_images_are_listed_and_the_rest_goes_on(tmp_path):
@@ -142,9 +145,9 @@ def test_bad_sequences_and_images_are_listed_and_the_rest_goes_on(tmp_path):
     items = {sequence_hash(x): x for x in good}
     items["bad"] = "MK1T"
     items["empty"] = ""
-    rep = E.extract_sequences(items, CountingEncoder(), tmp_path / "s", progress=False)
+    rep = sequence.extract_sequences(items, CountingEncoder(), tmp_path / "s", progress=False)
     assert rep["embedded"] == 3
-    failed = {f["key"]: f["error"] for f in E.EmbeddingStore(tmp_path / "s").failures()}
+    failed = {f["key"]: f["error"] for f in store_mod.EmbeddingStore(tmp_path / "s").failures()}
     assert set(failed) == {"bad", "empty"} and "non-amino-acid" in failed["bad"] and "empty" in failed["empty"]
 
     class ImgEnc:
@@ -160,7 +163,7 @@ def test_bad_sequences_and_images_are_listed_and_the_rest_goes_on(tmp_path):
     Image.new("RGB", (64, 64), (10, 20, 30)).save(ok)
     junk = tmp_path / "junk.jpg"
     junk.write_text("<html>404</html>")
-    rep = E.extract_images({"ok": ok, "junk": junk}, ImgEnc(), tmp_path / "i", progress=False)
+    rep = image.extract_images({"ok": ok, "junk": junk}, ImgEnc(), tmp_path / "i", progress=False)
     assert rep["embedded"] == 1 and [f["key"] for f in rep["failures"]] == ["junk"]
     assert json.loads((tmp_path / "i" / "failures.json").read_text())[0]["path"] == str(junk)
 
@@ -179,11 +182,11 @@ def test_high_resolution_mode_embeds_a_bag_of_tiles(tmp_path):
     img.paste((255, 255, 255), (0, 0, 100, 100))     # only the top-left tile is white
     path = tmp_path / "big.png"
     img.save(path)
-    E.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=3, progress=False)
-    store = E.EmbeddingStore(tmp_path / "grid")
+    image.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=3, progress=False)
+    store = store_mod.EmbeddingStore(tmp_path / "grid")
     tokens = store.get("big").float()
     assert tokens.shape == (9 * 3, 2)
     assert tokens[0, 0] == 255 and (tokens[3:, 0] == 0).all() and (tokens[:, 1] == 100).all()
     assert store.meta["fingerprint"]["crop_grid"] == 3
-    with pytest.raises(E.StaleStoreError):      # whole-image and tiled stores never mix
-        E.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=1, progress=False)
+    with pytest.raises(store_mod.StaleStoreError):      # whole-image and tiled stores never mix
+        image.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=1, progress=False)

@@ -15,9 +15,11 @@ from PIL import Image
 import timm  # noqa: F401  (imported up front so the timed offline tests time only the loaders)
 import transformers  # noqa: F401
 
-from proloc_lib import encoders as E
-from proloc_lib.images import load_image
-from proloc_lib.sequences import prott5_format
+from proloc_lib.core import network
+from proloc_lib.core import runtime
+from proloc_lib.features import encoders
+from proloc_lib.data.images import load_image
+from proloc_lib.data.sequences import prott5_format
 
 SEQ_DEMO = {"model": "tiny-prott5", "pretrained": False,
             "config": {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16},
@@ -36,12 +38,12 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seq_enc(cache):
-    return E.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
+    return encoders.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
 
 
 @pytest.fixture(scope="module")
 def img_enc():
-    return E.load_image_encoder(IMG_DEMO, device="cpu")
+    return encoders.load_image_encoder(IMG_DEMO, device="cpu")
 
 
 @pytest.fixture
@@ -77,13 +79,13 @@ def test_tokenizer_follows_prott5_convention(seq_enc):
 
 
 def test_vocab_is_deterministic_and_reused(tmp_path):
-    a = E.build_prott5_vocab(tmp_path / "a")
-    b = E.build_prott5_vocab(tmp_path / "b")
+    a = encoders.build_prott5_vocab(tmp_path / "a")
+    b = encoders.build_prott5_vocab(tmp_path / "b")
     assert a.name == "spiece.model" and a.read_bytes() == b.read_bytes()
     stamp = a.stat().st_mtime_ns
-    assert E.build_prott5_vocab(tmp_path / "a") == a and a.stat().st_mtime_ns == stamp
+    assert encoders.build_prott5_vocab(tmp_path / "a") == a and a.stat().st_mtime_ns == stamp
     a.write_bytes(b"corrupt")  # a damaged cached file is rebuilt, not trusted
-    assert E.build_prott5_vocab(tmp_path / "a").read_bytes() == b.read_bytes()
+    assert encoders.build_prott5_vocab(tmp_path / "a").read_bytes() == b.read_bytes()
 
 
 def test_padding_does_not_leak(seq_enc):
@@ -97,11 +99,11 @@ def test_padding_does_not_leak(seq_enc):
 
 def test_seed_determines_weights_and_fingerprint(seq_enc, cache):
     seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "GLSDGEWQQVLNVWGKVEAD"]
-    again = E.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
+    again = encoders.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
     assert again.fingerprint() == seq_enc.fingerprint()
     for x, y in zip(seq_enc.embed_batch(seqs), again.embed_batch(seqs)):
         assert torch.equal(x, y)
-    other = E.load_sequence_encoder(dict(SEQ_DEMO, init_seed=1), device="cpu", cache_dir=str(cache))
+    other = encoders.load_sequence_encoder(dict(SEQ_DEMO, init_seed=1), device="cpu", cache_dir=str(cache))
     assert other.fingerprint() != seq_enc.fingerprint()
     assert not torch.allclose(other.embed_batch(seqs)[0], seq_enc.embed_batch(seqs)[0])
 
@@ -110,7 +112,7 @@ def test_seeding_leaves_global_rng_alone(cache):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    E.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
+    encoders.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(cache))
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -118,7 +120,7 @@ def test_fingerprint_labels_random_weights(seq_enc, img_enc):
     fp = seq_enc.fingerprint()
     assert fp["random_weights"] is True and fp["init_seed"] == 0
     assert fp["model_id"] == "tiny-prott5" and fp["config"] == SEQ_DEMO["config"]
-    assert fp["preprocessing"] == E.PROTT5_PREPROCESSING and fp["dtype"] == "float32"
+    assert fp["preprocessing"] == encoders.PROTT5_PREPROCESSING and fp["dtype"] == "float32"
     ifp = img_enc.fingerprint()
     assert ifp["random_weights"] is True and ifp["overrides"] == IMG_DEMO["overrides"]
     assert ifp["n_tokens"] == 197 and ifp["hidden_size"] == 64
@@ -154,9 +156,9 @@ def test_grayscale_and_cmyk_images_embed(img_enc, tmp_path):
 
 def test_image_seed_determinism():
     im = Image.new("RGB", (240, 240), (30, 60, 90))
-    a = E.load_image_encoder(IMG_DEMO, device="cpu").embed_batch([im])
-    b = E.load_image_encoder(IMG_DEMO, device="cpu").embed_batch([im])
-    c = E.load_image_encoder(dict(IMG_DEMO, init_seed=1), device="cpu").embed_batch([im])
+    a = encoders.load_image_encoder(IMG_DEMO, device="cpu").embed_batch([im])
+    b = encoders.load_image_encoder(IMG_DEMO, device="cpu").embed_batch([im])
+    c = encoders.load_image_encoder(dict(IMG_DEMO, init_seed=1), device="cpu").embed_batch([im])
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
@@ -168,8 +170,8 @@ def test_check_reachable_converts_connection_errors(monkeypatch):
         raise (requests.ConnectionError if url == url_a else requests.Timeout)(f"boom {url}")
 
     monkeypatch.setattr(requests, "head", fail)
-    with pytest.raises(E.OfflineError) as err:
-        E.check_reachable([url_a, url_b], timeout=0.5)
+    with pytest.raises(network.OfflineError) as err:
+        network.check_reachable([url_a, url_b], timeout=0.5)
     msg = str(err.value)
     # one short line naming the host and the kind of failure; full reasons kept in .details
     assert msg.startswith("cannot reach hub.invalid (ConnectionError; Timeout)") and "Colab" in msg
@@ -179,10 +181,10 @@ def test_check_reachable_converts_connection_errors(monkeypatch):
 
 def test_check_reachable_never_hangs(monkeypatch):
     # A stalled DNS lookup is not covered by requests' own timeout; the hard deadline is.
-    monkeypatch.setattr(E, "_probe", lambda url, timeout: time.sleep(30))
+    monkeypatch.setattr(network, "_probe", lambda url, timeout: time.sleep(30))
     t0 = time.perf_counter()
-    with pytest.raises(E.OfflineError, match="no answer"):
-        E.check_reachable(["https://stalled.invalid/"], timeout=0.2)
+    with pytest.raises(network.OfflineError, match="no answer"):
+        network.check_reachable(["https://stalled.invalid/"], timeout=0.2)
     assert time.perf_counter() - t0 < 3
 
 
@@ -191,31 +193,31 @@ def test_check_reachable_passes_on_any_http_answer(monkeypatch):
         status_code = 401  # gated/private repos answer 401: the host is still reachable
 
     monkeypatch.setattr(requests, "head", lambda url, *a, **k: Resp())
-    E.check_reachable(["https://huggingface.co/api/models/x/y"])
+    network.check_reachable(["https://huggingface.co/api/models/x/y"])
 
 
 def test_full_sequence_encoder_fails_fast_offline(no_network, tmp_path):
     t0 = time.perf_counter()
-    with pytest.raises(E.OfflineError) as err:
-        E.load_sequence_encoder(SEQ_FULL, device="cpu", cache_dir=str(tmp_path))  # empty cache
+    with pytest.raises(network.OfflineError) as err:
+        encoders.load_sequence_encoder(SEQ_FULL, device="cpu", cache_dir=str(tmp_path))  # empty cache
     assert time.perf_counter() - t0 < 1.0
     assert SEQ_FULL["model"] in str(err.value) and "Colab" in str(err.value)
     assert no_network  # it did try the hub, once, before any download
 
 
 def test_full_image_encoder_fails_fast_offline(no_network, monkeypatch):
-    monkeypatch.setattr(E, "_cached_file", lambda *a, **k: None)  # ignore any real HF cache
+    monkeypatch.setattr(encoders, "_cached_file", lambda *a, **k: None)  # ignore any real HF cache
     t0 = time.perf_counter()
-    with pytest.raises(E.OfflineError) as err:
-        E.load_image_encoder(IMG_FULL, device="cpu")
+    with pytest.raises(network.OfflineError) as err:
+        encoders.load_image_encoder(IMG_FULL, device="cpu")
     assert time.perf_counter() - t0 < 1.0
     assert IMG_FULL["model"] in str(err.value) and "Colab" in str(err.value)
 
 
 def test_hf_hub_offline_fails_without_any_request(no_network, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(E.OfflineError, match="HF_HUB_OFFLINE"):
-        E.load_sequence_encoder(SEQ_FULL, device="cpu", cache_dir=str(tmp_path))
+    with pytest.raises(network.OfflineError, match="HF_HUB_OFFLINE"):
+        encoders.load_sequence_encoder(SEQ_FULL, device="cpu", cache_dir=str(tmp_path))
     assert no_network == []
 
 
@@ -225,10 +227,10 @@ def test_pretrained_path_loads_from_local_hf_cache_without_network(no_network, s
     root = tmp_path / "models--local--tiny-prott5-pretrained"
     snap = root / "snapshots" / commit
     seq_enc.model.save_pretrained(snap)
-    shutil.copy(E.build_prott5_vocab(tmp_path / "vocab"), snap / "spiece.model")
+    shutil.copy(encoders.build_prott5_vocab(tmp_path / "vocab"), snap / "spiece.model")
     (root / "refs").mkdir()
     (root / "refs" / "main").write_text(commit)
-    enc = E.load_sequence_encoder({"model": repo, "revision": "main", "pretrained": True},
+    enc = encoders.load_sequence_encoder({"model": repo, "revision": "main", "pretrained": True},
                                   device="cpu", cache_dir=str(tmp_path))
     assert no_network == []
     fp = enc.fingerprint()
@@ -240,11 +242,11 @@ def test_pretrained_path_loads_from_local_hf_cache_without_network(no_network, s
 
 # -- configuration -------------------------------------------------------------------------------
 @pytest.mark.parametrize("loader, cfg, bad", [
-    (E.load_sequence_encoder, dict(SEQ_DEMO, init_sead=0), "init_sead"),
-    (E.load_sequence_encoder, dict(SEQ_FULL, revison="v1"), "revison"),
-    (E.load_image_encoder, dict(IMG_DEMO, overides={}), "overides"),
-    (E.load_image_encoder, dict(IMG_FULL, revision="main"), "revision"),
-    (E.load_sequence_encoder, dict(SEQ_DEMO, config=dict(SEQ_DEMO["config"], n_layers=3)), "n_layers"),
+    (encoders.load_sequence_encoder, dict(SEQ_DEMO, init_sead=0), "init_sead"),
+    (encoders.load_sequence_encoder, dict(SEQ_FULL, revison="v1"), "revison"),
+    (encoders.load_image_encoder, dict(IMG_DEMO, overides={}), "overides"),
+    (encoders.load_image_encoder, dict(IMG_FULL, revision="main"), "revision"),
+    (encoders.load_sequence_encoder, dict(SEQ_DEMO, config=dict(SEQ_DEMO["config"], n_layers=3)), "n_layers"),
 ])
 def test_unknown_config_key_is_named(loader, cfg, bad):
     with pytest.raises(ValueError, match=bad):
@@ -253,16 +255,16 @@ def test_unknown_config_key_is_named(loader, cfg, bad):
 
 def test_pretrained_flag_is_required_and_consistent():
     with pytest.raises(ValueError, match="pretrained"):
-        E.load_image_encoder({"model": "vit_base_patch16_224"}, device="cpu")
+        encoders.load_image_encoder({"model": "vit_base_patch16_224"}, device="cpu")
     with pytest.raises(ValueError, match="init_seed"):
-        E.load_sequence_encoder(dict(SEQ_FULL, init_seed=0), device="cpu")
+        encoders.load_sequence_encoder(dict(SEQ_FULL, init_seed=0), device="cpu")
 
 
 def test_resolve_device():
-    assert E.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert E.resolve_device("cpu") == "cpu"
+    assert runtime.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert runtime.resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="tpu"):
-        E.resolve_device("tpu")
+        runtime.resolve_device("tpu")
 
 
 def test_vocab_normalizer_is_a_valid_compiled_table(tmp_path):
@@ -272,7 +274,7 @@ def test_vocab_normalizer_is_a_valid_compiled_table(tmp_path):
     from sentencepiece import sentencepiece_model_pb2 as spm_pb
     from tokenizers import normalizers
 
-    path = E.build_prott5_vocab(tmp_path)
+    path = encoders.build_prott5_vocab(tmp_path)
     proto = spm_pb.ModelProto()
     proto.ParseFromString(path.read_bytes())
     charsmap = proto.normalizer_spec.precompiled_charsmap

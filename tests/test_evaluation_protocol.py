@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from proloc_lib import evaluation, metrics
+from proloc_lib.core import provenance
+from proloc_lib.evaluation import figures
+from proloc_lib.evaluation import metrics
+from proloc_lib.evaluation import scoring
+from proloc_lib.evaluation import statistics
+from proloc_lib.evaluation import tables
 
 LABELS = ["a", "b", "c"]
 
@@ -32,17 +37,17 @@ def test_weighted_average_precision_equals_sklearn_with_weights():
     y = (rng.random(40) < 0.3).astype(int)
     s = np.round(rng.random(40), 1)                   # ties on purpose
     w = rng.integers(0, 3, size=(5, 40))
-    got = evaluation.weighted_average_precision(y, s, w)
+    got = statistics.weighted_average_precision(y, s, w)
     for b in range(5):
         assert got[b] == pytest.approx(average_precision_score(y, s, sample_weight=w[b]))
-    assert np.isnan(evaluation.weighted_average_precision(y, s, (1 - y)[None])[0])   # no positive drawn
+    assert np.isnan(statistics.weighted_average_precision(y, s, (1 - y)[None])[0])   # no positive drawn
 
 
 def test_bootstrap_per_label_intervals_cover_the_point_and_shrink_with_n():
     y, p = _data(n=60)
-    small = evaluation.bootstrap_per_label(_pred("fusion.corrected", y, p), LABELS, n_boot=300)
+    small = statistics.bootstrap_per_label(_pred("fusion.corrected", y, p), LABELS, n_boot=300)
     y2, p2 = _data(n=600)
-    big = evaluation.bootstrap_per_label(_pred("fusion.corrected", y2, p2), LABELS, n_boot=300)
+    big = statistics.bootstrap_per_label(_pred("fusion.corrected", y2, p2), LABELS, n_boot=300)
     assert set(small["metric"]) == {"f1", "average_precision"} and len(small) == 6
     assert (small["ci_low"] <= small["value"] + 1e-12).all() and (small["value"] <= small["ci_high"] + 1e-12).all()
     assert (small["ci_high"] - small["ci_low"] > 0.02).all()
@@ -55,7 +60,7 @@ def test_bootstrap_per_label_intervals_cover_the_point_and_shrink_with_n():
 def test_bootstrap_label_without_positive_is_undefined():
     y, p = _data(n=50)
     y[:, 2] = 0
-    out = evaluation.bootstrap_per_label(_pred("m", y, p), LABELS, n_boot=50)
+    out = statistics.bootstrap_per_label(_pred("m", y, p), LABELS, n_boot=50)
     c = out[out["label"] == "c"]
     assert c["value"].isna().all() and c["ci_low"].isna().all()
 
@@ -66,7 +71,7 @@ def test_calibration_table_separates_calibrated_from_overconfident():
     y = (rng.random((4000, 3)) < p).astype(int)         # calibrated by construction
     over = np.where(p > 0.5, 0.99, 0.01)                  # same ranking, overconfident
     pred = pd.concat([_pred("calibrated", y, p), _pred("overconfident", y, over)])
-    tab = evaluation.calibration_table(pred, LABELS).set_index("model")
+    tab = statistics.calibration_table(pred, LABELS).set_index("model")
     assert tab.loc["calibrated", "ece"] < 0.03
     assert tab.loc["overconfident", "ece"] > 0.2
     assert tab.loc["calibrated", "brier"] < tab.loc["overconfident", "brier"]
@@ -83,7 +88,7 @@ def test_seed_paired_differences_pair_by_seed():
     res = pd.concat([_results("fusion.corrected", s, v) for s, v in enumerate(a)]
                     + [_results("fusion.authors", s, v) for s, v in enumerate(b)]
                     + [_results("fusion.authors", 9, 0.0)])             # unpaired seed: ignored
-    out = evaluation.seed_paired_differences(res, metric_names=("f1",)).iloc[0]
+    out = statistics.seed_paired_differences(res, metric_names=("f1",)).iloc[0]
     d = np.subtract(a, b)
     assert out["n_seeds"] == 5 and out["mean_difference"] == pytest.approx(d.mean())
     assert out["sd"] == pytest.approx(d.std(ddof=1))
@@ -96,7 +101,7 @@ def test_seed_paired_differences_pair_by_seed():
 def test_resplit_summary_is_over_splits_not_seeds():
     rows = [_results("cv.corrected", seed, 0.5 + 0.1 * fold + 0.01 * seed, fold=fold)
             for fold in range(3) for seed in range(2)]
-    out = evaluation.resplit_summary(pd.concat(rows), by="fold").iloc[0]
+    out = statistics.resplit_summary(pd.concat(rows), by="fold").iloc[0]
     per_split = [0.505, 0.605, 0.705]                    # seeds averaged within a split first
     assert out["n_splits"] == 3 and out["mean"] == pytest.approx(np.mean(per_split))
     assert out["sd"] == pytest.approx(np.std(per_split, ddof=1))
@@ -109,12 +114,12 @@ def test_permutation_control_lands_at_chance_and_a_real_model_does_not():
     noise = rng.random((200, 3))
     informed = np.clip(0.6 * y + 0.4 * noise, 0, 1)
     pred = pd.concat([_pred("control.permuted_labels", y, noise), _pred("fusion.corrected", y, informed)])
-    ctl = evaluation.permutation_control(pred, LABELS, n_perm=300)
+    ctl = statistics.permutation_control(pred, LABELS, n_perm=300)
     assert ctl["at_chance"]
     per = ctl["per_label"].set_index("label")
     # the null's mean AP is about the label's prevalence (the label-frequency expectation)
     assert np.allclose(per["null_mean"], per["prevalence"], atol=0.06)
-    real = evaluation.permutation_control(pred, LABELS, control="fusion.corrected", n_perm=300)
+    real = statistics.permutation_control(pred, LABELS, control="fusion.corrected", n_perm=300)
     assert not real["at_chance"] and real["macro_ap"] > real["macro_ap_null_high"]
 
 
@@ -127,15 +132,15 @@ def test_permutation_control_over_several_runs_asks_for_a_systematic_excess():
     informed = [np.clip(0.5 * y + 0.5 * rng.random((120, 3)), 0, 1) for _ in range(4)]
     pred = pd.concat([_pred("control.permuted_labels", y, p, seed=s) for s, p in enumerate(noise)]
                      + [_pred("fusion.corrected", y, p, seed=s) for s, p in enumerate(informed)])
-    ctl = evaluation.permutation_control(pred, LABELS, n_perm=100)
+    ctl = statistics.permutation_control(pred, LABELS, n_perm=100)
     assert ctl["n_runs"] == 4 and ctl["at_chance"]
     assert ctl["macro_ap_excess_low"] <= 0 <= ctl["macro_ap_excess_high"]
-    real = evaluation.permutation_control(pred, LABELS, control="fusion.corrected", n_perm=100)
+    real = statistics.permutation_control(pred, LABELS, control="fusion.corrected", n_perm=100)
     assert real["n_runs"] == 4 and not real["at_chance"] and real["macro_ap_excess_low"] > 0
 
 
 def _tidy_run(model, seed, y, p, level, n_labels_ok=True):
-    return evaluation.tidy(model, level, "test", seed, y, p, LABELS)
+    return scoring.tidy(model, level, "test", seed, y, p, LABELS)
 
 
 def test_main_table_image_level_paper_formulas_next_to_protein_level_standard():
@@ -143,7 +148,7 @@ def test_main_table_image_level_paper_formulas_next_to_protein_level_standard():
     res = pd.concat([_tidy_run("fusion.corrected", s, y, np.clip(p + 0.01 * s, 0, 1), "image") for s in range(2)]
                     + [_tidy_run("fusion.corrected", s, y[:20], p[:20], "protein") for s in range(2)]
                     + [_tidy_run("baseline.composition_lr", 0, y[:20], p[:20], "protein")])
-    tab = evaluation.main_table(res, models=["fusion.corrected", "baseline.composition_lr"])
+    tab = tables.main_table(res, models=["fusion.corrected", "baseline.composition_lr"])
     assert list(tab.index) == ["fusion (corrected)", "composition + LR"]
     assert "image · F1_paper" in tab.columns and "protein · F1" in tab.columns
     assert "image · F1" not in tab.columns                  # the image side is the paper's setting
@@ -157,24 +162,24 @@ def test_per_label_table_says_undefined_not_one():
     y, p = _data(n=30)
     y[:, 1] = 0
     res = _tidy_run("fusion.corrected", 0, y, p, "protein")
-    tab = evaluation.per_label_table(res)
+    tab = tables.per_label_table(res)
     assert tab.loc["fusion (corrected)", "b"] == "undefined (no positive)"
     assert tab.loc["fusion (corrected)", "a"] != "undefined (no positive)"
 
 
 def test_as_run_id_maps_legacy_names():
-    assert evaluation.as_run_id("fusion (corrected)") == "fusion.corrected"
-    assert evaluation.as_run_id("fusion (authors)") == "fusion.authors"
-    assert evaluation.as_run_id("ablation: mask off") == "ablation.mask_off"
-    assert evaluation.as_run_id("fusion (corrected), 5-fold CV") == "cv.corrected"
-    assert evaluation.as_run_id("composition + LR") == "baseline.composition_lr"
-    assert evaluation.as_run_id("baseline.composition_lr") == "baseline.composition_lr"
+    assert tables.as_run_id("fusion (corrected)") == "fusion.corrected"
+    assert tables.as_run_id("fusion (authors)") == "fusion.authors"
+    assert tables.as_run_id("ablation: mask off") == "ablation.mask_off"
+    assert tables.as_run_id("fusion (corrected), 5-fold CV") == "cv.corrected"
+    assert tables.as_run_id("composition + LR") == "baseline.composition_lr"
+    assert tables.as_run_id("baseline.composition_lr") == "baseline.composition_lr"
 
 
 def test_every_table_file_carries_its_provenance(tmp_path):
-    from proloc_lib import config, figures
+    from proloc_lib.evaluation import scoring
 
-    note = config.provenance_note({"synthetic_images": True, "random_weight_encoders": True, "real_sequences": True})
+    note = provenance.provenance_note({"synthetic_images": True, "random_weight_encoders": True, "real_sequences": True})
     table = pd.DataFrame({"F1_paper": [0.7, np.nan], "F1": ["0.61 ± 0.02", "undefined"]},
                          index=pd.Index(["fusion (corrected)", "label frequency"], name="model"))
     paths = figures.save_table(table, tmp_path, "main_table", f"Profile 'demo'. {note}", note="50 resamples (demo).")
@@ -188,7 +193,7 @@ def test_every_table_file_carries_its_provenance(tmp_path):
     assert tex.startswith("% Profile 'demo'. Demo numbers: SYNTHETIC") and "\\caption{" in tex
     assert "F1\\_paper" in tex and "undefined" in tex          # escaped for LaTeX; NaN shown as undefined
     y, p = _data(n=20)
-    tidy = evaluation.tidy("fusion.corrected", "protein", "test", 0, y, p, LABELS, provenance=note)
+    tidy = scoring.tidy("fusion.corrected", "protein", "test", 0, y, p, LABELS, provenance=note)
     assert (tidy["provenance"] == note).all()
 
 
@@ -201,7 +206,6 @@ def test_finished_figure_saves_without_a_layout_pass(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from proloc_lib import figures
 
     def make():
         fig, ax = plt.subplots(figsize=(4, 3))

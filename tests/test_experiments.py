@@ -11,11 +11,18 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from proloc_lib import experiments, predict, runs, training
-from proloc_lib.checkpoint import Checkpoint
-from proloc_lib.embeddings import EmbeddingStore
-from proloc_lib.errors import UserError
-from proloc_lib.labels import LABELS
+from proloc_lib.core import runs
+import proloc_lib.predict as predict_mod
+from proloc_lib.stages import baselines
+from proloc_lib.stages import common
+from proloc_lib.stages import training
+from proloc_lib.training import loop
+from proloc_lib.training import plan as plan_mod
+from proloc_lib.training import settings
+from proloc_lib.training.checkpoint import Checkpoint
+from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.core.errors import UserError
+from proloc_lib.data.labels import LABELS
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
 
@@ -83,7 +90,7 @@ def profile_cfg(**training_over):
 
 
 def test_plan_names_every_run_by_a_registry_id_and_checks_options_up_front():
-    plan = experiments.plan_runs(profile_cfg())
+    plan = plan_mod.plan_runs(profile_cfg())
     ids = [r["run_id"] for r in plan.runs]
     assert ids == ["fusion.corrected", "fusion.authors"] * 2 + ["ablation.reference", "ablation.mask_off",
                                                                  "ablation.augreg"]
@@ -97,24 +104,24 @@ def test_plan_names_every_run_by_a_registry_id_and_checks_options_up_front():
     assert runs.display_name("ablation.mask_off") == "ablation: mask off"
     assert runs.display_name("resplit.stratified") == "fusion (corrected), stratified re-splits"
     with pytest.raises(ValueError, match="reserved"):
-        experiments.plan_runs(profile_cfg(ablations={"reference": {"apply_mask": False}}))
+        plan_mod.plan_runs(profile_cfg(ablations={"reference": {"apply_mask": False}}))
     with pytest.raises(ValueError, match="twice"):
-        experiments.plan_runs(profile_cfg(ablations={"mask off": {}, "mask_off": {}}))
+        plan_mod.plan_runs(profile_cfg(ablations={"mask off": {}, "mask_off": {}}))
     with pytest.raises(ValueError, match="repeat"):
-        experiments.plan_runs(profile_cfg(resplits={"repeat": 2}))
+        plan_mod.plan_runs(profile_cfg(resplits={"repeat": 2}))
     with pytest.raises(ValueError, match="learning_rate"):
-        experiments.plan_runs(profile_cfg(ablations={"x": {"learning_rate": 1}}))
-    assert experiments.plan_runs(profile_cfg(control=False)).control is None
-    assert experiments.plan_runs(profile_cfg(control=True, cross_validation=True)).cross_validation == "corrected"
+        plan_mod.plan_runs(profile_cfg(ablations={"x": {"learning_rate": 1}}))
+    assert plan_mod.plan_runs(profile_cfg(control=False)).control is None
+    assert plan_mod.plan_runs(profile_cfg(control=True, cross_validation=True)).cross_validation == "corrected"
     with pytest.raises(ValueError, match="training.control"):
-        experiments.plan_runs(profile_cfg(control={"confg": "corrected"}))
+        plan_mod.plan_runs(profile_cfg(control={"confg": "corrected"}))
 
 
 def test_permuted_labels_keep_prevalence_per_split_and_leave_test_alone():
     rng = np.random.default_rng(0)
     prot = pd.DataFrame((rng.random((40, 5)) < 0.4).astype(int), columns=LABELS).assign(
         protein_id=[f"P{i}" for i in range(40)], split=["train"] * 24 + ["val"] * 8 + ["test"] * 8)
-    perm = experiments.permute_labels(prot, LABELS, seed=3)
+    perm = training.permute_labels(prot, LABELS, seed=3)
     te = prot["split"] == "test"
     pd.testing.assert_frame_equal(perm[te], prot[te])          # scored on the true labels
     for split in ("train", "val"):                              # fitted and selected on permuted ones
@@ -130,7 +137,7 @@ def stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_stage(root, variant="augreg")
     cfg = profile_cfg()
-    res = experiments.run_training_stage(cfg, profile="tiny", data_root=root, device="cpu", seed=0, progress=False,
+    res = training.run_training_stage(cfg, profile="tiny", data_root=root, device="cpu", seed=0, progress=False,
                                          resume_root=root / "resume")
     return root, cfg, res
 
@@ -188,10 +195,10 @@ def test_image_variant_ablation_trains_on_its_own_store(stage):
 
 def test_written_outputs_and_checkpoint_round_trip(stage, tmp_path):
     root, cfg, res = stage
-    data = experiments.load_stage_data("tiny", data_root=root)
-    plan = experiments.plan_runs(cfg)
-    out = experiments.write_training_outputs(res, tmp_path / "03_training", cfg=cfg, data=data,
-                                             params=experiments.training_params(plan, profile="tiny", seed=0,
+    data = common.load_stage_data("tiny", data_root=root)
+    plan = plan_mod.plan_runs(cfg)
+    out = training.write_training_outputs(res, tmp_path / "03_training", cfg=cfg, data=data,
+                                             params=training.training_params(plan, profile="tiny", seed=0,
                                                                                 device="cpu"))
     metrics = pd.read_csv(out / "metrics.csv")
     assert set(metrics["model"]) == set(res.metrics["model"]) and metrics["git_commit"].notna().all()
@@ -200,25 +207,25 @@ def test_written_outputs_and_checkpoint_round_trip(stage, tmp_path):
     assert man["checkpoints"] == {"fusion.corrected": "checkpoint-corrected", "fusion.authors": "checkpoint-authors"}
     assert not (tmp_path / "03_training.partial").exists()
     ck = Checkpoint.load(out / "checkpoint-corrected", labels=LABELS)
-    predict.read_checkpoint_config(out / "checkpoint-corrected")        # what predict validates
+    predict_mod.read_checkpoint_config(out / "checkpoint-corrected")        # what predict validates
     assert ck.run_id == "fusion.corrected" and ck.label_map == "test-map v1"
     model, thresholds, tcfg = res.models["fusion.corrected"]
     assert ck.thresholds == thresholds["protein"] and ck.config_hash == tcfg.hash()
-    ds = experiments.fusion_datasets(data)["test"]
-    np.testing.assert_allclose(training.predict_proba(ck.model, ds), training.predict_proba(model, ds), atol=1e-6)
+    ds = training.fusion_datasets(data)["test"]
+    np.testing.assert_allclose(loop.predict_proba(ck.model, ds), loop.predict_proba(model, ds), atol=1e-6)
 
 
 def test_authors_train_on_image_targets(tmp_path):
     root = tmp_path / "data"
     _, images = write_stage(root)
     # one image of P0 disagrees with its protein: the image's own columns must reach training
-    data = experiments.load_stage_data("tiny", data_root=root)
+    data = common.load_stage_data("tiny", data_root=root)
     data.images.loc[data.images["image_id"] == "img0_1", LABELS] = [1, 1, 1, 1, 1]
-    img = experiments.image_samples(data, "train", targets="image").set_index("image_id")
-    prot = experiments.image_samples(data, "train").set_index("image_id")
+    img = training.image_samples(data, "train", targets="image").set_index("image_id")
+    prot = training.image_samples(data, "train").set_index("image_id")
     assert list(img.loc["img0_1", LABELS]) == [1] * 5 and list(prot.index) == list(img.index)
     assert (img.drop(index="img0_1")[LABELS] == prot.drop(index="img0_1")[LABELS]).all().all()
-    assert training.make_config("authors").targets == "image"
+    assert settings.make_config("authors").targets == "image"
     with pytest.raises(UserError, match="images-nope"):
         data.image_store("nope")
 
@@ -227,12 +234,12 @@ def test_baselines_stage(tmp_path):
     root = tmp_path / "data"
     write_stage(root)
     cfg = profile_cfg()
-    data = experiments.load_stage_data("tiny", data_root=root)
-    res = experiments.run_baselines_stage(data, cfg["baselines"], seed=0)
-    assert list(dict.fromkeys(res.metrics["model"])) == list(experiments.BASELINE_RUNS)
+    data = common.load_stage_data("tiny", data_root=root)
+    res = baselines.run_baselines_stage(data, cfg["baselines"], seed=0)
+    assert list(dict.fromkeys(res.metrics["model"])) == list(baselines.BASELINE_RUNS)
     assert (res.metrics["display"] == res.metrics["model"].map(runs.display_name)).all()
     pred = res.predictions[res.predictions["level"] == "protein"]
-    p = lambda m, s: experiments.protein_probs(pred, m, s, data.proteins.query("split == @s")["protein_id"], LABELS)
+    p = lambda m, s: baselines.protein_probs(pred, m, s, data.proteins.query("split == @s")["protein_id"], LABELS)
     np.testing.assert_allclose(p("baseline.late_fusion", "test"),
                                (p("baseline.sequence_mlp", "test") + p("baseline.image_mlp", "test")) / 2)
     # label frequency: the training prevalence for everyone
@@ -242,16 +249,16 @@ def test_baselines_stage(tmp_path):
     f1 = res.metrics.query("level == 'protein' and split == 'test' and label == 'overall' and metric == 'f1'"
                            ).set_index("model")["value"]
     assert f1["baseline.image_mlp"] > 0.8 and f1["baseline.image_mlp"] > f1["baseline.label_frequency"] + 0.2
-    out = experiments.write_baseline_outputs(res, tmp_path / "04_baselines", cfg=cfg, data=data, params={})
-    assert set(pd.read_csv(out / "metrics.csv")["model"]) == set(experiments.BASELINE_RUNS)
+    out = baselines.write_baseline_outputs(res, tmp_path / "04_baselines", cfg=cfg, data=data, params={})
+    assert set(pd.read_csv(out / "metrics.csv")["model"]) == set(baselines.BASELINE_RUNS)
 
 
 def test_inference_padding_follows_the_configuration():
     from types import SimpleNamespace
 
     ds = {s: SimpleNamespace(seq_lengths=np.array(v)) for s, v in {"train": [5, 90], "val": [7, 30], "test": [12]}.items()}
-    pad = lambda padding, s: experiments._pad_to(training.make_config("corrected", padding=padding), ds[s], ds)
+    pad = lambda padding, s: training._pad_to(settings.make_config("corrected", padding=padding), ds[s], ds)
     assert pad("batch", "val") is None
     assert (pad("split", "val"), pad("split", "test")) == (30, 12)       # each split to its own longest
     assert (pad("global", "val"), pad("global", "test")) == (90, 90)
-    assert training.make_config("authors").padding == "split"
+    assert settings.make_config("authors").padding == "split"

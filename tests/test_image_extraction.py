@@ -5,10 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from proloc_lib import embeddings as E
-from proloc_lib.config import load_profile
-from proloc_lib.encoders import load_image_encoder
-from proloc_lib.images import BadImageError, load_image
+from proloc_lib.core import errors
+from proloc_lib.features import image
+from proloc_lib.features import store
+from proloc_lib.features import variants
+from proloc_lib.stages import embeddings
+from proloc_lib.profiles.loader import load_profile
+from proloc_lib.features.encoders import load_image_encoder
+from proloc_lib.data.images import BadImageError, load_image
 
 
 def ihc_like(path, size, seed=0):
@@ -41,45 +45,45 @@ def test_draft_decodes_to_the_smallest_scale_still_large_enough(tmp_path):
 
 
 def test_draft_target_comes_from_the_encoder_transform(encoder):
-    assert E.transform_input_size(encoder.transform) == (248, 248)   # demo: resize to 248, crop 224
-    assert E.draft_size(encoder) == (248, 248)
-    assert E.draft_size(encoder, grid=3) == (744, 744)               # each tile must still reach 248
-    assert E.draft_size(encoder, enabled=False) is None
-    assert E.transform_input_size(None, {"input_size": (3, 224, 224), "crop_pct": 1.0}) == (224, 224)
-    assert E.decode_workers("auto") >= 1 and E.decode_workers(3) == 3
+    assert image.transform_input_size(encoder.transform) == (248, 248)   # demo: resize to 248, crop 224
+    assert image.draft_size(encoder) == (248, 248)
+    assert image.draft_size(encoder, grid=3) == (744, 744)               # each tile must still reach 248
+    assert image.draft_size(encoder, enabled=False) is None
+    assert image.transform_input_size(None, {"input_size": (3, 224, 224), "crop_pct": 1.0}) == (224, 224)
+    assert image.decode_workers("auto") >= 1 and image.decode_workers(3) == 3
     with pytest.raises(ValueError):
-        E.decode_workers(0)
-    assert E.image_autocast_dtype("cpu") is None                     # float32 on the CPU
+        image.decode_workers(0)
+    assert image.image_autocast_dtype("cpu") is None                     # float32 on the CPU
 
 
 def test_prepared_tensor_equals_the_encoder_transform_exactly(tmp_path, encoder):
     p = ihc_like(tmp_path / "a.jpg", 700)
     im = load_image(p, draft=(248, 248))
-    ours = E.prepare_image(p, encoder, draft=(248, 248))
+    ours = image.prepare_image(p, encoder, draft=(248, 248))
     assert ours.shape == (1, 3, 224, 224) and torch.equal(ours[0], encoder.transform(im))
-    tiles = E.prepare_image(p, encoder, grid=2)
+    tiles = image.prepare_image(p, encoder, grid=2)
     assert tiles.shape == (4, 3, 224, 224)
-    assert torch.equal(tiles[3], encoder.transform(E.crop_grid(load_image(p), 2)[3]))
+    assert torch.equal(tiles[3], encoder.transform(image.crop_grid(load_image(p), 2)[3]))
 
 
 def test_parallel_decoding_gives_the_same_store_and_draft_stays_close(tmp_path, encoder):
     paths = {f"k{i}": ihc_like(tmp_path / f"im{i}.jpg", 1600, seed=i) for i in range(6)}
     stores = {}
     for name, kw in {"one": dict(workers=1), "two": dict(workers=2), "full": dict(workers=2, jpeg_draft=False)}.items():
-        rep = E.extract_images(paths, encoder, tmp_path / name, batch_size=4, progress=False, **kw)
+        rep = image.extract_images(paths, encoder, tmp_path / name, batch_size=4, progress=False, **kw)
         assert rep["embedded"] == 6 and rep["decode_workers"] == kw["workers"]
-        st = E.EmbeddingStore(tmp_path / name)
+        st = store.EmbeddingStore(tmp_path / name)
         stores[name] = {k: st.get(k).float() for k in paths}
     assert all(torch.equal(stores["one"][k], stores["two"][k]) for k in paths)    # order and values kept
     # draft vs full decode: a small difference, and recorded, so the two never mix in one store
     diff = max(float((stores["one"][k] - stores["full"][k]).abs().max()) for k in paths)
     scale = max(float(stores["full"][k].abs().max()) for k in paths)
     assert 0 < diff < 0.1 * scale
-    one, full = E.EmbeddingStore(tmp_path / "one").meta, E.EmbeddingStore(tmp_path / "full").meta
+    one, full = store.EmbeddingStore(tmp_path / "one").meta, store.EmbeddingStore(tmp_path / "full").meta
     assert one["extraction"]["jpeg_draft"] == [248, 248] and "extraction" not in full
     assert one["fingerprint"] == full["fingerprint"] and one["fingerprint_id"] != full["fingerprint_id"]
-    with pytest.raises(E.StaleStoreError):
-        E.extract_images(paths, encoder, tmp_path / "full", progress=False)
+    with pytest.raises(store.StaleStoreError):
+        image.extract_images(paths, encoder, tmp_path / "full", progress=False)
     # the extraction path equals the encoder's own embed_batch on the same decoded image
     direct = encoder.embed_batch([load_image(paths["k0"], draft=(248, 248))])[0]
     torch.testing.assert_close(stores["one"]["k0"], direct.half().float(), atol=0, rtol=0)
@@ -89,7 +93,7 @@ def test_image_variants_get_their_own_stores(tmp_path):
     cfg = load_profile("smoke")
     cfg["embeddings"]["image_variants"] = {"tiles": {"crop_grid": 2},
                                            "wide": {"image": {"overrides": {"embed_dim": 32}}}}
-    sections = E.image_variants(cfg)
+    sections = variants.image_variants(cfg)
     assert sections["tiles"]["crop_grid"] == 2 and sections["wide"]["image"]["model"] == cfg["embeddings"]["image"]["model"]
     prof = tmp_path / "prof"
     (prof / "images").mkdir(parents=True)
@@ -98,45 +102,45 @@ def test_image_variants_get_their_own_stores(tmp_path):
         ihc_like(prof / "images" / f"{i}.jpg", 320, seed=i)
         rows.append({"image_id": f"img{i}", "path": f"images/{i}.jpg"})
     out = tmp_path / "02"
-    rep = E.embed_image_stage(cfg, pd.DataFrame(rows), prof, out, "cpu", progress=False)
+    rep = embeddings.embed_image_stage(cfg, pd.DataFrame(rows), prof, out, "cpu", progress=False)
     assert rep["embedded"] == 3 and set(rep["variants"]) == {"tiles", "wide"}
-    main, tiles, wide = (E.EmbeddingStore(E.image_store_dir(out, v)) for v in (None, "tiles", "wide"))
+    main, tiles, wide = (store.EmbeddingStore(variants.image_store_dir(out, v)) for v in (None, "tiles", "wide"))
     assert tiles.path.name == "images-tiles" and wide.path.name == "images-wide"
     n = main.get("img0").shape[0]
     assert tiles.get("img0").shape == (4 * n, 64) and wide.get("img0").shape == (n, 32)
     assert tiles.meta["fingerprint"]["crop_grid"] == 2
     for st in (main, tiles, wide):
-        E.check_complete(st.path, [r["image_id"] for r in rows], what="image")
-    with pytest.raises(E.IncompleteStoreError, match="1 of 4 items missing"):
-        E.check_complete(main.path, [r["image_id"] for r in rows] + ["img9"], what="image")
+        store.check_complete(st.path, [r["image_id"] for r in rows], what="image")
+    with pytest.raises(store.IncompleteStoreError, match="1 of 4 items missing"):
+        store.check_complete(main.path, [r["image_id"] for r in rows] + ["img9"], what="image")
     cfg["embeddings"]["image_variants"] = {"../evil": {}}
-    with pytest.raises(E.UserError, match="evil"):
-        E.image_variants(cfg)
+    with pytest.raises(errors.UserError, match="evil"):
+        variants.image_variants(cfg)
 
 
 def test_autocast_path_records_its_dtype_and_stays_close(tmp_path, encoder, monkeypatch):
     """The CUDA path (autocast) exercised on the CPU: bfloat16 compute, float16 storage."""
     paths = {f"k{i}": ihc_like(tmp_path / f"im{i}.jpg", 400, seed=i) for i in range(3)}
-    E.extract_images(paths, encoder, tmp_path / "fp32", progress=False)
-    monkeypatch.setattr(E, "image_autocast_dtype", lambda device, enabled=True: torch.bfloat16 if enabled else None)
-    rep = E.extract_images(paths, encoder, tmp_path / "bf16", progress=False)
+    image.extract_images(paths, encoder, tmp_path / "fp32", progress=False)
+    monkeypatch.setattr(image, "image_autocast_dtype", lambda device, enabled=True: torch.bfloat16 if enabled else None)
+    rep = image.extract_images(paths, encoder, tmp_path / "bf16", progress=False)
     assert rep["autocast"] == "bfloat16"
-    a, b = E.EmbeddingStore(tmp_path / "fp32"), E.EmbeddingStore(tmp_path / "bf16")
+    a, b = store.EmbeddingStore(tmp_path / "fp32"), store.EmbeddingStore(tmp_path / "bf16")
     assert b.meta["extraction"]["autocast"] == "bfloat16" and "autocast" not in a.meta["extraction"]
     for k in paths:
         x, y = a.get(k).float(), b.get(k).float()
         assert y.dtype == torch.float32 and b.get(k).dtype == torch.float16
         cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)
         assert cos.min() > 0.99 and not torch.equal(x, y)
-    E.extract_images(paths, encoder, tmp_path / "off", progress=False, autocast=False)
-    assert "autocast" not in E.EmbeddingStore(tmp_path / "off").meta["extraction"]
+    image.extract_images(paths, encoder, tmp_path / "off", progress=False, autocast=False)
+    assert "autocast" not in store.EmbeddingStore(tmp_path / "off").meta["extraction"]
 
 
 def test_merge_keeps_the_extraction_settings(tmp_path, encoder):
     paths = {f"k{i}": ihc_like(tmp_path / f"im{i}.jpg", 600, seed=i) for i in range(4)}
     for i in range(2):
-        E.extract_images(paths, encoder, tmp_path / f"p{i}", shard=f"{i}/2", progress=False)
-    merged = E.merge_stores([tmp_path / "p0", tmp_path / "p1"], tmp_path / "m")
+        image.extract_images(paths, encoder, tmp_path / f"p{i}", shard=f"{i}/2", progress=False)
+    merged = store.merge_stores([tmp_path / "p0", tmp_path / "p1"], tmp_path / "m")
     assert len(merged) == 4 and merged.meta["extraction"] == {"jpeg_draft": [248, 248]}
-    rep = E.extract_images(paths, encoder, tmp_path / "m", progress=False)      # the same store: nothing to do
+    rep = image.extract_images(paths, encoder, tmp_path / "m", progress=False)      # the same store: nothing to do
     assert rep["embedded"] == 0

@@ -4,8 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from proloc_lib import encoders as E
-from proloc_lib.embeddings import fingerprint_id
+from proloc_lib.features import encoders
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.features.store import fingerprint_id
 
 TINY = {"model": "vit_base_patch16_224", "pretrained": False,
         "overrides": {"embed_dim": 32, "depth": 1, "num_heads": 2}, "init_seed": 0}
@@ -25,18 +26,18 @@ def _image(w=400, h=250, seed=0):
 
 
 def test_published_preprocessing_is_a_plain_resize_without_crop():
-    enc = E.load_image_encoder({**TINY, **PUBLISHED}, device="cpu")
+    enc = encoders.load_image_encoder({**TINY, **PUBLISHED}, device="cpu")
     im = _image()                                        # not square: a crop would lose the sides
     torch.testing.assert_close(enc.transform(im), published_processor(im), atol=1e-6, rtol=0)
     # the default (timm's crop_pct 0.9, bicubic, center crop) is a different input
-    default = E.load_image_encoder(TINY, device="cpu")
+    default = encoders.load_image_encoder(TINY, device="cpu")
     assert not torch.allclose(default.transform(im), published_processor(im), atol=0.05)
 
 
 def test_preprocessing_enters_the_store_fingerprint():
-    a = E.load_image_encoder({**TINY, **PUBLISHED}, device="cpu").fingerprint()
-    b = E.load_image_encoder(TINY, device="cpu").fingerprint()
-    c = E.load_image_encoder({**TINY, **PUBLISHED, "crop_pct": 0.9}, device="cpu").fingerprint()
+    a = encoders.load_image_encoder({**TINY, **PUBLISHED}, device="cpu").fingerprint()
+    b = encoders.load_image_encoder(TINY, device="cpu").fingerprint()
+    c = encoders.load_image_encoder({**TINY, **PUBLISHED, "crop_pct": 0.9}, device="cpu").fingerprint()
     assert a["preprocessing"] == {"crop_mode": "squash", "crop_pct": 1.0, "interpolation": "bilinear"}
     assert len({fingerprint_id(a), fingerprint_id(b), fingerprint_id(c)}) == 3   # each its own store
 
@@ -46,16 +47,15 @@ def test_preprocessing_enters_the_store_fingerprint():
                                       ({"interpolation": "nearest"}, "interpolation")])
 def test_bad_preprocessing_values_are_named(bad, msg):
     with pytest.raises(ValueError, match=msg):
-        E.load_image_encoder({**TINY, **bad}, device="cpu")
+        encoders.load_image_encoder({**TINY, **bad}, device="cpu")
 
 
 def test_full_profiles_use_the_published_encoder_and_list_the_variants():
     from pathlib import Path
 
-    from proloc_lib import config
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("full*.yaml")):
-        cfg = config.load_profile(path.stem)
+        cfg = profiles.load_profile(path.stem)
         img = cfg["embeddings"]["image"]
         assert img["model"] == "vit_base_patch16_224.orig_in21k", path.name
         assert {k: img[k] for k in PUBLISHED} == PUBLISHED, path.name

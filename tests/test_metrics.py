@@ -7,11 +7,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from proloc_lib.labels import LABELS
-from proloc_lib.metrics import (
-    METRIC_NAMES, PAPER_NAMES, aggregate_by_group, binarize, full_report,
-    paper_metrics,
-)
+from proloc_lib.data.labels import LABELS
+from proloc_lib.evaluation.metrics import METRIC_NAMES, PAPER_NAMES, aggregate_by_group, binarize, full_report, paper_metrics
 
 approx = pytest.approx
 
@@ -322,7 +319,7 @@ def test_aggregate_by_group_validation():
 def test_sample_f1_and_f1_at_thresholds_agree_with_sklearn():
     from sklearn.metrics import f1_score
 
-    from proloc_lib.metrics import f1_at_thresholds, sample_f1
+    from proloc_lib.evaluation.metrics import f1_at_thresholds, sample_f1
 
     rng = np.random.default_rng(4)
     y = (rng.random((40, 5)) < 0.3).astype(int)

@@ -18,9 +18,20 @@ import pytest
 import requests
 from PIL import Image
 
-from proloc_lib import config, datacard, download, hpa, mirror, splits
-from proloc_lib.images import file_sha256, load_image
-from proloc_lib.labels import LABELS, LabelMap
+from proloc_lib.core import manifest
+from proloc_lib.core import paths
+from proloc_lib.core import provenance
+from proloc_lib.data import build
+from proloc_lib.data import datacard
+from proloc_lib.data import download
+from proloc_lib.data import hpa
+from proloc_lib.data import mirror
+from proloc_lib.data import splits
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.stages import common
+from proloc_lib.core.fileio import file_sha256
+from proloc_lib.data.images import load_image
+from proloc_lib.data.labels import LABELS, LabelMap
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
@@ -43,7 +54,7 @@ def label_map():
 
 @pytest.fixture(scope="module")
 def full_data_cfg():
-    cfg = config.load_profile("full")["data"]
+    cfg = profiles.load_profile("full")["data"]
     assert cfg["labels"] == "columns" and cfg["split"]["method"] == "benchmark"  # the full profile's defaults
     return {**cfg, "max_proteins": N_PER_FILE, "subsample_seed": SUBSAMPLE_SEED}
 
@@ -122,7 +133,7 @@ def test_mirror_serves_the_real_protocols(srv):
 def test_full_profile_build_through_the_mirror(srv, label_map, full_data_cfg, tmp_path):
     exp = _expected()
     assert exp["key"].duplicated().sum() > 0  # the subsample holds duplicate rows, as the tables do
-    proteins, images, report = hpa.assemble(full_data_cfg, label_map, tmp_path, progress=False, mirror=srv.url)
+    proteins, images, report = build.assemble(full_data_cfg, label_map, tmp_path, progress=False, mirror=srv.url)
 
     # every unique image of the (subsampled) tables, each once, under its own checksum
     unique = exp.drop_duplicates("key")
@@ -157,9 +168,9 @@ def test_full_profile_build_through_the_mirror(srv, label_map, full_data_cfg, tm
     prov = report["provenance"]
     assert prov["synthetic_images"] and prov["standin_sequences"] and prov["mirror"] == srv.url
     assert prov["n_standin_sequences"] == len(standin) and prov["n_synthetic_images"] == len(images)
-    full_prov = hpa.build_provenance(config.load_profile("full")["provenance"], report)
+    full_prov = build.build_provenance(profiles.load_profile("full")["provenance"], report)
     assert full_prov["synthetic_images"] and not full_prov["real_sequences"]
-    assert "SYNTHETIC" in hpa.provenance_line(full_prov) and "STAND-IN" in hpa.provenance_line(full_prov)
+    assert "SYNTHETIC" in provenance.provenance_line(full_prov) and "STAND-IN" in provenance.provenance_line(full_prov)
 
     # the benchmark protocol: Vislocas test = the test split, val carved from train, disjoint
     split, srep = splits.split_proteins(proteins, images, LABELS, full_data_cfg["split"], seed=0)
@@ -182,7 +193,7 @@ def test_full_profile_build_through_the_mirror(srv, label_map, full_data_cfg, tm
 
     # a rerun fetches nothing again (every image cached)
     before = srv.requests.get("images", 0)
-    _, images2, _ = hpa.assemble(full_data_cfg, label_map, tmp_path, progress=False, mirror=srv.url)
+    _, images2, _ = build.assemble(full_data_cfg, label_map, tmp_path, progress=False, mirror=srv.url)
     assert (images2["fetch_status"] == "cached").all()
     assert srv.requests["images"] - before <= 32  # only the size estimate's HEAD sample, if any
     assert images2["image_id"].tolist() == images["image_id"].tolist()
@@ -206,14 +217,14 @@ def test_streaming_build_embeds_each_image_once_and_resumes(srv, label_map, full
 
     cfg = {**full_data_cfg, "stream": True}
     with pytest.raises(Interrupt):
-        hpa.assemble(cfg, label_map, tmp_path, progress=False, mirror=srv.url,
+        build.assemble(cfg, label_map, tmp_path, progress=False, mirror=srv.url,
                      embed=functools.partial(embed, fail_on=1))
     assert len(calls) == 1
     first = set(calls[0])
     ledger = json.loads((tmp_path / "images" / download.STREAM_LEDGER).read_text())
     assert {v["sha256"] for v in ledger.values()} == first
 
-    proteins, images, report = hpa.assemble(cfg, label_map, tmp_path, progress=False, mirror=srv.url, embed=embed)
+    proteins, images, report = build.assemble(cfg, label_map, tmp_path, progress=False, mirror=srv.url, embed=embed)
     embedded = [k for c in calls for k in c]
     assert len(embedded) == len(set(embedded))  # nothing embedded twice, across the interruption
     assert set(embedded) == set(images["image_id"]) and report["image_failures"] == []
@@ -226,16 +237,16 @@ def test_streaming_build_embeds_each_image_once_and_resumes(srv, label_map, full
 
 def test_later_stages_read_the_build_provenance(tmp_path):
     """A mirror build's manifest says synthetic images + stand-ins; data.provenance_note repeats it."""
-    from proloc_lib import data as data_cli
-    from proloc_lib import manifest
+    from proloc_lib.data import build
+    from proloc_lib.profiles import loader as profiles
 
-    cfg = config.load_profile("full")
-    assert data_cli.provenance_note(cfg, tmp_path) == "Real data and pretrained encoders."  # nothing built yet
+    cfg = profiles.load_profile("full")
+    assert common.stage_note(cfg, tmp_path) == "Real data and pretrained encoders."  # nothing built yet
     report = {"provenance": {"mirror": "http://127.0.0.1:1", "synthetic_images": True,
                              "n_standin_sequences": 490}}
-    prov = hpa.build_provenance(cfg["provenance"], report)
-    out = config.stage_dir("full", "01_data_assembly", tmp_path)
+    prov = build.build_provenance(cfg["provenance"], report)
+    out = paths.stage_dir("full", "01_data_assembly", tmp_path)
     with manifest.stage_output(out, "01_data_assembly", {}, provenance=prov):
         pass
-    note = data_cli.provenance_note(cfg, tmp_path)
+    note = common.stage_note(cfg, tmp_path)
     assert "SYNTHETIC" in note and "490 seeded STAND-IN sequences" in note and "Not comparable" in note

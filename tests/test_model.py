@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from proloc_lib.embeddings import pad_batch
-from proloc_lib.losses import bce_focal_loss, focal_loss
-from proloc_lib.model import Attention, Dropout, FusionConfig, FusionModel
+from proloc_lib.features.batching import pad_batch
+from proloc_lib.training.losses import bce_focal_loss, focal_loss
+from proloc_lib.training.model import Attention, Dropout, FusionConfig, FusionModel
 
 
 def small(**kw):

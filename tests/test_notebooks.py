@@ -30,7 +30,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """Run 01..05 once on `smoke` into a temporary data and figures root, as `proloc run` does."""
-    from proloc_lib.cli import execute_notebook
+    from proloc_lib.stages.runner import execute_notebook
 
     base = tmp_path_factory.mktemp("smoke")
     data_root, fig_root, executed = base / "data", base / "figures", base / "executed"
@@ -58,7 +58,7 @@ def test_smoke_run_writes_every_stage_with_manifests(smoke_run):
 
 
 def test_smoke_split_is_protein_disjoint(smoke_run):
-    from proloc_lib.splits import check_disjoint
+    from proloc_lib.data.splits import check_disjoint
 
     stages, _, _ = smoke_run
     proteins = pd.read_parquet(stages / "01_data_assembly" / "proteins.parquet")
@@ -68,7 +68,7 @@ def test_smoke_split_is_protein_disjoint(smoke_run):
 
 
 def test_smoke_results_table_holds_every_model_and_level(smoke_run):
-    from proloc_lib import runs
+    from proloc_lib.core import runs
 
     stages, _, _ = smoke_run
     res = pd.read_csv(stages / "05_figures" / "all_metrics.csv")
@@ -103,7 +103,7 @@ def test_cross_validation_tests_every_protein_once(smoke_run):
 
 
 def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
-    from proloc_lib import predict
+    from proloc_lib.cli import predict
 
     stages, _, _ = smoke_run
     proteins = pd.read_parquet(stages / "01_data_assembly" / "proteins.parquet")
@@ -122,14 +122,15 @@ def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
 
 
 def test_sharded_extract_command_resumes_on_a_complete_store(smoke_run, capsys):
-    from proloc_lib import embeddings
+    from proloc_lib.cli import features
+    from proloc_lib.features import store
 
     stages, _, _ = smoke_run
-    before = embeddings.store_size_bytes(stages / "02_embeddings")
-    rc = embeddings.cli(["extract", "--profile", "smoke", "--data-root", str(stages.parent), "--shard", "1/2",
+    before = store.store_size_bytes(stages / "02_embeddings")
+    rc = features.cli(["extract", "--profile", "smoke", "--data-root", str(stages.parent), "--shard", "1/2",
                          "--device", "cpu"])
     assert rc == 0 and "sequences: 0 embedded" in capsys.readouterr().out
-    assert embeddings.store_size_bytes(stages / "02_embeddings") == before
+    assert store.store_size_bytes(stages / "02_embeddings") == before
 
 
 def test_figures_folder_is_the_stage_output_of_notebook_05(smoke_run):

@@ -7,24 +7,30 @@ import pandas as pd
 import pytest
 import torch
 
-from proloc_lib import predict as P
-from proloc_lib.config import load_profile
-from proloc_lib.embeddings import EmbeddingStore, embed_sequence_long, extract_images, extract_sequences
-from proloc_lib.encoders import load_image_encoder, load_sequence_encoder
-from proloc_lib.images import file_sha256, load_image
-from proloc_lib.labels import LABELS
-from proloc_lib.model import FusionConfig, FusionModel
-from proloc_lib.sequences import sequence_hash
-from proloc_lib.synthetic import write_protein_images
-from proloc_lib.checkpoint import Checkpoint
-from proloc_lib.training import FusionDataset, image_samples, predict_proba
+from proloc_lib.cli import predict
+import proloc_lib.predict as predict_mod
+from proloc_lib.training import checkpoint
+from proloc_lib.profiles.loader import load_profile
+from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.features.sequence import embed_sequence_long, extract_sequences
+from proloc_lib.features.image import extract_images
+from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
+from proloc_lib.core.fileio import file_sha256
+from proloc_lib.data.images import load_image
+from proloc_lib.data.labels import LABELS
+from proloc_lib.training.model import FusionConfig, FusionModel
+from proloc_lib.data.sequences import sequence_hash
+from proloc_lib.data.synthetic import write_protein_images
+from proloc_lib.training.checkpoint import Checkpoint
+from proloc_lib.training.datasets import FusionDataset, image_samples
+from proloc_lib.training.loop import predict_proba
 
 SEQS = {"P1": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",
         "P2": "MSDNELAPLLRWAELQGKLSGTPEEFLSVLSAQDGHKRLLWKAIVDQGRASFVNSL",
         "P3": "MADQLTEEQIAEFKEAFSLFDKDGDGTITTKELGTVMRSLGQNPTEAELQDMINEVDADGNGTIDFPEFLTMMARKMKD"}
 MAX_RESIDUES = 60  # P3 is longer: truncation is exercised
 THRESHOLDS = [0.0, 1.0, 0.5, 0.0, 1.0]
-LAB_COLS = [P._col(lab) for lab in LABELS]
+LAB_COLS = [predict_mod._col(lab) for lab in LABELS]
 PROB = [f"prob_{c}" for c in LAB_COLS]
 CALL = [f"call_{c}" for c in LAB_COLS]
 
@@ -62,7 +68,7 @@ def env(tmp_path_factory):
         paths = {"P1": write_protein_images("P1", labels["P1"], images / "P1", 2, 0, size=96),
                  "P2": write_protein_images("P2", labels["P2"], images, 2, 0, size=96),  # flat layout
                  "P3": write_protein_images("P3", labels["P3"], images / "P3", 2, 0, size=96)}
-        df = P.predict(ckpt, fasta, images, device="cpu", progress=False)
+        df = predict_mod.predict(ckpt, fasta, images, device="cpu", progress=False)
         yield {"root": root, "emb": emb, "seq_enc": seq_enc, "img_enc": img_enc, "ckpt": ckpt, "fasta": fasta,
                "images": images, "paths": paths, "labels": labels, "df": df}
 
@@ -103,7 +109,7 @@ def test_probabilities_equal_the_evaluation_path(env):
     seq_store, img_store = EmbeddingStore(root / "seq"), EmbeddingStore(root / "img")
     # what the store recorded is what the checkpoint stores, and predict() accepts
     meta = json.loads((env["ckpt"] / "config.json").read_text())
-    P.compare_fingerprints("sequence", seq_store.meta["fingerprint"], meta["sequence_encoder"])
+    predict_mod.compare_fingerprints("sequence", seq_store.meta["fingerprint"], meta["sequence_encoder"])
     images = pd.DataFrame([{"image_id": file_sha256(p), "protein_id": pid} for pid, ps in files.items() for p in ps])
     proteins = pd.DataFrame([{"protein_id": pid, "seq_hash": sequence_hash(s), "split": "test",
                               **dict(zip(LABELS, env["labels"][pid]))} for pid, s in SEQS.items()])
@@ -120,7 +126,7 @@ def test_windows_policy_embeds_long_sequences_in_windows(env):
         m["encoders"].update(long_policy="windows", max_residues=30)
         m["sequence_encoder"].update(long_policy="windows", max_residues=30)
     ckpt = _edit(env, "ckpt_windows", windows)
-    df = P.predict(ckpt, env["fasta"], env["images"], device="cpu", progress=False)
+    df = predict_mod.predict(ckpt, env["fasta"], env["images"], device="cpu", progress=False)
     model = Checkpoint.load(ckpt).model
     with torch.no_grad():
         s = embed_sequence_long(env["seq_enc"], SEQS["P3"], 30).half().float()  # 80 residues, 4 windows
@@ -133,7 +139,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(env):
     src = env["ckpt"]
     for i in range(2):  # save -> load -> save again -> load
         src = Checkpoint.load(src).save(env["root"] / f"roundtrip{i}")
-    again = P.predict(src, env["fasta"], env["images"], device="cpu", progress=False)
+    again = predict_mod.predict(src, env["fasta"], env["images"], device="cpu", progress=False)
     pd.testing.assert_frame_equal(again, env["df"])
 
 
@@ -149,7 +155,7 @@ def test_calls_follow_the_checkpoint_thresholds(env):
     median = np.median(probs, axis=0)
     assert len(set(probs[:, 0])) == 3
     moved = _edit(env, "ckpt_median", lambda m: m.update(thresholds=median.tolist()))
-    df2 = P.predict(moved, env["fasta"], env["images"], device="cpu", progress=False)
+    df2 = predict_mod.predict(moved, env["fasta"], env["images"], device="cpu", progress=False)
     np.testing.assert_array_equal(df2[PROB].to_numpy(), probs)
     np.testing.assert_array_equal(df2[CALL].to_numpy(dtype=int), (probs >= median).astype(int))
     assert (df2[CALL].to_numpy(dtype=int).sum(0) == 2).all()
@@ -157,44 +163,44 @@ def test_calls_follow_the_checkpoint_thresholds(env):
 
 def test_demo_provenance_is_flagged(env, capsys):
     assert env["df"]["provenance"].str.contains("not biologically meaningful").all()
-    P.predict(env["ckpt"], env["fasta"], env["images"], device="cpu", progress=False)
+    predict_mod.predict(env["ckpt"], env["fasta"], env["images"], device="cpu", progress=False)
     err = capsys.readouterr().err
     assert "demo model" in err and "random-weight encoders" in err and "synthetic training images" in err
 
 
 def test_encoder_mismatch_is_refused(env):
     seq = _edit(env, "ckpt_seed", lambda m: m["encoders"]["sequence"].update(init_seed=1))
-    with pytest.raises(P.CheckpointMismatchError, match=r"sequence encoder.*init_seed"):
-        P.predict(seq, env["fasta"], env["images"], device="cpu", progress=False)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"sequence encoder.*init_seed"):
+        predict_mod.predict(seq, env["fasta"], env["images"], device="cpu", progress=False)
     img = _edit(env, "ckpt_img", lambda m: m["encoders"]["image"]["overrides"].update(depth=1))
-    with pytest.raises(P.CheckpointMismatchError, match=r"image encoder.*overrides"):
-        P.predict(img, env["fasta"], env["images"], device="cpu", progress=False)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"image encoder.*overrides"):
+        predict_mod.predict(img, env["fasta"], env["images"], device="cpu", progress=False)
     policy = _edit(env, "ckpt_policy", lambda m: m["encoders"].update(long_policy="windows"))
-    with pytest.raises(P.CheckpointMismatchError, match="long_policy"):
-        P.predict(policy, env["fasta"], env["images"], device="cpu", progress=False)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="long_policy"):
+        predict_mod.predict(policy, env["fasta"], env["images"], device="cpu", progress=False)
 
 
 def test_model_dims_must_match_the_encoders(env):
-    with pytest.raises(P.CheckpointMismatchError, match="seq_dim"):  # refused when written, or when read
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="seq_dim"):  # refused when written, or when read
         bad = _build_checkpoint(env["root"] / "ckpt_dim", env["seq_enc"], env["img_enc"], env["emb"],
                                 seq_dim=env["seq_enc"].hidden_size + 1)
-        P.predict(bad, env["fasta"], env["images"], device="cpu", progress=False)
+        predict_mod.predict(bad, env["fasta"], env["images"], device="cpu", progress=False)
     labels = _edit(env, "ckpt_labels", lambda m: m.update(labels=LABELS[:4]))
-    with pytest.raises(P.CheckpointMismatchError, match="labels"):
-        P.predict(labels, env["fasta"], env["images"], device="cpu", progress=False)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="labels"):
+        predict_mod.predict(labels, env["fasta"], env["images"], device="cpu", progress=False)
 
 
 def test_broken_checkpoint_files_are_named(env):
     no_key = _edit(env, "ckpt_nokey", lambda m: m.pop("thresholds"))
-    with pytest.raises(P.CheckpointError, match=r"config\.json.*thresholds"):
-        P.predict(no_key, env["fasta"], env["images"], device="cpu")
+    with pytest.raises(checkpoint.CheckpointError, match=r"config\.json.*thresholds"):
+        predict_mod.predict(no_key, env["fasta"], env["images"], device="cpu")
     no_enc = _edit(env, "ckpt_noenc", lambda m: m["encoders"].pop("max_residues"))
-    with pytest.raises(P.CheckpointError, match=r"encoders\.max_residues"):
-        P.predict(no_enc, env["fasta"], env["images"], device="cpu")
+    with pytest.raises(checkpoint.CheckpointError, match=r"encoders\.max_residues"):
+        predict_mod.predict(no_enc, env["fasta"], env["images"], device="cpu")
     no_weights = _edit(env, "ckpt_noweights", lambda m: None)
     (no_weights / "model.safetensors").unlink()
-    with pytest.raises(P.CheckpointError, match="model.safetensors"):
-        P.predict(no_weights, env["fasta"], env["images"], device="cpu")
+    with pytest.raises(checkpoint.CheckpointError, match="model.safetensors"):
+        predict_mod.predict(no_weights, env["fasta"], env["images"], device="cpu")
 
 
 def test_missing_and_corrupt_images(env, capsys):
@@ -204,7 +210,7 @@ def test_missing_and_corrupt_images(env, capsys):
         shutil.copy(p, images / p.name)
     (images / "P1" / "broken.png").write_bytes(b"<html>not an image</html>")
     (images / "P2_2.jpg").write_bytes(b"\xff\xd8\xff truncated")
-    df = P.predict(env["ckpt"], env["fasta"], images, device="cpu", progress=False).set_index("protein_id")
+    df = predict_mod.predict(env["ckpt"], env["fasta"], images, device="cpu", progress=False).set_index("protein_id")
     ref = env["df"].set_index("protein_id")
     for pid in ("P1", "P2"):  # bad files skipped with a warning; the good ones give the same numbers
         assert df.loc[pid, "n_images"] == 2 and df.loc[pid, "error"] == ""
@@ -213,8 +219,8 @@ def test_missing_and_corrupt_images(env, capsys):
     assert df.loc["P3", "n_images"] == 0 and df.loc["P3", PROB].isna().all() and df.loc["P3", CALL].isna().all()
     assert "image+sequence fusion model: give IHC images for P3 with --images" in df.loc["P3", "error"]
     assert "broken.png" in capsys.readouterr().err
-    with pytest.raises(P.MissingImagesError, match="give IHC images for P1, P2, P3"):
-        P.predict(env["ckpt"], env["fasta"], None, device="cpu")
+    with pytest.raises(predict_mod.MissingImagesError, match="give IHC images for P1, P2, P3"):
+        predict_mod.predict(env["ckpt"], env["fasta"], None, device="cpu")
 
 
 def test_find_images_rule(tmp_path):
@@ -222,7 +228,7 @@ def test_find_images_rule(tmp_path):
                  "B/sub/deep.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    found = P.find_images(tmp_path, ["A", "A_1", "B"])
+    found = predict_mod.find_images(tmp_path, ["A", "A_1", "B"])
     assert {k: [p.relative_to(tmp_path).as_posix() for p in v] for k, v in found.items()} == {
         "A": ["A.png", "A_x.jpg"], "A_1": ["A_1/z.JPEG", "A_1_y.TIF"], "B": []}
 
@@ -230,19 +236,19 @@ def test_find_images_rule(tmp_path):
 def test_cli_writes_csv(env, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     args = ["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--device", "cpu", "--no-progress"]
-    assert P.main(args + ["--images", str(env["images"]), "--out", str(out), "--batch-size", "1"]) == 0
+    assert predict.main(args + ["--images", str(env["images"]), "--out", str(out), "--batch-size", "1"]) == 0
     assert out.read_text().splitlines()[0].startswith("protein_id,n_images,prob_cytoplasm,")
     csv = pd.read_csv(out, keep_default_na=False)
     np.testing.assert_allclose(csv[PROB].to_numpy(float), env["df"][PROB].to_numpy(), atol=1e-6)
     assert list(csv["predicted"]) == list(env["df"]["predicted"])
     capsys.readouterr()
-    assert P.main(args) != 0  # no --images
+    assert predict.main(args) != 0  # no --images
     assert "image+sequence fusion model: give IHC images for P1, P2, P3 with --images" in capsys.readouterr().err
-    assert P.main(args[:-3] + ["--device", "tpu", "--images", str(env["images"])]) == 2
+    assert predict.main(args[:-3] + ["--device", "tpu", "--images", str(env["images"])]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
     bad = tmp_path / "bad.fasta"
     bad.write_text(">X\nMK1LV\n")
-    assert P.main(["--checkpoint", str(env["ckpt"]), "--fasta", str(bad), "--images", str(env["images"])]) == 2
+    assert predict.main(["--checkpoint", str(env["ckpt"]), "--fasta", str(bad), "--images", str(env["images"])]) == 2
     assert "non-amino-acid" in capsys.readouterr().err
 
 
@@ -250,6 +256,6 @@ def test_cli_fails_when_no_protein_is_predicted(env, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "pred.csv"
-    assert P.main(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images", str(empty),
+    assert predict.main(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images", str(empty),
                    "--out", str(out), "--device", "cpu", "--no-progress"]) == 1
     assert len(pd.read_csv(out)) == 3 and "3 of 3 protein(s) not predicted" in capsys.readouterr().err

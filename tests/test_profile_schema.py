@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from proloc_lib import config, encoders, schema
-from proloc_lib.errors import UserError
-from proloc_lib.training import TrainConfig
+from proloc_lib.features import encoders
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.profiles import schema
+from proloc_lib.core.errors import UserError
+from proloc_lib.training.settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +25,8 @@ def write(tmp_path, name, text):
 
 
 def error_of(path) -> str:
-    with pytest.raises(config.ProfileError) as info:
-        config.load_profile(str(path))
+    with pytest.raises(profiles.ProfileError) as info:
+        profiles.load_profile(str(path))
     msg = str(info.value)
     assert "\n" not in msg and isinstance(info.value, UserError)
     return msg
@@ -92,8 +94,8 @@ def test_unreadable_files(tmp_path):
     assert "is a mapping of keys" in error_of(write(tmp_path, "list", "- demo\n"))
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00d\x00a")
     assert "not a UTF-8 text file" in error_of(tmp_path / "bin.yaml")
-    with pytest.raises(config.UnknownProfile, match="known profiles: demo"):
-        config.load_profile("nope")
+    with pytest.raises(profiles.UnknownProfile, match="known profiles: demo"):
+        profiles.load_profile("nope")
 
 
 def test_unknown_configuration_name(tmp_path):
@@ -115,9 +117,9 @@ def test_missing_required_key(tmp_path):
 
 def test_shipped_profiles_pass_and_are_unchanged():
     for name in ("demo", "smoke", "full"):
-        cfg = config.load_profile(name)
+        cfg = profiles.load_profile(name)
         assert cfg["profile"] == name
-    assert config.load_profile("smoke")["embeddings"] == config.load_profile("demo")["embeddings"]
+    assert profiles.load_profile("smoke")["embeddings"] == profiles.load_profile("demo")["embeddings"]
 
 
 def test_schema_follows_the_code_it_describes():

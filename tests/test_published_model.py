@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from proloc_lib.model import Dropout, FusionConfig, FusionModel, published_to_ours
-from proloc_lib.training import NAMED_CONFIGS, make_config
+from proloc_lib.training.model import Dropout, FusionConfig, FusionModel, published_to_ours
+from proloc_lib.training.settings import NAMED_CONFIGS, make_config
 
 D, HEADS, LAYERS, DI, DS, C = 32, 4, 3, 24, 20, 5
 
@@ -112,7 +112,7 @@ def test_published_names_map_completely():
 
 
 def test_authors_loss_is_the_published_multi_task_loss():
-    from proloc_lib.losses import authors_loss
+    from proloc_lib.training.losses import authors_loss
 
     torch.manual_seed(1)
     logits, y = torch.randn(6, 5), (torch.rand(6, 5) > 0.5).float()

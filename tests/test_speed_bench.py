@@ -1,11 +1,15 @@
 """bench-training's new keys, FLOP counting, loader-only throughput and the dry run (no timing asserts)."""
 import json
 
-import numpy as np
 import pytest
 
-from proloc_lib import benchmarks as B
-from proloc_lib import config, training
+from proloc_lib.bench import common
+from proloc_lib.bench import estimate
+from proloc_lib.bench import training
+from proloc_lib.cli import bench
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.training import plan
+from proloc_lib.training import settings
 from reference_csv import write_reference
 from test_train_bench import PROTEINS
 
@@ -16,17 +20,17 @@ def csv(tmp_path):
 
 
 def test_forward_flops_by_hand():
-    cfg = training.make_config("corrected", d_model=4, n_heads=2, n_blocks=1, ff_mult=2)
+    cfg = settings.make_config("corrected", d_model=4, n_heads=2, n_blocks=1, ff_mult=2)
     w = {"seq_dim": 3, "img_dim": 5, "image_tokens": 2}
     # proj 2*2*5*4 + 2*7*3*4 = 80 + 168; cross 2*2*16 + 4*7*16 + 4*2*7*4 + 2*2*16 = 64+448+224+64;
     # block 8*2*16 + 4*2*2*4 + 4*2*4*2*4 = 256 + 64 + 256
-    assert B.forward_flops(cfg, w, 1, 7) == 80 + 168 + 64 + 448 + 224 + 64 + 256 + 64 + 256
-    assert B.forward_flops(cfg, w, 3, 7) == 3 * B.forward_flops(cfg, w, 1, 7)
-    assert B.device_peak_tflops("cpu")[0] is None
+    assert common.forward_flops(cfg, w, 1, 7) == 80 + 168 + 64 + 448 + 224 + 64 + 256 + 64 + 256
+    assert common.forward_flops(cfg, w, 3, 7) == 3 * common.forward_flops(cfg, w, 1, 7)
+    assert common.device_peak_tflops("cpu")[0] is None
 
 
 def test_bench_training_reports_loader_and_tflops(csv, tmp_path):
-    r = B.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, seed=0,
+    r = training.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, seed=0,
                               batch_size_corrected=4, isolate=False, workdir=tmp_path)
     for key in ("training_speedup", "samples_per_s_authors", "samples_per_s_corrected", "loader_only_samples_per_s",
                 "achieved_tflops_corrected", "achieved_tflops_authors", "peak_tflops", "fraction_of_peak_corrected"):
@@ -38,15 +42,15 @@ def test_bench_training_reports_loader_and_tflops(csv, tmp_path):
 
 
 def test_loader_only_at_the_profiles_shapes(csv):
-    r = B.loader_only_throughput(reference=csv, profile="smoke", device="cpu", n_samples=8, min_seconds=0.05)
+    r = training.loader_only_throughput(reference=csv, profile="smoke", device="cpu", n_samples=8, min_seconds=0.05)
     assert r["resident"] and r["image_shape"] == [197, 64] and r["batch_dtype"] == "float32"
     assert r["samples"] % 8 == 0 and r["loader_only_samples_per_s"] > 0 and r["random_features"]
 
 
 def test_dry_run_lists_the_tiers(monkeypatch):
-    monkeypatch.setattr(B, "_probe_step_seconds", lambda cfg, widths, device, width, batch, steps=2: 0.5 * batch)
-    full = B.dry_run("full", "cpu", n_train=1000, n_val=100)
-    ext = B.dry_run("full-extended", "cpu", n_train=1000, n_val=100)
+    monkeypatch.setattr(estimate, "_probe_step_seconds", lambda cfg, widths, device, width, batch, steps=2: 0.5 * batch)
+    full = estimate.dry_run("full", "cpu", n_train=1000, n_val=100)
+    ext = estimate.dry_run("full-extended", "cpu", n_train=1000, n_val=100)
     names = [r["run"] for r in full["runs"]]
     assert names.count("fusion.authors") == names.count("fusion.corrected") == 5 and len(names) == 11
     assert names.count("control.permuted_labels") == 1
@@ -64,30 +68,30 @@ def test_dry_run_lists_the_tiers(monkeypatch):
 
 
 def test_dry_run_cli_prints_a_table(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(B, "_probe_step_seconds", lambda *a, **k: 0.01)
-    assert B.main(["dry-run", "--profile", "full", "--device", "cpu", "--n-train", "100",
+    monkeypatch.setattr(estimate, "_probe_step_seconds", lambda *a, **k: 0.01)
+    assert bench.main(["dry-run", "--profile", "full", "--device", "cpu", "--n-train", "100",
                    "--out", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     assert "estimated training time" in out and "fusion.authors" in out
     assert json.loads((tmp_path / "d.json").read_text())["n_runs"] == 11
-    assert B.main(["dry-run", "--profile", "nope", "--device", "cpu"]) == 2
+    assert bench.main(["dry-run", "--profile", "nope", "--device", "cpu"]) == 2
     assert "nope" in capsys.readouterr().err
 
 
 def test_resplits_are_checked():
     with pytest.raises(ValueError, match="resplits"):
-        training.training_plan({"resplits": {"methods": ["random"]}})
+        plan.training_plan({"resplits": {"methods": ["random"]}})
     with pytest.raises(ValueError, match="resplits"):
-        training.training_plan({"resplits": {"methods": ["stratified"], "folds": 3}})
-    assert training.resplit_plan(config.load_profile("full-extended")["training"])[1]["method"] == "homology"
+        plan.training_plan({"resplits": {"methods": ["stratified"], "folds": 3}})
+    assert plan.resplit_plan(profiles.load_profile("full-extended")["training"])[1]["method"] == "homology"
 
 
 def test_profile_names_the_attention_kernels(csv):
     """Attention-weight dropout (authors: model.Attention's explicit softmax, its masks from the run's
     generator) leaves the fused CPU kernel; corrected (mask, no such dropout) keeps it."""
-    a = B.profile_training(reference=csv, profile="smoke", device="cpu", config_name="authors", n_samples=4,
+    a = training.profile_training(reference=csv, profile="smoke", device="cpu", config_name="authors", n_samples=4,
                            steps=1, warmup=1)
-    c = B.profile_training(reference=csv, profile="smoke", device="cpu", config_name="corrected", n_samples=4,
+    c = training.profile_training(reference=csv, profile="smoke", device="cpu", config_name="corrected", n_samples=4,
                            steps=1, warmup=1, batch_size=4)
     # no scaled_dot_product_attention kernel at all: model.Attention's explicit softmax path ran (whether
     # softmax makes the top-ops list of a one-step profile depends on the machine's load)
@@ -99,7 +103,7 @@ def test_profile_names_the_attention_kernels(csv):
 
 def test_bench_seeds_reports_all_seeds_against_one(csv):
     """The published loop's seeds together (threads here, lockstep on CUDA) against one seed."""
-    res = B.seeds_throughput(reference=csv, profile="smoke", device="cpu", n_seeds=2, n_samples=4)
+    res = training.seeds_throughput(reference=csv, profile="smoke", device="cpu", n_seeds=2, n_samples=4)
     assert (res["config"], res["n_seeds"], res["batch_size"], res["n_samples"]) == ("authors", 2, 2, 4)
     assert res["samples_per_s_one_seed"] > 0 and res["samples_per_s_all_seeds"] > 0
     assert res["speedup"] == pytest.approx(res["samples_per_s_all_seeds"] / res["samples_per_s_one_seed"])

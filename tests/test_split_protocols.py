@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proloc_lib import splits
-from proloc_lib.errors import UserError
-from proloc_lib.labels import LABELS
-from proloc_lib.mirror import standin_sequence
-from proloc_lib.sequences import sequence_hash
+from proloc_lib.data import homology
+from proloc_lib.data import splits
+from proloc_lib.core.errors import UserError
+from proloc_lib.data.labels import LABELS
+from proloc_lib.data.mirror import standin_sequence
+from proloc_lib.data.sequences import sequence_hash
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "proloc_ihs_test.csv"
 has_pyopal = importlib.util.find_spec("pyopal") is not None
@@ -54,7 +55,7 @@ def family_tables(n_families=12, per_family=3, seed=0):
 @needs_pyopal
 def test_homology_pairs_find_families_not_strangers():
     proteins, _, fam = family_tables()
-    pairs = splits.homology_pairs(dict(zip(proteins["protein_id"], proteins["sequence"])))
+    pairs = homology.homology_pairs(dict(zip(proteins["protein_id"], proteins["sequence"])))
     linked = {(a, b) for a, b, *_ in pairs}
     # every founder-member pair (identity ~55-60%, full coverage) is found ...
     for f in range(12):
@@ -80,7 +81,7 @@ def test_homology_split_keeps_families_together():
     # the check itself catches a family split on purpose
     bad = proteins.assign(split=split.where(proteins["protein_id"] != "F0_1", "test" if side["F0_0"] != "test" else "train"))
     with pytest.raises(splits.SplitLeakError, match="homologous"):
-        splits.check_homology_disjoint(bad, splits.homology_pairs(dict(zip(proteins["protein_id"][:3], proteins["sequence"][:3]))))
+        splits.check_homology_disjoint(bad, homology.homology_pairs(dict(zip(proteins["protein_id"][:3], proteins["sequence"][:3]))))
 
 
 @needs_pyopal
@@ -89,7 +90,7 @@ def test_homology_on_the_real_test_proteins():
     """Of the paper's 54 test proteins, GATAD2A and GATAD2B are homologues (~53% identity)."""
     ref = pd.read_csv(REFERENCE)
     seqs = dict(zip(ref["File Name"].str.split("-").str[0], ref["Sequence"]))
-    pairs = splits.homology_pairs(seqs)
+    pairs = homology.homology_pairs(seqs)
     assert [(a, b) for a, b, *_ in pairs] == [("ENSG00000143614", "ENSG00000167491")]
     assert 0.5 < pairs[0][2] < 0.6 and pairs[0][3] > 0.95
 
@@ -97,7 +98,7 @@ def test_homology_on_the_real_test_proteins():
 def test_homology_without_the_aligner_is_one_clear_error(monkeypatch):
     proteins, images, _ = family_tables(n_families=2)
     monkeypatch.setitem(sys.modules, "pyopal", None)  # as if not installed
-    with pytest.raises(splits.MissingToolError) as err:
+    with pytest.raises(homology.MissingToolError) as err:
         splits.split_proteins(proteins, images, LABELS, {"method": "homology", "val_fraction": 0.15,
                                                          "test_fraction": 0.2}, seed=0)
     assert isinstance(err.value, UserError)

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proloc_lib.labels import LABELS
-from proloc_lib.splits import SplitLeakError, assign_splits, check_disjoint, link_groups
+from proloc_lib.data.labels import LABELS
+from proloc_lib.data.splits import SplitLeakError, assign_splits, check_disjoint, link_groups
 
 
 def make_tables(n=120, seed=0):
@@ -61,7 +61,7 @@ def test_leaks_are_caught():
 
 
 def test_grouped_kfold_keeps_groups_together_and_covers_everyone():
-    from proloc_lib.splits import assign_folds
+    from proloc_lib.data.splits import assign_folds
 
     proteins, images = make_tables()
     folds = assign_folds(proteins, LABELS, 5, seed=0, images=images)
@@ -73,7 +73,7 @@ def test_grouped_kfold_keeps_groups_together_and_covers_everyone():
 
 
 def test_benchmark_split_keeps_the_benchmark_test_side():
-    from proloc_lib.splits import benchmark_splits
+    from proloc_lib.data.splits import benchmark_splits
 
     proteins, images = make_tables()
     side = {f"P{i}": ("test" if i % 5 == 0 else "train") for i in range(len(proteins))}
@@ -92,7 +92,7 @@ def test_benchmark_split_keeps_the_benchmark_test_side():
 
 
 def test_fold_split_rotates_test_and_validation():
-    from proloc_lib.splits import assign_folds, fold_split
+    from proloc_lib.data.splits import assign_folds, fold_split
 
     proteins, images = make_tables()
     folds = assign_folds(proteins, LABELS, 5, seed=0, images=images)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from proloc_lib import embeddings as E
-from proloc_lib.sequences import sequence_hash
+from proloc_lib.features import batching
+from proloc_lib.features import sequence
+from proloc_lib.features import store as store_mod
+from proloc_lib.data.sequences import sequence_hash
 from test_embedding_store import CountingEncoder, seqs
 
 
@@ -18,26 +20,26 @@ def as_dict(store):
 
 def build(tmp_path, n=24, shard_size=6, name="st"):
     unique = {sequence_hash(x): x for x in seqs(n)}
-    E.extract_sequences(unique, CountingEncoder(), tmp_path / name, token_budget=200, shard_size=shard_size,
+    sequence.extract_sequences(unique, CountingEncoder(), tmp_path / name, token_budget=200, shard_size=shard_size,
                         progress=False)
     return unique, tmp_path / name
 
 
 def rerun(unique, path, verify="full"):
     enc = CountingEncoder()
-    rep = E.extract_sequences(unique, enc, path, token_budget=200, shard_size=6, progress=False, verify=verify)
+    rep = sequence.extract_sequences(unique, enc, path, token_budget=200, shard_size=6, progress=False, verify=verify)
     return enc, rep
 
 
 def keys_of(shard):
-    return E.read_shard_header(shard)[0]
+    return store_mod.read_shard_header(shard)[0]
 
 
 def test_lookups_do_not_rebuild_the_index_for_a_100k_key_store(tmp_path, monkeypatch):
-    store = E.EmbeddingStore.open(tmp_path / "big", {"m": 1}, 2, "image")
+    store = store_mod.EmbeddingStore.open(tmp_path / "big", {"m": 1}, 2, "image")
     real = store.commit({"real": torch.ones(3, 2)})
     fake = {f"k{i:06d}": real for i in range(100_000)}
-    original = E.EmbeddingStore.verify
+    original = store_mod.EmbeddingStore.verify
     scans = []
 
     def synthetic_verify(self, **kw):        # the index as a 100,000-key store's scan would build it
@@ -46,8 +48,8 @@ def test_lookups_do_not_rebuild_the_index_for_a_100k_key_store(tmp_path, monkeyp
         scans.append(1)
         return []
 
-    monkeypatch.setattr(E.EmbeddingStore, "verify", synthetic_verify)
-    st = E.EmbeddingStore(tmp_path / "big")
+    monkeypatch.setattr(store_mod.EmbeddingStore, "verify", synthetic_verify)
+    st = store_mod.EmbeddingStore(tmp_path / "big")
     assert len(st) == 100_001 and len(scans) == 1
     hits = sum(f"k{i:06d}" in st for i in range(0, 200_000, 2))     # half present, half absent
     assert hits == 50_000
@@ -72,7 +74,7 @@ def test_shard_names_are_unique_after_a_deletion_and_the_lost_items_come_back(tm
     enc, rep = rerun(unique, path, verify="quick")
     assert sorted(enc.seen) == sorted(unique[k] for k in lost_keys)          # exactly the lost items again
     assert [p["shard"] for p in rep["repaired"]] == [str(lost)] and "missing" in rep["repaired"][0]["problem"]
-    store = E.EmbeddingStore(path)
+    store = store_mod.EmbeddingStore(path)
     assert set(store.keys()) == set(unique)
     for s in shards:                                                         # nothing overwritten
         if s != lost:
@@ -85,7 +87,7 @@ def test_shard_names_are_unique_after_a_deletion_and_the_lost_items_come_back(tm
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flip_data_byte"])
 def test_a_damaged_shard_is_named_set_aside_and_re_embedded(tmp_path, damage):
     unique, path = build(tmp_path)
-    ref = as_dict(E.EmbeddingStore(path))
+    ref = as_dict(store_mod.EmbeddingStore(path))
     victim = sorted(path.glob("shard-*.safetensors"))[2]
     victim_keys = set(keys_of(victim))
     data = bytearray(victim.read_bytes())
@@ -101,19 +103,19 @@ def test_a_damaged_shard_is_named_set_aside_and_re_embedded(tmp_path, damage):
     victim.write_bytes(bytes(data))
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))   # even with the old mtime
     # a reader is told which file is bad, never a SafetensorError traceback
-    reader = E.EmbeddingStore(path)
-    with pytest.raises(E.CorruptStoreError, match=victim.name) as info:
+    reader = store_mod.EmbeddingStore(path)
+    with pytest.raises(store_mod.CorruptStoreError, match=victim.name) as info:
         reader.verify(full=True)
     assert "SafetensorError" not in str(info.value)
     if damage != "flip_data_byte":             # header/size damage is found by the cheap check on open
-        with pytest.raises(E.CorruptStoreError, match=victim.name):
-            len(E.EmbeddingStore(path))
+        with pytest.raises(store_mod.CorruptStoreError, match=victim.name):
+            len(store_mod.EmbeddingStore(path))
     # extract (full check) sets it aside, names it, and embeds its items again
     enc, rep = rerun(unique, path)
     assert [p["shard"] for p in rep["repaired"]] == [str(victim)]
     assert (path / "bad" / victim.name).exists()                 # kept for inspection, not deleted
     assert sorted(enc.seen) == sorted(unique[k] for k in victim_keys)
-    got = as_dict(E.EmbeddingStore(path))
+    got = as_dict(store_mod.EmbeddingStore(path))
     assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
 
 
@@ -123,21 +125,21 @@ def test_an_edited_shard_with_a_new_mtime_is_caught_on_open(tmp_path):
     data = bytearray(victim.read_bytes())
     data[-3] ^= 0x01
     victim.write_bytes(bytes(data))            # size unchanged, mtime changed: re-hashed on open
-    with pytest.raises(E.CorruptStoreError, match="checksum"):
-        E.EmbeddingStore(path).get(next(iter(keys_of(victim))))
+    with pytest.raises(store_mod.CorruptStoreError, match="checksum"):
+        store_mod.EmbeddingStore(path).get(next(iter(keys_of(victim))))
 
 
 def test_old_numbered_shards_are_adopted_under_content_names(tmp_path):
     unique, path = build(tmp_path, n=12)
-    ref = as_dict(E.EmbeddingStore(path))
+    ref = as_dict(store_mod.EmbeddingStore(path))
     for i, s in enumerate(sorted(path.glob("shard-*.safetensors"))):   # the layout before content names
         s.rename(path / f"shard-all-{i:05d}.safetensors")
-    (path / E.VERIFIED).unlink()
-    assert as_dict(E.EmbeddingStore(path)).keys() == ref.keys()      # readable as it is
+    (path / store_mod.VERIFIED).unlink()
+    assert as_dict(store_mod.EmbeddingStore(path)).keys() == ref.keys()      # readable as it is
     enc, rep = rerun(unique, path)
     assert enc.calls == 0 and rep["repaired"] == []
-    assert all(E.SHARD_NAME.match(s.name) for s in path.glob("shard-*.safetensors"))
-    got = as_dict(E.EmbeddingStore(path))
+    assert all(store_mod.SHARD_NAME.match(s.name) for s in path.glob("shard-*.safetensors"))
+    got = as_dict(store_mod.EmbeddingStore(path))
     assert all(torch.equal(got[k], ref[k]) for k in ref)
 
 
@@ -145,13 +147,13 @@ def test_merge_skips_a_corrupt_source_shard_and_names_it(tmp_path):
     unique = {sequence_hash(x): x for x in seqs(20)}
     parts = []
     for i in range(2):
-        E.extract_sequences(unique, CountingEncoder(), tmp_path / f"p{i}", shard=f"{i}/2", shard_size=4, progress=False)
+        sequence.extract_sequences(unique, CountingEncoder(), tmp_path / f"p{i}", shard=f"{i}/2", shard_size=4, progress=False)
         parts.append(tmp_path / f"p{i}")
     bad = sorted(parts[1].glob("shard-*.safetensors"))[0]
     data = bytearray(bad.read_bytes())
     data[-5] ^= 0xFF
     bad.write_bytes(bytes(data))
-    merged = E.merge_stores(parts, tmp_path / "m")
+    merged = store_mod.merge_stores(parts, tmp_path / "m")
     assert [p["shard"] for p in merged.problems] == [str(bad)] and "corrupted" in merged.problems[0]["problem"]
     assert not set(keys_of(bad)) & set(merged.keys())
     assert len(merged) == len(unique) - len(keys_of(bad))
@@ -163,7 +165,7 @@ def test_files_are_written_with_the_users_umask(tmp_path):
     old = os.umask(0o022)
     try:
         unique, path = build(tmp_path, n=6)
-        E.merge_stores([path], tmp_path / "merged")
+        store_mod.merge_stores([path], tmp_path / "merged")
     finally:
         os.umask(old)
     for f in [*path.iterdir(), *(tmp_path / "merged").iterdir()]:
@@ -173,17 +175,17 @@ def test_files_are_written_with_the_users_umask(tmp_path):
 
 def test_one_length_bucketing_function_serves_embedding_and_training():
     rng_lengths = np.random.default_rng(1).integers(10, 2000, size=300)
-    from proloc_lib.training import bucketed_batches
+    from proloc_lib.training.datasets import bucketed_batches
     for seed in range(3):
-        ours = E.length_buckets(rng_lengths, 16384, 32, rng=np.random.default_rng(seed), jitter=0.1, shuffle=True)
+        ours = batching.length_buckets(rng_lengths, 16384, 32, rng=np.random.default_rng(seed), jitter=0.1, shuffle=True)
         theirs = bucketed_batches(rng_lengths, 32, np.random.default_rng(seed), batch_tokens=16384)
         assert ours == theirs
-    batches = E.length_buckets(list(rng_lengths), 5000, 16)
+    batches = batching.length_buckets(list(rng_lengths), 5000, 16)
     assert sorted(i for b in batches for i in b) == list(range(300))
     for b in batches:
         assert len(b) <= 16 and (len(b) == 1 or max(rng_lengths[b]) * len(b) <= 5000)
     for a, b in zip(batches, batches[1:]):     # without jitter: buckets of neighbouring lengths, in order
         assert rng_lengths[a].max() <= rng_lengths[b].min()
     # keys in, keys out
-    by_key = E.length_buckets({"a": 5, "b": 500, "c": 7}, 600)
+    by_key = batching.length_buckets({"a": 5, "b": 500, "c": 7}, 600)
     assert by_key == [["a", "c"], ["b"]]

@@ -10,11 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from proloc_lib import benchmarks as B
+from proloc_lib.bench import common
+from proloc_lib.bench import training
+from proloc_lib.cli import bench
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.training import datasets
 from reference_csv import write_reference
-from proloc_lib import config, training
-from proloc_lib.embeddings import EmbeddingStore
-from proloc_lib.labels import LABELS
+from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.data.labels import LABELS
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 PROTEINS = {"ENSG00000000001": ("M" + AA[:11], 3),       # 12 residues, 3 images
@@ -29,21 +32,21 @@ def csv(tmp_path):
 
 
 def test_sample_rows_are_seeded_and_hold_the_longest(csv):
-    ref = B.read_reference(csv)
-    a, b = B.sample_rows(ref, 4, seed=3), B.sample_rows(ref, 4, seed=3)
+    ref = common.read_reference(csv)
+    a, b = common.sample_rows(ref, 4, seed=3), common.sample_rows(ref, 4, seed=3)
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 4 and a["length"].max() == L_MAX  # the single longest row is always in
     assert set(a["length"]) <= {12, 30, 61} and a["sample"].is_unique
-    assert len(B.sample_rows(ref, 10, seed=0)) == 10  # more than the 6 rows: drawn with replacement
+    assert len(common.sample_rows(ref, 10, seed=0)) == 10  # more than the 6 rows: drawn with replacement
 
 
 def test_encoder_widths_of_the_profiles():
-    assert B.encoder_widths(config.load_profile("demo")) == {"seq_dim": 64, "img_dim": 64, "image_tokens": 197}
-    assert B.encoder_widths(config.load_profile("full")) == {"seq_dim": 1024, "img_dim": 768, "image_tokens": 197}
+    assert common.encoder_widths(profiles.load_profile("demo")) == {"seq_dim": 64, "img_dim": 64, "image_tokens": 197}
+    assert common.encoder_widths(profiles.load_profile("full")) == {"seq_dim": 1024, "img_dim": 768, "image_tokens": 197}
 
 
 def test_configs_share_the_model_size():
-    cfgs = B.training_configs(config.load_profile("demo"), epochs=1, size_overrides={"n_blocks": 1})
+    cfgs = common.training_configs(profiles.load_profile("demo"), epochs=1, size_overrides={"n_blocks": 1})
     a, c = cfgs["authors"], cfgs["corrected"]
     assert (a.d_model, a.n_heads, a.n_blocks) == (c.d_model, c.n_heads, c.n_blocks) == (64, 4, 1)
     assert (a.batch_size, a.padding != "batch", a.bucket_batches, a.apply_mask, a.share_blocks, a.optimizer) == \
@@ -53,19 +56,19 @@ def test_configs_share_the_model_size():
 
 
 def test_authors_batches_are_padded_to_the_global_longest(csv, tmp_path):
-    rows = B.sample_rows(B.read_reference(csv), 6, seed=0)
+    rows = common.sample_rows(common.read_reference(csv), 6, seed=0)
     widths = {"seq_dim": 8, "img_dim": 8, "image_tokens": 5}
-    seq_path, img_path, samples = B.build_random_stores(rows, widths, tmp_path / "stores", LABELS, seed=0)
+    seq_path, img_path, samples = common.build_random_stores(rows, widths, tmp_path / "stores", LABELS, seed=0)
     seq_store, img_store = EmbeddingStore(seq_path), EmbeddingStore(img_path)
     assert len(seq_store) == 3 and len(img_store) == 6
     assert seq_store.get(samples["seq_hash"][0]).shape == (samples["length"][0], 8)
     assert img_store.get(samples["image_id"][0]).dtype == torch.float16
-    ds = training.FusionDataset(samples, LABELS, seq_store, img_store)
+    ds = datasets.FusionDataset(samples, LABELS, seq_store, img_store)
     assert sorted(ds.seq_lengths) == sorted(rows["length"]) and ds.seq_lengths.max() == L_MAX
-    cfgs = B.training_configs(config.load_profile("smoke"), batch_size_corrected=4)
+    cfgs = common.training_configs(profiles.load_profile("smoke"), batch_size_corrected=4)
     for name, cfg in cfgs.items():
-        stats = B.loader_stats(ds, cfg, seed=1)
-        seen = [(len(y), seq.shape[1]) for _, seq, _, y in training.make_loader(ds, cfg, True, 1)]
+        stats = training.loader_stats(ds, cfg, seed=1)
+        seen = [(len(y), seq.shape[1]) for _, seq, _, y in datasets.make_loader(ds, cfg, True, 1)]
         assert stats["n_steps"] == len(seen) and stats["n_samples_in_batches"] == 6
         assert stats["residue_tokens_fed"] == sum(n * w for n, w in seen)
         assert sum(stats["batch_shapes"].values()) == len(seen)
@@ -74,14 +77,14 @@ def test_authors_batches_are_padded_to_the_global_longest(csv, tmp_path):
             assert {w for _, w in seen} == {L_MAX} and stats["pad_to"] == L_MAX and stats["batch_sizes"] == [2]
         else:  # each bucket only as long as its own longest
             assert min(w for _, w in seen) < L_MAX and stats["pad_to"] is None
-    assert B.loader_stats(ds, cfgs["corrected"], 1)["residue_tokens_fed"] < \
-        B.loader_stats(ds, cfgs["authors"], 1)["residue_tokens_fed"]
+    assert training.loader_stats(ds, cfgs["corrected"], 1)["residue_tokens_fed"] < \
+        training.loader_stats(ds, cfgs["authors"], 1)["residue_tokens_fed"]
     seq_store.close()
     img_store.close()
 
 
 def test_training_throughput_in_process(csv, tmp_path):
-    r = B.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, seed=0,
+    r = training.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, seed=0,
                               batch_size_corrected=4, isolate=False, workdir=tmp_path)
     assert {"training_speedup", "samples_per_s_authors", "samples_per_s_corrected", "peak_mem_mb_authors",
             "peak_mem_mb_corrected", "goal", "goal_met", "device", "torch", "model_size", "n_samples",
@@ -104,7 +107,7 @@ def test_training_throughput_in_process(csv, tmp_path):
 
 def test_cli_prints_json(csv, tmp_path, capsys):
     out = tmp_path / "train.json"
-    rc = B.main(["bench-training", "--reference", str(csv), "--profile", "smoke", "--device", "cpu",
+    rc = bench.main(["bench-training", "--reference", str(csv), "--profile", "smoke", "--device", "cpu",
                  "--n-samples", "4", "--batch-size", "4", "--no-isolate", "--no-warmup", "--out", str(out)])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
@@ -113,12 +116,12 @@ def test_cli_prints_json(csv, tmp_path, capsys):
 
 
 def test_cli_missing_reference(tmp_path, capsys):
-    assert B.main(["bench-training", "--reference", str(tmp_path / "nope"), "--device", "cpu"]) == 1
+    assert bench.main(["bench-training", "--reference", str(tmp_path / "nope"), "--device", "cpu"]) == 1
     assert "reference CSV not found" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not os.environ.get("PROLOC_SLOW_TESTS"),
                     reason="~20-30 s (two fresh interpreters); set PROLOC_SLOW_TESTS=1")
 def test_training_throughput_isolated(csv):
-    r = B.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, batch_size_corrected=4)
+    r = training.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, batch_size_corrected=4)
     assert r["isolated"] is True and r["authors"]["samples_seen_per_epoch"] == [6]

@@ -1,0 +1,140 @@
+"""The dry run: a profile's training runs and their estimated time on a device."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from proloc_lib.bench.common import (
+    _log,
+    _machine,
+    _sync,
+    encoder_widths,
+    read_reference,
+    reference_csv_path,
+)
+from proloc_lib.core import paths, runtime
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.training import datasets, loop, settings
+from proloc_lib.training.plan import resplit_plan, training_plan
+
+# -- 6. dry run: the runs of a profile and their estimated time on this device ------------------
+VISLOCAS_SIZES = {"train": 4652, "val": 517, "test": 566}  # unique images; val = 10% carved from train
+PAPER_LENGTH = 600
+
+
+def _probe_step_seconds(cfg, widths: dict, device: str, width: int, batch: int, steps: int = 2) -> float:
+    """Seconds per training step of ``cfg`` at (batch, width) on ``device``: one untimed step, then ``steps``."""
+
+    torch.manual_seed(0)
+    model = loop.build_model(cfg, widths["seq_dim"], widths["img_dim"], 5).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    img = torch.randn(batch, widths["image_tokens"], widths["img_dim"], device=device)
+    seq = torch.randn(batch, width, widths["seq_dim"], device=device)
+    mask = torch.ones(batch, width, dtype=torch.bool, device=device)
+    y = torch.randint(0, 2, (batch, 5), device=device).float()
+    lossf = loop.loss_fn(cfg, 4)
+    times = []
+    for k in range(steps + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        with loop._autocast(cfg, device):
+            out = model(img, seq, mask)
+        loss = lossf(out.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if k:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _dry_lengths(profile: str, data_root=None, reference=None) -> tuple[np.ndarray, str]:
+    """Sequence lengths per training sample: stage 01's tables, else the reference CSV, else the paper's ~600."""
+    try:
+        d = paths.stage_dir(profile, "01_data_assembly", data_root)
+        if (d / "images.parquet").exists():
+            prot = pd.read_parquet(d / "proteins.parquet")
+            img = pd.read_parquet(d / "images.parquet")
+            lens = img.merge(prot[["protein_id", "sequence"]], on="protein_id")["sequence"].str.len()
+            return lens.to_numpy(), f"stage 01 tables ({d})"
+    except Exception:  # noqa: BLE001 - an estimate falls back, never fails
+        pass
+    try:
+        ref = read_reference(reference_csv_path(reference))
+        return ref["sequence"].str.len().to_numpy(), "reference CSV lengths (Vislocas test rows)"
+    except (FileNotFoundError, ValueError):
+        return np.full(64, PAPER_LENGTH), f"assumed {PAPER_LENGTH} residues (no tables found)"
+
+
+def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, reference=None,
+            n_train: int | None = None, n_val: int | None = None, probe_batch_cpu: int = 2) -> dict:
+    """List the training runs of a profile and estimate their time from a short timed probe here.
+
+    Each distinct configuration is probed for a few steps at the paper's shapes (the profile's
+    encoder widths, its length distribution) and scaled by steps x epochs (max_epochs: an upper
+    bound; early stopping ends sooner). On CPU the probe uses batches of ``probe_batch_cpu`` and
+    scales per sample. Baselines, evaluation and feature extraction are not included.
+    """
+
+    cfg_p = profiles.load_profile(profile)
+    device = runtime.resolve_device(device)
+    widths = encoder_widths(cfg_p)
+    section = cfg_p.get("training", {})
+    runs = training_plan(section)
+    lengths, length_source = _dry_lengths(profile, data_root, reference)
+    rng = np.random.default_rng(0)
+    n_tr = int(n_train or VISLOCAS_SIZES["train"])
+    n_va = int(n_val or VISLOCAS_SIZES["val"])
+    tr_len, va_len = rng.choice(lengths, n_tr), rng.choice(lengths, n_va)
+    cv = section.get("cross_validation")
+    if cv:
+        k = int(cfg_p.get("data", {}).get("split", {}).get("folds", 5) or 5)
+        cv_cfg = settings.make_config(cv["config"], section.get("base"),
+                                      **(section.get("configurations") or {}).get(cv["config"], {}))
+        runs += [{"model": f"cv.{cv['config']} fold {f}", "config": cv["config"], "seed": 0, "train": cv_cfg}
+                 for f in range(k)]
+    control = section.get("control", True)   # the label-permutation control (experiments.run_permutation_control)
+    if control:
+        name = control.get("config", "corrected") if isinstance(control, dict) else "corrected"
+        runs.append({"model": "control.permuted_labels", "config": name, "seed": 0,
+                     "train": settings.make_config(name, section.get("base"),
+                                                   **(section.get("configurations") or {}).get(name, {}))})
+    for rs in resplit_plan(section):
+        c = settings.make_config(rs["config"], section.get("base"),
+                                 **(section.get("configurations") or {}).get(rs["config"], {}))
+        runs += [{"model": f"resplit.{rs['method']}.{rs['config']}", "config": rs["config"], "seed": s, "train": c}
+                 for s in rs["seeds"]]
+    probes: dict[str, float] = {}
+    out_runs, total = [], 0.0
+    for r in runs:
+        c = r["train"]
+        plan = datasets.epoch_batches(tr_len, c, shuffle=True, seed=0,
+                                      pad_to=None if c.padding == "batch" else int(tr_len.max()))
+        widths_used = [w for _, w in plan]
+        width = int(np.median(widths_used))
+        batch = c.batch_size if device.startswith("cuda") else min(c.batch_size, probe_batch_cpu)
+        key = f"{c.hash()}:{width}:{batch}"
+        if key not in probes:
+            _log(f"probe {r['model']}: batch {batch} x {width} residues on {device}")
+            probes[key] = _probe_step_seconds(c, widths, device, width, batch)
+        per_sample = probes[key] / batch
+        train_s = per_sample * n_tr
+        val_s = per_sample / 3 * n_va  # forward only
+        secs = c.max_epochs * (train_s + val_s)
+        total += secs
+        out_runs.append({"run": r["model"], "config": r["config"], "seed": r["seed"], "epochs_max": c.max_epochs,
+                         "batch_size": c.batch_size, "median_padded_width": width, "steps_per_epoch": len(plan),
+                         "probe_seconds_per_step": probes[key], "probe_batch": batch,
+                         "estimated_seconds": secs})
+    return {"profile": profile, **_machine(device), "n_runs": len(out_runs), "runs": out_runs,
+            "estimated_training_seconds": total, "estimated_training_hours": total / 3600,
+            "n_train": n_tr, "n_val": n_va, "sample_counts": "given" if n_train else "Vislocas benchmark sizes",
+            "lengths": length_source, "feature_widths": widths,
+            "note": ("Upper bound at max_epochs (early stopping ends sooner); several seeds trained at once are "
+                     "counted one by one; baselines, evaluation and feature extraction not included; "
+                     "the probe times a few steps on random tensors of the paper's shapes.")}

@@ -1,0 +1,1 @@
+"""``proloc``: the one command line. ``main`` dispatches; one module per group of subcommands."""

@@ -1,0 +1,133 @@
+"""``proloc extract`` and ``proloc merge``: feature stores, sharded across machines or GPUs."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from proloc_lib.core import manifest, paths, runtime
+from proloc_lib.core.errors import RunFailed, UserError, cli_main
+from proloc_lib.core.network import OfflineError
+from proloc_lib.features.store import merge_stores, parse_shard
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.stages.embeddings import embed_image_stage, embed_sequence_stage
+
+# -- command line ---------------------------------------------------------------------------------
+EXIT_CODES = """exit codes: 0 done; 1 some items could not be embedded (listed in the store's failures.json)
+or merge skipped bad shards; 2 bad arguments, unknown profile, missing or wrong store/input files;
+130 interrupted. --debug shows the traceback of an error."""
+
+
+def _print_repairs(what: str, report: dict) -> None:
+    for p in report.get("repaired") or []:
+        where = f"; moved to {p['moved_to']}" if p.get("moved_to") else ""
+        print(f"{what}: bad shard {p['shard']}: {p['problem']}{where}; its items are embedded again")
+
+
+class _Parser(__import__("argparse").ArgumentParser):
+    """argparse, but a usage error is one line (via UserError, exit 2), not usage + message."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _load_profile(name: str) -> dict:
+
+    try:
+        return profiles.load_profile(name)
+    except UserError:
+        raise
+    except (FileNotFoundError, ValueError, TypeError, OSError) as exc:
+        raise UserError(f"profile '{name}': {exc}") from None
+
+
+@cli_main("python -m proloc_lib.embeddings")
+def _extract_or_merge(argv: list[str]) -> int:
+    import pandas as pd
+
+    parser = _Parser(prog="python -m proloc_lib.embeddings", epilog=EXIT_CODES,
+                                     description="Feature stores: extract (resumable, shardable), merge; "
+                                                 "bench, bench-training, bench-images (JSON benchmarks).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    ex = sub.add_parser("extract", help="embed the stage-01 tables of a profile (resumable, shardable)",
+                        epilog=EXIT_CODES)
+    ex.add_argument("--profile", default="demo")
+    ex.add_argument("--data-root", default=None)
+    ex.add_argument("--device", default="auto")
+    ex.add_argument("--shard", default=None, help="i/N: this machine's share (default under torchrun: RANK/WORLD_SIZE)")
+    ex.add_argument("--modality", choices=["sequences", "images", "both"], default="both")
+    ex.add_argument("--on-stale", choices=["error", "recompute"], default="error")
+    ex.add_argument("--debug", action="store_true", help="show tracebacks")
+    mg = sub.add_parser("merge", help="join stores written on several machines into one", epilog=EXIT_CODES)
+    mg.add_argument("dest")
+    mg.add_argument("sources", nargs="+")
+    mg.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub.add_parser("bench", help="store size, padded vs bucketed sequence throughput (JSON)", add_help=False)
+    sub.add_parser("bench-training", help="authors' vs corrected training loop speed (JSON)", add_help=False)
+    sub.add_parser("bench-images", help="image decode and extraction speed (JSON)", add_help=False)
+    args = parser.parse_args(argv)
+    if args.command == "merge":
+        store = merge_stores(args.sources, args.dest)
+        print(f"merged {len(args.sources)} stores into {store.path}: {len(store)} items")
+        for p in store.problems:
+            print(f"merge: bad shard {p['shard']}: {p['problem']}", file=__import__("sys").stderr)
+        if store.problems:
+            raise RunFailed(f"merge: {len(store.problems)} bad shard(s) were not copied (listed above); "
+                            "re-extract their items with `extract` on the merged store")
+        return 0
+    shard = args.shard
+    parse_shard(shard)                       # a bad --shard fails before any work
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device
+    if world > 1:  # launched by torchrun / accelerate: one deterministic share per rank
+        shard = shard or f"{os.environ['RANK']}/{world}"
+        if device == "auto":
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    try:
+        device = runtime.resolve_device(device)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"--device: {exc}") from None
+    cfg = _load_profile(args.profile)
+    in_dir = paths.stage_dir(args.profile, "01_data_assembly", args.data_root)
+    out_dir = paths.stage_dir(args.profile, "02_embeddings", args.data_root)
+    try:
+        manifest.read_manifest(in_dir)
+        proteins = pd.read_parquet(in_dir / "proteins.parquet") if args.modality != "images" else None
+        images = pd.read_parquet(in_dir / "images.parquet") if args.modality != "sequences" else None
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the stage-01 tables in {in_dir}: {exc}") from None
+    n_failed = 0
+    try:
+        if proteins is not None:
+            rep = embed_sequence_stage(cfg, proteins, out_dir, device, shard, args.on_stale)
+            _print_repairs("sequences", rep)
+            print(f"sequences: {rep['embedded']} embedded, {len(rep['failures'])} failures")
+            n_failed += len(rep["failures"])
+        if images is not None:
+            rep = embed_image_stage(cfg, images, paths.data_root(args.data_root) / args.profile,
+                                    out_dir, device, shard, args.on_stale)
+            for name, r in [(None, rep), *rep.get("variants", {}).items()]:
+                what = "images" if name is None else f"images-{name}"
+                _print_repairs(what, r)
+                print(f"{what}: {r['embedded']} embedded, {len(r['failures'])} failures "
+                      f"({r['decode_workers']} decode threads)")
+                n_failed += len(r["failures"])
+    except OfflineError as exc:
+        raise RunFailed(str(exc)) from None
+    if n_failed:
+        raise RunFailed(f"{n_failed} items could not be embedded (listed in the stores' failures.json); "
+                        "fix or remove them, then run extract again")
+    print("done; run notebook 02 to verify the stores and write the stage manifest")
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``extract`` (sharded; under torchrun each rank takes its share), ``merge``, ``bench*``."""
+    import sys
+
+    argv = list(argv if argv is not None else sys.argv[1:])
+    return _extract_or_merge(argv)

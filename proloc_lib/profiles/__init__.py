@@ -1,0 +1,1 @@
+"""Profiles (``configs/*.yaml``): loading with ``extends`` and checking every key against the schema."""

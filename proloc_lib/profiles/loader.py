@@ -1,0 +1,107 @@
+"""Profiles: ``configs/<name>.yaml`` (or a path), following ``extends:``, every key checked by the schema."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import yaml
+
+from proloc_lib.core.paths import CONFIG_DIR, PROJECT_ROOT
+from proloc_lib.profiles.schema import ProfileError, UnknownProfile, validate_profile
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _shown(path: Path) -> str:
+    """A profile path as the user would write it: relative to the project or the cwd when inside."""
+    for base in (PROJECT_ROOT, Path.cwd()):
+        try:
+            return str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def profile_path(name: str | os.PathLike) -> Path:
+    """``configs/<name>.yaml``, or ``name`` itself when it is a path to a .yaml/.yml file."""
+    name = str(name)
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UnknownProfile(f"no profile '{name}': {_shown(path)} {what}; known profiles: {', '.join(known)}")
+    return path
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ProfileError(f"{_shown(path)}: not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ProfileError(f"{_shown(path)}: not valid YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise ProfileError(f"{_shown(path)}: cannot read ({exc.strerror or exc})") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ProfileError(f"{_shown(path)}: a profile is a mapping of keys (profile, data, training, ...), "
+                           f"got {type(cfg).__name__}")
+    return cfg
+
+
+def _origins(cfg: dict, file: str, prefix: tuple = ()) -> dict:
+    """Every key path of ``cfg`` -> the file that set it (for errors that name the right file)."""
+    out = {}
+    for k, v in cfg.items():
+        out[prefix + (k,)] = file
+        if isinstance(v, dict):
+            out.update(_origins(v, file, prefix + (k,)))
+    return out
+
+
+def _load_chain(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict]:
+    real = path.resolve()
+    if real in chain:
+        loop = " -> ".join(_shown(p) for p in (*chain, real))
+        raise ProfileError(f"{_shown(path)}: 'extends' makes a loop ({loop})")
+    cfg = _read_yaml(path)
+    origins = _origins(cfg, _shown(path))
+    if "extends" in cfg:
+        parent = cfg["extends"]
+        if not isinstance(parent, str) or not parent:
+            raise ProfileError(f"{_shown(path)}: 'extends' must name a profile (e.g. extends: demo), got {parent!r}")
+        beside = path.parent / (parent if parent.endswith((".yaml", ".yml")) else f"{parent}.yaml")
+        try:  # a profile beside this file first (user profiles kept together), then configs/
+            parent_path = beside if beside.is_file() else profile_path(parent)
+        except UnknownProfile as exc:
+            raise ProfileError(f"{_shown(path)}: extends: {exc}") from None
+        base, base_origins = _load_chain(parent_path, (*chain, real))
+        cfg = _merge(base, {k: v for k, v in cfg.items() if k != "extends"})
+        origins = {**base_origins, **origins}
+    return cfg, origins
+
+
+def load_profile(name: str | os.PathLike) -> dict:
+    """Read ``configs/<name>.yaml`` (or a path), following ``extends:``, checked against the schema.
+
+    Every key, nested ones included, is checked before any work (``proloc_lib.schema``): an
+    unknown or misspelt key, a wrong type, a loop through ``extends`` raise ``ProfileError``,
+    one line naming the key, the file that set it and the allowed keys.
+    """
+    path = profile_path(name)
+    cfg, origins = _load_chain(path, ())
+    cfg.pop("extends", None)
+    validate_profile(cfg, file=_shown(path), origins=origins)
+    cfg.setdefault("profile", path.stem)
+    return cfg

@@ -1,0 +1,375 @@
+"""The study's stage drivers: what notebooks 03 (training) and 04 (baselines) run.
+
+The notebooks narrate and call these; every function here is tested without papermill
+(``tests/test_experiments.py``). Every result row is named by a run id from ``runs``
+(``fusion.corrected``, ``ablation.mask_off``, ``baseline.composition_lr``, ...) in the ``model``
+column, with its human label in ``display``.
+
+Notebook 03::
+
+    data = experiments.load_stage_data(profile, data_root=data_root)
+    plan = experiments.plan_runs(cfg)
+    fusion = experiments.run_fusion_plan(data, plan, device=device, resume_root=...)
+    cv = experiments.run_cross_validation(data, plan, device=device, seed=seed)
+    mil = experiments.run_attention_mil(data, fusion, device=device, seed=seed)
+    control = experiments.run_permutation_control(data, plan, device=device)
+    resplit = experiments.run_resplits(data, plan, cfg["data"]["split"], device=device)
+    results = experiments.combine(fusion, cv, mil, control, resplit)
+    experiments.write_training_outputs(results, out_dir, cfg=cfg, data=data, params=...)
+
+``run_training_stage`` does all of that in one call; ``run_baselines_stage`` and
+``write_baseline_outputs`` are notebook 04.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from proloc_lib.core import manifest, runs
+from proloc_lib.core.errors import UserError
+from proloc_lib.data import splits
+from proloc_lib.evaluation import scoring
+from proloc_lib.stages.common import (
+    SPLITS,
+    RunResults,
+    StageData,
+    _collect,
+    combine,
+    load_stage_data,
+)
+from proloc_lib.training import loop, mil, settings
+from proloc_lib.training.datasets import FusionDataset, pad_length
+from proloc_lib.training.datasets import image_samples as training_image_samples
+from proloc_lib.training.checkpoint import Checkpoint
+from proloc_lib.training.plan import Plan, plan_runs
+
+PERMUTED_CONTROL = runs.CONTROL_PERMUTED
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+def image_samples(data: StageData, split: str, *, targets: str = "protein",
+                  proteins: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per image of ``split`` with its protein's sequence key and the training targets.
+
+    ``targets="protein"``: the union of the protein's labels; ``"image"``: the image row's own
+    label columns (the published loop). Row order is the same for both.
+    """
+    prot = data.proteins if proteins is None else proteins
+    samples = training_image_samples(data.images, prot, data.labels, split)
+    if targets == "image":
+        own = data.images.drop_duplicates("image_id").set_index("image_id")
+        missing = [lab for lab in data.labels if lab not in own.columns]
+        if missing:
+            raise UserError(f"{data.data_dir / 'images.parquet'}: no image label columns {missing} "
+                            "(training.targets: image needs them)")
+        samples[data.labels] = own.loc[samples["image_id"], data.labels].to_numpy(dtype=int)
+    return samples
+
+
+def fusion_datasets(data: StageData, *, targets: str = "protein", image_variant: str | None = None,
+                    proteins: pd.DataFrame | None = None) -> dict[str, FusionDataset]:
+    """train/val/test ``FusionDataset`` over the stores (``image_variant``: that image store)."""
+    img_store = data.image_store(image_variant)
+    return {s: FusionDataset(image_samples(data, s, targets=targets, proteins=proteins), data.labels,
+                                      data.seq_store, img_store) for s in SPLITS}
+
+
+def _job(datasets: dict, cfg: settings.TrainConfig, *, seed: int, resume_dir: Path | None = None) -> loop.TrainJob:
+    """One training run on ``datasets`` (every split: the "global" padding width is over all of them)."""
+    return loop.TrainJob(train_ds=datasets["train"], val_ds=datasets["val"], cfg=cfg, seed=int(seed),
+                             resume_dir=resume_dir,
+                             global_pad_to=_pad_to(cfg, datasets["train"], datasets) if cfg.padding == "global" else None)
+
+
+def _pad_to(cfg: settings.TrainConfig, ds: FusionDataset, datasets: dict) -> int | None:
+    """Padding width under ``cfg.padding`` (``pad_length``: one rule for training and inference)."""
+    return pad_length(cfg, ds, all_splits=list(datasets.values()))
+
+
+def _predict(model, datasets: dict, cfg: settings.TrainConfig, device: str, splits_=("val", "test")) -> dict:
+    return {s: loop.predict_proba(model, datasets[s], device, pad_to=_pad_to(cfg, datasets[s], datasets))
+            for s in splits_}
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook 03: training runs
+
+def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progress: bool = True,
+                    resume_root: str | Path | None = None) -> RunResults:
+    """Train every run of the plan (all its seeds), predict val and test, evaluate.
+
+    Thresholds as each configuration chooses them (tuned on validation or fixed 0.5). Returns
+    ``RunResults``; ``models`` holds the first seed's model of every run.
+    """
+    grouped: dict[str, list[dict]] = {}
+    for r in plan.runs:
+        grouped.setdefault(r["run_id"], []).append(r)
+    cache: dict[tuple, dict] = {}
+
+    def datasets_for(targets, variant):
+        if (targets, variant) not in cache:
+            cache[(targets, variant)] = fusion_datasets(data, targets=targets, image_variant=variant)
+        return cache[(targets, variant)]
+
+    planned = []   # (run, its config, its datasets, the datasets it is scored on), every seed of every run
+    for run_id, group in grouped.items():
+        tcfg, variant = group[0]["train"], group[0].get("image_variant")
+        # images scored on their own labels (data.eval_targets)
+        sets = datasets_for(tcfg.targets, variant), datasets_for(data.eval_targets, variant)
+        planned += [(r, tcfg, *sets) for r in group]
+    if progress:
+        print("== training", ", ".join(f"{rid} (seeds {', '.join(str(r['seed']) for r in g)})" for rid, g in grouped.items()))
+    # every run in one call: on the CPU they share the cores (loop.train_jobs)
+    trained = loop.train_jobs(
+        [_job(ds, tcfg, seed=r["seed"], resume_dir=Path(resume_root) / r["run_id"] / f"seed-{r['seed']}"
+              if resume_root else None) for r, tcfg, ds, _ in planned],
+        data.labels, device=device, progress=progress)
+    metrics, preds, hists, models = [], [], [], {}
+    for (r, tcfg, ds, ds_eval), (model, hist) in zip(planned, trained):
+        run_id, seed = r["run_id"], r["seed"]
+        probs = _predict(model, ds, tcfg, device)
+        res, thresholds, pred = scoring.evaluate(
+            run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
+            (ds_eval["test"].samples, probs["test"]), seed=seed, tune=tcfg.thresholds == "tuned",
+            config=r["config"], config_hash=tcfg.hash(),
+            strict_threshold=tcfg.thresholds == "fixed", provenance=data.note)
+        metrics.append(res)
+        preds.append(pred)
+        hists.append(hist.assign(model=run_id, seed=seed))
+        models.setdefault(run_id, (model, thresholds, tcfg))   # the first seed's
+    return _collect(metrics, preds, hists, models, datasets_for("protein", None))
+
+
+@dataclass(kw_only=True)
+class _SplitRun:
+    """One run on the split that ``proteins`` carries (a cross-validation fold, a re-split)."""
+    proteins: pd.DataFrame
+    cfg: settings.TrainConfig
+    run_id: str
+    config: str
+    seed: int
+    fold: int | None = None
+
+
+def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: str, progress: bool) -> list[tuple]:
+    """Train the runs at once (``loop.train_jobs``), then score each on its own split:
+    [(tidy metrics, predictions, history)] in order."""
+    sets = []
+    for sr in split_runs:
+        ds = fusion_datasets(data, targets=sr.cfg.targets, proteins=sr.proteins)
+        ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=sr.proteins)
+                   if sr.cfg.targets != data.eval_targets else ds)
+        sets.append((ds, ds_eval))
+    trained = loop.train_jobs([_job(ds, sr.cfg, seed=sr.seed) for sr, (ds, _) in zip(split_runs, sets)],
+                                  data.labels, device=device, progress=progress)
+    out = []
+    for sr, (ds, ds_eval), (model, hist) in zip(split_runs, sets, trained):
+        probs = _predict(model, ds, sr.cfg, device)
+        res, _, pred = scoring.evaluate(sr.run_id, data.labels, sr.proteins, (ds_eval["val"].samples, probs["val"]),
+                                           (ds_eval["test"].samples, probs["test"]), seed=sr.seed,
+                                           tune=sr.cfg.thresholds == "tuned", config=sr.config,
+                                           config_hash=sr.cfg.hash(), fold=sr.fold, provenance=data.note)
+        out.append((res, pred, hist.assign(model=sr.run_id, seed=sr.seed)))
+    return out
+
+
+def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", seed: int = 0,
+                         progress: bool = True) -> RunResults:
+    """Train ``plan.cross_validation`` once per fold (run id ``cv.<config>``, the ``fold`` column set).
+
+    Fold f is the test side, fold f+1 the validation side (``splits.fold_split``). Empty when the
+    plan has no cross-validation or the protein table no ``fold`` column.
+    """
+    if not plan.cross_validation or "fold" not in data.proteins.columns:
+        return RunResults()
+    name = plan.cross_validation
+    cv_cfg, run_id = plan.configs[name], runs.make_id("cv", name)
+    folds = range(int(data.proteins["fold"].max()) + 1)
+    scored = _train_and_score(data, [_SplitRun(proteins=data.proteins.assign(split=splits.fold_split(data.proteins["fold"], f)),
+                                               cfg=cv_cfg, run_id=run_id, config=name, seed=seed, fold=f) for f in folds],
+                              device=device, progress=progress)
+    return _collect([res for res, _, _ in scored], [pred.assign(fold=f) for f, (_, pred, _) in zip(folds, scored)],
+                    [hist.assign(fold=f) for f, (_, _, hist) in zip(folds, scored)])
+
+
+def run_attention_mil(data: StageData, fusion: RunResults, *, device: str = "cpu", seed: int = 0,
+                      of: str = runs.FUSION_CORRECTED) -> RunResults:
+    """Attention over all images of a protein (``mil``) on the frozen pooled image
+    representations of run ``of`` (first seed); run id ``fusion.corrected_mil``, protein level only."""
+
+    if of not in fusion.models:
+        return RunResults()
+    model, _, tcfg = fusion.models[of]
+    ds = fusion.datasets
+    bag_sets = {s: mil.bags(ds[s].samples, mil.image_features(model, ds[s], device, pad_to=_pad_to(tcfg, ds[s], ds)),
+                            data.labels) for s in SPLITS}
+    mil_model = mil.fit_mil(bag_sets["train"], bag_sets["val"], len(data.labels), seed=seed)
+    bag_probs = {s: mil.predict_bags(mil_model, bag_sets[s]) for s in ("val", "test")}
+    bag_rows = {s: data.proteins.set_index("protein_id").loc[bag_sets[s][0]].reset_index() for s in ("val", "test")}
+    run_id = f"{of}_mil"
+    first_seed = int(fusion.metrics.loc[fusion.metrics["model"] == of, "seed"].min())
+    res, _, pred = scoring.evaluate(run_id, data.labels, data.proteins, (bag_rows["val"], bag_probs["val"]),
+                                       (bag_rows["test"], bag_probs["test"]), seed=first_seed, tune=True,
+                                       config=runs.parse(of)[1], config_hash=tcfg.hash(), image_level=False, provenance=data.note)
+    return _collect([res], [pred], [])
+
+
+def permute_labels(proteins: pd.DataFrame, labels: list[str], *, seed: int,
+                   splits_=("train", "val")) -> pd.DataFrame:
+    """The protein table with the label vectors shuffled among the proteins of each split in
+    ``splits_`` (within a split: prevalence unchanged, any link between features and labels gone).
+    Test proteins keep their true labels."""
+    out = proteins.copy()
+    rng = np.random.default_rng(seed)
+    cols = [out.columns.get_loc(lab) for lab in labels]
+    for split in splits_:
+        rows = np.flatnonzero(out["split"].to_numpy() == split)
+        out.iloc[rows, cols] = out.iloc[rng.permutation(rows), cols].to_numpy()
+    return out
+
+
+def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu", seed: int | None = None,
+                            progress: bool = True) -> RunResults:
+    """``control.permuted_labels``: ``plan.control`` trained, selected (early stopping) and
+    thresholded on permuted training and validation labels, scored on the true test labels.
+
+    Nothing it is fitted or chosen on carries the true labels, so it must land at chance;
+    otherwise something leaks. (Selecting on the true validation labels is not enough: where
+    images follow the labels, as in the demo, the choice of epoch and thresholds on true
+    validation labels alone lifts a model trained on noise above chance.)"""
+    if not plan.control:
+        return RunResults()
+    tcfg = plan.configs[plan.control]
+    seeds = plan.seeds if seed is None else [seed]
+    # one run per training seed, each with its own permutation: a single noise-trained run can sit
+    # above its shuffle null by chance (its scores cluster by image class); several show whether it does so
+    # systematically (statistics.permutation_control)
+    true_test = fusion_datasets(data, targets=data.eval_targets)["test"]   # test: the true labels
+    permuted = {s: permute_labels(data.proteins, data.labels, seed=s) for s in seeds}
+    sets = {s: {**fusion_datasets(data, targets="protein", proteins=permuted[s]), "test": true_test}  # train, val: permuted
+            for s in seeds}
+    trained = loop.train_jobs([_job(sets[s], tcfg, seed=s) for s in seeds], data.labels, device=device,
+                                  progress=progress)
+    metrics, preds, hists = [], [], []
+    for s, (model, hist) in zip(seeds, trained):
+        ds = sets[s]
+        probs = _predict(model, ds, tcfg, device)
+        res, _, pred = scoring.evaluate(PERMUTED_CONTROL, data.labels, permuted[s], (ds["val"].samples, probs["val"]),
+                                           (ds["test"].samples, probs["test"]), seed=s,
+                                           tune=tcfg.thresholds == "tuned", config=plan.control,
+                                           config_hash=tcfg.hash(), provenance=data.note)
+        metrics.append(res)
+        preds.append(pred)
+        hists.append(hist.assign(model=PERMUTED_CONTROL, seed=s))
+    return _collect(metrics, preds, hists)
+
+
+def resplit(data: StageData, method: str, *, seed: int, split_cfg: dict) -> pd.Series:
+    """A fresh split (train/val/test per protein row) by one protocol of ``data.split``
+    (``stratified`` or ``homology``: ``splits.split_proteins``, asserted disjoint)."""
+    if method == "benchmark":
+        raise UserError("training.resplits: 'benchmark' is one fixed split, not a re-split protocol "
+                        "(use stratified or homology)")
+    split, _ = splits.split_proteins(data.proteins, data.images, data.labels,
+                                     {"val_fraction": 0.15, "test_fraction": 0.2, **split_cfg, "method": method},
+                                     seed)
+    return split
+
+
+def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = "cpu",
+                 progress: bool = True) -> RunResults:
+    """Variance over re-splits: ``plan.resplits['config']`` retrained on ``repeats`` fresh splits of
+    each protocol in ``methods``; run id ``resplit.<method>``, the repeat r in ``seed`` (split seed
+    = training seed = r)."""
+    if not plan.resplits:
+        return RunResults()
+    tcfg = plan.configs[plan.resplits["config"]]
+    scored = _train_and_score(data, [
+        _SplitRun(proteins=data.proteins.assign(split=resplit(data, method, seed=r, split_cfg=split_cfg).to_numpy()),
+                  cfg=tcfg, run_id=runs.make_id("resplit", method), config=plan.resplits["config"], seed=r)
+        for method in plan.resplits["methods"] for r in range(plan.resplits["repeats"])],
+        device=device, progress=progress)
+    return _collect([res for res, _, _ in scored], [pred for _, pred, _ in scored], [hist for _, _, hist in scored])
+
+
+def run_training_stage(cfg: dict, *, profile: str, data_root=None, device: str = "cpu", seed: int = 0,
+                       progress: bool = True, resume_root: str | Path | None = None) -> RunResults:
+    """Notebook 03 in one call: every fusion run of the plan, cross-validation, attention MIL, the
+    permutation control and the re-splits. Returns the combined ``RunResults``."""
+    data = load_stage_data(profile, data_root=data_root)
+    plan = plan_runs(cfg)
+    fusion = run_fusion_plan(data, plan, device=device, progress=progress, resume_root=resume_root)
+    return combine(fusion,
+                   run_cross_validation(data, plan, device=device, seed=seed, progress=progress),
+                   run_attention_mil(data, fusion, device=device, seed=seed),
+                   run_permutation_control(data, plan, device=device, progress=progress),
+                   run_resplits(data, plan, cfg["data"].get("split", {}), device=device, progress=progress))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and outputs
+
+def make_checkpoint(model, *, run_id: str, thresholds: dict, train_cfg: settings.TrainConfig, cfg: dict,
+                    data: StageData) -> Checkpoint:
+    """The typed checkpoint of one trained run (protein-level thresholds, encoders and store fingerprints)."""
+    emb = cfg["embeddings"]
+    return Checkpoint(model=model, run_id=run_id, labels=list(data.labels), label_map=data.data_manifest["label_map"],
+                      thresholds=list(thresholds["protein"]), training=settings.train_config_dict(train_cfg),
+                      config_hash=train_cfg.hash(),
+                      encoders={"sequence": emb["sequence"], "image": emb["image"],
+                                "max_residues": emb["max_residues"], "long_policy": emb["long_policy"],
+                                "crop_grid": int(emb.get("crop_grid", 1)),
+                                "jpeg_draft": bool(data.emb_manifest["image_store"].get("extraction", {})
+                                                   .get("jpeg_draft"))},
+                      sequence_encoder=data.emb_manifest["sequence_store"]["fingerprint"],
+                      image_encoder=data.emb_manifest["image_store"]["fingerprint"],
+                      provenance=cfg.get("provenance", {}))
+
+
+CHECKPOINT_RUNS = (runs.FUSION_CORRECTED, runs.FUSION_AUTHORS)
+
+
+def checkpoint_dir_name(run_id: str) -> str:
+    """``fusion.corrected`` -> ``checkpoint-corrected`` (what ``predict --checkpoint`` is given)."""
+    return f"checkpoint-{runs.parse(run_id)[1]}"
+
+
+def write_training_outputs(results: RunResults, out_dir: str | Path, *, cfg: dict, data: StageData,
+                           params: dict, checkpoint_runs=CHECKPOINT_RUNS) -> Path:
+    """Stage 03's folder, swapped into place whole: ``metrics.csv`` (tidy, + git commit),
+    ``history.csv``, ``predictions.parquet``, ``checkpoint-<name>/`` per run of ``checkpoint_runs``
+    that was trained (``Checkpoint.save``), ``manifest.json``."""
+    with manifest.stage_output(out_dir, "03_training", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
+        results.metrics.assign(git_commit=manifest.git_commit()).to_csv(tmp / "metrics.csv", index=False)
+        results.history.to_csv(tmp / "history.csv", index=False)
+        results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
+        written = {}
+        for run_id in checkpoint_runs:
+            if run_id in results.models:
+                model, thresholds, tcfg = results.models[run_id]
+                ck = make_checkpoint(model, run_id=run_id, thresholds=thresholds, train_cfg=tcfg, cfg=cfg, data=data)
+                written[run_id] = ck.save(tmp / checkpoint_dir_name(run_id)).name
+        extra["checkpoints"] = written
+        extra["runs"] = sorted(set(results.metrics["model"])) if len(results.metrics) else []
+    return Path(out_dir)
+
+
+def training_params(plan: Plan, *, profile: str, seed: int, device: str) -> dict:
+    """Stage 03's manifest parameters: the profile, seed, device and every run with its switches."""
+    return {"profile": profile, "seed": seed, "device": device,
+            "plan": [{"run_id": r["run_id"], "seed": r["seed"], "config_hash": r["train"].hash(),
+                      **({"image_variant": r["image_variant"]} if "image_variant" in r else {}),
+                      **settings.train_config_dict(r["train"])} for r in plan.runs],
+            "cross_validation": plan.cross_validation, "control": plan.control, "resplits": plan.resplits}
+
+
+def clear_resume(resume_root: str | Path) -> None:
+    """Drop the per-epoch resume states once the stage output is written."""
+    shutil.rmtree(resume_root, ignore_errors=True)

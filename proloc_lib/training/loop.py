@@ -1,0 +1,437 @@
+"""Training and inference for the fusion model on stored embeddings.
+
+Samples are images (each paired with its protein's sequence). Model selection follows the
+configuration (validation loss, or training loss for the authors' setting); the test split is
+never seen here: notebook 03 scores it once, at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import threading
+import time
+import warnings
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from proloc_lib.core.runtime import torch_threads
+from proloc_lib.features.store import STORE_DTYPE
+from proloc_lib.training.datasets import (
+    FusionDataset,
+    epoch_batches,
+    features_on_device,
+    inference_batches,
+    pad_length,
+)
+from proloc_lib.training.losses import authors_loss, bce_focal_loss
+from proloc_lib.training.model import FusionConfig, FusionModel
+from proloc_lib.training.selection import KeepBest
+from proloc_lib.training.settings import TrainConfig
+
+
+class NaNLossError(FloatingPointError):
+    pass
+
+
+def build_model(cfg: TrainConfig, seq_dim: int, img_dim: int, n_labels: int) -> FusionModel:
+    return FusionModel(FusionConfig(seq_dim=seq_dim, img_dim=img_dim, n_labels=n_labels, **cfg.model_switches()))
+
+
+def loss_fn(cfg: TrainConfig, pm_index: int):
+    if cfg.loss == "authors":
+        return lambda logits, y: authors_loss(logits, y, pm_index, cfg.focal_gamma)
+    return lambda logits, y: bce_focal_loss(logits, y, cfg.bce_weight, cfg.focal_weight, cfg.focal_gamma)
+
+
+def _amp_dtype(cfg: TrainConfig, device: str):
+    """bfloat16 where the GPU has it (A100/H100), float16 with loss scaling elsewhere (Colab's T4);
+    None: full precision (CPU, or amp off)."""
+    if not (cfg.amp and str(device).startswith("cuda")):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(cfg: TrainConfig, device: str):
+    dtype = _amp_dtype(cfg, device)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches, lossf, cfg, device) -> float:
+    """Mean loss over ``batches``: (img, seq, mask, y) tuples (a loader, or gathered batches)."""
+    model.eval()
+    total, n = torch.zeros((), device=device), 0
+    for img, seq, mask, y in batches:
+        with _autocast(cfg, device):
+            logits = model(img.to(device), seq.to(device), mask.to(device))
+        total += lossf(logits.float(), y.to(device)) * len(y)
+        n += len(y)
+    return float(total) / max(n, 1)
+
+
+def _schedule(opt, cfg: TrainConfig, total_steps: int):
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    warm = max(1, int(cfg.warmup_frac * total_steps))
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# -- resume keying -------------------------------------------------------------------------------
+RESUME_FORMAT = 3   # 3: dropout from the run's own generator
+
+
+def _frame_digest(ds: FusionDataset, targets: str) -> str:
+    """Sample ids, sequence keys and targets, in order: what a run trains or validates on."""
+    h = hashlib.sha256()
+    h.update("\n".join(f"{a}:{b}" for a, b in zip(ds.samples["image_id"], ds.samples["seq_hash"])).encode())
+    h.update(ds.targets(targets).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_key(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, seed: int, *,
+            pad_to: int | None = None) -> dict:
+    """Everything that determines a training run; a resume state must match it to be continued."""
+    return {"format": RESUME_FORMAT, "config_hash": cfg.hash(), "seed": int(seed),
+            "train": _frame_digest(train_ds, cfg.targets), "val": _frame_digest(val_ds, cfg.targets),
+            "seq_store": train_ds.seq_store.meta.get("fingerprint_id"),
+            "img_store": train_ds.img_store.meta.get("fingerprint_id"), "global_pad_to": pad_to}
+
+
+def _set_aside(path: Path, why: str) -> Path:
+    aside = path.with_name(f"{path.stem}.set-aside-{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}")
+    path.replace(aside)
+    warnings.warn(f"{path}: {why}; not continued (set aside as {aside.name}); training starts afresh",
+                  stacklevel=3)
+    return aside
+
+
+# -- the loop ------------------------------------------------------------------------------------
+class _Run:
+    """One run's model, optimiser, schedule, selection and random stream, stepped by :func:`_train_runs`.
+
+    RNG scheme (the same for a run alone and beside others, lockstep or threads): the weights are
+    drawn after ``torch.manual_seed(seed)``; the next draw of that stream seeds the run's own
+    generator, and every dropout mask of the run comes from it (``FusionModel.use_generator``),
+    so a run's masks depend only on its own steps. Shuffles use ``seed + epoch`` generators. The
+    caller's global generator is left where it was.
+    """
+
+    def __init__(self, job: "TrainJob", labels, device, pad_to):
+        cfg, seed, train_ds, val_ds = job.cfg, int(job.seed), job.train_ds, job.val_ds
+        self.cfg, self.device, self.seed = cfg, device, seed
+        if cfg.images_per_protein:
+            train_ds = train_ds.subset(train_ds.samples.sample(frac=1.0, random_state=seed)
+                                       .groupby("protein_id").head(cfg.images_per_protein).index)
+        self.train_ds, self.val_ds = train_ds, val_ds
+        cuda = torch.device(device).type == "cuda"
+        cuda_devices = range(torch.cuda.device_count()) if cuda else []
+        with torch.random.fork_rng(devices=cuda_devices):  # the caller's global stream stays where it was
+            torch.manual_seed(seed)
+            self.model = build_model(cfg, train_ds.seq_store.hidden_size, train_ds.img_store.hidden_size,
+                                     len(labels)).to(device)
+            dropout_seed = int(torch.randint(2 ** 62, (1,)))
+        self.gen = torch.Generator(device=device).manual_seed(dropout_seed)
+        self.model.use_generator(self.gen)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.opt = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           **({"foreach": True} if cuda else {}))
+        self.train_pad = pad_to if cfg.padding == "global" else pad_length(cfg, train_ds)
+        self.val_pad = pad_to if cfg.padding == "global" else pad_length(cfg, val_ds)
+        steps_per_epoch = len(epoch_batches(train_ds.seq_lengths, cfg, shuffle=True, seed=seed, pad_to=self.train_pad))
+        self.sched = _schedule(self.opt, cfg, cfg.max_epochs * steps_per_epoch)
+        self.lossf = loss_fn(cfg, labels.index("plasma membrane") if "plasma membrane" in labels else len(labels) - 1)
+        # float16 needs loss scaling against gradient underflow; bfloat16 and float32 do not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(cfg, device) == torch.float16)
+        self.keep = KeepBest(patience=cfg.patience)
+        self.state = {"epoch": 0, "history": [], "finished": False}
+        self.key = run_key(train_ds, val_ds, cfg, seed, pad_to=pad_to)
+        self.resume = Path(job.resume_dir) / "last_state.pt" if job.resume_dir else None
+        self.stream = torch.cuda.Stream(device) if cuda else None
+        self.feats = self.val_feats = None   # set by _train_runs
+        if self.resume is not None and self.resume.exists():
+            self._load_resume()
+
+    def plan(self, epoch: int, val: bool = False):
+        ds = self.val_ds if val else self.train_ds
+        return epoch_batches(ds.seq_lengths, self.cfg, shuffle=not val, seed=self.seed + (0 if val else epoch),
+                             pad_to=self.val_pad if val else self.train_pad)
+
+    def _load_resume(self):
+        try:
+            saved = torch.load(self.resume, map_location=self.device, weights_only=True)
+            key = json.loads(saved["run_key"])
+        except Exception as exc:  # unreadable, or an older format without a key
+            _set_aside(self.resume, f"unreadable or older resume state ({type(exc).__name__})")
+            return
+        if key != self.key:
+            diff = sorted(k for k in set(key) | set(self.key) if key.get(k) != self.key.get(k))
+            _set_aside(self.resume, f"resume state of another run (differs in {', '.join(diff)})")
+            return
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = json.loads(saved["state_json"])
+        self.keep.load_state_dict(self.state.pop("keep"), saved["best_model"])
+        self.gen.set_state(saved["rng"].cpu())  # dropout continues as if never interrupted
+
+    def save(self):
+        if self.resume is None:
+            return
+        self.resume.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.resume.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(), "best_model": self.keep.weights,
+                    "state_json": json.dumps({**self.state, "keep": self.keep.state_dict()}),
+                    "run_key": json.dumps(self.key), "rng": self.gen.get_state(), "scaler": self.scaler.state_dict()},
+                   tmp)
+        tmp.replace(self.resume)
+
+    def step(self, img, seq, mask, y):
+        cfg = self.cfg
+        with _autocast(cfg, self.device):
+            logits = self.model(img, seq, mask)
+        loss = self.lossf(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip, foreach=True)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return loss.detach()
+
+    def end_epoch(self, epoch: int, loss_sum, n: int, seconds: float, *, reuse: bool):
+        """Validate, record, select, save; raises NaNLossError on a non-finite training loss."""
+        train_loss = float(loss_sum) / max(n, 1)
+        if not math.isfinite(train_loss):
+            raise self.fail(epoch)
+        val_b = (self.val_feats.batch(torch.as_tensor(i).to(self.device), w, reuse=reuse)
+                 for i, w in self.plan(epoch, val=True))
+        val = evaluate_loss(self.model, val_b, self.lossf, self.cfg, self.device)
+        self.state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val,
+                                      "seconds": seconds, "samples_per_s": n / seconds})
+        self.keep.update(self.model, val if self.cfg.select_on == "val_loss" else train_loss, epoch)
+        self.state["epoch"] = epoch
+        self.state["finished"] = self.keep.should_stop or epoch >= self.cfg.max_epochs
+        self.save()
+
+    def fail(self, epoch):
+        self.keep.restore(self.model)
+        self.model.use_generator(None)
+        err = NaNLossError(f"non-finite training loss at epoch {epoch}; the best model so far is kept "
+                           f"(epoch {self.keep.best_epoch or 'none'}). Lower the learning rate or check the inputs.")
+        err.model, err.history = self.model, pd.DataFrame(self.state["history"])
+        return err
+
+    def result(self):
+        if self.keep.weights is None:  # every epoch scored NaN: nothing trustworthy to return
+            raise NaNLossError(f"no epoch reached a finite {self.cfg.select_on.replace('_', ' ')}; check the inputs")
+        self.keep.restore(self.model)
+        self.model.use_generator(None)
+        hist = pd.DataFrame(self.state["history"])
+        hist["best"] = hist["epoch"] == self.keep.best_epoch
+        return self.model, hist
+
+
+def _lockstep(runs: list[_Run], device: str, bar, *, reuse: bool, stop: threading.Event | None = None,
+              share: int | None = None, threads=None):
+    """Train ``runs`` epoch by epoch, step by step in turn (on CUDA each on its own stream).
+
+    ``share``: how many runs train at the same time in all (threads), for each run's share of the
+    wall time in its history; default: the runs stepped here. Returns early when ``stop`` is set.
+    ``threads``: a function giving this thread's intra-op threads, asked before every step.
+    """
+    first = min(r.state["epoch"] for r in runs) + 1
+    for epoch in range(first, max(r.cfg.max_epochs for r in runs) + 1):
+        active = [r for r in runs if not r.state["finished"] and r.state["epoch"] < epoch <= r.cfg.max_epochs]
+        if not active:
+            return
+        t0 = time.perf_counter()
+        plans = {id(r): [(torch.as_tensor(i).to(device, non_blocking=True), w) for i, w in r.plan(epoch)]
+                 for r in active}
+        sums = {id(r): torch.zeros((), device=device) for r in active}
+        ns = {id(r): 0 for r in active}
+        for r in active:
+            r.model.train()
+            if r.stream is not None:  # the index tensors were made on the default stream
+                r.stream.wait_stream(torch.cuda.current_stream(device))
+        for k in range(max(len(p) for p in plans.values())):
+            if stop is not None and stop.is_set():
+                return
+            if threads is not None:
+                torch.set_num_threads(threads())
+            for r in active:
+                if k >= len(plans[id(r)]):
+                    continue
+                idx, width = plans[id(r)][k]
+                with torch.cuda.stream(r.stream) if r.stream is not None else contextlib.nullcontext():
+                    img, seq, mask, y = r.feats.batch(idx, width, reuse=reuse)
+                    sums[id(r)] += r.step(img, seq, mask, y) * len(idx)
+                ns[id(r)] += len(idx)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = (time.perf_counter() - t0) / (share or len(active))  # each run's share of the wall time
+        for r in active:
+            r.end_epoch(epoch, sums[id(r)], ns[id(r)], seconds, reuse=reuse)
+            bar.update(1)
+
+
+def _workers(workers, device: str, n_runs: int) -> int:
+    """Runs trained at once in threads: on the CPU as many as cores (up to the runs), since small
+    models leave cores idle inside one run (2 cores, demo model: 1.3x); on CUDA one thread, the
+    runs in lockstep on their own streams."""
+    if workers != "auto":
+        return max(1, min(int(workers), n_runs))
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), n_runs))
+
+
+def _train_runs(runs: list[_Run], device: str, progress: bool, resident, workers="auto"):
+    """Train the runs (see :func:`train_jobs`) on features loaded once per dataset."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores (authors' amp off)
+        torch.backends.cudnn.allow_tf32 = True
+    todo = [r for r in runs if not r.state["finished"]]
+    if not todo:
+        return
+    feats = {}
+    for r in todo:  # loaded once, off the epoch clock
+        # under CUDA autocast the model casts its inputs anyway: hand it the stored float16
+        out = STORE_DTYPE if _amp_dtype(r.cfg, device) is not None else torch.float32
+        for ds, attr in ((r.train_ds, "feats"), (r.val_ds, "val_feats")):
+            key = (id(ds), r.cfg.targets, out)
+            if key not in feats:
+                feats[key] = features_on_device(ds, device, targets=r.cfg.targets, resident=resident, out_dtype=out)
+            setattr(r, attr, feats[key])
+    n_workers = _workers(workers, device, len(todo))
+    total = sum(r.cfg.max_epochs - r.state["epoch"] for r in todo)
+    with tqdm(total=total, desc="epochs" if len(todo) == 1 else f"epochs ({len(todo)} runs)",
+              disable=not progress) as bar:
+        if n_workers == 1:
+            # one step at a time on the CPU: the gather buffers can be reused
+            _lockstep(todo, device, bar, reuse=torch.device(device).type == "cpu")
+            return
+        stop, cores, left, lock = threading.Event(), torch.get_num_threads(), [len(todo)], threading.Lock()
+        # each thread's share of the cores, grown as runs finish (the last runs alone get them all)
+        share_of_cores = lambda: max(1, cores // min(n_workers, max(1, left[0])))
+
+        def work(run):
+            try:
+                with torch_threads(share_of_cores()):
+                    _lockstep([run], device, bar, reuse=False, stop=stop, share=n_workers, threads=share_of_cores)
+            finally:
+                with lock:
+                    left[0] -= 1
+
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="proloc-train") as pool:
+            futures = [pool.submit(work, r) for r in todo]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for f in futures:
+                    if f.done() and f.exception() is not None:
+                        raise f.exception()
+            except BaseException:  # a failed run or Ctrl-C: the others stop after their current step
+                stop.set()
+                raise
+
+
+@dataclass(kw_only=True)
+class TrainJob:
+    """One training run for :func:`train_jobs`: a configuration, a seed and its data.
+
+    ``resume_dir``: the run's keyed resume state (see :func:`train_fusion`); ``global_pad_to``:
+    the padding width for ``padding="global"`` (default: the longest over train and val)."""
+    train_ds: FusionDataset
+    val_ds: FusionDataset
+    cfg: TrainConfig
+    seed: int = 0
+    resume_dir: str | Path | None = None
+    global_pad_to: int | None = None
+
+
+def train_jobs(jobs: list[TrainJob], labels: list[str], *, device: str = "cpu", progress: bool = True,
+               resident="auto", workers="auto") -> list[tuple]:
+    """Train several runs at once (any configurations, seeds and data): [(model, history)] in order.
+
+    On the CPU the runs train in parallel threads (``workers``: "auto" = one per core, up to the
+    runs), on CUDA in lockstep on their own streams, runs of one configuration and data together
+    (the published loop stays at batch 2 per model). Each run draws only from its own random
+    streams (``_Run``), so its result equals the same run trained alone; a test checks weights and
+    losses. A failed run (NaNLossError) or an interrupt stops them all; every finished epoch is in
+    the resume states.
+    """
+    runs = [_Run(j, labels, device, _global_pad(j.cfg, j.train_ds, j.val_ds, j.global_pad_to)) for j in jobs]
+    if torch.device(device).type == "cuda" and workers in ("auto", 1):
+        groups: dict[tuple, list[_Run]] = {}
+        for j, r in zip(jobs, runs):   # features of one group at a time in device memory
+            groups.setdefault((j.cfg.hash(), id(j.train_ds), id(j.val_ds)), []).append(r)
+        for group in groups.values():
+            _train_runs(group, device, progress, resident, workers=1)
+    else:
+        _train_runs(runs, device, progress, resident, workers)
+    return [r.result() for r in runs]
+
+
+def train_fusion_seeds(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, labels: list[str], *,
+                       seeds, device: str = "cpu", progress: bool = True, resume_dir: str | Path | None = None,
+                       global_pad_to: int | None = None, resident="auto", workers="auto") -> list[tuple]:
+    """Several seeds of one configuration at once (:func:`train_jobs`): [(model, history)] in
+    ``seeds`` order. ``resume_dir``: one keyed state per seed under ``seed-<s>/``."""
+    seeds = [int(s) for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat: {seeds}")
+    jobs = [TrainJob(train_ds=train_ds, val_ds=val_ds, cfg=cfg, seed=s, global_pad_to=global_pad_to,
+                     resume_dir=Path(resume_dir) / f"seed-{s}" if resume_dir else None) for s in seeds]
+    return train_jobs(jobs, labels, device=device, progress=progress, resident=resident, workers=workers)
+
+
+def _global_pad(cfg, train_ds, val_ds, global_pad_to):
+    if cfg.padding != "global":
+        return None
+    return global_pad_to or pad_length(cfg, train_ds, all_splits=(val_ds,))
+
+
+def train_fusion(train_ds: FusionDataset, val_ds: FusionDataset, cfg: TrainConfig, labels: list[str],
+                 device: str = "cpu", seed: int = 0, progress: bool = True, resume_dir: str | Path | None = None,
+                 *, global_pad_to: int | None = None, resident="auto"):
+    """Train; keep the epoch best by ``cfg.select_on`` (``selection.KeepBest``); returns (model, history).
+
+    Batches are gathered on the device from features loaded once (``resident="auto"``: when they
+    fit in half the free device memory; else read from the stores). ``global_pad_to``: the
+    longest sequence over all splits, for ``padding="global"`` (default: over train and val).
+    With ``resume_dir``, the state after every epoch is saved there (weights-only torch format),
+    keyed by everything that determines the run (:func:`run_key`): a matching state continues,
+    a finished one (early-stopped or at max_epochs) is returned as it is, any other is set aside.
+    A non-finite loss stops training with NaNLossError; the best model so far is kept on it.
+    """
+    job = TrainJob(train_ds=train_ds, val_ds=val_ds, cfg=cfg, seed=seed, resume_dir=resume_dir,
+                   global_pad_to=global_pad_to)
+    return train_jobs([job], labels, device=device, progress=progress, resident=resident)[0]
+
+
+@torch.no_grad()
+def predict_proba(model, ds: FusionDataset, device: str = "cpu", batch_size: int = 64,
+                  pad_to: int | None = None) -> np.ndarray:
+    """Probabilities in the dataset's row order."""
+    model.eval()
+    out = [torch.sigmoid(model(img.to(device), seq.to(device), mask.to(device))).cpu()
+           for img, seq, mask in inference_batches(ds, batch_size, pad_to)]
+    return torch.cat(out).numpy()

@@ -1,0 +1,129 @@
+"""Every switch of the published and the corrected protocol (``TrainConfig``) and the two named configurations. No torch import."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(kw_only=True)
+class ModelSwitches:
+    """The architecture and its published-vs-corrected switches: the one model schema.
+
+    ``training.TrainConfig`` inherits these fields (one set of defaults); ``FusionConfig`` adds
+    the input widths. Defaults are the corrected model; the published values are in the comments.
+    """
+    d_model: int = 512
+    n_heads: int = 8
+    n_blocks: int = 6
+    ff_mult: int = 4
+    ff_activation: str = "gelu"      # published: "relu"
+    dropout: float = 0.1
+    attn_dropout: float | None = None  # on attention weights; None: same as ``dropout``
+    residual_dropout: bool = True    # dropout on the residual branches; published: False (only on
+                                     # attention weights and inside the feed-forward, after the ReLU)
+    cross_residual: bool = True      # cross-attention output added to its queries + LayerNorm;
+                                     # published: False (the attention output is used directly)
+    apply_mask: bool = True          # published: mask computed, never applied
+    share_blocks: bool = False       # published: one block's weights reused for every layer
+    query: str = "image"             # which modality asks: "image" (paper) or "sequence" (ablation)
+
+    MODEL_CHOICES = {"ff_activation": ("gelu", "relu"), "query": ("image", "sequence")}
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        for key, allowed in self.MODEL_CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"model option {key}={getattr(self, key)!r}: choose one of {allowed}")
+        if self.n_blocks < 0:
+            raise ValueError("n_blocks must be >= 0")
+
+    def model_switches(self) -> dict:
+        """Only the architecture fields (what ``FusionConfig`` needs besides the input widths)."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelSwitches)}
+
+
+@dataclass(kw_only=True)
+class TrainConfig(ModelSwitches):
+    """Every way the published setting differs from the corrected one is a switch here.
+
+    The architecture switches come from ``model.ModelSwitches`` (one model schema); the fields
+    below are the training protocol. Defaults are the corrected protocol; published values are
+    in the comments and in ``NAMED_CONFIGS['authors']``.
+    """
+    optimizer: str = "adamw"         # authors: "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    schedule: str = "warmup_cosine"  # authors: "constant"
+    warmup_frac: float = 0.05
+    grad_clip: float | None = 1.0    # max gradient norm; authors: None (no clipping)
+    batch_size: int = 32
+    bucket_batches: bool = True      # batches of similar sequence length
+    batch_tokens: int | None = 16384  # with buckets: at most this many padded residues per batch
+    padding: str = "batch"           # pad each batch to its own longest ("batch"); to the longest of its
+                                     # split ("split": the published code, per file); of all splits ("global")
+    targets: str = "protein"         # "protein": the union of the protein's labels; "image": the image
+                                     # row's own label columns (the published loop)
+    max_epochs: int = 30
+    patience: int | None = 5         # None: no early stopping
+    loss: str = "bce_focal"          # authors: "authors" (plasma-membrane-weighted)
+    bce_weight: float = 1.0
+    focal_weight: float = 1.0
+    focal_gamma: float = 2.0
+    select_on: str = "val_loss"      # authors: "train_loss"
+    thresholds: str = "tuned"        # per-label, on validation; authors: "fixed" (0.5)
+    amp: bool = True                 # mixed precision, on CUDA only
+    images_per_protein: int | None = None  # ablation: train on at most this many images per protein
+    pad_multiple: int = 1            # round each batch's padded width up to a multiple of this (fewer
+                                     # distinct shapes for compiled kernels; masked models give the same output)
+
+    CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
+               "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
+               "thresholds": ("fixed", "tuned"), "padding": ("batch", "split", "global"),
+               "targets": ("protein", "image")}
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key, allowed in self.CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"training option {key}={getattr(self, key)!r}: choose one of {allowed}")
+        if not isinstance(self.pad_multiple, int) or self.pad_multiple < 1:
+            raise ValueError(f"training option pad_multiple={self.pad_multiple!r}: give an integer >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)} (known: {sorted(known)})")
+        return cls(**d)
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# The two named configurations. A profile's ``training.base`` (sizes, epochs) applies to both.
+NAMED_CONFIGS = {
+    "authors": dict(n_heads=8, n_blocks=6, share_blocks=True, apply_mask=False, dropout=0.5,
+                    ff_activation="relu", residual_dropout=False, cross_residual=False, optimizer="adam",
+                    lr=1e-5, weight_decay=0.0, schedule="constant", grad_clip=None, batch_size=2,
+                    bucket_batches=False, padding="split", targets="image", loss="authors",
+                    select_on="train_loss", patience=None, thresholds="fixed", amp=False),
+    "corrected": dict(apply_mask=True, share_blocks=False, attn_dropout=0.0, ff_activation="gelu",
+                      residual_dropout=True, cross_residual=True, loss="bce_focal", optimizer="adamw",
+                      schedule="warmup_cosine", grad_clip=1.0, bucket_batches=True, padding="batch",
+                      targets="protein", select_on="val_loss", thresholds="tuned", amp=True),
+}
+
+
+def make_config(name: str, base: dict | None = None, **overrides) -> TrainConfig:
+    """Named configuration + the profile's base settings + explicit switches (ablations)."""
+    if name not in NAMED_CONFIGS:
+        raise ValueError(f"unknown training configuration '{name}' (known: {sorted(NAMED_CONFIGS)})")
+    return TrainConfig.from_dict({**NAMED_CONFIGS[name], **(base or {}), **overrides})
+
+
+def train_config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
