@@ -14,17 +14,13 @@ from urllib.parse import parse_qs
 
 import pandas as pd
 import pytest
-
 from test_download import HTML_PAGE, Server, jpeg_bytes, send, send_json, serve_file  # noqa: E402
 
-from proloc_lib.data import build
-from proloc_lib.data import datacard
-from proloc_lib.data import download
-from proloc_lib.data import hpa
-from proloc_lib.core.network import OfflineError# noqa: E402
 from proloc_lib.core.fileio import file_sha256
-from proloc_lib.data.images import load_image# noqa: E402
-from proloc_lib.data.labels import LabelMap, UnknownLocationError# noqa: E402
+from proloc_lib.core.network import OfflineError  # noqa: E402
+from proloc_lib.data import build, datacard, download, hpa
+from proloc_lib.data.images import load_image  # noqa: E402
+from proloc_lib.data.labels import LabelMap, UnknownLocationError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZPATH = "/api/records/10632698/files"

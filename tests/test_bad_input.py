@@ -15,17 +15,22 @@ import pytest
 import torch
 from PIL import Image
 
-from proloc_lib.cli import predict
 import proloc_lib.predict as predict_mod
-from proloc_lib.training.checkpoint import Checkpoint, CheckpointError, CheckpointMismatchError, read_config
-from proloc_lib.profiles.loader import load_profile
-from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
+from proloc_lib.cli import predict
 from proloc_lib.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from proloc_lib.core.manifest import stage_output
 from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, load_image
 from proloc_lib.data.labels import LABELS
-from proloc_lib.core.manifest import stage_output
-from proloc_lib.training.model import FusionConfig, FusionModel
 from proloc_lib.data.synthetic import write_protein_images
+from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
+from proloc_lib.profiles.loader import load_profile
+from proloc_lib.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMismatchError,
+    read_config,
+)
+from proloc_lib.training.model import FusionConfig, FusionModel
 
 MAX_RESIDUES = 60
 SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"

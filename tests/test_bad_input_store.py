@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from proloc_lib.cli import features
-from proloc_lib.features import store
 from proloc_lib.data.sequences import sequence_hash
+from proloc_lib.features import store
 
 PROG = "python -m proloc_lib.embeddings"
 

@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from proloc_lib.training import baselines
 from proloc_lib.features.batching import pad_batch
+from proloc_lib.training import baselines
 
 
 def test_composition_features_by_hand():

@@ -10,15 +10,13 @@ import sys
 
 import pytest
 import torch
+from reference_csv import write_reference
 
-from proloc_lib.bench import common
-from proloc_lib.bench import store
+from proloc_lib.bench import common, store
 from proloc_lib.cli import bench
-from proloc_lib.core import network
-from proloc_lib.core import paths
+from proloc_lib.core import network, paths
 from proloc_lib.features import encoders
 from proloc_lib.profiles import loader as profiles
-from reference_csv import write_reference
 
 SEQ_DEMO = profiles.load_profile("demo")["embeddings"]["sequence"]
 AA = "ACDEFGHIKLMNPQRSTVWY"

@@ -2,7 +2,6 @@
 papermill, nothing good overwritten), and run_all.sh's argument checks and install stamp."""
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess

@@ -3,9 +3,7 @@ import json
 
 import pytest
 
-from proloc_lib.core import manifest
-from proloc_lib.core import provenance
-from proloc_lib.core import runtime
+from proloc_lib.core import manifest, provenance, runtime
 from proloc_lib.core.fileio import file_sha256
 from proloc_lib.profiles import loader as profiles
 

@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from proloc_lib.data import demo
 from proloc_lib.core.paths import project_path
+from proloc_lib.data import demo
 from proloc_lib.data.labels import LabelMap, UnknownLocationError
 
 

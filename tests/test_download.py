@@ -16,7 +16,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from proloc_lib.data.download import ZENODO_FILES, ChecksumError, DownloadError, UniProtJobError, _RateLimiter, estimate_download, fetch_images, fetch_zenodo, format_bytes, uniprot_map_ensembl
+from proloc_lib.data.download import (
+    ZENODO_FILES,
+    ChecksumError,
+    DownloadError,
+    UniProtJobError,
+    _RateLimiter,
+    estimate_download,
+    fetch_images,
+    fetch_zenodo,
+    format_bytes,
+    uniprot_map_ensembl,
+)
 from proloc_lib.data.images import load_image
 
 HTML_PAGE = b"<!DOCTYPE html><html><body><h1>Service temporarily unavailable</h1></body></html>"

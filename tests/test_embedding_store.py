@@ -6,11 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from proloc_lib.features import batching
-from proloc_lib.features import image
-from proloc_lib.features import sequence
-from proloc_lib.features import store as store_mod
 from proloc_lib.data.sequences import sequence_hash
+from proloc_lib.features import batching, image, sequence
+from proloc_lib.features import store as store_mod
 
 
 class CountingEncoder:

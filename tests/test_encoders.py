@@ -9,17 +9,15 @@ import time
 
 import pytest
 import requests
+import timm  # noqa: F401  (imported up front so the timed offline tests time only the loaders)
 import torch
+import transformers  # noqa: F401
 from PIL import Image
 
-import timm  # noqa: F401  (imported up front so the timed offline tests time only the loaders)
-import transformers  # noqa: F401
-
-from proloc_lib.core import network
-from proloc_lib.core import runtime
-from proloc_lib.features import encoders
+from proloc_lib.core import network, runtime
 from proloc_lib.data.images import load_image
 from proloc_lib.data.sequences import prott5_format
+from proloc_lib.features import encoders
 
 SEQ_DEMO = {"model": "tiny-prott5", "pretrained": False,
             "config": {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16},

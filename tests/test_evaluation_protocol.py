@@ -8,11 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from proloc_lib.core import provenance
-from proloc_lib.evaluation import figures
-from proloc_lib.evaluation import metrics
-from proloc_lib.evaluation import scoring
-from proloc_lib.evaluation import statistics
-from proloc_lib.evaluation import tables
+from proloc_lib.evaluation import figures, metrics, scoring, statistics, tables
 
 LABELS = ["a", "b", "c"]
 

@@ -11,18 +11,15 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from proloc_lib.core import runs
 import proloc_lib.predict as predict_mod
-from proloc_lib.stages import baselines
-from proloc_lib.stages import common
-from proloc_lib.stages import training
-from proloc_lib.training import loop
-from proloc_lib.training import plan as plan_mod
-from proloc_lib.training import settings
-from proloc_lib.training.checkpoint import Checkpoint
-from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.core import runs
 from proloc_lib.core.errors import UserError
 from proloc_lib.data.labels import LABELS
+from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.profiles.loader import load_profile, profile_from_dict
+from proloc_lib.stages import baselines, common, training
+from proloc_lib.training import loop, settings
+from proloc_lib.training.checkpoint import Checkpoint
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
 
@@ -82,15 +79,18 @@ def profile_cfg(**training_over):
           "cross_validation": {"config": "corrected"},
           "resplits": {"methods": ["stratified"], "repeats": 2}}
     tr.update(training_over)
-    return {"training": tr, "data": {"split": {"method": "stratified", "val_fraction": 0.2, "test_fraction": 0.25}},
-            "embeddings": {"sequence": {"model": "tiny"}, "image": {"model": "vit-tiny"}, "max_residues": 1000,
-                           "long_policy": "truncate"},
-            "provenance": {"synthetic_images": True, "random_weight_encoders": True},
-            "baselines": {"mlp_hidden": 16, "mlp_epochs": 150, "logreg_C": 1.0, "light_attention_epochs": 2}}
+    smoke = load_profile("smoke")
+    return profile_from_dict({**smoke, "profile": "tiny", "training": tr,
+                              "data": {**smoke["data"], "split": {"method": "stratified", "val_fraction": 0.2,
+                                                                  "test_fraction": 0.25}},
+                              "provenance": {**smoke["provenance"], "synthetic_images": True,
+                                             "random_weight_encoders": True},
+                              "baselines": {"mlp_hidden": 16, "mlp_epochs": 150, "logreg_C": 1.0,
+                                            "light_attention_epochs": 2}}, name="tiny")
 
 
 def test_plan_names_every_run_by_a_registry_id_and_checks_options_up_front():
-    plan = plan_mod.plan_runs(profile_cfg())
+    plan = profile_cfg().plan
     ids = [r["run_id"] for r in plan.runs]
     assert ids == ["fusion.corrected", "fusion.authors"] * 2 + ["ablation.reference", "ablation.mask_off",
                                                                  "ablation.augreg"]
@@ -104,17 +104,17 @@ def test_plan_names_every_run_by_a_registry_id_and_checks_options_up_front():
     assert runs.display_name("ablation.mask_off") == "ablation: mask off"
     assert runs.display_name("resplit.stratified") == "fusion (corrected), stratified re-splits"
     with pytest.raises(ValueError, match="reserved"):
-        plan_mod.plan_runs(profile_cfg(ablations={"reference": {"apply_mask": False}}))
+        profile_cfg(ablations={"reference": {"apply_mask": False}}).plan
     with pytest.raises(ValueError, match="twice"):
-        plan_mod.plan_runs(profile_cfg(ablations={"mask off": {}, "mask_off": {}}))
+        profile_cfg(ablations={"mask off": {}, "mask_off": {}}).plan
     with pytest.raises(ValueError, match="repeat"):
-        plan_mod.plan_runs(profile_cfg(resplits={"repeat": 2}))
+        profile_cfg(resplits={"repeat": 2}).plan
     with pytest.raises(ValueError, match="learning_rate"):
-        plan_mod.plan_runs(profile_cfg(ablations={"x": {"learning_rate": 1}}))
-    assert plan_mod.plan_runs(profile_cfg(control=False)).control is None
-    assert plan_mod.plan_runs(profile_cfg(control=True, cross_validation=True)).cross_validation == "corrected"
+        profile_cfg(ablations={"x": {"learning_rate": 1}}).plan
+    assert profile_cfg(control=False).plan.control is None
+    assert profile_cfg(control=True, cross_validation=True).plan.cross_validation == "corrected"
     with pytest.raises(ValueError, match="training.control"):
-        plan_mod.plan_runs(profile_cfg(control={"confg": "corrected"}))
+        profile_cfg(control={"confg": "corrected"}).plan
 
 
 def test_permuted_labels_keep_prevalence_per_split_and_leave_test_alone():
@@ -137,9 +137,12 @@ def stage(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_stage(root, variant="augreg")
     cfg = profile_cfg()
-    res = training.run_training_stage(cfg, profile="tiny", data_root=root, device="cpu", seed=0, progress=False,
-                                         resume_root=root / "resume")
-    return root, cfg, res
+    stage = training.TrainingStage(cfg, seed=0, device="cpu", data_root=root, progress=False)
+    stage.train()
+    stage.cross_validate()
+    stage.attention_mil()
+    stage.controls()
+    return root, cfg, stage.results()
 
 
 def test_training_stage_rows_are_run_ids_with_display_names(stage):
@@ -196,7 +199,7 @@ def test_image_variant_ablation_trains_on_its_own_store(stage):
 def test_written_outputs_and_checkpoint_round_trip(stage, tmp_path):
     root, cfg, res = stage
     data = common.load_stage_data("tiny", data_root=root)
-    plan = plan_mod.plan_runs(cfg)
+    plan = cfg.plan
     out = training.write_training_outputs(res, tmp_path / "03_training", cfg=cfg, data=data,
                                              params=training.training_params(plan, profile="tiny", seed=0,
                                                                                 device="cpu"))

@@ -6,8 +6,18 @@ import pandas as pd
 import pytest
 
 from proloc_lib.cli import data
-from proloc_lib.data.hpa import IMAGE_COLUMNS, SRC_PREFIX, SchemaError, filter_images, image_url, SOURCE_LABEL_COLUMNS, parse_vislocas_csv, protein_table, read_authors_csv
 from proloc_lib.data.audit import audit, format_audit
+from proloc_lib.data.hpa import (
+    IMAGE_COLUMNS,
+    SOURCE_LABEL_COLUMNS,
+    SRC_PREFIX,
+    SchemaError,
+    filter_images,
+    image_url,
+    parse_vislocas_csv,
+    protein_table,
+    read_authors_csv,
+)
 from proloc_lib.data.labels import LABELS, LabelMap, UnknownLocationError
 from proloc_lib.data.sequences import InvalidSequenceError
 

@@ -6,13 +6,11 @@ import torch
 from PIL import Image
 
 from proloc_lib.core import errors
-from proloc_lib.features import image
-from proloc_lib.features import store
-from proloc_lib.features import variants
-from proloc_lib.stages import embeddings
-from proloc_lib.profiles.loader import load_profile
-from proloc_lib.features.encoders import load_image_encoder
 from proloc_lib.data.images import BadImageError, load_image
+from proloc_lib.features import image, store, variants
+from proloc_lib.features.encoders import load_image_encoder
+from proloc_lib.profiles.loader import load_profile
+from proloc_lib.stages import embeddings
 
 
 def ihc_like(path, size, seed=0):

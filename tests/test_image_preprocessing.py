@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from proloc_lib.features import encoders
-from proloc_lib.profiles import loader as profiles
 from proloc_lib.features.store import fingerprint_id
+from proloc_lib.profiles import loader as profiles
 
 TINY = {"model": "vit_base_patch16_224", "pretrained": False,
         "overrides": {"embed_dim": 32, "depth": 1, "num_heads": 2}, "init_seed": 0}

@@ -6,8 +6,19 @@ from PIL import Image
 
 from proloc_lib.core.paths import project_path
 from proloc_lib.data.images import BadImageError, load_image
-from proloc_lib.data.labels import LABELS, LabelMap, UnknownLocationError, add_label_columns
-from proloc_lib.data.sequences import InvalidSequenceError, clean_sequence, prott5_format, read_fasta, sequence_hash
+from proloc_lib.data.labels import (
+    LABELS,
+    LabelMap,
+    UnknownLocationError,
+    add_label_columns,
+)
+from proloc_lib.data.sequences import (
+    InvalidSequenceError,
+    clean_sequence,
+    prott5_format,
+    read_fasta,
+    sequence_hash,
+)
 
 SCL_MAP = project_path("data/mappings/scl2205_to_proloc5.yaml")
 HPA_MAP = project_path("data/mappings/hpa_to_proloc5.yaml")

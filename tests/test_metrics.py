@@ -8,7 +8,14 @@ import pytest
 from sklearn import metrics as skm
 
 from proloc_lib.data.labels import LABELS
-from proloc_lib.evaluation.metrics import METRIC_NAMES, PAPER_NAMES, aggregate_by_group, binarize, full_report, paper_metrics
+from proloc_lib.evaluation.metrics import (
+    METRIC_NAMES,
+    PAPER_NAMES,
+    aggregate_by_group,
+    binarize,
+    full_report,
+    paper_metrics,
+)
 
 approx = pytest.approx
 

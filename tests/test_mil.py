@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from proloc_lib.training import mil
 from proloc_lib.data.labels import LABELS
+from proloc_lib.training import mil
 
 
 def make_bags(n, seed):

@@ -18,20 +18,13 @@ import pytest
 import requests
 from PIL import Image
 
-from proloc_lib.core import manifest
-from proloc_lib.core import paths
-from proloc_lib.core import provenance
-from proloc_lib.data import build
-from proloc_lib.data import datacard
-from proloc_lib.data import download
-from proloc_lib.data import hpa
-from proloc_lib.data import mirror
-from proloc_lib.data import splits
-from proloc_lib.profiles import loader as profiles
-from proloc_lib.stages import common
+from proloc_lib.core import manifest, paths, provenance
 from proloc_lib.core.fileio import file_sha256
+from proloc_lib.data import build, datacard, download, hpa, mirror, splits
 from proloc_lib.data.images import load_image
 from proloc_lib.data.labels import LABELS, LabelMap
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.stages import common
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from test_bad_input_store import stage01  # noqa: F401  (fixture: a tiny stage 01 on the smoke profile)
 
 ROOT = Path(__file__).resolve().parents[1]

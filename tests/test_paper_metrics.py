@@ -4,7 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from proloc_lib.evaluation.metrics import binarize, calibration, full_report, paper_metrics, published_metrics
+from proloc_lib.evaluation.metrics import (
+    binarize,
+    calibration,
+    full_report,
+    paper_metrics,
+    published_metrics,
+)
 
 approx = pytest.approx
 

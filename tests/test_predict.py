@@ -7,23 +7,23 @@ import pandas as pd
 import pytest
 import torch
 
-from proloc_lib.cli import predict
 import proloc_lib.predict as predict_mod
-from proloc_lib.training import checkpoint
-from proloc_lib.profiles.loader import load_profile
-from proloc_lib.features.store import EmbeddingStore
-from proloc_lib.features.sequence import embed_sequence_long, extract_sequences
-from proloc_lib.features.image import extract_images
-from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
+from proloc_lib.cli import predict
 from proloc_lib.core.fileio import file_sha256
 from proloc_lib.data.images import load_image
 from proloc_lib.data.labels import LABELS
-from proloc_lib.training.model import FusionConfig, FusionModel
 from proloc_lib.data.sequences import sequence_hash
 from proloc_lib.data.synthetic import write_protein_images
+from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
+from proloc_lib.features.image import extract_images
+from proloc_lib.features.sequence import embed_sequence_long, extract_sequences
+from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.profiles.loader import load_profile
+from proloc_lib.training import checkpoint
 from proloc_lib.training.checkpoint import Checkpoint
 from proloc_lib.training.datasets import FusionDataset, image_samples
 from proloc_lib.training.loop import predict_proba
+from proloc_lib.training.model import FusionConfig, FusionModel
 
 SEQS = {"P1": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ",
         "P2": "MSDNELAPLLRWAELQGKLSGTPEEFLSVLSAQDGHKRLLWKAIVDQGRASFVNSL",

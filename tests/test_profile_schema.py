@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from proloc_lib.core.errors import UserError
 from proloc_lib.features import encoders
 from proloc_lib.profiles import loader as profiles
 from proloc_lib.profiles import schema
-from proloc_lib.core.errors import UserError
 from proloc_lib.training.settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

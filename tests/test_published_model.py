@@ -10,7 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from proloc_lib.training.model import Dropout, FusionConfig, FusionModel, published_to_ours
+from proloc_lib.training.model import (
+    Dropout,
+    FusionConfig,
+    FusionModel,
+    published_to_ours,
+)
 from proloc_lib.training.settings import NAMED_CONFIGS, make_config
 
 D, HEADS, LAYERS, DI, DS, C = 32, 4, 3, 24, 20, 5

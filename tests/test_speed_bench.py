@@ -2,16 +2,13 @@
 import json
 
 import pytest
-
-from proloc_lib.bench import common
-from proloc_lib.bench import estimate
-from proloc_lib.bench import training
-from proloc_lib.cli import bench
-from proloc_lib.profiles import loader as profiles
-from proloc_lib.training import plan
-from proloc_lib.training import settings
 from reference_csv import write_reference
 from test_train_bench import PROTEINS
+
+from proloc_lib.bench import common, estimate, training
+from proloc_lib.cli import bench
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.training import settings
 
 
 @pytest.fixture
@@ -52,8 +49,8 @@ def test_dry_run_lists_the_tiers(monkeypatch):
     full = estimate.dry_run("full", "cpu", n_train=1000, n_val=100)
     ext = estimate.dry_run("full-extended", "cpu", n_train=1000, n_val=100)
     names = [r["run"] for r in full["runs"]]
-    assert names.count("fusion.authors") == names.count("fusion.corrected") == 5 and len(names) == 11
-    assert names.count("control.permuted_labels") == 1
+    assert names.count("fusion.authors") == names.count("fusion.corrected") == 5 and len(names) == 15
+    assert names.count("control.permuted_labels") == 5   # one control run per seed, as the stage trains them
     authors = next(r for r in full["runs"] if r["config"] == "authors")
     assert authors["epochs_max"] == 100 and authors["batch_size"] == 2  # the published schedule
     # per-sample probe time 0.5 s: epochs x (train + val/3)
@@ -73,17 +70,17 @@ def test_dry_run_cli_prints_a_table(monkeypatch, capsys, tmp_path):
                    "--out", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     assert "estimated training time" in out and "fusion.authors" in out
-    assert json.loads((tmp_path / "d.json").read_text())["n_runs"] == 11
+    assert json.loads((tmp_path / "d.json").read_text())["n_runs"] == 15
     assert bench.main(["dry-run", "--profile", "nope", "--device", "cpu"]) == 2
     assert "nope" in capsys.readouterr().err
 
 
 def test_resplits_are_checked():
-    with pytest.raises(ValueError, match="resplits"):
-        plan.training_plan({"resplits": {"methods": ["random"]}})
-    with pytest.raises(ValueError, match="resplits"):
-        plan.training_plan({"resplits": {"methods": ["stratified"], "folds": 3}})
-    assert plan.resplit_plan(profiles.load_profile("full-extended")["training"])[1]["method"] == "homology"
+    smoke = profiles.load_profile("smoke")
+    for bad in ({"methods": ["random"]}, {"methods": ["stratified"], "folds": 3}):
+        with pytest.raises(ValueError, match="resplits"):
+            profiles.profile_from_dict({**smoke, "training": {**smoke["training"], "resplits": bad}}, name="t")
+    assert profiles.load_profile("full-extended").plan.resplits["methods"][1] == "homology"
 
 
 def test_profile_names_the_attention_kernels(csv):

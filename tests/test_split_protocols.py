@@ -7,9 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proloc_lib.data import homology
-from proloc_lib.data import splits
 from proloc_lib.core.errors import UserError
+from proloc_lib.data import homology, splits
 from proloc_lib.data.labels import LABELS
 from proloc_lib.data.mirror import standin_sequence
 from proloc_lib.data.sequences import sequence_hash

@@ -4,7 +4,12 @@ import pandas as pd
 import pytest
 
 from proloc_lib.data.labels import LABELS
-from proloc_lib.data.splits import SplitLeakError, assign_splits, check_disjoint, link_groups
+from proloc_lib.data.splits import (
+    SplitLeakError,
+    assign_splits,
+    check_disjoint,
+    link_groups,
+)
 
 
 def make_tables(n=120, seed=0):

@@ -5,12 +5,11 @@ import stat
 import numpy as np
 import pytest
 import torch
-
-from proloc_lib.features import batching
-from proloc_lib.features import sequence
-from proloc_lib.features import store as store_mod
-from proloc_lib.data.sequences import sequence_hash
 from test_embedding_store import CountingEncoder, seqs
+
+from proloc_lib.data.sequences import sequence_hash
+from proloc_lib.features import batching, sequence
+from proloc_lib.features import store as store_mod
 
 
 def as_dict(store):

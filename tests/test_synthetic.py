@@ -8,7 +8,13 @@ import pytest
 from PIL import Image
 
 from proloc_lib.data.labels import LABELS
-from proloc_lib.data.synthetic import _render, _stain_concentrations, protein_seed, render_tile, write_protein_images
+from proloc_lib.data.synthetic import (
+    _render,
+    _stain_concentrations,
+    protein_seed,
+    render_tile,
+    write_protein_images,
+)
 
 
 def onehot(*names):

@@ -9,15 +9,14 @@ import os
 import pandas as pd
 import pytest
 import torch
+from reference_csv import write_reference
 
-from proloc_lib.bench import common
-from proloc_lib.bench import training
+from proloc_lib.bench import common, training
 from proloc_lib.cli import bench
+from proloc_lib.data.labels import LABELS
+from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.profiles import loader as profiles
 from proloc_lib.training import datasets
-from reference_csv import write_reference
-from proloc_lib.features.store import EmbeddingStore
-from proloc_lib.data.labels import LABELS
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 PROTEINS = {"ENSG00000000001": ("M" + AA[:11], 3),       # 12 residues, 3 images

@@ -4,14 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from proloc_lib.evaluation import scoring
-from proloc_lib.training import datasets
-from proloc_lib.training import loop
-from proloc_lib.training import plan as plan_mod
-from proloc_lib.training import settings
-from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.data.labels import LABELS
+from proloc_lib.evaluation import scoring
+from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.profiles.loader import load_profile, profile_from_dict
+from proloc_lib.training import datasets, loop, settings
 from proloc_lib.training.losses import authors_loss
+from proloc_lib.training.plan import build_plan
 
 
 def test_named_configurations_differ_exactly_as_documented():
@@ -37,10 +36,10 @@ def test_unknown_options_fail_before_any_work():
     with pytest.raises(ValueError, match="unknown training configuration"):
         settings.make_config("paper")
     with pytest.raises(ValueError, match="epochs"):
-        plan_mod.training_plan({"epochs": 3})
-    plan = plan_mod.training_plan({"seeds": [0, 1], "base": {"d_model": 16, "n_heads": 2},
-                                   "configurations": {"corrected": {}, "authors": {}},
-                                   "ablations": {"mask off": {"of": "corrected", "apply_mask": False}}})
+        profile_from_dict({**load_profile("smoke"), "training": {"epochs": 3}}, name="t")
+    plan = build_plan({"seeds": [0, 1], "base": {"d_model": 16, "n_heads": 2},
+                       "configurations": {"corrected": {}, "authors": {}},
+                       "ablations": {"mask off": {"of": "corrected", "apply_mask": False}}}).runs
     assert [r["run_id"] for r in plan] == ["fusion.corrected", "fusion.authors"] * 2 + [
         "ablation.reference", "ablation.mask_off"]
     assert plan[-1]["train"].apply_mask is False and plan[-1]["train"].d_model == 16

@@ -7,13 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from proloc_lib.training import datasets
-from proloc_lib.training import loop
-from proloc_lib.training import model
-from proloc_lib.training import settings
-from proloc_lib.data.labels import LABELS
 from test_training import make_stores
+
+from proloc_lib.data.labels import LABELS
+from proloc_lib.training import datasets, loop, model, settings
 
 SMALL = dict(d_model=16, n_heads=2, n_blocks=1)
 

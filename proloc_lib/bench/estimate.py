@@ -18,8 +18,7 @@ from proloc_lib.bench.common import (
 )
 from proloc_lib.core import paths, runtime
 from proloc_lib.profiles import loader as profiles
-from proloc_lib.training import datasets, loop, settings
-from proloc_lib.training.plan import resplit_plan, training_plan
+from proloc_lib.training import datasets, loop
 
 # -- 6. dry run: the runs of a profile and their estimated time on this device ------------------
 VISLOCAS_SIZES = {"train": 4652, "val": 517, "test": 566}  # unique images; val = 10% carved from train
@@ -84,31 +83,13 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
     cfg_p = profiles.load_profile(profile)
     device = runtime.resolve_device(device)
     widths = encoder_widths(cfg_p)
-    section = cfg_p.get("training", {})
-    runs = training_plan(section)
     lengths, length_source = _dry_lengths(profile, data_root, reference)
     rng = np.random.default_rng(0)
     n_tr = int(n_train or VISLOCAS_SIZES["train"])
     n_va = int(n_val or VISLOCAS_SIZES["val"])
-    tr_len, va_len = rng.choice(lengths, n_tr), rng.choice(lengths, n_va)
-    cv = section.get("cross_validation")
-    if cv:
-        k = int(cfg_p.get("data", {}).get("split", {}).get("folds", 5) or 5)
-        cv_cfg = settings.make_config(cv["config"], section.get("base"),
-                                      **(section.get("configurations") or {}).get(cv["config"], {}))
-        runs += [{"model": f"cv.{cv['config']} fold {f}", "config": cv["config"], "seed": 0, "train": cv_cfg}
-                 for f in range(k)]
-    control = section.get("control", True)   # the label-permutation control (experiments.run_permutation_control)
-    if control:
-        name = control.get("config", "corrected") if isinstance(control, dict) else "corrected"
-        runs.append({"model": "control.permuted_labels", "config": name, "seed": 0,
-                     "train": settings.make_config(name, section.get("base"),
-                                                   **(section.get("configurations") or {}).get(name, {}))})
-    for rs in resplit_plan(section):
-        c = settings.make_config(rs["config"], section.get("base"),
-                                 **(section.get("configurations") or {}).get(rs["config"], {}))
-        runs += [{"model": f"resplit.{rs['method']}.{rs['config']}", "config": rs["config"], "seed": s, "train": c}
-                 for s in rs["seeds"]]
+    tr_len = rng.choice(lengths, n_tr)
+    folds = int(cfg_p.get("data", {}).get("split", {}).get("folds", 5) or 5)
+    runs = [{**r, "model": r["run_id"]} for r in cfg_p.plan.all_training_runs(folds=folds)]
     probes: dict[str, float] = {}
     out_runs, total = [], 0.0
     for r in runs:

@@ -10,6 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from proloc_lib.core.runs import display_name
+from proloc_lib.data.images import load_image
 from proloc_lib.evaluation.metrics import calibration, f1_at_thresholds
 
 
@@ -319,3 +320,18 @@ class Outputs:
         for name, (table, note, index) in self.tables.items():
             paths += save_table(table, out_dir, name, self.caption, note=note, index=index)
         return paths
+
+
+def image_examples(images: pd.DataFrame, proteins: pd.DataFrame, labels: list[str], root: Path, *,
+                   synthetic: bool, n: int = 6):
+    """One image of each of the first ``n`` proteins, titled with the protein's labels."""
+    picks = images.groupby("protein_id").head(1).head(n)
+    by_id = proteins.set_index("protein_id")
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.9), squeeze=False)
+    for ax, row in zip(axes[0], picks.itertuples()):
+        ax.imshow(load_image(Path(root) / row.path))
+        ax.axis("off")
+        on = [lab for lab in labels if by_id.loc[row.protein_id, lab]]
+        ax.set_title("\n".join(on) or "none", fontsize=8)
+    fig.suptitle(("SYNTHETIC images. " if synthetic else "") + "One image per protein", fontsize=9)
+    return fig

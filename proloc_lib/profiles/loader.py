@@ -10,6 +10,7 @@ import yaml
 
 from proloc_lib.core.paths import CONFIG_DIR, PROJECT_ROOT
 from proloc_lib.profiles.schema import ProfileError, UnknownProfile, validate_profile
+from proloc_lib.training.plan import Plan
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -92,16 +93,37 @@ def _load_chain(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict]:
     return cfg, origins
 
 
-def load_profile(name: str | os.PathLike) -> dict:
+class Profile(dict):
+    """A checked profile: the merged YAML as a mapping (what manifests record), with its ``name``,
+    the ``path`` it was read from and its training ``plan``, expanded once by the schema check."""
+
+    def __init__(self, cfg: dict, *, path: Path, plan: Plan):
+        super().__init__(cfg)
+        self.path, self.plan = path, plan
+
+    @property
+    def name(self) -> str:
+        return self["profile"]
+
+
+def load_profile(name: str | os.PathLike) -> Profile:
     """Read ``configs/<name>.yaml`` (or a path), following ``extends:``, checked against the schema.
 
-    Every key, nested ones included, is checked before any work (``proloc_lib.schema``): an
+    Every key, nested ones included, is checked before any work (``profiles.schema``): an
     unknown or misspelt key, a wrong type, a loop through ``extends`` raise ``ProfileError``,
     one line naming the key, the file that set it and the allowed keys.
     """
     path = profile_path(name)
     cfg, origins = _load_chain(path, ())
     cfg.pop("extends", None)
-    validate_profile(cfg, file=_shown(path), origins=origins)
+    plan = validate_profile(cfg, file=_shown(path), origins=origins)
     cfg.setdefault("profile", path.stem)
-    return cfg
+    return Profile(cfg, path=path, plan=plan)
+
+
+def profile_from_dict(cfg: dict, *, name: str) -> Profile:
+    """A profile given as a mapping (made in code rather than a file), checked like a file's."""
+    cfg = _merge({}, cfg)
+    plan = validate_profile(cfg, file=f"profile '{name}'")
+    cfg.setdefault("profile", name)
+    return Profile(cfg, path=Path(f"<{name}>"), plan=plan)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from proloc_lib.core.errors import UserError
+from proloc_lib.training.plan import Plan, build_plan
 from proloc_lib.training.settings import NAMED_CONFIGS, TrainConfig
 
 
@@ -311,8 +312,9 @@ def _raise(exc: ValidationError, allowed_at, prefix: tuple, file: str, origins: 
     raise ProfileError(_message(first, allowed_at, prefix, file, origins)) from None
 
 
-def validate_profile(cfg: dict, *, file: str, origins: dict | None = None) -> None:
-    """Check a merged profile against the schema; raise ``ProfileError`` naming key and file."""
+def validate_profile(cfg: dict, *, file: str, origins: dict | None = None) -> Plan:
+    """Check a merged profile against the schema and expand its training section (once); raise
+    ``ProfileError`` naming key and file. Returns the training plan."""
     origins = origins or {}
 
     def allowed_profile(loc):
@@ -348,7 +350,7 @@ def validate_profile(cfg: dict, *, file: str, origins: dict | None = None) -> No
             overrides.model_validate(block)
         except ValidationError as exc:
             _raise(exc, lambda loc, allowed=allowed: allowed, prefix, file, origins)
-    named = _named_configs()
+    named = set(NAMED_CONFIGS)
     refs = [(("training", "configurations", n), n) for n in (training.get("configurations") or {})]
     refs += [(("training", "ablations", lab, "of"), spec["of"]) for lab, spec in (training.get("ablations") or {}).items()
              if "of" in spec]
@@ -362,7 +364,7 @@ def validate_profile(cfg: dict, *, file: str, origins: dict | None = None) -> No
         if name not in named:
             raise ProfileError(f"{_origin(origins, loc, file)}: {_dotted(loc)}: unknown training configuration "
                                f"'{name}' (known: {', '.join(sorted(named))})")
-
-
-def _named_configs() -> set[str]:
-    return set(NAMED_CONFIGS)
+    try:
+        return build_plan(training)
+    except ValueError as exc:
+        raise ProfileError(f"{_origin(origins, ('training',), file)}: training: {exc}") from None

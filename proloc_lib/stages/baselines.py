@@ -8,8 +8,16 @@ import numpy as np
 import pandas as pd
 
 from proloc_lib.core import manifest
+from proloc_lib.core.runtime import seed_everything
 from proloc_lib.evaluation import scoring
-from proloc_lib.stages.common import SPLITS, RunResults, StageData, _collect
+from proloc_lib.stages.common import (
+    SPLITS,
+    RunResults,
+    Stage,
+    StageData,
+    _collect,
+    load_stage_data,
+)
 from proloc_lib.training import baselines
 
 # ---------------------------------------------------------------------------------------------
@@ -109,3 +117,30 @@ def write_baseline_outputs(results: RunResults, out_dir: str | Path, *, cfg: dic
         results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
         extra["runs"] = sorted(set(results.metrics["model"]))
     return Path(out_dir)
+
+
+class BaselinesStage(Stage):
+    """Notebook 04: ``header``, ``train``, ``write``."""
+    name = "04_baselines"
+
+    def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None):
+        super().__init__(profile, seed=seed, device=device, data_root=data_root)
+        seed_everything(self.seed)
+        self.data = load_stage_data(self.profile, data_root=data_root)
+        self.results = RunResults()
+
+    def header(self) -> str:
+        return f"**Profile `{self.profile}`.** {self.data.note}"
+
+    def train(self) -> pd.DataFrame:
+        """Every baseline on the same splits; the test split's paper metrics per baseline."""
+        self.results = run_baselines_stage(self.data, self.cfg["baselines"], seed=self.seed)
+        return self.results.table()
+
+    def write(self) -> Path:
+        params = {"profile": self.profile, "seed": self.seed, "baselines": self.cfg["baselines"]}
+        return write_baseline_outputs(self.results, self.out_dir, cfg=self.cfg, data=self.data, params=params)
+
+    def run(self) -> Path:
+        self.train()
+        return self.write()

@@ -1,4 +1,6 @@
-"""What the stages share: stage 01 and 02 outputs opened once (``StageData``), the provenance later stages show, and run results."""
+"""What the stages share: the ``Stage`` every notebook driver builds on (profile, seed, device,
+folders), stage 01 and 02 outputs opened once (``StageData``), the provenance later stages show,
+and run results."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import pandas as pd
 from proloc_lib.core import manifest, paths, provenance, runs
 from proloc_lib.core.errors import UserError
 from proloc_lib.core.manifest import MANIFEST
+from proloc_lib.core.runtime import resolve_device
 from proloc_lib.evaluation import tables
 from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.profiles.loader import Profile, load_profile
 
 
 def stage_provenance(cfg: dict, data_root=None) -> dict:
@@ -37,6 +41,38 @@ def stage_note(cfg: dict, data_root=None) -> str:
 
 
 SPLITS = ("train", "val", "test")
+
+
+class Stage:
+    """One notebook's driver: the checked profile, the seed, the device and the stage's folder.
+
+    A notebook makes one (``stage = TrainingStage(profile, seed=seed, device=device,
+    data_root=data_root)``), then calls its methods section by section and shows what they
+    return; ``run()`` calls the same methods in the same order without a notebook.
+    """
+    name: str = ""          # the stage folder: "01_data_assembly", ...
+
+    def __init__(self, profile: str | Profile, *, seed: int = 0, device: str = "auto", data_root=None):
+        self.cfg = profile if isinstance(profile, Profile) else load_profile(profile)
+        self.profile = str(profile) if not isinstance(profile, Profile) else profile.name
+        self.seed, self.data_root, self._device, self._resolved = int(seed), data_root, device, None
+        self.out_dir = paths.stage_dir(self.profile, self.name, data_root)
+        self.profile_dir = paths.data_root(data_root) / self.profile
+
+    @property
+    def device(self) -> str:
+        """The device the profile runs on ("auto": CUDA when available), checked once."""
+        if self._resolved is None:
+            self._resolved = resolve_device(self._device)
+        return self._resolved
+
+    def stage_dir(self, stage: str):
+        """Another stage's folder for this profile and data root."""
+        return paths.stage_dir(self.profile, stage, self.data_root)
+
+    def run(self):
+        """Every section of the notebook, in order, without the notebook."""
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,24 +1,9 @@
-"""The study's stage drivers: what notebooks 03 (training) and 04 (baselines) run.
+"""Notebook 03's driver: the fusion model trained in every run of the plan, scored, checkpointed.
 
-The notebooks narrate and call these; every function here is tested without papermill
-(``tests/test_experiments.py``). Every result row is named by a run id from ``runs``
-(``fusion.corrected``, ``ablation.mask_off``, ``baseline.composition_lr``, ...) in the ``model``
-column, with its human label in ``display``.
-
-Notebook 03::
-
-    data = experiments.load_stage_data(profile, data_root=data_root)
-    plan = experiments.plan_runs(cfg)
-    fusion = experiments.run_fusion_plan(data, plan, device=device, resume_root=...)
-    cv = experiments.run_cross_validation(data, plan, device=device, seed=seed)
-    mil = experiments.run_attention_mil(data, fusion, device=device, seed=seed)
-    control = experiments.run_permutation_control(data, plan, device=device)
-    resplit = experiments.run_resplits(data, plan, cfg["data"]["split"], device=device)
-    results = experiments.combine(fusion, cv, mil, control, resplit)
-    experiments.write_training_outputs(results, out_dir, cfg=cfg, data=data, params=...)
-
-``run_training_stage`` does all of that in one call; ``run_baselines_stage`` and
-``write_baseline_outputs`` are notebook 04.
+``TrainingStage`` is the notebook's sections (train the plan, cross-validation, attention MIL, the
+permutation control and re-splits, write); the functions below are its parts, each tested without
+papermill. Every result row is named by a run id (``core.runs``: ``fusion.corrected``,
+``ablation.mask_off``, ``cv.corrected``, ...) in the ``model`` column, its label in ``display``.
 """
 
 from __future__ import annotations
@@ -32,21 +17,23 @@ import pandas as pd
 
 from proloc_lib.core import manifest, runs
 from proloc_lib.core.errors import UserError
+from proloc_lib.core.runtime import seed_everything
 from proloc_lib.data import splits
 from proloc_lib.evaluation import scoring
 from proloc_lib.stages.common import (
     SPLITS,
     RunResults,
+    Stage,
     StageData,
     _collect,
     combine,
     load_stage_data,
 )
 from proloc_lib.training import loop, mil, settings
+from proloc_lib.training.checkpoint import Checkpoint
 from proloc_lib.training.datasets import FusionDataset, pad_length
 from proloc_lib.training.datasets import image_samples as training_image_samples
-from proloc_lib.training.checkpoint import Checkpoint
-from proloc_lib.training.plan import Plan, plan_runs
+from proloc_lib.training.plan import Plan
 
 PERMUTED_CONTROL = runs.CONTROL_PERMUTED
 
@@ -299,20 +286,6 @@ def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = 
     return _collect([res for res, _, _ in scored], [pred for _, pred, _ in scored], [hist for _, _, hist in scored])
 
 
-def run_training_stage(cfg: dict, *, profile: str, data_root=None, device: str = "cpu", seed: int = 0,
-                       progress: bool = True, resume_root: str | Path | None = None) -> RunResults:
-    """Notebook 03 in one call: every fusion run of the plan, cross-validation, attention MIL, the
-    permutation control and the re-splits. Returns the combined ``RunResults``."""
-    data = load_stage_data(profile, data_root=data_root)
-    plan = plan_runs(cfg)
-    fusion = run_fusion_plan(data, plan, device=device, progress=progress, resume_root=resume_root)
-    return combine(fusion,
-                   run_cross_validation(data, plan, device=device, seed=seed, progress=progress),
-                   run_attention_mil(data, fusion, device=device, seed=seed),
-                   run_permutation_control(data, plan, device=device, progress=progress),
-                   run_resplits(data, plan, cfg["data"].get("split", {}), device=device, progress=progress))
-
-
 # ---------------------------------------------------------------------------------------------
 # checkpoints and outputs
 
@@ -373,3 +346,69 @@ def training_params(plan: Plan, *, profile: str, seed: int, device: str) -> dict
 def clear_resume(resume_root: str | Path) -> None:
     """Drop the per-epoch resume states once the stage output is written."""
     shutil.rmtree(resume_root, ignore_errors=True)
+
+
+class TrainingStage(Stage):
+    """Notebook 03: ``header``, ``train``, ``cross_validate``, ``attention_mil``, ``controls``, ``write``."""
+    name = "03_training"
+
+    def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, progress: bool = True):
+        super().__init__(profile, seed=seed, device=device, data_root=data_root)
+        self.plan = self.cfg.plan           # expanded and checked with the profile, before any work
+        seed_everything(self.seed)
+        self.device  # checked before any work
+        self.progress = progress
+        self.data = load_stage_data(self.profile, data_root=data_root)
+        self.resume_root = self.out_dir.with_name(self.name + ".resume")
+        self.fusion = self.cv = self.mil = self.control = self.resplit = RunResults()
+
+    def header(self) -> str:
+        return (f"**Profile `{self.profile}`** on `{self.device}`: {len(self.data.proteins)} proteins, "
+                f"{len(self.data.images)} images. {self.data.note}")
+
+    def train(self) -> pd.DataFrame:
+        """Every run of the plan (all seeds, the ablations) in one call; the test split's paper
+        metrics per configuration, image and protein level (mean over seeds)."""
+        self.fusion = run_fusion_plan(self.data, self.plan, device=self.device, progress=self.progress,
+                                      resume_root=self.resume_root)
+        return pd.concat({lvl: self.fusion.table(level=lvl, kinds=("fusion",)) for lvl in ("image", "protein")})
+
+    def ablation_table(self) -> pd.DataFrame:
+        """The ablations (first seed, their own schedule), test split; compared in notebook 05."""
+        return self.fusion.table(kinds=("ablation",))
+
+    def cross_validate(self) -> pd.DataFrame:
+        """One run per fold of the grouped k-fold column (when the profile asks for it); mean ± sd over folds."""
+        self.cv = run_cross_validation(self.data, self.plan, device=self.device, seed=self.seed,
+                                       progress=self.progress)
+        return self.cv.summary()
+
+    def attention_mil(self) -> pd.DataFrame:
+        """Attention over all images of a protein on the corrected model's frozen image representations."""
+        self.mil = run_attention_mil(self.data, self.fusion, device=self.device, seed=self.seed)
+        return combine(self.fusion, self.mil).table(kinds=("fusion",))
+
+    def controls(self) -> pd.DataFrame:
+        """The label-permutation control and the re-splits the profile asks for; test proteins."""
+        self.control = run_permutation_control(self.data, self.plan, device=self.device, progress=self.progress)
+        self.resplit = run_resplits(self.data, self.plan, self.cfg["data"].get("split", {}), device=self.device,
+                                    progress=self.progress)
+        return combine(self.fusion, self.control, self.resplit).summary(kinds=("fusion", "control", "resplit"))
+
+    def results(self) -> RunResults:
+        return combine(self.fusion, self.cv, self.mil, self.control, self.resplit)
+
+    def write(self) -> Path:
+        """The stage's folder, swapped into place whole; the per-epoch resume states are dropped after."""
+        write_training_outputs(self.results(), self.out_dir, cfg=self.cfg, data=self.data,
+                               params=training_params(self.plan, profile=self.profile, seed=self.seed,
+                                                      device=self.device))
+        clear_resume(self.resume_root)
+        return self.out_dir
+
+    def run(self) -> Path:
+        self.train()
+        self.cross_validate()
+        self.attention_mil()
+        self.controls()
+        return self.write()

@@ -1,0 +1,219 @@
+"""Notebook 05's driver: the main table, the statistics a reviewer needs and the figures.
+
+It gathers the tidy results and predictions of stages 03 (fusion model, ablations, controls) and
+04 (baselines); models are selected by run id and shown by display name. Everything is kept in
+``Outputs`` until ``write`` puts it into ``figures/<profile>/`` in one step (a failed run leaves
+the last complete folder as it was); the tidy table of all metrics goes to ``05_figures/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from proloc_lib.core import manifest, paths, runs
+from proloc_lib.data.images import load_image
+from proloc_lib.evaluation import figures, statistics, tables
+from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.stages.common import Stage, stage_note
+from proloc_lib.training.checkpoint import Checkpoint
+
+CORRECTED, AUTHORS = runs.FUSION_CORRECTED, runs.FUSION_AUTHORS
+FULL_BOOTSTRAP = 2000   # the full profile's resamples; fewer are said in every table
+
+
+class FiguresStage(Stage):
+    """Notebook 05, one method per section; each returns the table it shows (figures are shown as
+    they are made)."""
+    name = "05_figures"
+
+    def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, figures_root=None):
+        super().__init__(profile, seed=seed, device=device, data_root=data_root)
+        self.data_dir = self.stage_dir("01_data_assembly")
+        self.train_dir, self.base_dir = self.stage_dir("03_training"), self.stage_dir("04_baselines")
+        self.fig_dir = paths.figures_dir(self.profile, figures_root)
+        self.labels = manifest.read_manifest(self.data_dir)["labels"]
+        manifest.read_manifest(self.train_dir), manifest.read_manifest(self.base_dir)
+        self.proteins = pd.read_parquet(self.data_dir / "proteins.parquet")
+        self.results_in = pd.concat([pd.read_csv(self.base_dir / "metrics.csv"),
+                                     pd.read_csv(self.train_dir / "metrics.csv")], ignore_index=True)
+        pred_in = pd.concat([pd.read_parquet(self.base_dir / "predictions.parquet"),
+                             pd.read_parquet(self.train_dir / "predictions.parquet")], ignore_index=True)
+        history = pd.read_csv(self.train_dir / "history.csv")
+        # the `model` column is the run id; as_run_id also reads stage outputs written before run ids existed
+        self.results = self.results_in.assign(model=self.results_in["model"].map(tables.as_run_id))
+        self.pred = pred_in.assign(model=pred_in["model"].map(tables.as_run_id))
+        self.history = history.assign(model=history["model"].map(tables.as_run_id)) if "model" in history else history
+        ids = list(dict.fromkeys(self.results["model"]))
+        self.table_models = [m for m in ids if runs.kind(m) != "ablation"]
+        # the same split: pairs, curves, intervals
+        self.main_models = [m for m in self.table_models if runs.kind(m) not in ("cv", "resplit")]
+        self.n_boot = int(self.cfg["figures"].get("bootstrap_resamples", FULL_BOOTSTRAP))
+        self.n_perm = int(self.cfg["figures"].get("permutation_resamples", 1000))
+        self.boot_note = (f"Intervals: 95%, {self.n_boot} bootstrap resamples over test proteins"
+                          + (f" (fewer than the full profile's {FULL_BOOTSTRAP}, to keep the demo within its time "
+                             "budget)." if self.n_boot < FULL_BOOTSTRAP else "."))
+        self.caption = f"Profile '{self.profile}'. {stage_note(self.cfg, data_root)}"  # stage 01's provenance
+        self.out = figures.Outputs(self.caption)
+        figures.set_style()
+
+    def header(self) -> pd.DataFrame:
+        """The runs in these results and how the tables name them."""
+        return pd.DataFrame({"run id": self.table_models, "shown as": runs.display_names(self.table_models)})
+
+    def main_table(self) -> pd.DataFrame:
+        """Image level with the paper's formulas next to protein level with the standard metrics."""
+        return self.out.table("main_table", tables.main_table(self.results, models=self.table_models),
+                              note="Image level: paper's formulas (F1_paper = 2PR/(P+R) of averaged P, R). "
+                                   "Protein level: standard example-based metrics. Mean ± sd over seeds.")
+
+    def metrics_by_level(self) -> pd.DataFrame:
+        """The main metrics as bars, and every metric per level (mean ± sd over seeds)."""
+        main = self.results[self.results["model"].isin(self.main_models)]
+        self.out.figure("main_metrics", figures.overall_bars(tables.paper_table(
+            main, metric_names=["absolute_true", "accuracy", "f1", "f1_paper", "micro_f1", "macro_f1"])))
+        levels = [lvl for lvl in ("image", "protein") if (self.results["level"] == lvl).any()]
+        shown = self.results[self.results["model"].isin(self.table_models)]
+        return pd.concat({lvl: self.out.table(
+            f"metrics_{lvl}", tables.summary_table(shown, level=lvl),
+            note=f"{lvl} level, test split; standard metrics and the paper's formulas (_paper), mean ± sd over seeds.")
+            for lvl in levels})
+
+    def _test_proteins(self) -> pd.DataFrame:
+        return self.pred[(self.pred["level"] == "protein") & (self.pred["split"] == "test")]
+
+    def paired_comparisons(self) -> pd.DataFrame:
+        """Corrected against every other model: paired bootstrap over test proteins (first seed of each)."""
+        test = self._test_proteins()
+
+        def first(m):
+            sel = test[test["model"] == m]
+            return sel[sel["seed"] == sel["seed"].min()]
+
+        pairs = [(CORRECTED, m) for m in self.main_models if m != CORRECTED]
+        comparisons = pd.DataFrame([
+            {"model A": runs.display_name(a), "model B": runs.display_name(b),
+             **statistics.bootstrap_f1_difference(first(a), first(b), self.labels, n_boot=self.n_boot, seed=self.seed)}
+            for a, b in pairs if not first(b).empty]).round(3)
+        return self.out.table("paired_comparisons", comparisons, index=False,
+                              note=f"Paired per-protein bootstrap of the sample-F1 difference A - B. {self.boot_note}")
+
+    def seed_paired_differences(self) -> pd.DataFrame:
+        """Corrected minus authors per training seed, with a t interval over seeds."""
+        seed_pairs = statistics.seed_paired_differences(self.results, CORRECTED, AUTHORS)
+        if len(seed_pairs):
+            seed_pairs = seed_pairs.assign(model_a=runs.display_name(CORRECTED),
+                                           model_b=runs.display_name(AUTHORS)).round(4)
+            self.out.table("seed_paired_differences", seed_pairs, index=False,
+                           note="corrected minus authors per training seed (protein level, test); t interval over "
+                                "seeds (none with one seed).")
+        return seed_pairs
+
+    def per_label(self) -> pd.DataFrame:
+        """F1 and average precision per label with bootstrap intervals (figures and a table)."""
+        boot = statistics.bootstrap_per_label(self.pred, self.labels, models=self.main_models, n_boot=self.n_boot,
+                                              seed=self.seed)
+        for metric in ("f1", "average_precision"):
+            self.out.figure(f"per_label_{metric}", figures.per_label_intervals(boot, self.labels, metric=metric))
+
+        def cell(r):
+            return "undefined (no positive)" if pd.isna(r.value) else f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+
+        table = (boot.assign(cell=[cell(r) for r in boot.itertuples()], model=boot["model"].map(runs.display_name))
+                 .pivot_table(index=["model", "metric"], columns="label", values="cell", aggfunc="first")[self.labels])
+        self.out.table("per_label_intervals", table, note=self.boot_note)
+        self.out.figure("pr_curves", figures.pr_curves(self.pred, self.labels, self.main_models))
+        return table
+
+    def calibration(self) -> pd.DataFrame:
+        """F1 against threshold on validation, the reliability diagram, and ECE / Brier per model."""
+        self.out.figure("f1_vs_threshold", figures.f1_vs_threshold(self.pred, self.labels, CORRECTED))
+        self.out.figure("reliability", figures.reliability(self.pred, self.labels, self.main_models))
+        calib = statistics.calibration_table(self.pred, self.labels, models=self.main_models)
+        return self.out.table("calibration", calib.assign(model=calib["model"].map(runs.display_name)).round(4),
+                              index=False, note="Expected calibration error (10 equal-width bins, all labels pooled) "
+                                                "and Brier score; protein level, test.")
+
+    def split_variation(self) -> pd.DataFrame:
+        """Mean, sd and t interval over cross-validation folds and re-splits (empty without them)."""
+        parts = [statistics.resplit_summary(self.results, by=by).assign(over=by) for by in ("fold", "resplit")
+                 if by in self.results and self.results[by].notna().any()]
+        if not parts:
+            return pd.DataFrame()
+        variation = pd.concat(parts, ignore_index=True)
+        return self.out.table("resplit_variation",
+                              variation.assign(model=variation["model"].map(runs.display_name)).round(4), index=False,
+                              note="Mean, sd and 95% t interval over data splits (seeds averaged within a split).")
+
+    def permutation_control(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The label-permutation control against the null of its own predictions (summary, per label)."""
+        control = runs.CONTROL_PERMUTED
+        if control not in set(self.pred["model"]):
+            return pd.DataFrame(), pd.DataFrame()
+        ctl = statistics.permutation_control(self.pred, self.labels, control=control, n_perm=self.n_perm,
+                                             seed=self.seed)
+        summary = pd.DataFrame([{k: v for k, v in ctl.items() if k != "per_label"}]).round(4)
+        self.out.table("permutation_control", summary, index=False,
+                       note=f"Null: each control run's predictions assigned to test proteins at random "
+                            f"({self.n_perm} permutations). One run: at_chance = its sample F1 and macro AP inside "
+                            "the null's central 95%. Several runs (one per seed, each its own permutation): "
+                            "at_chance = the 95% t interval over runs of (observed - null mean) reaches 0 for both "
+                            "(no systematic excess).")
+        return summary, ctl["per_label"].round(4)
+
+    def cooccurrence(self) -> None:
+        self.out.figure("cooccurrence", figures.cooccurrence(self.proteins, self.pred, self.labels, CORRECTED))
+
+    def training_curves(self) -> None:
+        history = self.history
+        curves = history[history["model"].map(lambda m: runs.kind(m) != "ablation")] if "model" in history else history
+        self.out.figure("training_curves", figures.training_curves(curves))
+
+    def attention_maps(self, n: int = 3) -> None:
+        """Where the corrected model's cross-attention goes for the first ``n`` test proteins."""
+        emb_dir = self.stage_dir("02_embeddings")
+        seq_store, img_store = EmbeddingStore(emb_dir / "sequences"), EmbeddingStore(emb_dir / "images")
+        model = Checkpoint.load(self.train_dir / "checkpoint-corrected", labels=self.labels).model
+        images = pd.read_parquet(self.data_dir / "images.parquet")
+        by_id = self.proteins.set_index("protein_id")
+        picks = images[images["split"] == "test"].groupby("protein_id").head(1).head(n)
+        examples = [{"image": load_image(self.profile_dir / row.path), "img_tokens": img_store.get(row.image_id),
+                     "seq_tokens": seq_store.get(by_id.loc[row.protein_id, "seq_hash"]),
+                     "title": f"{row.protein_id}: " + ", ".join(lab for lab in self.labels if images.loc[row.Index, lab])}
+                    for row in picks.itertuples()]
+        self.out.figure("attention_maps", figures.attention_maps(model, examples))
+
+    def ablations(self) -> pd.DataFrame:
+        abl = self.results[self.results["model"].map(runs.kind) == "ablation"]
+        return self.out.table("ablations", tables.paper_table(abl).round(3),
+                              note="Protein level, test split, mean over seeds; one switch of corrected per row.")
+
+    def write(self) -> list[Path]:
+        """``figures/<profile>/`` (figures, tables, a manifest of exactly these files) and the tidy
+        table of all metrics in ``05_figures/``, each in one step."""
+        params = {"profile": self.profile, "seed": self.seed, "bootstrap_resamples": self.n_boot,
+                  "permutation_resamples": self.n_perm}
+        inputs = [self.train_dir / "metrics.csv", self.base_dir / "metrics.csv", self.train_dir / "history.csv",
+                  self.train_dir / "predictions.parquet", self.base_dir / "predictions.parquet"]
+        with manifest.stage_output(self.fig_dir, self.name, params, inputs, provenance=self.cfg["provenance"]) as (tmp, _):
+            written = self.out.write(tmp, self.cfg["figures"]["formats"])
+        with manifest.stage_output(self.out_dir, self.name, params, inputs, provenance=self.cfg["provenance"]) as (tmp, extra):
+            self.results_in.assign(provenance=self.caption).to_csv(tmp / "all_metrics.csv", index=False)
+            extra["figures_dir"] = str(self.fig_dir)
+        return written
+
+    def run(self) -> list[Path]:
+        self.main_table()
+        self.metrics_by_level()
+        self.paired_comparisons()
+        self.seed_paired_differences()
+        self.per_label()
+        self.calibration()
+        self.split_variation()
+        self.permutation_control()
+        self.cooccurrence()
+        self.training_curves()
+        self.attention_maps()
+        self.ablations()
+        return self.write()
