@@ -1,7 +1,7 @@
 """Predict the five locations of new proteins with a trained fusion checkpoint.
 
-    python -m proloc_lib.predict --checkpoint DIR --fasta FILE --images DIR [--out CSV]
-                                 [--device auto] [--batch-size N] [--labels A,B,...] [--debug]
+    proloc predict --checkpoint DIR --fasta FILE --images DIR [--out CSV]
+                   [--device auto] [--batch-size N] [--labels A,B,...] [--debug]
 
 The checkpoint (``checkpoint.Checkpoint``: ``model.safetensors`` + ``config.json``) is loaded
 without pickle and validated in ``checkpoint.py`` (labels and their order, allow-listed encoder

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check (issue 12): run as it is on a GPU machine, from the project root:
+# The GPU check: run as it is on a GPU machine, from the project root:
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]          # OUT_DIR default: $OUT, else ./gpu_check_out
 #
 # It writes JSON and a short summary (summary.md) into OUT_DIR:
-#   bench_training.json   python -m proloc_lib.benchmarks bench-training --profile full --device cuda --epochs 3
+#   bench_training.json   proloc bench-training --profile full --device cuda --epochs 3
 #   bench_seeds.json      the published loop (batch 2): 5 seeds at once against one seed, samples/s
 #   bench_loader.json     loader-only samples/s at paper shapes
-#   bench_images.json     python -m proloc_lib.embeddings bench-images --device cuda
+#   bench_images.json     proloc bench-images --device cuda
 #   profile_*.json        torch.profiler (CUDA activities) of the corrected and authors steps
 #   dry_run_full.json     the full tier's runs and their estimated time on this GPU
 #   notebooks.log         the five notebooks on the smoke profile with --device cuda
@@ -57,14 +57,14 @@ step() {  # step NAME OUTFILE CMD...: run, keep the JSON, note success or failur
   fi
 }
 
-step bench_training bench_training.json "$PY" -m proloc_lib.benchmarks bench-training --profile full --device "$DEVICE" --epochs "$EPOCHS" --n-samples 512
-step bench_training_old_cli bench_training_old_cli.json "$PY" -m proloc_lib.embeddings bench-training --profile smoke --device "$DEVICE" --n-samples 16 --no-isolate
-step bench_seeds bench_seeds.json "$PY" -m proloc_lib.benchmarks bench-seeds --profile full --device "$DEVICE" --config authors --seeds 5 --n-samples 96
-step bench_loader bench_loader.json "$PY" -m proloc_lib.benchmarks bench-loader --profile full --device "$DEVICE" --n-samples 2048
-step bench_images bench_images.json "$PY" -m proloc_lib.embeddings bench-images --device "$DEVICE"
-step profile_corrected profile_corrected.json "$PY" -m proloc_lib.benchmarks profile-training --profile full --device "$DEVICE" --config corrected
-step profile_authors profile_authors.json "$PY" -m proloc_lib.benchmarks profile-training --profile full --device "$DEVICE" --config authors --steps 20
-step dry_run_full dry_run_full.json "$PY" -m proloc_lib.benchmarks dry-run --profile full --device "$DEVICE" --json
+step bench_training bench_training.json "$PY" -m proloc_lib bench-training --profile full --device "$DEVICE" --epochs "$EPOCHS" --n-samples 512
+step bench_training_smoke bench_training_smoke.json "$PY" -m proloc_lib bench-training --profile smoke --device "$DEVICE" --n-samples 16 --no-isolate
+step bench_seeds bench_seeds.json "$PY" -m proloc_lib bench-seeds --profile full --device "$DEVICE" --config authors --seeds 5 --n-samples 96
+step bench_loader bench_loader.json "$PY" -m proloc_lib bench-loader --profile full --device "$DEVICE" --n-samples 2048
+step bench_images bench_images.json "$PY" -m proloc_lib bench-images --device "$DEVICE"
+step profile_corrected profile_corrected.json "$PY" -m proloc_lib profile-training --profile full --device "$DEVICE" --config corrected
+step profile_authors profile_authors.json "$PY" -m proloc_lib profile-training --profile full --device "$DEVICE" --config authors --steps 20
+step dry_run_full dry_run_full.json "$PY" -m proloc_lib dry-run --profile full --device "$DEVICE" --json
 
 if [ -z "${SKIP_NOTEBOOKS:-}" ]; then
   data="$(mktemp -d)"

@@ -217,7 +217,7 @@ def test_bad_out_path_fails_before_any_work(env, tmp_path, capsys, monkeypatch):
         cases.append((ro / "p.csv", "cannot write in folder"))
     before = env["fasta"].read_bytes()
     for out, msg in cases:
-        assert predict.main(_args(env, out)) == EXIT_USAGE
+        assert predict.predict_command(_args(env, out)) == EXIT_USAGE
         line = _one_line(capsys.readouterr().err)
         assert line.startswith("proloc predict: --out") and msg in line and str(out) in line
     assert not called and env["fasta"].read_bytes() == before
@@ -228,10 +228,10 @@ def test_out_file_untouched_when_predict_fails(env, tmp_path, capsys, monkeypatc
     out.write_text("previous good result\n")
     bad = tmp_path / "bad.fasta"
     bad.write_text(">X\nMK1LV\n")
-    assert predict.main(_args(env, out, **{"--fasta": bad})) == EXIT_USAGE
+    assert predict.predict_command(_args(env, out, **{"--fasta": bad})) == EXIT_USAGE
     assert "non-amino-acid" in _one_line(capsys.readouterr().err)
     monkeypatch.setattr(predict, "predict", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
-    assert predict.main(_args(env, out)) == EXIT_INTERRUPTED
+    assert predict.predict_command(_args(env, out)) == EXIT_INTERRUPTED
     assert "interrupted" in capsys.readouterr().err
     assert out.read_text() == "previous good result\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
@@ -274,7 +274,7 @@ def test_bad_arguments_and_files_give_one_line(env, tmp_path, capsys, kind):
         (ck / "model.safetensors").write_bytes(b"\x00\x01garbage" * 10)
         over, expect = {"--checkpoint": ck}, "model.safetensors is not a readable safetensors file"
     out = tmp_path / "pred.csv"
-    assert predict.main(_args(env, out, **over)) == EXIT_USAGE
+    assert predict.predict_command(_args(env, out, **over)) == EXIT_USAGE
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("proloc predict: ") and expect in line
     assert not out.exists()
@@ -282,14 +282,14 @@ def test_bad_arguments_and_files_give_one_line(env, tmp_path, capsys, kind):
 
 def test_debug_shows_the_traceback(env, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
-        predict.main(_args(env, tmp_path / "p.csv", **{"--checkpoint": tmp_path / "nope"}) + ["--debug"])
+        predict.predict_command(_args(env, tmp_path / "p.csv", **{"--checkpoint": tmp_path / "nope"}) + ["--debug"])
 
 
 def test_no_protein_predicted_exits_1_and_keeps_the_rows(env, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "pred.csv"
-    assert predict.main(_args(env, out, **{"--images": empty})) == EXIT_FAILED
+    assert predict.predict_command(_args(env, out, **{"--images": empty})) == EXIT_FAILED
     assert len(pd.read_csv(out)) == 9 and "9 of 9 protein(s) not predicted" in capsys.readouterr().err
 
 
@@ -374,7 +374,7 @@ def test_files_are_written_with_the_users_umask(env, tmp_path, capsys, umask, fi
             (tmp / "sub").mkdir()
             (tmp / "sub" / "t.csv").write_text("a\n")
         out = tmp_path / "pred.csv"
-        assert predict.main(_args(env, out)) == 0
+        assert predict.predict_command(_args(env, out)) == 0
     finally:
         os.umask(old)
     capsys.readouterr()
@@ -415,7 +415,7 @@ def test_corrupt_manifest_is_named(tmp_path):
 def test_argument_errors_are_one_line(env, tmp_path, capsys):
     for argv, expect in ((["--fasta", "x"], "the following arguments are required: --checkpoint"),
                          (_args(env, tmp_path / "p.csv", **{"--batch-size": "abc"}), "invalid int value: 'abc'")):
-        assert predict.main(argv) == EXIT_USAGE
+        assert predict.predict_command(argv) == EXIT_USAGE
         assert expect in _one_line(capsys.readouterr().err)
 
 

@@ -1,4 +1,4 @@
-"""`python -m proloc_lib.data audit` on files it cannot read: one line naming the file, exit 2.
+"""`proloc audit` (and `proloc mirror`) on files it cannot read: one line naming the file, exit 2.
 
 One case per kind of bad input (issue 14): empty, binary, UTF-16, ragged, headerless, a
 directory, a missing file, a missing or broken --mapping, an unknown layout, a bad label
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proloc_lib.cli import data
+from proloc_lib.cli.main import main as proloc
 from proloc_lib.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,16 +24,16 @@ ROW = GOOD.read_text().splitlines()[1]
 
 
 def _audit(capsys, *args):
-    rc = data.main(["audit", *map(str, args)])
+    rc = proloc(["audit", *map(str, args)])
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 
 
-def _one_line(err: str) -> str:
+def _one_line(err: str, *, command: str = "audit") -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "Traceback" not in err
-    assert lines[0].startswith("python -m proloc_lib.data: ")
+    assert lines[0].startswith(f"proloc {command}: ")
     return lines[0]
 
 
@@ -77,30 +77,28 @@ def test_directory_and_missing_file(tmp_path, capsys):
 
 
 def test_bad_mapping(tmp_path, capsys):
-    rc, _, err = data.main(["audit", str(GOOD), "--mapping", str(tmp_path / "none.yaml")]), None, None
+    rc, _, err = proloc(["audit", str(GOOD), "--mapping", str(tmp_path / "none.yaml")]), None, None
     err = capsys.readouterr().err
     assert rc == 2 and f"{tmp_path / 'none.yaml'}: label mapping not found" in _one_line(err)
     broken = _write(tmp_path, "broken.yaml", b"name: x\nversion: 1\nlabels: [a]\nmap: {b: [zzz]}\n")
-    assert data.main(["audit", str(GOOD), "--mapping", str(broken)]) == 2
+    assert proloc(["audit", str(GOOD), "--mapping", str(broken)]) == 2
     assert f"{broken}: not a valid label mapping" in _one_line(capsys.readouterr().err)
     garbage = _write(tmp_path, "garbage.yaml", b"\x00\x01: [")
-    assert data.main(["audit", str(GOOD), "--mapping", str(garbage)]) == 2
+    assert proloc(["audit", str(GOOD), "--mapping", str(garbage)]) == 2
     assert f"{garbage}: not a valid label mapping" in _one_line(capsys.readouterr().err)
 
 
 def test_bad_arguments(capsys):
-    assert data.main([]) == 2
-    assert "required" in _one_line(capsys.readouterr().err)
-    assert data.main(["audit"]) == 2
-    _one_line(capsys.readouterr().err)
-    assert data.main(["audit", str(GOOD), "--max-examples", "many"]) == 2
+    assert proloc(["audit"]) == 2
+    assert "required: csv" in _one_line(capsys.readouterr().err)
+    assert proloc(["audit", str(GOOD), "--max-examples", "many"]) == 2
     assert "many" in _one_line(capsys.readouterr().err)
 
 
 def test_debug_shows_the_traceback(tmp_path):
     empty = _write(tmp_path, "empty.csv", b"")
     with pytest.raises(UserError, match="file is empty"):
-        data.main(["audit", str(empty), "--debug"])
+        proloc(["audit", str(empty), "--debug"])
 
 
 def test_command_line_process_exit_code(tmp_path):
@@ -109,7 +107,7 @@ def test_command_line_process_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "proloc_lib", "audit", str(empty)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip() == f"python -m proloc_lib.data: {empty}: file is empty"
+    assert r.stderr.strip() == f"proloc audit: {empty}: file is empty"
 
 
 @pytest.mark.skipif(not (VISLOCAS / "data_test.csv").exists(), reason="../shared/reference/vislocas not found")
@@ -153,6 +151,6 @@ def test_bad_row_one_line(tmp_path, capsys, column, value, problem):
 
 
 def test_mirror_without_tables_is_one_line(tmp_path, capsys):
-    assert data.main(["mirror", "--vislocas", str(tmp_path), "--seconds", "1"]) == 2
-    line = _one_line(capsys.readouterr().err)
+    assert proloc(["mirror", "--vislocas", str(tmp_path), "--seconds", "1"]) == 2
+    line = _one_line(capsys.readouterr().err, command="mirror")
     assert f"{tmp_path / 'data_train.csv'}: Vislocas table not found" in line

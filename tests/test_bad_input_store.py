@@ -1,28 +1,29 @@
 """extract / merge: bad arguments and bad stores get one clear line and a documented exit code,
 and nothing already stored is lost or overwritten."""
 import json
+import re
 
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from proloc_lib.cli import features
-from proloc_lib.data.sequences import sequence_hash
+from proloc_lib.cli.main import main as proloc
 from proloc_lib.features import store
+from proloc_lib.data.sequences import sequence_hash
 
-PROG = "python -m proloc_lib.embeddings"
+PREFIX = re.compile(r"proloc (extract|merge): ")
 
 
 def run(argv, capsys):
-    rc = features.cli(argv)
+    rc = proloc(argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 
 
 def one_line_error(err):
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]  # minus progress bars
-    assert len(lines) == 1 and lines[0].startswith(PROG + ": "), err
+    assert len(lines) == 1 and PREFIX.match(lines[0]), err
     assert "Traceback" not in err
     return lines[0]
 
@@ -58,14 +59,15 @@ def test_usage_errors_are_one_line_too(tmp_path, capsys):
     rc, _, err = run(["extract", "--shard"], capsys)
     assert rc == 2 and "--shard: expected one argument" in one_line_error(err)
     rc, _, err = run(["extrakt"], capsys)
-    assert rc == 2 and "invalid choice" in one_line_error(err)
+    assert rc == 2 and err.startswith("proloc: unknown command 'extrakt'; did you mean 'extract'?")
+    assert err.count("\n") == 1
     rc, _, err = run(["merge", str(tmp_path / "only_dest")], capsys)
     assert rc == 2 and "sources" in one_line_error(err)
 
 
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(store.ShardSpecError):
-        features.cli(["extract", "--shard", "x", "--debug", "--data-root", str(tmp_path)])
+        proloc(["extract", "--shard", "x", "--debug", "--data-root", str(tmp_path)])
 
 
 def test_merge_of_missing_file_or_non_store_sources(tmp_path, capsys):

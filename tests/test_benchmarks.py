@@ -10,13 +10,15 @@ import sys
 
 import pytest
 import torch
-from reference_csv import write_reference
 
-from proloc_lib.bench import common, store
-from proloc_lib.cli import bench
-from proloc_lib.core import network, paths
+from proloc_lib.bench import common
+from proloc_lib.bench import store
+from proloc_lib.cli.main import main as proloc
+from proloc_lib.core import network
+from proloc_lib.core import paths
 from proloc_lib.features import encoders
 from proloc_lib.profiles import loader as profiles
+from reference_csv import write_reference
 
 SEQ_DEMO = profiles.load_profile("demo")["embeddings"]["sequence"]
 AA = "ACDEFGHIKLMNPQRSTVWY"
@@ -88,7 +90,7 @@ def test_cli_prints_json(tmp_path, capsys):
                                                  "ENSG00000000002": ("M" + AA * 3, 2),
                                                  "ENSG00000000003": ("MK" * 8, 1)})
     out = tmp_path / "bench.json"
-    rc = bench.main(["bench", "--reference", str(csv), "--device", "cpu", "--token-budget", "64", "--repeats", "1",
+    rc = proloc(["bench", "--reference", str(csv), "--device", "cpu", "--token-budget", "64", "--repeats", "1",
                  "--no-isolate", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
@@ -103,7 +105,7 @@ def test_cli_prints_json(tmp_path, capsys):
 def run_module(tmp_path, *extra):
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA, 2),
                                                  "ENSG00000000002": ("M" + AA * 2, 1)})
-    p = subprocess.run([sys.executable, "-m", "proloc_lib.embeddings", "bench", "--reference", str(csv),
+    p = subprocess.run([sys.executable, "-m", "proloc_lib", "bench", "--reference", str(csv),
                         "--device", "cpu", "--token-budget", "64", "--repeats", "1",
                         "--cache-dir", str(tmp_path / "cache"), *extra],
                        capture_output=True, text=True, cwd=paths.PROJECT_ROOT, timeout=300)
@@ -116,7 +118,7 @@ def run_module(tmp_path, *extra):
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 def test_module_entry_point(tmp_path, monkeypatch, capsys):
-    """``python -m proloc_lib.embeddings bench ...`` hands ['bench', ...] to benchmarks.main.
+    """The old entry ``python -m proloc_lib.embeddings bench ...`` forwards to ``proloc bench ...``.
 
     Run through runpy in this process (a fresh interpreter costs ~10 s of imports here); the
     opt-in test below runs the real ``python -m`` command.
@@ -155,7 +157,3 @@ def test_full_model_fails_fast_offline(tmp_path, monkeypatch):
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA, 1)})
     with pytest.raises(network.OfflineError, match="HF_HUB_OFFLINE"):
         store.run(reference=csv, device="cpu", full_model=True, cache_dir=str(tmp_path / "empty"))
-
-
-def test_cli_needs_a_command(capsys):
-    assert bench.main([]) == 2

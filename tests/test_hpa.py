@@ -6,18 +6,9 @@ import pandas as pd
 import pytest
 
 from proloc_lib.cli import data
+from proloc_lib.cli.main import main as proloc
+from proloc_lib.data.hpa import IMAGE_COLUMNS, SRC_PREFIX, SchemaError, filter_images, image_url, SOURCE_LABEL_COLUMNS, parse_vislocas_csv, protein_table, read_authors_csv
 from proloc_lib.data.audit import audit, format_audit
-from proloc_lib.data.hpa import (
-    IMAGE_COLUMNS,
-    SOURCE_LABEL_COLUMNS,
-    SRC_PREFIX,
-    SchemaError,
-    filter_images,
-    image_url,
-    parse_vislocas_csv,
-    protein_table,
-    read_authors_csv,
-)
 from proloc_lib.data.labels import LABELS, LabelMap, UnknownLocationError
 from proloc_lib.data.sequences import InvalidSequenceError
 
@@ -120,7 +111,7 @@ def test_reference_audit_and_cli(label_map, capsys):
     assert report["cross_file"]["n_common_images"] == 566
     assert report["cross_file"]["location_mismatches"] == []
 
-    assert data.main(["audit", str(REF_TEST), str(REF_URL)]) == 0
+    assert proloc(["audit", str(REF_TEST), str(REF_URL)]) == 0
     out = capsys.readouterr().out
     assert "Rows whose label columns disagree with their locations under the mapping: 0" in out
     assert "differs from the locations in their File Name" in out and ": 42" in out
@@ -324,6 +315,6 @@ def test_audit_cross_file_join(tmp_path, label_map):
 
 
 def test_cli_requires_existing_files(tmp_path, capsys):
-    assert data.main(["audit", str(tmp_path / "absent.csv")]) == 2
+    assert proloc(["audit", str(tmp_path / "absent.csv")]) == 2
     assert "absent.csv: file not found" in capsys.readouterr().err
     assert data.DEFAULT_MAPPING.exists()

@@ -236,19 +236,19 @@ def test_find_images_rule(tmp_path):
 def test_cli_writes_csv(env, tmp_path, capsys):
     out = tmp_path / "pred.csv"
     args = ["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--device", "cpu", "--no-progress"]
-    assert predict.main(args + ["--images", str(env["images"]), "--out", str(out), "--batch-size", "1"]) == 0
+    assert predict.predict_command(args + ["--images", str(env["images"]), "--out", str(out), "--batch-size", "1"]) == 0
     assert out.read_text().splitlines()[0].startswith("protein_id,n_images,prob_cytoplasm,")
     csv = pd.read_csv(out, keep_default_na=False)
     np.testing.assert_allclose(csv[PROB].to_numpy(float), env["df"][PROB].to_numpy(), atol=1e-6)
     assert list(csv["predicted"]) == list(env["df"]["predicted"])
     capsys.readouterr()
-    assert predict.main(args) != 0  # no --images
+    assert predict.predict_command(args) != 0  # no --images
     assert "image+sequence fusion model: give IHC images for P1, P2, P3 with --images" in capsys.readouterr().err
-    assert predict.main(args[:-3] + ["--device", "tpu", "--images", str(env["images"])]) == 2
+    assert predict.predict_command(args[:-3] + ["--device", "tpu", "--images", str(env["images"])]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
     bad = tmp_path / "bad.fasta"
     bad.write_text(">X\nMK1LV\n")
-    assert predict.main(["--checkpoint", str(env["ckpt"]), "--fasta", str(bad), "--images", str(env["images"])]) == 2
+    assert predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(bad), "--images", str(env["images"])]) == 2
     assert "non-amino-acid" in capsys.readouterr().err
 
 
@@ -256,6 +256,6 @@ def test_cli_fails_when_no_protein_is_predicted(env, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "pred.csv"
-    assert predict.main(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images", str(empty),
+    assert predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images", str(empty),
                    "--out", str(out), "--device", "cpu", "--no-progress"]) == 1
     assert len(pd.read_csv(out)) == 3 and "3 of 3 protein(s) not predicted" in capsys.readouterr().err

@@ -2,13 +2,16 @@
 import json
 
 import pytest
+
+from proloc_lib.bench import common
+from proloc_lib.bench import estimate
+from proloc_lib.bench import training
+from proloc_lib.cli.main import main as proloc
+from proloc_lib.profiles import loader as profiles
+from proloc_lib.training import settings
 from reference_csv import write_reference
 from test_train_bench import PROTEINS
 
-from proloc_lib.bench import common, estimate, training
-from proloc_lib.cli import bench
-from proloc_lib.profiles import loader as profiles
-from proloc_lib.training import settings
 
 
 @pytest.fixture
@@ -66,12 +69,12 @@ def test_dry_run_lists_the_tiers(monkeypatch):
 
 def test_dry_run_cli_prints_a_table(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(estimate, "_probe_step_seconds", lambda *a, **k: 0.01)
-    assert bench.main(["dry-run", "--profile", "full", "--device", "cpu", "--n-train", "100",
+    assert proloc(["dry-run", "--profile", "full", "--device", "cpu", "--n-train", "100",
                    "--out", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     assert "estimated training time" in out and "fusion.authors" in out
     assert json.loads((tmp_path / "d.json").read_text())["n_runs"] == 15
-    assert bench.main(["dry-run", "--profile", "nope", "--device", "cpu"]) == 2
+    assert proloc(["dry-run", "--profile", "nope", "--device", "cpu"]) == 2
     assert "nope" in capsys.readouterr().err
 
 

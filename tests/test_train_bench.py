@@ -9,14 +9,15 @@ import os
 import pandas as pd
 import pytest
 import torch
-from reference_csv import write_reference
 
-from proloc_lib.bench import common, training
-from proloc_lib.cli import bench
-from proloc_lib.data.labels import LABELS
-from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.bench import common
+from proloc_lib.bench import training
+from proloc_lib.cli.main import main as proloc
 from proloc_lib.profiles import loader as profiles
 from proloc_lib.training import datasets
+from reference_csv import write_reference
+from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.data.labels import LABELS
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 PROTEINS = {"ENSG00000000001": ("M" + AA[:11], 3),       # 12 residues, 3 images
@@ -106,7 +107,7 @@ def test_training_throughput_in_process(csv, tmp_path):
 
 def test_cli_prints_json(csv, tmp_path, capsys):
     out = tmp_path / "train.json"
-    rc = bench.main(["bench-training", "--reference", str(csv), "--profile", "smoke", "--device", "cpu",
+    rc = proloc(["bench-training", "--reference", str(csv), "--profile", "smoke", "--device", "cpu",
                  "--n-samples", "4", "--batch-size", "4", "--no-isolate", "--no-warmup", "--out", str(out)])
     assert rc == 0
     res = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
@@ -115,8 +116,9 @@ def test_cli_prints_json(csv, tmp_path, capsys):
 
 
 def test_cli_missing_reference(tmp_path, capsys):
-    assert bench.main(["bench-training", "--reference", str(tmp_path / "nope"), "--device", "cpu"]) == 1
-    assert "reference CSV not found" in capsys.readouterr().err
+    assert proloc(["bench-training", "--reference", str(tmp_path / "nope"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("proloc bench-training: ") and "reference CSV not found" in err
 
 
 @pytest.mark.skipif(not os.environ.get("PROLOC_SLOW_TESTS"),

@@ -1,4 +1,4 @@
-"""Image extraction benchmark: ``python -m proloc_lib.embeddings bench-images`` (one JSON object).
+"""Image extraction benchmark: ``proloc bench-images`` (one JSON object).
 
 On the real HPA IHC sample image (``../shared/reference/hpa_ihc_sample.jpg``, 3200 x 3200 JPEG,
 or ``--image``) repeated ``--n`` times, with the profile's image encoder:

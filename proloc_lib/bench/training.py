@@ -1,6 +1,6 @@
 """Benchmarks of the sequence feature store and of length-bucketed embedding (offline).
 
-``python -m proloc_lib.embeddings bench`` prints one JSON object with three measurements:
+``proloc bench`` prints one JSON object with three measurements:
 
 1. **Store size** against the authors' layout. The published ProLoc-IHS code keeps one padded
    float32 ProtT5 matrix per *image row*: ``rows x L_max x 1024 x 4`` bytes, ``L_max`` being the
@@ -25,7 +25,7 @@ Timings depend on the machine; the offline default uses the demo's tiny random-w
 ``--full-model`` uses configs/full.yaml's encoder (network or a local HF cache, best on a GPU);
 offline it stops at once with the encoders' :class:`OfflineError`.
 
-``python -m proloc_lib.embeddings bench-training`` prints one JSON object on the **training
+``proloc bench-training`` prints one JSON object on the **training
 loop**: samples per second of the ``authors`` configuration (batch 2, every batch padded to the
 longest sequence of the training set) against ``corrected`` (length-bucketed batches of 32; bf16
 mixed precision on CUDA), the same model size (the profile's ``training.base`` d_model, n_heads,

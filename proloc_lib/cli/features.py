@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
+from proloc_lib.cli.common import CommandParser, prog
 from proloc_lib.core import manifest, paths, runtime
 from proloc_lib.core.errors import RunFailed, UserError, cli_main
 from proloc_lib.core.network import OfflineError
@@ -25,13 +27,6 @@ def _print_repairs(what: str, report: dict) -> None:
         print(f"{what}: bad shard {p['shard']}: {p['problem']}{where}; its items are embedded again")
 
 
-class _Parser(__import__("argparse").ArgumentParser):
-    """argparse, but a usage error is one line (via UserError, exit 2), not usage + message."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see {self.prog} --help)")
-
-
 def _load_profile(name: str) -> dict:
 
     try:
@@ -42,41 +37,44 @@ def _load_profile(name: str) -> dict:
         raise UserError(f"profile '{name}': {exc}") from None
 
 
-@cli_main("python -m proloc_lib.embeddings")
-def _extract_or_merge(argv: list[str]) -> int:
+@cli_main(prog("merge"))
+def merge_command(argv: list[str] | None = None) -> int:
+    p = CommandParser("merge", epilog=EXIT_CODES,
+                      description="Join feature stores written on several machines (or shards) into one.")
+    p.add_argument("dest", help="store folder to merge into (created when missing)")
+    p.add_argument("sources", nargs="+", help="store folders to copy from; bad shards are reported and skipped")
+    args = p.parse_args(argv)
+    store = merge_stores(args.sources, args.dest)
+    print(f"merged {len(args.sources)} stores into {store.path}: {len(store)} items")
+    for problem in store.problems:
+        print(f"merge: bad shard {problem['shard']}: {problem['problem']}", file=sys.stderr)
+    if store.problems:
+        raise RunFailed(f"{len(store.problems)} bad shard(s) were not copied (listed above); "
+                        "re-extract their items with `proloc extract` on the merged store")
+    return 0
+
+
+@cli_main(prog("extract"))
+def extract_command(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    parser = _Parser(prog="python -m proloc_lib.embeddings", epilog=EXIT_CODES,
-                                     description="Feature stores: extract (resumable, shardable), merge; "
-                                                 "bench, bench-training, bench-images (JSON benchmarks).")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    ex = sub.add_parser("extract", help="embed the stage-01 tables of a profile (resumable, shardable)",
-                        epilog=EXIT_CODES)
-    ex.add_argument("--profile", default="demo")
-    ex.add_argument("--data-root", default=None)
-    ex.add_argument("--device", default="auto")
-    ex.add_argument("--shard", default=None, help="i/N: this machine's share (default under torchrun: RANK/WORLD_SIZE)")
-    ex.add_argument("--modality", choices=["sequences", "images", "both"], default="both")
-    ex.add_argument("--on-stale", choices=["error", "recompute"], default="error")
-    ex.add_argument("--debug", action="store_true", help="show tracebacks")
-    mg = sub.add_parser("merge", help="join stores written on several machines into one", epilog=EXIT_CODES)
-    mg.add_argument("dest")
-    mg.add_argument("sources", nargs="+")
-    mg.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub.add_parser("bench", help="store size, padded vs bucketed sequence throughput (JSON)", add_help=False)
-    sub.add_parser("bench-training", help="authors' vs corrected training loop speed (JSON)", add_help=False)
-    sub.add_parser("bench-images", help="image decode and extraction speed (JSON)", add_help=False)
-    args = parser.parse_args(argv)
-    if args.command == "merge":
-        store = merge_stores(args.sources, args.dest)
-        print(f"merged {len(args.sources)} stores into {store.path}: {len(store)} items")
-        for p in store.problems:
-            print(f"merge: bad shard {p['shard']}: {p['problem']}", file=__import__("sys").stderr)
-        if store.problems:
-            raise RunFailed(f"merge: {len(store.problems)} bad shard(s) were not copied (listed above); "
-                            "re-extract their items with `extract` on the merged store")
-        return 0
+    p = CommandParser("extract", epilog=EXIT_CODES,
+                      description="Embed the stage-01 tables of a profile into its feature stores "
+                      "(resumable; shardable across machines, or across GPUs under torchrun).")
+    p.add_argument("--profile", default="demo", help="profile name in configs/ (default: demo)")
+    p.add_argument("--data-root", default=None,
+                   help="folder of the stage outputs (default: $PROLOC_DATA_ROOT or data/)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto; under torchrun "
+                        "cuda:LOCAL_RANK)")
+    p.add_argument("--shard", default=None, metavar="i/N",
+                   help="embed only this machine's share i of N (default: all; under torchrun RANK/WORLD_SIZE)")
+    p.add_argument("--modality", choices=["sequences", "images", "both"], default="both",
+                   help="which features to embed (default: both)")
+    p.add_argument("--on-stale", choices=["error", "recompute"], default="error",
+                   help="a store made by another encoder or other settings: stop with an error, or move it "
+                        "aside and embed everything again (default: error)")
+    args = p.parse_args(argv)
     shard = args.shard
     parse_shard(shard)                       # a bad --shard fails before any work
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -120,14 +118,7 @@ def _extract_or_merge(argv: list[str]) -> int:
         raise RunFailed(str(exc)) from None
     if n_failed:
         raise RunFailed(f"{n_failed} items could not be embedded (listed in the stores' failures.json); "
-                        "fix or remove them, then run extract again")
+                        "fix or remove them, then run `proloc extract` again")
     print("done; run notebook 02 to verify the stores and write the stage manifest")
     return 0
 
-
-def cli(argv: list[str] | None = None) -> int:
-    """``extract`` (sharded; under torchrun each rank takes its share), ``merge``, ``bench*``."""
-    import sys
-
-    argv = list(argv if argv is not None else sys.argv[1:])
-    return _extract_or_merge(argv)

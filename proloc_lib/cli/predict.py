@@ -2,45 +2,40 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from proloc_lib.cli.common import CommandParser, prog
 from proloc_lib.core.errors import EXIT_FAILED, UserError, cli_main
 from proloc_lib.core.runtime import resolve_device
 from proloc_lib.data.labels import LABELS
 from proloc_lib.predict import _shown, check_out_path, predict, write_csv
 
 # -- command line ------------------------------------------------------------------------------
-PROG = "proloc predict"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2 through cli_main, not usage + message
-        raise UserError(f"{message} (see --help)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m proloc_lib.predict",
-                                description="Predict protein subcellular locations with a ProLoc-IHS checkpoint.",
-                                epilog="Images for protein P: DIR/P/*.{jpg,jpeg,png,tif,tiff}, DIR/P.<ext> "
-                                       "or DIR/P_*.<ext>. Exit codes: 0 ok, 1 no protein predicted or a "
-                                       "download failed, 2 bad arguments or files, 130 interrupted.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
-    p.add_argument("--fasta", required=True, help="protein sequences; the id is the header's first word")
-    p.add_argument("--images", help="folder of IHC images (see the rule below)")
+def _parser() -> CommandParser:
+    p = CommandParser("predict",
+                      description="Predict protein subcellular locations with a ProLoc-IHS checkpoint.",
+                      epilog="Images for protein P: DIR/P/*.{jpg,jpeg,png,tif,tiff}, DIR/P.<ext> "
+                             "or DIR/P_*.<ext>. Exit codes: 0 ok, 1 no protein predicted or a "
+                             "download failed, 2 bad arguments or files, 130 interrupted; --debug "
+                             "shows the traceback of an error.")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder (config.json + model.safetensors; required)")
+    p.add_argument("--fasta", required=True,
+                   help="FASTA file of protein sequences; the id is the header's first word (required)")
+    p.add_argument("--images", help="folder of IHC images, matched to the FASTA ids by the rule below "
+                                    "(required: the fusion model needs images)")
     p.add_argument("--out", help="output CSV (default: standard output); checked before any work")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--labels", help="comma-separated label names, in order, that the checkpoint must have "
                                     "(default: the project's five labels)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: shown)")
     return p
 
 
-@cli_main(PROG)
-def main(argv=None) -> int:
+@cli_main(prog("predict"))
+def predict_command(argv: list[str] | None = None) -> int:
     """CLI entry point: 0 when at least one protein was predicted, 1 when none, 2 on errors."""
     args = _parser().parse_args(argv)
     if args.out:  # before any work: a bad --out must not cost the predictions

@@ -2,65 +2,55 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from proloc_lib.cli.common import CommandParser, prog
 from proloc_lib.core import paths, runtime
-from proloc_lib.core.errors import UserError
+from proloc_lib.core.errors import UserError, cli_main
 from proloc_lib.profiles import loader as profiles
 from proloc_lib.stages.runner import execute_notebook, notebooks
 
-PROG = "proloc"
 
-
-def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=f"{PROG} run", description="Run notebooks 01..05 in order with papermill; each executed copy "
-        "is written to a temporary file and moved into place only when the notebook succeeds.")
+def _parser() -> CommandParser:
+    p = CommandParser("run", description="Run notebooks 01..05 in order with papermill; each executed copy "
+                      "is written to a temporary file and moved into place only when the notebook succeeds.")
     p.add_argument("--profile", default="demo", help="profile name in configs/ (default: demo)")
     p.add_argument("--seed", type=int, default=0, help="random seed (an integer; default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N, mps")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--data-root", default=None, help="where stage outputs go (default: $PROLOC_DATA_ROOT or data/)")
     p.add_argument("--mirror", default=None, metavar="URL",
                    help="full profile: one base URL serving Zenodo, UniProt and HPA images (overrides data.mirror; "
-                        "e.g. `python -m proloc_lib.data mirror` or an institutional mirror)")
+                        "e.g. `proloc mirror` or an institutional mirror; default: none)")
     p.add_argument("--only", default=None, metavar="01,03",
                    help="comma-separated notebook numbers to run (default: all, in order)")
     p.add_argument("--out", default=None, help="folder for executed notebooks (default: <project>/executed/<profile>)")
     p.add_argument("--check", action="store_true",
                    help="only check the profile (every key, against the schema) and the device, then exit")
-    p.add_argument("--no-progress", action="store_true", help="no papermill progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no papermill progress bar (default: shown)")
     return p
 
 
-def _parse_run(argv: list[str]) -> argparse.Namespace:
-    parser = _run_parser()
-
-    def fail(message: str):
-        raise UserError(f"run: {message} (see '{PROG} run --help')")
-    parser.error = fail  # type: ignore[method-assign]
-    return parser.parse_args(argv)
-
-
-def run_command(argv: list[str]) -> int:
-    args = _parse_run(argv)
+@cli_main(prog("run"))
+def run_command(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     # everything checked before any work: profile (every key), notebooks, device
     cfg = profiles.load_profile(args.profile)
     books = notebooks(args.only)
     runtime.resolve_device(args.device)
     if args.check:
-        print(f"{PROG} run: profile '{cfg['profile']}' is valid; {len(books)} notebook(s) would run")
+        print(f"{prog('run')}: profile '{cfg['profile']}' is valid; {len(books)} notebook(s) would run")
         return 0
     if args.profile.endswith((".yaml", ".yml")):
-        raise UserError("run: give a profile name from configs/ (stage folders are named after it); "
+        raise UserError("give a profile name from configs/ (stage folders are named after it); "
                         f"save {args.profile} as configs/<name>.yaml")
     out = Path(args.out) if args.out else paths.PROJECT_ROOT / "executed" / args.profile
     params = {"profile": args.profile, "seed": args.seed, "device": args.device}
     if args.data_root:
         params["data_root"] = str(Path(args.data_root).resolve())
     if args.mirror and not args.mirror.startswith(("http://", "https://")):
-        raise UserError(f"run: --mirror must be an http(s) base URL, got {args.mirror!r}")
+        raise UserError(f"--mirror must be an http(s) base URL, got {args.mirror!r}")
     for book in books:
         print(f"== {args.profile}: {book.name}", flush=True)
         extra = {"mirror": args.mirror} if args.mirror and book.name.startswith("01_") else {}

@@ -246,7 +246,7 @@ class EmbeddingStore:
             except (CorruptStoreError, StaleStoreError) as exc:
                 stamps.pop(shard.name, None)
                 if not repair:
-                    raise CorruptStoreError(f"{exc}; run `python -m proloc_lib.embeddings extract` "
+                    raise CorruptStoreError(f"{exc}; run `proloc extract` "
                                             "(or notebook 02) to re-embed its items") from None
                 bad = self.path / BAD_DIR
                 bad.mkdir(exist_ok=True)
@@ -268,7 +268,7 @@ class EmbeddingStore:
         for name in sorted(set(stamps) - seen):          # verified once, gone now
             if not repair:
                 raise CorruptStoreError(f"shard {self.path / name} is missing (the store held it before); "
-                                        "run `python -m proloc_lib.embeddings extract` (or notebook 02) "
+                                        "run `proloc extract` (or notebook 02) "
                                         "to re-embed its items")
             problems.append({"shard": str(self.path / name), "problem": "missing (deleted or lost in a sync)"})
             stamps.pop(name)
@@ -443,6 +443,6 @@ def check_complete(store_dir: str | Path, keys, *, what: str) -> EmbeddingStore:
             f"{what} store {store.path} is incomplete: {len(missing)} of {len(keys)} items missing"
             + (f" (e.g. {example})" if missing else "")
             + (f", {len(failures)} failed (see {store.path / 'failures.json'})" if failures else "")
-            + "; run the rest (`python -m proloc_lib.embeddings extract` for the other shards, then merge) "
+            + "; run the rest (`proloc extract` for the other shards, then `proloc merge`) "
             "and rerun this notebook; no manifest was written")
     return store

@@ -29,7 +29,7 @@ def notebooks(only: str | None = None) -> list[Path]:
     picked = [b for b in books if b.name[:2] in wanted]
     missing = sorted(set(wanted) - {b.name[:2] for b in picked})
     if missing:
-        raise UserError(f"run: no notebook numbered {', '.join(missing)} (have {', '.join(b.name[:2] for b in books)})")
+        raise UserError(f"no notebook numbered {', '.join(missing)} (have {', '.join(b.name[:2] for b in books)})")
     return picked
 
 
