@@ -6,6 +6,8 @@ import nbformat
 import pandas as pd
 import pytest
 
+from proloc_lib.cli.main import main as proloc
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0[1-5]_*.ipynb"))
 
@@ -103,7 +105,6 @@ def test_cross_validation_tests_every_protein_once(smoke_run):
 
 
 def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
-    from proloc_lib.cli import predict
 
     stages, _, _ = smoke_run
     proteins = pd.read_parquet(stages / "01_data_assembly" / "proteins.parquet")
@@ -111,7 +112,7 @@ def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
     fasta = tmp_path / "new.fasta"
     fasta.write_text("".join(f">{p}\n{s}\n" for p, s in zip(test["protein_id"], test["sequence"])))
     out = tmp_path / "pred.csv"
-    rc = predict.main(["--checkpoint", str(stages / "03_training" / "checkpoint-corrected"), "--fasta", str(fasta),
+    rc = proloc(["predict", "--checkpoint", str(stages / "03_training" / "checkpoint-corrected"), "--fasta", str(fasta),
                        "--images", str(stages / "images"), "--out", str(out), "--device", "cpu", "--no-progress"])
     assert rc == 0
     pred = pd.read_csv(out)
@@ -122,12 +123,11 @@ def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
 
 
 def test_sharded_extract_command_resumes_on_a_complete_store(smoke_run, capsys):
-    from proloc_lib.cli import features
     from proloc_lib.features import store
 
     stages, _, _ = smoke_run
     before = store.store_size_bytes(stages / "02_embeddings")
-    rc = features.cli(["extract", "--profile", "smoke", "--data-root", str(stages.parent), "--shard", "1/2",
+    rc = proloc(["extract", "--profile", "smoke", "--data-root", str(stages.parent), "--shard", "1/2",
                          "--device", "cpu"])
     assert rc == 0 and "sequences: 0 embedded" in capsys.readouterr().out
     assert store.store_size_bytes(stages / "02_embeddings") == before
