@@ -53,11 +53,11 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from proloc_lib.core.errors import RunFailed, UserError
 from proloc_lib.core.fileio import publish
 from proloc_lib.core.network import OfflineError
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.runtime import resolve_device
 from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, load_image
 from proloc_lib.data.labels import LABELS
@@ -406,7 +406,7 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
     # decode as extraction did (JPEG draft size from the encoder's transform), so features match training
     draft = draft_size(img_enc, grid, enabled=bool(enc.get("jpeg_draft", False)))
     rows = []
-    for pid, seq in tqdm(sequences.items(), desc="proteins", unit="protein", disable=not progress):
+    for pid, seq in progress_bar(sequences.items(), desc="proteins", unit="protein", disable=not progress):
         use, seq_note = sequence_use(seq, enc["max_residues"], enc["long_policy"])
         warns = [seq_note] if seq_note else []
         row = {"protein_id": pid, "n_images": 0, "n_images_skipped": 0, "sequence_use": use}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.fileio import file_sha256
 from proloc_lib.data.images import load_image
 from proloc_lib.data.labels import LabelMap, add_label_columns
@@ -103,7 +103,7 @@ def make_demo_images(proteins: pd.DataFrame, labels: list[str], image_dir: Path,
     # and OpenBLAS's thread split changes the blur's last bits, so the pixels (a few per thousand
     # tiles) depended on the machine's core count. Each tile has its own seed: same pixels in any order.
     with threadpool_limits(1), ThreadPoolExecutor(workers or _workers()) as pool:
-        for (pid, vec), files in tqdm(zip(items, pool.map(render, items)), total=len(items),
+        for (pid, vec), files in progress_bar(zip(items, pool.map(render, items)), total=len(items),
                                       desc="synthetic IHC images"):
             for path, digest in files:
                 rows.append({"image_id": digest, "protein_id": pid,

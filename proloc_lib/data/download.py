@@ -20,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 import pandas as pd
 import requests
 
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.fileio import file_sha256
 from proloc_lib.data.images import BadImageError, load_image
 from proloc_lib.data.sequences import InvalidSequenceError, clean_sequence
@@ -211,8 +212,6 @@ def fetch_images(rows, cache_dir, rate_limit_per_s: float | None = 5, retries: i
     Returns the fetched rows with ``path``, ``sha256`` and ``fetch_status`` (cached,
     downloaded, refetched), and the failures as (url, reason), which the caller must report.
     """
-    from tqdm.auto import tqdm
-
     table = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     if "url" not in table.columns:
         raise KeyError(f"fetch_images needs a 'url' column (have {list(table.columns)})")
@@ -225,7 +224,7 @@ def fetch_images(rows, cache_dir, rate_limit_per_s: float | None = 5, retries: i
     check = {"min_side": min_side} if min_side is not None else {}
     paths, hashes, statuses, failures = {}, {}, {}, []
 
-    for idx, url in tqdm(list(table["url"].items()), desc="HPA images", disable=not progress):
+    for idx, url in progress_bar(list(table["url"].items()), desc="HPA images", disable=not progress):
         if pd.isna(url):
             failures.append((str(url), f"row {idx}: no URL"))
             continue

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.data.images import BadImageError, load_image
 from proloc_lib.features.store import (
     EmbeddingStore,
@@ -216,7 +216,7 @@ def extract_images(images: dict[str, str | Path], encoder, store_dir: str | Path
 
     prep = lambda k: prepare_image(images[k], encoder, grid=grid, draft=draft)  # noqa: E731
     keys, parts = [], []
-    bar = tqdm(total=len(todo), desc="ViT images", unit="img", disable=not progress)
+    bar = progress_bar(total=len(todo), desc="ViT images", unit="img", disable=not progress)
     for k, fut in prefetch(todo, prep, n_workers, ahead=max(2 * batch_size, 2 * n_workers)):
         try:
             parts.append(fut.result())

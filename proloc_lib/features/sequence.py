@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.data.sequences import InvalidSequenceError, clean_sequence
 from proloc_lib.features.batching import length_buckets
 from proloc_lib.features.store import (
@@ -65,7 +65,7 @@ def extract_sequences(sequences: dict[str, str], encoder, store_dir: str | Path,
     buffer: dict[str, torch.Tensor] = {}
     lengths = {k: min(len(s), max_residues) for k, s in clean.items()}
     batches = length_buckets(lengths, token_budget)
-    bar = tqdm(total=len(clean), desc="ProtT5 sequences", unit="seq", disable=not progress)
+    bar = progress_bar(total=len(clean), desc="ProtT5 sequences", unit="seq", disable=not progress)
     for batch in batches:
         short = [k for k in batch if k not in long_keys or long_policy == "truncate"]
         if short:

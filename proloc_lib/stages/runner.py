@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 from pathlib import Path
 
-from proloc_lib.core import paths
+from proloc_lib.core import paths, progress
 from proloc_lib.core.errors import RunFailed, UserError
 
 # the inline backend: executed notebooks keep their figures as outputs (Agg would drop them)
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# what every kernel whose outputs are saved gets: inline figures, and progress bars that leave one
+# final text line each (core.progress) instead of redrawn stderr lines or widgets stuck at 0%
+KERNEL_ENV = {"MPLBACKEND": INLINE_BACKEND, progress.ENV: "final"}
+
+
+@contextlib.contextmanager
+def kernel_environment():
+    """``KERNEL_ENV`` in this process's environment (inherited by the kernels started inside), restored after."""
+    previous = {k: os.environ.get(k) for k in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)
+    try:
+        yield dict(os.environ)
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # -- run: the notebooks ---------------------------------------------------------------------------
@@ -52,20 +72,19 @@ def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool 
 
     It runs into a temporary file beside ``dest``; on success that replaces ``dest``; on failure
     it is kept as ``<name>.failed.ipynb`` (the error inside) and ``dest``, the last good copy, is
-    untouched. Kernels get the inline matplotlib backend, so figures stay in the executed copy.
+    untouched. Kernels get ``KERNEL_ENV``: figures and one final line per progress bar stay in the copy.
     """
     import papermill as pm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.stem}.running.ipynb")
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
-    previous = os.environ.get("MPLBACKEND")
-    os.environ["MPLBACKEND"] = INLINE_BACKEND
     try:
-        pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent),
-                            progress_bar=progress, kernel_name="python3",
-                            # the kernel's own start-up warnings (e.g. "running over TCP") are noise here
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        with kernel_environment():
+            pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent),
+                                progress_bar=progress, kernel_name="python3",
+                                # the kernel's own start-up warnings (e.g. "running over TCP") are noise here
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except BaseException as exc:
         if tmp.exists():
             os.replace(tmp, failed)
@@ -74,12 +93,20 @@ def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool 
             raise StageFailed(f"{src.stem} failed: {_short_error(exc)} (executed copy with the error: "
                               f"{failed}{kept})") from None
         raise
-    finally:
-        if previous is None:
-            os.environ.pop("MPLBACKEND", None)
-        else:
-            os.environ["MPLBACKEND"] = previous
     os.replace(tmp, dest)
     if failed.exists():
         failed.unlink()  # superseded by a good run
     return dest
+
+
+# -- nbval: executed copies re-executed against their own saved outputs ---------------------------
+# regexes that blank what differs between two correct runs (paths, times, hashes, float noise)
+NBVAL_SANITIZE = NOTEBOOK_DIR / "nbval_sanitize.cfg"
+
+
+def nbval_command(executed: list[Path], *, python: str | None = None, sanitize: Path = NBVAL_SANITIZE) -> list[str]:
+    """``pytest --nbval`` (strict: every output compared after sanitising) on executed notebooks, in
+    the kernel environment of the runs that wrote them; run it inside :func:`kernel_environment`."""
+    return [python or sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
+            "--nbval-current-env", "--nbval-sanitize-with", str(sanitize), "--nbval-cell-timeout", "900",
+            "--rootdir", str(Path(executed[0]).parent), *map(str, executed)]

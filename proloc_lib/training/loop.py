@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.runtime import torch_threads
 from proloc_lib.features.store import STORE_DTYPE
 from proloc_lib.training.datasets import (
@@ -323,7 +323,7 @@ def _train_runs(runs: list[_Run], device: str, progress: bool, resident, workers
             setattr(r, attr, feats[key])
     n_workers = _workers(workers, device, len(todo))
     total = sum(r.cfg.max_epochs - r.state["epoch"] for r in todo)
-    with tqdm(total=total, desc="epochs" if len(todo) == 1 else f"epochs ({len(todo)} runs)",
+    with progress_bar(total=total, desc="epochs" if len(todo) == 1 else f"epochs ({len(todo)} runs)",
               disable=not progress) as bar:
         if n_workers == 1:
             # one step at a time on the CPU: the gather buffers can be reused
