@@ -26,14 +26,21 @@ other images and proteins go on. Each protein's sequence is embedded once (trunc
 ``max_residues``, or in windows, as the checkpoint says; either is reported in the row and on
 stderr); the model runs once per image with the sequence repeated, and the image probabilities
 are averaged per protein, as in the protein-level evaluation. Calls use the checkpoint's
-per-label thresholds (``prob >= threshold``, as in ``metrics.binarize``).
+per-label thresholds with the rule the checkpoint was evaluated with: ``prob >= threshold`` for
+tuned thresholds, ``prob > threshold`` for the fixed 0.5 of the published code (``metrics.binarize``).
 
-Output: one row per FASTA record, in file order: ``protein_id, n_images, prob_<label>...,
-call_<label>..., predicted`` (';'-joined label names), ``n_images_skipped``, ``sequence_use``
-(full | truncated | windows), then ``warnings`` and ``error`` (a protein that could not be
-predicted has empty probabilities and the reason in ``error``) and, for demo checkpoints,
-``provenance``. Label names in column names have spaces replaced by underscores
-(``prob_endoplasmic_reticulum``); ``predicted`` keeps the names as they are.
+Output: one row per FASTA record, in file order; the columns are ``OUTPUT_COLUMNS`` (also the
+``--help`` epilog). Label names in column names have spaces replaced by underscores
+(``prob_endoplasmic_reticulum``); ``predicted`` keeps the names as they are. The CSV holds
+probabilities rounded to ``PROB_DECIMALS`` (calls are made before rounding); beside it,
+``<out>.json`` records the label order, thresholds, call rule, column meanings and the
+checkpoint's provenance (``output_description``).
+
+Images unlike the training images: the checkpoint records the size and intensity of a sample of
+its training images (``training_images``); an input image more than ``SIDE_RATIO`` times larger
+or smaller on its long side than their median, or with a mean intensity more than
+``INTENSITY_MARGIN`` grey levels outside their range, is named in the row's ``warnings`` and on
+stderr (the model still predicts it). Checkpoints without that record get a note, no comparison.
 
 Command line: errors print one line and exit 2 (bad arguments or files) or 1 (nothing could be
 predicted, or a download failed); 130 when interrupted; ``--debug`` shows the traceback. The
@@ -55,11 +62,11 @@ import torch
 from PIL import Image
 
 from proloc_lib.core.errors import RunFailed, UserError
-from proloc_lib.core.fileio import publish
-from proloc_lib.core.network import OfflineError
+from proloc_lib.core.fileio import publish, write_text
 from proloc_lib.core.progress import bar as progress_bar
+from proloc_lib.core.network import OfflineError
 from proloc_lib.core.runtime import resolve_device
-from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, load_image
+from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, image_statistics, load_image
 from proloc_lib.data.labels import LABELS
 from proloc_lib.data.sequences import read_fasta
 from proloc_lib.evaluation.metrics import binarize
@@ -83,6 +90,27 @@ STORE_SEQUENCE_KEYS = ("max_residues", "long_policy")
 TOLERATED_KEYS = ("dtype",)
 _UNSET = object()
 read_checkpoint_config = read_config  # the validation lives in checkpoint.py (one place)
+PROB_DECIMALS = 4        # a probability to 1e-4 is finer than any difference a threshold makes here
+SIDE_RATIO = 2.0         # long side more than 2x from the training images' median: warn
+INTENSITY_MARGIN = 25.5  # grey levels (10% of 255) outside the training images' mean-intensity range: warn
+
+# every output column, in order (<label>: the label name with spaces as underscores)
+OUTPUT_COLUMNS = {
+    "protein_id": "the FASTA record's id (first word of its header)",
+    "n_images": "images of the protein that were used",
+    "prob_<label>": f"probability of the location: mean over the protein's images of the model's sigmoid output "
+                    f"(CSV: rounded to {PROB_DECIMALS} decimals)",
+    "call_<label>": "1 if the location is called (probability against threshold_<label> by the rule in "
+                    "<out>.json, before rounding), else 0; empty when the protein was not predicted",
+    "predicted": "the called locations, ';'-joined",
+    "n_images_skipped": "images found for the protein that could not be read (reasons in warnings)",
+    "sequence_use": "full, truncated (to the checkpoint's max_residues) or windows",
+    "warnings": "per-protein notes: skipped or converted images, truncated sequences, images unlike the "
+                "training images",
+    "error": "why the protein was not predicted (then its probabilities are empty)",
+    "threshold_<label>": "the checkpoint's threshold for the location (the same on every row)",
+    "provenance": "only for demo checkpoints: why the numbers are not biologically meaningful",
+}
 
 
 class MissingImagesError(UserError, ValueError):
@@ -284,17 +312,77 @@ def check_out_path(out: str | Path, *, inputs=()) -> Path:
     return out
 
 
+def for_csv(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as written: probabilities rounded to ``PROB_DECIMALS``."""
+    probs = [c for c in df.columns if c.startswith("prob_")]
+    return df.assign(**{c: df[c].round(PROB_DECIMALS) for c in probs})
+
+
 def write_csv(df: pd.DataFrame, out: str | Path) -> Path:
-    """Whole or not at all: the previous file stays until the new one is complete."""
+    """Whole or not at all: the previous file stays until the new one is complete. The
+    description (``output_description``) goes to ``<out>.json`` beside it, also whole."""
     out = Path(out)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_csv(tmp, index=False)
-        return publish(tmp, out)
+        for_csv(df).to_csv(tmp, index=False)
+        publish(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if "checkpoint" in df.attrs:
+        write_text(description_path(out), json.dumps(output_description(df), indent=2) + "\n")
+    return out
+
+
+def description_path(out: str | Path) -> Path:
+    return Path(f"{out}.json")
+
+
+def call_rule(meta: dict) -> str:
+    """How a probability becomes a call, as the checkpoint's configuration was evaluated."""
+    return "prob > threshold" if (meta.get("training") or {}).get("thresholds") == "fixed" else "prob >= threshold"
+
+
+def output_description(df: pd.DataFrame) -> dict:
+    """What ``<out>.json`` holds: labels, thresholds and rule, columns, the checkpoint's provenance."""
+    ck = df.attrs["checkpoint"]
+    return {"labels": ck["labels"], "thresholds": dict(zip(ck["labels"], ck["thresholds"])),
+            "call_rule": ck["call_rule"], "probability_decimals": PROB_DECIMALS,
+            "columns": OUTPUT_COLUMNS, "checkpoint": {k: v for k, v in ck.items() if k not in ("labels", "thresholds")},
+            "unmatched_images": df.attrs.get("unmatched_images", [])}
+
+
+# -- images unlike the training images ----------------------------------------------------------
+def image_shift(stats: dict, training: dict) -> list[str]:
+    """Why an image (``data.images.image_statistics``) looks unlike the checkpoint's training
+    images (``training_images``): [] when it looks alike or nothing was recorded."""
+    notes = []
+    median = training.get("median_side_px")
+    if median and not (median / SIDE_RATIO <= stats["side_px"] <= median * SIDE_RATIO):
+        notes.append(f"{stats['side_px']} px on its long side, the training images' median is {median} px "
+                     f"(more than {SIDE_RATIO:g}x apart)")
+    lo, hi = training.get("mean_intensity_min"), training.get("mean_intensity_max")
+    if lo is not None and hi is not None and not (lo - INTENSITY_MARGIN <= stats["mean_intensity"]
+                                                  <= hi + INTENSITY_MARGIN):
+        notes.append(f"mean intensity {stats['mean_intensity']:.0f}, the training images' range is "
+                     f"{lo:.0f}-{hi:.0f} (more than {INTENSITY_MARGIN:g} grey levels outside)")
+    return notes
+
+
+def _shift_warnings(paths: list[Path], training: dict, pid: str, warns: list[str]) -> None:
+    shifted = []
+    for path in paths:
+        try:
+            notes = image_shift(image_statistics(path), training)
+        except (BadImageError, OSError):   # an unreadable image is reported where it is decoded
+            continue
+        if notes:
+            shifted.append(path.name)
+            warns.append(f"{path.name} unlike the training images: {'; '.join(notes)}")
+    if shifted:
+        _warn(f"{pid}: {len(shifted)} of {len(paths)} image(s) unlike the checkpoint's training images "
+              f"({_shown(shifted, 3)}; details in the warnings column): predictions may be unreliable")
 
 
 # -- prediction --------------------------------------------------------------------------------
@@ -397,6 +485,10 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
     note = demo_note(meta)
     if note:
         _warn(note)
+    training_images = meta.get("training_images") or {}
+    if not training_images:
+        print(f"note: {checkpoint} records no statistics of its training images (written before they were "
+              "recorded): input images are not compared with them", file=sys.stderr)
     if not model.cfg.apply_mask:
         # the authors' configuration lets padding leak into the output; here each protein runs
         # unpadded, so numbers can differ from the padded batches of the evaluation
@@ -417,6 +509,8 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
         else:
             if seq_note:
                 _warn(f"{pid}: {seq_note}")
+            if training_images:
+                _shift_warnings(found[pid], training_images, pid, warns)
             try:
                 img_tokens, row["n_images"], row["n_images_skipped"] = _image_tokens(
                     img_enc, found[pid], pid, batch_size, grid, warns, draft=draft)
@@ -436,18 +530,25 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
                     torch.cuda.empty_cache()
         row["warnings"] = "; ".join(warns)
         rows.append(row)
-    out = _frame(rows, labels, thresholds, note)
+    rule = call_rule(meta)
+    out = _frame(rows, labels, thresholds, note, strict=rule == "prob > threshold")
     out.attrs["unmatched_images"] = [str(p) for p in unmatched]
+    out.attrs["checkpoint"] = {"path": str(Path(checkpoint).resolve()), "run_id": meta.get("run_id", ""),
+                               "config_hash": meta.get("config_hash", ""), "labels": list(labels),
+                               "thresholds": [float(t) for t in thresholds], "call_rule": rule,
+                               "provenance": meta.get("provenance") or {}, "demo_note": note,
+                               "training_images": training_images or None}
     return out
 
 
-def _frame(rows: list[dict], labels: list[str], thresholds: np.ndarray, note: str | None) -> pd.DataFrame:
+def _frame(rows: list[dict], labels: list[str], thresholds: np.ndarray, note: str | None, *,
+           strict: bool = False) -> pd.DataFrame:
     done = np.array(["_prob" in r for r in rows], dtype=bool)
     probs = np.full((len(rows), len(labels)), np.nan)
     calls = np.zeros((len(rows), len(labels)), dtype=np.int8)
     if done.any():
         probs[done] = np.stack([r["_prob"] for r in rows if "_prob" in r])
-        calls[done] = binarize(probs[done], thresholds)
+        calls[done] = binarize(probs[done], thresholds, strict=strict)
     out = pd.DataFrame({"protein_id": [r["protein_id"] for r in rows],
                         "n_images": [r["n_images"] for r in rows]})
     for j, lab in enumerate(labels):
@@ -462,6 +563,8 @@ def _frame(rows: list[dict], labels: list[str], thresholds: np.ndarray, note: st
     out["sequence_use"] = [r["sequence_use"] for r in rows]
     out["warnings"] = [r["warnings"] for r in rows]
     out["error"] = [r.get("error", "") for r in rows]
+    for j, lab in enumerate(labels):
+        out[f"threshold_{_col(lab)}"] = float(thresholds[j])
     if note:
         out["provenance"] = f"DEMO: {note}"
     return out

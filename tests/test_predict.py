@@ -239,7 +239,7 @@ def test_cli_writes_csv(env, tmp_path, capsys):
     assert predict.predict_command(args + ["--images", str(env["images"]), "--out", str(out), "--batch-size", "1"]) == 0
     assert out.read_text().splitlines()[0].startswith("protein_id,n_images,prob_cytoplasm,")
     csv = pd.read_csv(out, keep_default_na=False)
-    np.testing.assert_allclose(csv[PROB].to_numpy(float), env["df"][PROB].to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(csv[PROB].to_numpy(float), env["df"][PROB].to_numpy(), atol=5e-5)  # CSV: 4 decimals
     assert list(csv["predicted"]) == list(env["df"]["predicted"])
     capsys.readouterr()
     assert predict.predict_command(args) != 0  # no --images

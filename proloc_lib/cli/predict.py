@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import textwrap
 
 from proloc_lib.cli.common import CommandParser, prog
 from proloc_lib.core.errors import EXIT_FAILED, UserError, cli_main
 from proloc_lib.core.runtime import resolve_device
 from proloc_lib.data.labels import LABELS
-from proloc_lib.predict import _shown, check_out_path, predict, write_csv
+from proloc_lib.predict import (
+    OUTPUT_COLUMNS,
+    _shown,
+    check_out_path,
+    description_path,
+    for_csv,
+    predict,
+    write_csv,
+)
+
+
+def _epilog(width: int = 92) -> str:
+    def para(text: str) -> str:
+        return textwrap.fill(text, width)
+
+    columns = "\n".join(textwrap.fill(text, width, initial_indent=f"  {name:<18} ", subsequent_indent=" " * 21)
+                        for name, text in OUTPUT_COLUMNS.items())
+    return "\n\n".join([
+        para("Images for protein P: DIR/P/*.{jpg,jpeg,png,tif,tiff}, DIR/P.<ext> or DIR/P_*.<ext>."),
+        para("Output columns, one row per FASTA record (<label>: the label with spaces as underscores):") + "\n"
+        + columns,
+        para("With --out, <out>.json beside the CSV records the label order, thresholds, the call rule "
+             "(prob >= threshold, or prob > threshold for the published fixed 0.5), the column meanings and "
+             "the checkpoint's provenance."),
+        para("Exit codes: 0 ok, 1 no protein predicted or a download failed, 2 bad arguments or files, "
+             "130 interrupted; --debug shows the traceback of an error.")])
+
 
 # -- command line ------------------------------------------------------------------------------
 def _parser() -> CommandParser:
     p = CommandParser("predict",
                       description="Predict protein subcellular locations with a ProLoc-IHS checkpoint.",
-                      epilog="Images for protein P: DIR/P/*.{jpg,jpeg,png,tif,tiff}, DIR/P.<ext> "
-                             "or DIR/P_*.<ext>. Exit codes: 0 ok, 1 no protein predicted or a "
-                             "download failed, 2 bad arguments or files, 130 interrupted; --debug "
-                             "shows the traceback of an error.")
+                      epilog=_epilog())
+    p.formatter_class = argparse.RawDescriptionHelpFormatter   # the column table keeps its lines
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint folder (config.json + model.safetensors; required)")
     p.add_argument("--fasta", required=True,
@@ -63,10 +89,11 @@ def predict_command(argv: list[str] | None = None) -> int:
         print(f"summary: {'; '.join(summary)} (details in the warnings column and above)", file=sys.stderr)
     if args.out:
         write_csv(df, args.out)
-        print(f"wrote {len(df) - len(failed)} prediction(s) to {args.out}", file=sys.stderr)
+        print(f"wrote {len(df) - len(failed)} prediction(s) to {args.out} (thresholds, call rule and columns: "
+              f"{description_path(args.out)})", file=sys.stderr)
     else:
         try:
-            df.to_csv(sys.stdout, index=False)
+            for_csv(df).to_csv(sys.stdout, index=False)
             sys.stdout.flush()
         except BrokenPipeError:  # `... | head`: the reader left; stop quietly, no traceback
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -85,3 +85,36 @@ def to_rgb8(im: Image.Image) -> tuple[Image.Image, str | None]:
         how = f"{bits} values in [{lo:g}, {hi:g}] min-max scaled to 0..255"
     out = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # 2-D uint8: mode L
     return out, how
+
+
+# -- what images look like: recorded at training, compared at prediction ---------------------------
+STATS_DRAFT = (256, 256)    # intensity is measured on a JPEG draft of at least this size (fast, same mean)
+
+
+def image_statistics(path: str | Path) -> dict:
+    """``{"side_px": long side of the file, "mean_intensity": mean grey level 0..255}`` of one image."""
+    with Image.open(path) as head:
+        side = max(head.size)
+    im = load_image(path, draft=STATS_DRAFT)
+    return {"side_px": int(side), "mean_intensity": float(np.asarray(im.convert("L"), dtype=np.float64).mean())}
+
+
+def summarize_image_statistics(paths, *, sample: int = 64, seed: int = 0) -> dict:
+    """Size and intensity of a seeded sample of ``paths`` (unreadable files left out): the median
+    long side and the range of per-image mean intensities that ``predict`` compares new images with."""
+    paths = list(paths)
+    rng = np.random.default_rng(seed)
+    picked = [paths[i] for i in sorted(rng.choice(len(paths), size=min(sample, len(paths)), replace=False))]
+    stats = []
+    for p in picked:
+        try:
+            stats.append(image_statistics(p))
+        except (BadImageError, OSError):
+            continue
+    if not stats:
+        return {}
+    sides = np.array([s["side_px"] for s in stats])
+    means = np.array([s["mean_intensity"] for s in stats])
+    return {"n_sampled": len(stats), "median_side_px": int(np.median(sides)), "min_side_px": int(sides.min()),
+            "max_side_px": int(sides.max()), "mean_intensity": round(float(means.mean()), 2),
+            "mean_intensity_min": round(float(means.min()), 2), "mean_intensity_max": round(float(means.max()), 2)}

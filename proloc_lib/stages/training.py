@@ -19,6 +19,7 @@ from proloc_lib.core import manifest, runs
 from proloc_lib.core.errors import UserError
 from proloc_lib.core.runtime import seed_everything
 from proloc_lib.data import splits
+from proloc_lib.data.images import summarize_image_statistics
 from proloc_lib.evaluation import scoring
 from proloc_lib.stages.common import (
     SPLITS,
@@ -303,7 +304,14 @@ def make_checkpoint(model, *, run_id: str, thresholds: dict, train_cfg: settings
                                                    .get("jpeg_draft"))},
                       sequence_encoder=data.emb_manifest["sequence_store"]["fingerprint"],
                       image_encoder=data.emb_manifest["image_store"]["fingerprint"],
-                      provenance=cfg.get("provenance", {}))
+                      provenance=cfg.get("provenance", {}),
+                      training_images=training_image_statistics(data))
+
+
+def training_image_statistics(data: StageData) -> dict:
+    """Size and intensity of the training images as stored (a seeded sample), for predict's shift warning."""
+    train = data.images[data.images["split"] == "train"] if "split" in data.images else data.images
+    return summarize_image_statistics([data.data_dir.parent / p for p in train["path"]])
 
 
 CHECKPOINT_RUNS = (runs.FUSION_CORRECTED, runs.FUSION_AUTHORS)

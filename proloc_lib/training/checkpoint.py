@@ -165,6 +165,8 @@ def validate_config(meta, cfg_path: Path, *, labels=None) -> dict:
         raise CheckpointError(f"{cfg_path}: encoders.jpeg_draft must be true or false, got {enc['jpeg_draft']!r}")
     for kind in ("sequence", "image"):
         check_encoder_config(kind, enc[kind], cfg_path)
+    if not isinstance(meta.get("training_images", {}), dict):
+        raise CheckpointError(f"{cfg_path}: 'training_images' must be an object")
     for key in ("seq_dim", "img_dim"):
         if key not in meta["model"]:
             raise CheckpointError(f"{cfg_path} lacks required key 'model.{key}'")
@@ -245,6 +247,9 @@ class Checkpoint:
     sequence_encoder: dict              # the sequence store's fingerprint
     image_encoder: dict                 # the image store's fingerprint
     provenance: dict = field(default_factory=dict)
+    # size and intensity of the training images (data.images.summarize_image_statistics), which
+    # predict compares new images with; empty in checkpoints written before it was recorded
+    training_images: dict = field(default_factory=dict)
 
     def meta(self) -> dict:
         """config.json's content."""
@@ -252,7 +257,8 @@ class Checkpoint:
                 "label_map": self.label_map, "thresholds": [float(t) for t in self.thresholds],
                 "training": self.training, "config_hash": self.config_hash, "encoders": self.encoders,
                 "sequence_encoder": self.sequence_encoder, "image_encoder": self.image_encoder,
-                "provenance": self.provenance}
+                "provenance": self.provenance,
+                **({"training_images": self.training_images} if self.training_images else {})}
 
     def save(self, out_dir: str | Path) -> Path:
         """Write both files (each whole or not at all, with the user's umask permissions).
@@ -302,4 +308,5 @@ class Checkpoint:
                    label_map=meta.get("label_map", ""), thresholds=list(meta["thresholds"]),
                    training=meta.get("training", {}), config_hash=meta.get("config_hash", ""),
                    encoders=meta["encoders"], sequence_encoder=meta["sequence_encoder"],
-                   image_encoder=meta["image_encoder"], provenance=meta.get("provenance", {}))
+                   image_encoder=meta["image_encoder"], provenance=meta.get("provenance", {}),
+                   training_images=meta.get("training_images") or {})
