@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from proloc_lib.bench.common import (
     _machine,
     _sync,
     encoder_widths,
+    forward_flops,
     read_reference,
     reference_csv_path,
 )
@@ -119,3 +122,233 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
             "note": ("Upper bound at max_epochs (early stopping ends sooner); several seeds trained at once are "
                      "counted one by one; baselines, evaluation and feature extraction not included; "
                      "the probe times a few steps on random tensors of the paper's shapes.")}
+
+
+# -- 7. estimates for named GPU kinds, without the GPU ---------------------------------------------
+@dataclass(frozen=True)
+class GpuKind:
+    """Data-sheet figures of one GPU (dense tensor-core peaks, no sparsity)."""
+    name: str
+    half_tflops: float          # bf16/fp16 (mixed precision: the corrected configuration)
+    fp32_tflops: float          # TF32 tensor cores where the GPU has them, else plain fp32 (amp off: authors)
+    memory_gib: float           # usable device memory (the card's GB, as PyTorch reports it)
+    bandwidth_gbs: float        # memory bandwidth
+    colab_session_h: float      # assumed length of one Colab session on this kind
+    colab_tier: str
+
+
+GPU_KINDS = {
+    "T4": GpuKind("NVIDIA T4 16GB", 65.0, 8.1, 14.7, 320.0, 4.0, "free tier, ~4 h usable (often cut sooner)"),
+    "L4": GpuKind("NVIDIA L4 24GB", 121.0, 60.0, 22.0, 300.0, 12.0, "Colab Pro, 12 h"),
+    "A100": GpuKind("NVIDIA A100 40GB SXM", 312.0, 156.0, 39.4, 1555.0, 12.0, "Colab Pro, 12 h"),
+    "H100": GpuKind("NVIDIA H100 80GB SXM", 989.0, 494.0, 79.1, 3350.0, 12.0, "Colab Pro, 12 h"),
+}
+# Assumed, not measured on these cards: what small-batch training of this model reaches.
+ACHIEVED_FLOP_FRACTION = 0.30    # of the tensor-core peak (d_model 512 matmuls, a few thousand rows)
+ACHIEVED_BANDWIDTH_FRACTION = 0.60
+STEP_OVERHEAD_S = 0.006          # per optimizer step: kernel launches, optimizer, Python (eager PyTorch)
+CUDA_CONTEXT_GIB = 0.5           # CUDA context and allocator slack beside PyTorch's own tensors
+# Assumed sizes of what the full profile downloads (not measured here: no network)
+ENCODER_WEIGHTS_GB = {"ProtT5-XL encoder (half precision)": 2.4, "ViT-B/16 in21k": 0.35}
+VISLOCAS_PROTEINS = 548          # 494 training + 54 test proteins (shared/reference/vislocas)
+HPA_JPEG_MB = 1.45               # the one real HPA image in shared/reference (3200 x 3200 px); else assumed
+
+
+def significant(x: float, digits: int = 2) -> float:
+    """``x`` rounded to ``digits`` significant digits (0 stays 0)."""
+    if not x:
+        return 0.0
+    return round(x, digits - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+def format_hours(hours: float) -> str:
+    """Hours with 2 significant digits ("270 h", "3.4 h", "0.05 h"), never minutes with decimals."""
+    return f"{significant(hours):g} h"
+
+
+def _params(cfg, widths: dict) -> int:
+    return sum(p.numel() for p in loop.build_model(cfg, widths["seq_dim"], widths["img_dim"], 5).parameters())
+
+
+def activation_bytes(cfg, widths: dict, width: int, *, batch: int = 1) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one training forward of
+    ``batch`` samples at ``width`` residues, counted on the CPU in float32 (parameters not
+    counted; each storage once). Per sample, this scales linearly with the batch."""
+    torch.manual_seed(0)
+    model = loop.build_model(cfg, widths["seq_dim"], widths["img_dim"], 5).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    img = torch.randn(batch, widths["image_tokens"], widths["img_dim"])
+    seq = torch.randn(batch, width, widths["seq_dim"])
+    mask = torch.ones(batch, width, dtype=torch.bool)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(img, seq, mask)
+    del out
+    return int(sum(seen.values()))
+
+
+def _run_workload(c, tr_len, va_len, widths) -> dict:
+    """Batches, FLOPs and the largest batch x width of one run at its max_epochs."""
+    pad = None if c.padding == "batch" else int(max(tr_len.max(), va_len.max()))
+    train = datasets.epoch_batches(tr_len, c, shuffle=True, seed=0, pad_to=pad)
+    val = datasets.epoch_batches(va_len, c, shuffle=False, seed=0, pad_to=pad)
+    largest = max(train, key=lambda b: len(b[0]) * b[1])
+    return {"steps_per_epoch": len(train), "val_batches": len(val),
+            "median_padded_width": int(np.median([w for _, w in train])),
+            "largest_batch": (len(largest[0]), int(largest[1])),
+            "flops_per_epoch": sum(3 * forward_flops(c, widths, len(i), w) for i, w in train)
+                               + sum(forward_flops(c, widths, len(i), w) for i, w in val)}
+
+
+def _seconds_on(kind: GpuKind, c, work: dict, n_params: int, act_per_sample: float) -> float:
+    """Modelled seconds of one run at max_epochs: FLOPs at the assumed fraction of the peak, bytes
+    (weights, optimizer, activations) at the assumed fraction of the bandwidth, and a fixed
+    overhead per step."""
+    peak = (kind.half_tflops if c.amp else kind.fp32_tflops) * 1e12 * ACHIEVED_FLOP_FRACTION
+    steps = work["steps_per_epoch"] + work["val_batches"]
+    batch, width = work["largest_batch"]
+    act = act_per_sample * batch * (work["median_padded_width"] / max(1, width))   # a typical step's
+    bytes_per_epoch = work["steps_per_epoch"] * (40 * n_params + 2 * act) + work["val_batches"] * (4 * n_params + act)
+    per_epoch = (work["flops_per_epoch"] / peak + bytes_per_epoch / (kind.bandwidth_gbs * 1e9 * ACHIEVED_BANDWIDTH_FRACTION)
+                 + steps * STEP_OVERHEAD_S)
+    return c.max_epochs * per_epoch
+
+
+def _disk(cfg_p, widths: dict, n_images: int, n_ckpt_params: list[int], mean_length: float) -> dict:
+    stream = bool(cfg_p.get("data", {}).get("stream"))
+    jpeg_mb, jpeg_src = HPA_JPEG_MB, "assumed 1.45 MB per image"
+    try:
+        sample = paths.reference_dir() / "hpa_ihc_sample.jpg"
+        jpeg_mb, jpeg_src = sample.stat().st_size / 1e6, f"measured on {sample.name} (one real HPA image)"
+    except OSError:
+        pass
+    gb = {"images": n_images * jpeg_mb / 1e3 * (0.05 if stream else 1.0),
+          "image store (float16)": n_images * widths["image_tokens"] * widths["img_dim"] * 2 / 1e9,   # tokens x grid
+          "sequence store (float16)": VISLOCAS_PROTEINS * mean_length * widths["seq_dim"] * 2 / 1e9,
+          "checkpoints": sum(4 * p for p in n_ckpt_params) / 1e9,
+          "resume state (largest run, while training)": 16 * max(n_ckpt_params) / 1e9,
+          **({"encoder weights (hub cache)": sum(ENCODER_WEIGHTS_GB.values())}
+             if cfg_p["embeddings"]["sequence"].get("pretrained") else {})}
+    return {"gb": {k: significant(v) for k, v in gb.items()}, "total_gb": significant(sum(gb.values())),
+            "basis": f"images: {n_images} JPEGs, {jpeg_src}" + ("; data.stream keeps thumbnails only (~5%)"
+                                                                   if stream else "")
+                     + "; stores: tokens x width x 2 bytes; checkpoints: 4 bytes per parameter; encoder "
+                       "weights: assumed sizes"}
+
+
+def gpu_estimate(profile: str = "full", kinds=None, *, data_root=None, reference=None,
+                 n_train: int | None = None, n_val: int | None = None) -> dict:
+    """Time, peak GPU memory and disk of a profile's training runs on named GPU kinds, without a GPU.
+
+    What is counted here: the runs (``profile.plan``), their batches and widths (the sequence
+    lengths of stage 01, else of the reference tables), FLOPs (``forward_flops``), parameters, and
+    the activations autograd keeps (counted on the CPU). What is assumed: each kind's data-sheet
+    figures, the achieved fractions of peak and bandwidth, the per-step overhead, the Colab
+    session lengths and download sizes; each is named in the result's ``assumptions``.
+    """
+    cfg_p = profiles.load_profile(profile)
+    kinds = list(GPU_KINDS) if kinds in (None, "all") else [kinds] if isinstance(kinds, str) else list(kinds)
+    unknown = [k for k in kinds if k not in GPU_KINDS]
+    if unknown:
+        raise ValueError(f"unknown GPU kind(s) {unknown} (known: {', '.join(GPU_KINDS)}, or all)")
+    widths = encoder_widths(cfg_p)
+    lengths, length_source = _dry_lengths(profile, data_root, reference)
+    lengths = np.minimum(lengths, int(cfg_p["embeddings"].get("max_residues", lengths.max())))
+    rng = np.random.default_rng(0)
+    n_tr, n_va = int(n_train or VISLOCAS_SIZES["train"]), int(n_val or VISLOCAS_SIZES["val"])
+    tr_len, va_len = rng.choice(lengths, n_tr), rng.choice(lengths, n_va)
+    folds = int(cfg_p.get("data", {}).get("split", {}).get("folds", 5) or 5)
+    runs = cfg_p.plan.all_training_runs(folds=folds)
+    per_cfg: dict[str, dict] = {}
+    out_runs = []
+    for r in runs:
+        c = r["train"]
+        key = c.hash()
+        if key not in per_cfg:
+            work = _run_workload(c, tr_len, va_len, widths)
+            batch, width = work["largest_batch"]
+            act1 = activation_bytes(c, widths, width)                 # one sample at the widest batch's width
+            n_params = _params(c, widths)
+            per_cfg[key] = {**work, "params": n_params, "activation_bytes_per_sample": act1,
+                            "seconds": {k: _seconds_on(GPU_KINDS[k], c, work, n_params, act1) for k in kinds}}
+        w = per_cfg[key]
+        out_runs.append({"run": r["run_id"], "config": r["config"], "seed": r["seed"], "epochs_max": c.max_epochs,
+                         "batch_size": c.batch_size, "steps_per_epoch": w["steps_per_epoch"],
+                         "median_padded_width": w["median_padded_width"], "amp": c.amp,
+                         "tflop_total": significant(c.max_epochs * w["flops_per_epoch"] / 1e12),
+                         "hours": {k: w["seconds"][k] / 3600 for k in kinds}})
+    # peak memory: the widest batch of any configuration, that configuration's seeds in lockstep
+    # (each seed's weights, gradients and AdamW moments: 16 bytes per parameter), its features resident
+    feat_bytes = 2 * (n_tr * widths["image_tokens"] * widths["img_dim"] + VISLOCAS_PROTEINS * float(np.mean(lengths))
+                      * widths["seq_dim"])
+    peak_parts = {}
+    for key, w in per_cfg.items():
+        batch, width = w["largest_batch"]
+        n_seeds = sum(1 for r in runs if r["train"].hash() == key)
+        parts = {"weights, gradients, AdamW state (16 B/parameter x runs of one configuration in lockstep)":
+                     16 * w["params"] * n_seeds,
+                 "activations kept for backward (largest batch x width, float32 count)":
+                     w["activation_bytes_per_sample"] * batch,
+                 "training features resident on the GPU (float16)": feat_bytes}
+        if sum(parts.values()) > sum(peak_parts.values() or [0]):
+            peak_parts = parts
+    peak_gib = sum(peak_parts.values()) / 2**30 + CUDA_CONTEXT_GIB
+    total_h = {k: sum(r["hours"][k] for r in out_runs) for k in kinds}
+    tiers = _tiers(out_runs, kinds)
+    per_kind = {}
+    for k in kinds:
+        g = GPU_KINDS[k]
+        fits_mem = peak_gib <= g.memory_gib
+        per_kind[k] = {"name": g.name, "hours": total_h[k], "peak_memory_gib": significant(peak_gib),
+                       "memory_gib": g.memory_gib, "fits_memory": fits_mem,
+                       "colab_session_h": g.colab_session_h, "colab_tier": g.colab_tier,
+                       "fits_one_session": fits_mem and total_h[k] <= g.colab_session_h,
+                       "tiers_that_fit": [t for t, h in tiers.items() if fits_mem and h[k] <= g.colab_session_h]}
+    ckpt_params = [per_cfg[r["train"].hash()]["params"] for r in runs if r["run_id"] in ("fusion.corrected",
+                                                                                          "fusion.authors")]
+    ckpt_params = list(dict.fromkeys(ckpt_params)) or [max(w["params"] for w in per_cfg.values())]
+    return {"profile": profile, "n_runs": len(out_runs), "runs": out_runs, "kinds": per_kind,
+            "tiers": {t: {k: v for k, v in h.items()} for t, h in tiers.items()},
+            "peak_memory_parts_gib": {k: significant(v / 2**30) for k, v in peak_parts.items()},
+            "disk": _disk(cfg_p, widths, sum(VISLOCAS_SIZES.values()), ckpt_params, float(np.mean(lengths))),
+            "n_train": n_tr, "n_val": n_va, "lengths": length_source, "feature_widths": widths,
+            "measured": ["runs, batches and padded widths (the profile's plan on the sequence lengths named in "
+                         "'lengths')", "FLOPs per batch (forward_flops: matmuls and attention)",
+                         "parameters and activations kept for backward (counted on this CPU, float32; "
+                         "bf16/fp16 autocast on a GPU keeps many of them at half size)",
+                         "JPEG size (one real HPA image, where shared/reference is present)"],
+            "assumptions": {"gpu figures": "vendors' data sheets: dense bf16/fp16 and TF32 (T4: fp32) tensor-core "
+                                           "peaks, memory size and bandwidth",
+                            "achieved fraction of peak FLOP/s": ACHIEVED_FLOP_FRACTION,
+                            "achieved fraction of bandwidth": ACHIEVED_BANDWIDTH_FRACTION,
+                            "overhead per step (s)": STEP_OVERHEAD_S,
+                            "CUDA context (GiB)": CUDA_CONTEXT_GIB,
+                            "colab sessions": {k: f"{GPU_KINDS[k].colab_session_h:g} h ({GPU_KINDS[k].colab_tier})"
+                                               for k in kinds},
+                            "encoder weights (GB)": ENCODER_WEIGHTS_GB,
+                            "epochs": "every run to max_epochs (early stopping ends corrected runs sooner)",
+                            "not included": "feature extraction (notebook 02), baselines, evaluation, downloads"}}
+
+
+def _tiers(out_runs: list[dict], kinds) -> dict:
+    """Hours of the same profile with fewer seeds (``training.seeds`` in a copy of it), to say which
+    smaller tier fits one session: every run whose seed is among the first n seeds of its configuration."""
+    seeds: dict[str, list] = {}
+    for r in out_runs:
+        seeds.setdefault(r["config"], [])
+        if r["seed"] not in seeds[r["config"]]:
+            seeds[r["config"]].append(r["seed"])
+    most = max(len(v) for v in seeds.values())
+    out = {}
+    for n in sorted({most, min(3, most), 1}, reverse=True):
+        sel = [r for r in out_runs if r["seed"] in seeds[r["config"]][:n]]
+        name = "the profile as it is" if n == most else f"first {n} seed{'s' if n > 1 else ''} (training.seeds)"
+        out[name] = {k: sum(r["hours"][k] for r in sel) for k in kinds}
+    return out
