@@ -41,11 +41,27 @@ def composition_matrix(seqs) -> np.ndarray:
 
 
 def fit_logreg(X: np.ndarray, Y: np.ndarray, C: float = 1.0, seed: int = 0):
-    """One-vs-rest logistic regression on standardised features; returns a predict_proba fn."""
-    clf = make_pipeline(StandardScaler(), OneVsRestClassifier(
-        LogisticRegression(C=C, max_iter=3000, random_state=seed)))
-    clf.fit(X, Y)
-    return lambda Xn: np.asarray(clf.predict_proba(Xn))
+    """One-vs-rest logistic regression on standardised features; returns a predict_proba fn.
+
+    A label with a single value in training (no positive protein in a small split) gets that
+    value as its probability, as scikit-learn's one-vs-rest would give it, without its warning."""
+    Y = np.asarray(Y)
+    varies = ~np.all(Y == Y[:1], axis=0)
+    clf = None
+    if varies.any():
+        clf = make_pipeline(StandardScaler(), OneVsRestClassifier(
+            LogisticRegression(C=C, max_iter=3000, random_state=seed)))
+        # one varying label: a 2-D one-column target would be read as binary, not multi-label
+        clf.fit(X, Y[:, varies] if varies.sum() > 1 else Y[:, varies].ravel())
+
+    def predict_proba(Xn):
+        out = np.tile(Y[0].astype(np.float64), (len(Xn), 1))
+        if clf is not None:
+            p = np.asarray(clf.predict_proba(Xn))
+            out[:, varies] = p if varies.sum() > 1 else p[:, 1:]
+        return out
+
+    return predict_proba
 
 
 class MLPHead(nn.Module):
