@@ -5,16 +5,18 @@
 #   bash run_all.sh --profile full     # paper scale: GPU + internet (Colab)
 #   bash run_all.sh --dry-run --profile full --device cuda   # time/memory estimate, runs nothing
 #   bash run_all.sh --test             # install the test extras and run pytest (notebooks included)
+#   bash run_all.sh --lab              # install the [lab] extra and open JupyterLab on the project
 #
 # Options: --profile NAME  --seed N  --device auto|cpu|cuda|cuda:N|mps  --data-root DIR  --mirror URL
 #          --no-venv (use the current Python, e.g. on Colab; automatic there)
-#          --pinned (install the exact versions of constraints.txt)  --dry-run  --test
+#          --pinned (install the exact versions of constraints.txt)  --dry-run  --test  --lab
+#          --lab -- ARGS: ARGS go to `jupyter lab` (e.g. -- --port 8890 --ip 0.0.0.0)
 # Exit codes: 0 ok, 1 a stage (or a test) failed, 2 bad arguments or profile, 130 interrupted.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 die() { echo "run_all.sh: $*" >&2; exit 2; }   # bad arguments: one line, before any work
-profile=demo seed=0 device=auto data_root="" mirror="" mode=run use_venv=1 pinned=0
+profile=demo seed=0 device=auto data_root="" mirror="" mode=run use_venv=1 pinned=0 lab_args=()
 [ -n "${COLAB_RELEASE_TAG:-}" ] && use_venv=0   # Colab: keep its CUDA torch, no venv
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,7 +31,10 @@ while [ $# -gt 0 ]; do
     --pinned) pinned=1; shift ;;
     --test) mode=test; shift ;;
     --dry-run) mode=dry-run; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --lab) mode=lab; shift ;;
+    --) [ "$mode" = lab ] || die "arguments after -- go to jupyter lab: use them with --lab"
+        shift; lab_args=("$@"); break ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
@@ -40,7 +45,7 @@ done
 
 # -- environment: a local venv from pyproject.toml, reinstalled only when the declaration changes.
 # The install stamp lives in the project (.proloc/), never in the Python's own prefix (/usr on Colab).
-extras=""; [ "$mode" = test ] && extras="[test]"
+extras=""; [ "$mode" = test ] && extras="[test]"; [ "$mode" = lab ] && extras="[lab]"
 if [ "$use_venv" = 1 ]; then
   venv="${PROLOC_VENV:-.venv}"
   [ -x "$venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$venv"
@@ -51,7 +56,7 @@ fi
 constraints=(); [ "$pinned" = 1 ] && constraints=(-c constraints.txt)
 key="$( { cat pyproject.toml; [ "$pinned" = 1 ] && cat constraints.txt; "$py" -c 'import sys; print(sys.executable)'; } \
         | sha256sum | cut -c1-16)"
-stamp=".proloc/install-$key${extras:+-test}"
+stamp=".proloc/install-$key${extras:+-${mode}}"
 if [ ! -f "$stamp" ]; then
   echo "== installing proloc-ihs$extras into $("$py" -c 'import sys; print(sys.prefix)')"
   # pip is upgraded only inside our own venv: nothing outside the project changes
@@ -67,6 +72,14 @@ if [ "$mode" = test ]; then
   MPLBACKEND=Agg "$py" -m pytest
   # the encoder and tokenizer tests again under other admitted transformers (overlay installs)
   exec bash .ci/transformers_versions.sh "$py"
+fi
+if [ "$mode" = lab ]; then
+  # the project root as the lab's root (notebooks/, executed/, figures/ one click away); as root
+  # (Docker, some clusters) jupyter refuses to start without --allow-root; no browser to open headless
+  lab=(--ServerApp.root_dir="$PWD")
+  [ "$(id -u)" = 0 ] && lab+=(--allow-root)
+  [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] && [ "$(uname -s)" != Darwin ] && lab+=(--no-browser)
+  exec "$py" -m jupyter lab "${lab[@]}" ${lab_args[@]+"${lab_args[@]}"}
 fi
 if [ "$mode" = dry-run ]; then
   exec "$py" -m proloc_lib dry-run --profile "$profile" --device "$device"
