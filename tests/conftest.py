@@ -26,3 +26,20 @@ def offline():
     except requests.RequestException:
         return
     pytest.skip("this machine is online; the offline behaviour cannot be checked here")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """Run 01..05 once on `smoke` into a temporary data and figures root, as `proloc run` does.
+    Returns (stage folders, figures folder, executed notebooks)."""
+    from proloc_lib.stages.runner import execute_notebook
+
+    base = tmp_path_factory.mktemp("smoke")
+    data_root, fig_root, executed = base / "data", base / "figures", base / "executed"
+    executed.mkdir()
+    for path in sorted((ROOT / "notebooks").glob("0[1-5]_*.ipynb")):
+        params = {"profile": "smoke", "seed": 0, "device": "cpu", "data_root": str(data_root)}
+        if path.stem == "05_figures":
+            params["figures_root"] = str(fig_root)
+        execute_notebook(path, executed / path.name, params, progress=False)
+    return data_root / "smoke", fig_root / "smoke", executed

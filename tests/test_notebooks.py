@@ -29,20 +29,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
         assert f"{name} =" in first_code.source
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """Run 01..05 once on `smoke` into a temporary data and figures root, as `proloc run` does."""
-    from proloc_lib.stages.runner import execute_notebook
-
-    base = tmp_path_factory.mktemp("smoke")
-    data_root, fig_root, executed = base / "data", base / "figures", base / "executed"
-    executed.mkdir()
-    for path in NOTEBOOKS:
-        params = {"profile": "smoke", "seed": 0, "device": "cpu", "data_root": str(data_root)}
-        if path.stem == "05_figures":
-            params["figures_root"] = str(fig_root)
-        execute_notebook(path, executed / path.name, params, progress=False)
-    return data_root / "smoke", fig_root / "smoke", executed
+# smoke_run (01..05 executed once on `smoke`) is in conftest.py, shared with tests/stages/
 
 
 def test_smoke_run_writes_every_stage_with_manifests(smoke_run):
