@@ -8,10 +8,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
-from proloc_lib.core.runs import display_name
+from proloc_lib.core.runs import display_name, kind
 from proloc_lib.data.images import load_image
-from proloc_lib.evaluation.metrics import calibration, f1_at_thresholds
+from proloc_lib.evaluation.metrics import DISPLAY_NAMES, calibration, f1_at_thresholds
 
 
 def set_style():
@@ -148,6 +149,7 @@ def training_curves(history: pd.DataFrame):
         h = history[history["model"] == name]
         long = h.melt(id_vars="epoch", value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss")
         sns.lineplot(data=long, x="epoch", y="loss", hue="split", marker="o", ax=ax)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # epochs are whole numbers
         best = h.loc[h["best"].astype(bool), "epoch"]
         if len(best):
             ax.axvline(int(best.iloc[0]), color="gray", ls="--", lw=1, label="selected epoch")
@@ -334,4 +336,178 @@ def image_examples(images: pd.DataFrame, proteins: pd.DataFrame, labels: list[st
         on = [lab for lab in labels if by_id.loc[row.protein_id, lab]]
         ax.set_title("\n".join(on) or "none", fontsize=8)
     fig.suptitle(("SYNTHETIC images. " if synthetic else "") + "One image per protein", fontsize=9)
+    return fig
+
+
+# -- what a biologist looks for first ---------------------------------------------------------------
+FAMILIES = {"fusion": ("fusion model", "Blues_d"), "cv": ("fusion model", "Blues_d"),
+            "baseline": ("baselines", "Oranges_d"), "control": ("controls", "Greys"),
+            "ablation": ("ablations", "Greens_d"), "resplit": ("fusion model", "Blues_d")}
+
+
+def _family(model: str) -> str:
+    try:
+        return kind(model)
+    except ValueError:
+        return "other"
+
+
+def family_colors(models: list[str]) -> dict[str, tuple]:
+    """One palette per model family (fusion configurations blue, baselines orange, controls grey),
+    shades within it, so a family reads as one group."""
+    out = {}
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        groups.setdefault(FAMILIES.get(_family(m), ("other", "Purples_d"))[0], []).append(m)
+    palettes = {label: pal for label, pal in FAMILIES.values()}
+    for label, members in groups.items():
+        shades = sns.color_palette(palettes.get(label, "Purples_d"), n_colors=len(members) + 1)
+        out.update({m: shades[i + (1 if palettes.get(label) == "Greys" else 0)] for i, m in enumerate(members)})
+    return out
+
+
+def metric_bars_by_family(results: pd.DataFrame, models: list[str], metric_names: list[str], *,
+                          level: str = "protein", split: str = "test"):
+    """The main metrics per model: bars at the mean over seeds, one dot per seed, a line from min to
+    max; models grouped and coloured by family (fusion, baselines, controls)."""
+    sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")
+                  & results["metric"].isin(metric_names) & results["model"].isin(models)]
+    order = sorted(models, key=lambda m: (list(FAMILIES).index(_family(m)) if _family(m) in FAMILIES else 99,
+                                          models.index(m)))
+    order = [m for m in order if m in set(sel["model"])]
+    metric_names = [n for n in metric_names if n in set(sel["metric"])]
+    colors = family_colors(order)
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    width = 0.84 / max(1, len(order))
+    n_seeds = 0
+    for i, model in enumerate(order):
+        x0 = np.arange(len(metric_names)) - 0.42 + width * (i + 0.5)
+        for j, metric in enumerate(metric_names):
+            vals = sel[(sel["model"] == model) & (sel["metric"] == metric)]["value"].dropna().to_numpy()
+            if not len(vals):
+                continue
+            n_seeds = max(n_seeds, len(vals))
+            ax.bar(x0[j], vals.mean(), width * 0.92, color=colors[model], label=_name(model) if j == 0 else None)
+            if len(vals) > 1:
+                ax.plot([x0[j]] * 2, [vals.min(), vals.max()], color="black", lw=0.8)
+                ax.scatter(np.full(len(vals), x0[j]), vals, s=7, color="black", zorder=3)
+    ax.set_xticks(np.arange(len(metric_names)), [metrics_display(n) for n in metric_names])
+    ax.set(ylabel=f"score ({level} level, {split})", ylim=(0, 1.02),
+           title=f"bars: mean over seeds; dots: each seed (up to {n_seeds}); line: min to max")
+    handles, labels = ax.get_legend_handles_labels()
+    # the legend in family blocks, each headed by its family's name
+    blocks, seen = [], set()
+    for m, h, lab in zip(order, handles, labels):
+        fam = FAMILIES.get(_family(m), ("other", ""))[0]
+        if fam not in seen:
+            seen.add(fam)
+            blocks.append((plt.Line2D([], [], color="none"), fam.upper()))
+        blocks.append((h, lab))
+    ax.legend([h for h, _ in blocks], [t for _, t in blocks], fontsize=7.5, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), handlelength=1.2)
+    return fig
+
+
+def metrics_display(name: str) -> str:
+    return DISPLAY_NAMES.get(name, name)
+
+
+def label_counts(proteins: pd.DataFrame, images: pd.DataFrame, labels: list[str]):
+    """Proteins and images per label and split (bars labelled with their counts)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    order = [s for s in ("train", "val", "test") if s in set(proteins["split"])]
+    # an image counts for its protein's labels and split
+    img = images[["protein_id"]].merge(proteins[["protein_id", "split", *labels]], on="protein_id")
+    for ax, table, what in ((axes[0], proteins, "proteins"), (axes[1], img, "images")):
+        counts = pd.DataFrame({s: table[table["split"] == s][labels].astype(int).sum() for s in order})
+        counts.plot.bar(ax=ax, color=sns.color_palette("colorblind", n_colors=len(order)), width=0.8, rot=0)
+        for cont in ax.containers:
+            ax.bar_label(cont, fontsize=7, padding=1)
+        ax.set_xticks(range(len(labels)), [lab.replace(" ", "\n") for lab in labels], fontsize=9)
+        sizes = ", ".join(f"{s} {int((table['split'] == s).sum())}" for s in order)
+        ax.set(xlabel="", ylabel=f"{what} with the label", title=f"{what} per label and split ({sizes})")
+        ax.legend(title="split", fontsize=8)
+    return fig
+
+
+def confusion_counts(pred: pd.DataFrame, labels: list[str], model: str, level: str = "protein",
+                     split: str = "test") -> pd.DataFrame:
+    """Per label: true/false positives and negatives of ``model``'s calls at its chosen thresholds
+    (``p >= t``, first seed), with the threshold itself."""
+    s = _slice(pred, model, level, split)
+    rows = []
+    for lab in labels:
+        y = s[f"y:{lab}"].to_numpy().astype(int)
+        call = (s[f"p:{lab}"] >= s[f"t:{lab}"]).to_numpy().astype(int)
+        rows.append({"label": lab, "threshold": float(s[f"t:{lab}"].iloc[0]) if len(s) else np.nan,
+                     "TP": int(((call == 1) & (y == 1)).sum()), "FN": int(((call == 0) & (y == 1)).sum()),
+                     "FP": int(((call == 1) & (y == 0)).sum()), "TN": int(((call == 0) & (y == 0)).sum())})
+    return pd.DataFrame(rows).set_index("label")
+
+
+def confusion_grid(counts: pd.DataFrame, model: str, level: str = "protein", split: str = "test"):
+    """One 2 x 2 panel per label: rows the truth, columns the call, cells the counts."""
+    fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts), 3.6), squeeze=False)
+    for ax, (lab, r) in zip(axes[0], counts.iterrows()):
+        mat = np.array([[r["TP"], r["FN"]], [r["FP"], r["TN"]]], dtype=int)
+        sns.heatmap(mat, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax, vmin=0, square=True,
+                    xticklabels=["called", "not called"], yticklabels=["has it", "lacks it"])
+        ax.set_title(f"{lab}\n(threshold {r['threshold']:.2f})", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{_name(model)}: calls against the truth per label ({level}s, {split})", fontsize=10)
+    return fig
+
+
+def roc_curves(pred: pd.DataFrame, labels: list[str], models: list[str], level: str = "protein",
+               split: str = "test"):
+    """ROC curve per label (one panel each) with its AUC, one line per model; a label without a
+    positive (or negative) in the split is marked undefined."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    colors = family_colors(models)
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.5), sharey=True, squeeze=False)
+    for ax, lab in zip(axes[0], labels):
+        ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
+        for model in models:
+            s = _slice(pred, model, level, split)
+            y = s[f"y:{lab}"].to_numpy()
+            if len(set(y)) < 2:
+                continue
+            fpr, tpr, _ = roc_curve(y, s[f"p:{lab}"])
+            ax.plot(fpr, tpr, lw=1.3, color=colors[model],
+                    label=f"{_name(model)} (AUC {roc_auc_score(y, s[f'p:{lab}']):.2f})")
+        if ax.lines[1:]:
+            ax.legend(fontsize=6, loc="lower right")
+        else:
+            ax.text(0.5, 0.5, "undefined:\none class only", ha="center", fontsize=8, color="dimgray")
+        ax.set(title=lab, xlabel="false positive rate", xlim=(0, 1), ylim=(0, 1.02))
+    axes[0][0].set_ylabel(f"true positive rate ({level}, {split})")
+    return fig
+
+
+def prediction_gallery(examples: list[dict], labels: list[str], *, synthetic: bool):
+    """One test image per protein with its true labels and the model's calls: each label marked
+    correct (called and true, or neither), missed (true, not called) or wrong (called, not true)."""
+    n = len(examples)
+    fig, axes = plt.subplots(2, n, figsize=(2.9 * n, 4.6), squeeze=False, gridspec_kw={"height_ratios": [3, 1.3]})
+    for ax, text_ax, ex in zip(axes[0], axes[1], examples):
+        text_ax.axis("off")
+        ax.imshow(ex["image"])
+        ax.axis("off")
+        lines, all_right = [], True
+        for lab in labels:
+            truth, call = bool(ex["truth"][lab]), bool(ex["calls"][lab])
+            if truth and call:
+                lines.append(("✓ " + lab, "forestgreen"))
+            elif truth:
+                lines.append(("✗ missed: " + lab, "firebrick"))
+            elif call:
+                lines.append(("✗ wrong: " + lab, "firebrick"))
+            all_right &= truth == call
+        ax.set_title(f"{ex['protein_id']}  {'all right' if all_right else 'errors'}", fontsize=8.5,
+                     color="forestgreen" if all_right else "firebrick")
+        for k, (text, color) in enumerate(lines or [("no label, none called", "forestgreen")]):
+            text_ax.text(0.0, 1.0 - 0.2 * k, text, transform=text_ax.transAxes, fontsize=7.5, color=color, va="top")
+    fig.suptitle(("SYNTHETIC images. " if synthetic else "") + f"{examples[0]['model'] if examples else ''}: "
+                 "test proteins, one image each; ✓ called and true, ✗ missed or wrong", fontsize=9)
     return fig

@@ -68,11 +68,66 @@ class FiguresStage(Stage):
                               note="Image level: paper's formulas (F1_paper = 2PR/(P+R) of averaged P, R). "
                                    "Protein level: standard example-based metrics. Mean ± sd over seeds.")
 
+    def main_table_views(self) -> tuple:
+        """The main table as two narrower tables, image level and protein level, whose cells do not
+        wrap (for reading in a notebook; main_table.csv keeps every column in one table)."""
+        main = tables.main_table(self.results, models=self.table_models)
+        views = []
+        for level, title in (("image", "Image level, the paper's formulas"),
+                             ("protein", "Protein level, the standard metrics")):
+            cols = [c for c in main.columns if c.startswith(f"{level} · ")]
+            if not cols:
+                continue
+            part = main[cols].rename(columns=lambda c: c.split(" · ", 1)[1])
+            if level == "image":     # models scored only per protein have no image-level row
+                part = part[~(part.drop(columns="n", errors="ignore") == "—").all(axis=1)]
+            views.append(part.style.set_uuid(f"main_{level}")
+                         .set_caption(f"{title} (test, mean ± sd over seeds). {self.caption}")
+                         .set_table_styles([{"selector": "td, th", "props": "white-space: nowrap; padding: 2px 8px;"},
+                                            {"selector": "caption", "props": "caption-side: top; text-align: left; "
+                                                                             "font-weight: bold;"}]))
+        return tuple(views)
+
+    def label_counts(self) -> None:
+        """Proteins and images per label in each split."""
+        images = pd.read_parquet(self.data_dir / "images.parquet")
+        self.out.figure("label_counts", figures.label_counts(self.proteins, images, self.labels))
+
+    def confusion(self) -> pd.DataFrame:
+        """Per label: the corrected model's calls at its chosen thresholds against the truth (counts),
+        and the ROC curves of the main models."""
+        counts = figures.confusion_counts(self.pred, self.labels, CORRECTED)
+        self.out.figure("confusion", figures.confusion_grid(counts, CORRECTED))
+        self.out.figure("roc_curves", figures.roc_curves(self.pred, self.labels, self.main_models))
+        return self.out.table("confusion_counts", counts.round(3),
+                              note=f"{runs.display_name(CORRECTED)}, first seed, test proteins; call: p >= the "
+                                   "label's threshold chosen on validation.")
+
+    def prediction_gallery(self, n: int = 6) -> None:
+        """A few test proteins, one image each, with their true labels and the corrected model's
+        calls (first seed): up to half of them proteins with an error, the rest all right."""
+        test = self._test_proteins()
+        s = test[test["model"] == CORRECTED]
+        s = s[s["seed"] == s["seed"].min()].sort_values("protein_id")
+        calls = {lab: s[f"p:{lab}"] >= s[f"t:{lab}"] for lab in self.labels}
+        wrong = pd.concat([calls[lab] != s[f"y:{lab}"].astype(bool) for lab in self.labels], axis=1).any(axis=1)
+        picked = pd.concat([s[wrong].head(n // 2), s[~wrong]]).head(n).sort_values("protein_id")
+        images = pd.read_parquet(self.data_dir / "images.parquet")
+        first_image = images[images["split"] == "test"].groupby("protein_id")["path"].first()
+        examples = [{"protein_id": r["protein_id"], "model": runs.display_name(CORRECTED),
+                     "image": load_image(self.profile_dir / first_image[r["protein_id"]]),
+                     "truth": {lab: r[f"y:{lab}"] for lab in self.labels},
+                     "calls": {lab: r[f"p:{lab}"] >= r[f"t:{lab}"] for lab in self.labels}}
+                    for _, r in picked.iterrows() if r["protein_id"] in first_image.index]
+        if examples:
+            self.out.figure("prediction_gallery", figures.prediction_gallery(
+                examples, self.labels, synthetic=bool(self.cfg["provenance"].get("synthetic_images"))))
+
     def metrics_by_level(self) -> pd.DataFrame:
         """The main metrics as bars, and every metric per level (mean ± sd over seeds)."""
         main = self.results[self.results["model"].isin(self.main_models)]
-        self.out.figure("main_metrics", figures.overall_bars(tables.paper_table(
-            main, metric_names=["absolute_true", "accuracy", "f1", "f1_paper", "micro_f1", "macro_f1"])))
+        self.out.figure("main_metrics", figures.metric_bars_by_family(
+            main, self.main_models, ["absolute_true", "accuracy", "f1", "f1_paper", "micro_f1", "macro_f1"]))
         levels = [lvl for lvl in ("image", "protein") if (self.results["level"] == lvl).any()]
         shown = self.results[self.results["model"].isin(self.table_models)]
         return pd.concat({lvl: self.out.table(
@@ -213,6 +268,9 @@ class FiguresStage(Stage):
         self.split_variation()
         self.permutation_control()
         self.cooccurrence()
+        self.label_counts()
+        self.confusion()
+        self.prediction_gallery()
         self.training_curves()
         self.attention_maps()
         self.ablations()
