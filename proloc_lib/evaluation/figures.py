@@ -488,10 +488,15 @@ def roc_curves(pred: pd.DataFrame, labels: list[str], models: list[str], level: 
 def prediction_gallery(examples: list[dict], labels: list[str], *, synthetic: bool):
     """One test image per protein with its true labels and the model's calls: each label marked
     correct (called and true, or neither), missed (true, not called) or wrong (called, not true)."""
-    n = len(examples)
-    fig, axes = plt.subplots(2, n, figsize=(2.9 * n, 4.6), squeeze=False, gridspec_kw={"height_ratios": [3, 1.3]})
-    for ax, text_ax, ex in zip(axes[0], axes[1], examples):
-        text_ax.axis("off")
+    cols = min(3, max(1, len(examples)))
+    rows = -(-len(examples) // cols)
+    # three proteins a row: images large enough to read at notebook width, each with its label list below
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(3.4 * cols, 4.4 * rows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1.2] * rows})
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, ex in enumerate(examples):
+        ax, text_ax = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
         ax.imshow(ex["image"])
         ax.axis("off")
         lines, all_right = [], True
@@ -504,10 +509,10 @@ def prediction_gallery(examples: list[dict], labels: list[str], *, synthetic: bo
             elif call:
                 lines.append(("✗ wrong: " + lab, "firebrick"))
             all_right &= truth == call
-        ax.set_title(f"{ex['protein_id']}  {'all right' if all_right else 'errors'}", fontsize=8.5,
+        ax.set_title(f"{ex['protein_id']}  {'all right' if all_right else 'errors'}", fontsize=10,
                      color="forestgreen" if all_right else "firebrick")
         for k, (text, color) in enumerate(lines or [("no label, none called", "forestgreen")]):
-            text_ax.text(0.0, 1.0 - 0.2 * k, text, transform=text_ax.transAxes, fontsize=7.5, color=color, va="top")
+            text_ax.text(0.0, 1.0 - 0.2 * k, text, transform=text_ax.transAxes, fontsize=9, color=color, va="top")
     fig.suptitle(("SYNTHETIC images. " if synthetic else "") + f"{examples[0]['model'] if examples else ''}: "
-                 "test proteins, one image each; ✓ called and true, ✗ missed or wrong", fontsize=9)
+                 "test proteins, one image each; ✓ called and true, ✗ missed or wrong", fontsize=10)
     return fig

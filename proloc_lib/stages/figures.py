@@ -21,6 +21,7 @@ from proloc_lib.training.checkpoint import Checkpoint
 
 CORRECTED, AUTHORS = runs.FUSION_CORRECTED, runs.FUSION_AUTHORS
 FULL_BOOTSTRAP = 2000   # the full profile's resamples; fewer are said in every table
+NBSP = "\u00a0"
 
 
 class FiguresStage(Stage):
@@ -81,6 +82,11 @@ class FiguresStage(Stage):
             part = main[cols].rename(columns=lambda c: c.split(" · ", 1)[1])
             if level == "image":     # models scored only per protein have no image-level row
                 part = part[~(part.drop(columns="n", errors="ignore") == "—").all(axis=1)]
+            # non-breaking spaces: "0.856 ± 0.005" stays on one line even where a viewer drops the
+            # style block (JupyterLab does for notebooks it does not trust)
+            part = part.map(lambda v: str(v).replace(" ", NBSP))
+            part.index = [str(m).replace(" ", NBSP) for m in part.index]
+            part.columns = [str(c).replace(" ", NBSP) for c in part.columns]
             views.append(part.style.set_uuid(f"main_{level}")
                          .set_caption(f"{title} (test, mean ± sd over seeds). {self.caption}")
                          .set_table_styles([{"selector": "td, th", "props": "white-space: nowrap; padding: 2px 8px;"},

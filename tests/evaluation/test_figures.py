@@ -113,7 +113,7 @@ def test_gallery_marks_each_label_right_missed_or_wrong(truth, calls, title, mar
     ex = {"protein_id": "P1", "model": "fusion (corrected)", "image": Image.new("RGB", (32, 32)),
           "truth": truth, "calls": calls}
     fig = figures.prediction_gallery([ex], LABELS, synthetic=True)
-    ax, text_ax = fig.axes
+    ax, text_ax = fig.axes[:2]
     assert title in ax.get_title() and [t.get_text() for t in text_ax.texts] == marks
     assert fig._suptitle.get_text().startswith("SYNTHETIC images.")
     plt.close(fig)

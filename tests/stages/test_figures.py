@@ -10,9 +10,20 @@ def test_main_table_shows_as_two_unwrapped_tables_and_its_csv_is_unchanged(smoke
     stage = FiguresStage("smoke", data_root=stages.parent, figures_root=figs.parent / "unused")
     main = stage.main_table()
     image, protein = stage.main_table_views()
-    assert list(image.data.columns) == [c.split(" · ", 1)[1] for c in main.columns if c.startswith("image · ")]
-    assert list(protein.data.columns) == [c.split(" · ", 1)[1] for c in main.columns if c.startswith("protein · ")]
-    assert set(protein.data.index) == set(main.index)
+
+    def plain(items):
+        return [str(x).replace("\u00a0", " ") for x in items]
+
+    assert plain(image.data.columns) == [c.split(" · ", 1)[1] for c in main.columns if c.startswith("image · ")]
+    assert plain(protein.data.columns) == [c.split(" · ", 1)[1] for c in main.columns if c.startswith("protein · ")]
+    assert set(plain(protein.data.index)) == set(main.index)
+    # every cell unbreakable ("0.856 ± 0.005" on one line), the values those of the main table
+    for view, level in ((image, "image"), (protein, "protein")):
+        assert not any(" " in str(v) for v in view.data.to_numpy().ravel())
+        row = plain(view.data.index).index(main.index[-1]) if main.index[-1] in plain(view.data.index) else None
+        if row is not None:
+            assert plain(view.data.iloc[row]) == [str(v) for v in main.loc[main.index[-1], [
+                c for c in main.columns if c.startswith(f"{level} · ")]]]
     # models scored only per protein (sequence baselines, MIL) have no image-level row to show
     assert not (image.data.drop(columns="n") == "—").all(axis=1).any()
     html = image.to_html() + protein.to_html()
