@@ -21,7 +21,7 @@ from proloc_lib.training.checkpoint import Checkpoint
 
 CORRECTED, AUTHORS = runs.FUSION_CORRECTED, runs.FUSION_AUTHORS
 FULL_BOOTSTRAP = 2000   # the full profile's resamples; fewer are said in every table
-NBSP = "\u00a0"
+NBSP, NBHYPHEN = "\u00a0", "\u2011"
 
 
 class FiguresStage(Stage):
@@ -70,24 +70,30 @@ class FiguresStage(Stage):
                                    "Protein level: standard example-based metrics. Mean ± sd over seeds.")
 
     def main_table_views(self) -> tuple:
-        """The main table as two narrower tables, image level and protein level, whose cells do not
-        wrap (for reading in a notebook; main_table.csv keeps every column in one table)."""
+        """The main table as three narrower tables whose cells do not wrap, for reading in a notebook
+        window (main_table.csv keeps every column in one table): image level with the paper's
+        example-based formulas, image level micro-averaged over labels (the primed metrics), and
+        protein level with the standard metrics."""
         main = tables.main_table(self.results, models=self.table_models)
+        short = {c: c.split(" · ", 1)[1] for c in main.columns}
+        parts = (("image", lambda c: not short[c].endswith("'"), "Image level, the paper's formulas"),
+                 ("image", lambda c: short[c].endswith("'") or short[c] == "n",
+                  "Image level, micro-averaged over labels"),
+                 ("protein", lambda c: True, "Protein level, the standard metrics"))
         views = []
-        for level, title in (("image", "Image level, the paper's formulas"),
-                             ("protein", "Protein level, the standard metrics")):
-            cols = [c for c in main.columns if c.startswith(f"{level} · ")]
-            if not cols:
+        for k, (level, keep, title) in enumerate(parts):
+            cols = [c for c in main.columns if c.startswith(f"{level} · ") and keep(c)]
+            if len(cols) < 2:
                 continue
-            part = main[cols].rename(columns=lambda c: c.split(" · ", 1)[1])
+            part = main[cols].rename(columns=short)
             if level == "image":     # models scored only per protein have no image-level row
                 part = part[~(part.drop(columns="n", errors="ignore") == "—").all(axis=1)]
-            # non-breaking spaces: "0.856 ± 0.005" stays on one line even where a viewer drops the
-            # style block (JupyterLab does for notebooks it does not trust)
+            # non-breaking spaces and hyphens: "0.856 ± 0.005" stays on one line even where a viewer
+            # drops the style block (JupyterLab does for notebooks it does not trust)
             part = part.map(lambda v: str(v).replace(" ", NBSP))
-            part.index = [str(m).replace(" ", NBSP) for m in part.index]
+            part.index = [str(m).replace(" ", NBSP).replace("-", NBHYPHEN) for m in part.index]
             part.columns = [str(c).replace(" ", NBSP) for c in part.columns]
-            views.append(part.style.set_uuid(f"main_{level}")
+            views.append(part.style.set_uuid(f"main_{k}_{level}")
                          .set_caption(f"{title} (test, mean ± sd over seeds). {self.caption}")
                          .set_table_styles([{"selector": "td, th", "props": "white-space: nowrap; padding: 2px 8px;"},
                                             {"selector": "caption", "props": "caption-side: top; text-align: left; "

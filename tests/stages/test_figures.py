@@ -5,30 +5,31 @@ import pandas as pd
 from proloc_lib.stages.figures import FiguresStage
 
 
-def test_main_table_shows_as_two_unwrapped_tables_and_its_csv_is_unchanged(smoke_run):
+def test_main_table_shows_as_three_unwrapped_tables_and_its_csv_is_unchanged(smoke_run):
     stages, figs, _ = smoke_run
     stage = FiguresStage("smoke", data_root=stages.parent, figures_root=figs.parent / "unused")
     main = stage.main_table()
-    image, protein = stage.main_table_views()
+    views = stage.main_table_views()
 
     def plain(items):
-        return [str(x).replace("\u00a0", " ") for x in items]
+        return [str(x).replace("\u00a0", " ").replace("\u2011", "-") for x in items]
 
-    assert plain(image.data.columns) == [c.split(" · ", 1)[1] for c in main.columns if c.startswith("image · ")]
-    assert plain(protein.data.columns) == [c.split(" · ", 1)[1] for c in main.columns if c.startswith("protein · ")]
-    assert set(plain(protein.data.index)) == set(main.index)
-    # every cell unbreakable ("0.856 ± 0.005" on one line), the values those of the main table
-    for view, level in ((image, "image"), (protein, "protein")):
+    # every column of the main table is in exactly one view (n once per view), with the same cells
+    shown = [(view, view.caption.split(" ", 1)[0].lower()) for view in views]      # "Image level, ..."
+    assert len(views) == 3 and [lvl for _, lvl in shown] == ["image", "image", "protein"]
+    columns = [f"{lvl} · {c}" for view, lvl in shown for c in plain(view.data.columns) if c != "n"]
+    assert sorted(columns) == sorted(c for c in main.columns if not c.endswith(" · n"))
+    assert all(len(view.data.columns) <= 7 for view in views)          # fits a notebook window
+    for view, level in shown:
         assert not any(" " in str(v) for v in view.data.to_numpy().ravel())
-        row = plain(view.data.index).index(main.index[-1]) if main.index[-1] in plain(view.data.index) else None
-        if row is not None:
-            assert plain(view.data.iloc[row]) == [str(v) for v in main.loc[main.index[-1], [
-                c for c in main.columns if c.startswith(f"{level} · ")]]]
+        for model, row in zip(plain(view.data.index), view.data.itertuples(index=False)):
+            cols = [f"{level} · {c}" for c in plain(view.data.columns)]
+            assert plain(row) == [str(v) for v in main.loc[model, cols]]
     # models scored only per protein (sequence baselines, MIL) have no image-level row to show
-    assert not (image.data.drop(columns="n") == "—").all(axis=1).any()
-    html = image.to_html() + protein.to_html()
-    assert html.count("white-space: nowrap") >= 2 and "SYNTHETIC" in html
-    assert "T_main_image" in html and "T_main_protein" in html            # fixed ids: reruns compare equal
+    assert not (views[0].data.drop(columns="n") == "—").all(axis=1).any()
+    html = "".join(v.to_html() for v in views)
+    assert html.count("white-space: nowrap") >= 3 and "SYNTHETIC" in html
+    assert "T_main_0_image" in html and "T_main_2_protein" in html     # fixed ids: reruns compare equal
     csv = pd.read_csv(figs / "main_table.csv")
     assert list(csv.columns) == ["model", *main.columns, "provenance"]
 
