@@ -460,12 +460,13 @@ def confusion_grid(counts: pd.DataFrame, model: str, level: str = "protein", spl
 
 def roc_curves(pred: pd.DataFrame, labels: list[str], models: list[str], level: str = "protein",
                split: str = "test"):
-    """ROC curve per label (one panel each) with its AUC, one line per model; a label without a
-    positive (or negative) in the split is marked undefined."""
+    """ROC curve per label (one panel each), one line per model with its AUC in the panel's legend
+    and the model names once, on the right; a label without a positive (or negative) in the split
+    is marked undefined."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     colors = family_colors(models)
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.0 * len(labels) + 2.6, 3.6), sharey=True, squeeze=False)
     for ax, lab in zip(axes[0], labels):
         ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=0.8)
         for model in models:
@@ -474,14 +475,15 @@ def roc_curves(pred: pd.DataFrame, labels: list[str], models: list[str], level: 
             if len(set(y)) < 2:
                 continue
             fpr, tpr, _ = roc_curve(y, s[f"p:{lab}"])
-            ax.plot(fpr, tpr, lw=1.3, color=colors[model],
-                    label=f"{_name(model)} (AUC {roc_auc_score(y, s[f'p:{lab}']):.2f})")
+            ax.plot(fpr, tpr, lw=1.3, color=colors[model], label=f"AUC {roc_auc_score(y, s[f'p:{lab}']):.2f}")
         if ax.lines[1:]:
-            ax.legend(fontsize=6, loc="lower right")
+            ax.add_artist(ax.legend(fontsize=7, loc="lower right", handlelength=1.0))   # kept beside the names
         else:
             ax.text(0.5, 0.5, "undefined:\none class only", ha="center", fontsize=8, color="dimgray")
         ax.set(title=lab, xlabel="false positive rate", xlim=(0, 1), ylim=(0, 1.02))
     axes[0][0].set_ylabel(f"true positive rate ({level}, {split})")
+    axes[0][-1].legend([plt.Line2D([], [], color=colors[m], lw=2) for m in models], [_name(m) for m in models],
+                       loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=8)
     return fig
 
 

@@ -110,7 +110,8 @@ class FiguresStage(Stage):
         and the ROC curves of the main models."""
         counts = figures.confusion_counts(self.pred, self.labels, CORRECTED)
         self.out.figure("confusion", figures.confusion_grid(counts, CORRECTED))
-        self.out.figure("roc_curves", figures.roc_curves(self.pred, self.labels, self.main_models))
+        compared = [m for m in self.main_models if runs.kind(m) in ("fusion", "control")]   # the study's own models
+        self.out.figure("roc_curves", figures.roc_curves(self.pred, self.labels, compared or self.main_models))
         return self.out.table("confusion_counts", counts.round(3),
                               note=f"{runs.display_name(CORRECTED)}, first seed, test proteins; call: p >= the "
                                    "label's threshold chosen on validation.")

@@ -87,8 +87,10 @@ def test_roc_legend_gives_each_models_auc():
 
     pred = _pred()
     fig = figures.roc_curves(pred, LABELS, ["fusion.corrected"])
-    legend = fig.axes[0].get_legend().get_texts()[0].get_text()
-    assert f"AUC {roc_auc_score(pred['y:cytoplasm'], pred['p:cytoplasm']):.2f}" in legend
+    aucs = [t.get_text() for a in fig.axes for leg in a.artists if hasattr(leg, "get_texts") for t in leg.get_texts()]
+    assert aucs[0] == f"AUC {roc_auc_score(pred['y:cytoplasm'], pred['p:cytoplasm']):.2f}"
+    assert aucs[1] == f"AUC {roc_auc_score(pred['y:nucleus'], pred['p:nucleus']):.2f}"
+    assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == ["fusion (corrected)"]
     plt.close(fig)
 
 
