@@ -24,6 +24,9 @@ def test_bench_images_reports_rates_parallelism_and_the_draft_difference(tmp_pat
     assert res["image_size"] == [1200, 1200] and res["jpeg_draft"] == [248, 248]
     assert res["draft_feature_difference"]["draft_decode_size"] == [300, 300]      # 1/4 of 1200 >= 248
     assert 0 < res["draft_feature_difference"]["max_abs"] < res["draft_feature_difference"]["max_abs_feature"]
+    px = res["draft_pixel_difference"]   # grey levels after the encoder's resize, draft against full decode
+    assert px["jpeg_draft"]["draft_decode_size"] == [300, 300] and px["half_scale"]["draft_decode_size"] == [600, 600]
+    assert 0 <= px["half_scale"]["max_grey_levels"] <= px["jpeg_draft"]["max_grey_levels"] <= 255
     assert res["random_weights"] is True and res["machine"]["device"] == "cpu" and res["autocast"] is None
 
 

@@ -15,6 +15,11 @@ or ``--image``) repeated ``--n`` times, with the profile's image encoder:
   (decode, transform, forward, float16 shards written and checksummed).
 - ``draft_feature_difference``: the largest change JPEG draft decoding makes to the stored
   features of the sample image (float16 tokens, draft against full decode).
+- ``draft_pixel_difference``: the same in the encoder's input, before normalization: grey levels
+  (0..255) after the encoder's resize (for the full profile the published one, 224 x 224
+  bilinear), draft against full decode; for ``jpeg_draft: true`` (the smallest 1/2^k scale that
+  covers the input) and for a 1/2-scale decode (``half_scale``, with its decode rate). Independent
+  of the weights.
 
 Encoders: ``demo``/``smoke`` use their random-weight small ViT; ``full`` uses its pretrained ViT
 when the weights are cached or downloadable, else the same architecture with random weights
@@ -128,6 +133,14 @@ def run(*, profile: str = "demo", device: str = "auto", image: str | Path | None
     decode_1, _ = time_decode(path, encoder, max(4, n // 4), workers=1, grid=grid, draft=draft)
     decode_full, full_cpu = time_decode(path, encoder, max(4, n // 4), workers=n_workers, grid=grid, draft=None)
 
+    half = (size[0] // 2, size[1] // 2)
+    covering = image_features.draft_size(encoder, grid, True)
+    pixel_diff = {"jpeg_draft": image_features.decode_difference(path, encoder, grid=grid, draft=covering)
+                  if covering else None,
+                  "half_scale": {**image_features.decode_difference(path, encoder, grid=grid, draft=half),
+                                 "decode_images_per_s": time_decode(path, encoder, max(4, n // 4), workers=n_workers,
+                                                                    grid=grid, draft=half)[0]}}
+
     x = image_features.prepare_image(path, encoder, grid=grid, draft=draft)
     batch = x.repeat(max(1, batch_size // x.shape[0]), 1, 1, 1)[:max(batch_size, x.shape[0])]
     image_features._forward_tokens(encoder, batch[:2], amp)                    # warm-up (kernels, allocator)
@@ -183,6 +196,7 @@ def run(*, profile: str = "demo", device: str = "auto", image: str | Path | None
         "decode_images_per_s_if_cores_free": round(n_workers / decode_cpu, 2) if decode_cpu else None,
         "vit_forward_images_per_s": forward,
         "draft_feature_difference": diff,
+        "draft_pixel_difference": pixel_diff,
         "goals": GOALS,
         "machine": machine(device),
         "note": ("Throughput of one real HPA image repeated; timings depend on the machine and its load. "
