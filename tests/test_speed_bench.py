@@ -56,8 +56,9 @@ def test_dry_run_lists_the_tiers(monkeypatch):
     assert names.count("control.permuted_labels") == 5   # one control run per seed, as the stage trains them
     authors = next(r for r in full["runs"] if r["config"] == "authors")
     assert authors["epochs_max"] == 100 and authors["batch_size"] == 2  # the published schedule
-    # per-sample probe time 0.5 s: epochs x (train + val/3)
-    assert authors["estimated_seconds"] == pytest.approx(100 * (0.5 * 1000 + 0.5 / 3 * 100))
+    # per-sample probe time 0.5 s: epochs x (train + val/3); authors trains on train + val (the whole train file)
+    assert authors["train_on"] == "train+val" and authors["training_samples"] == 1100
+    assert authors["estimated_seconds"] == pytest.approx(100 * (0.5 * 1100 + 0.5 / 3 * 100))
     assert full["estimated_training_seconds"] == pytest.approx(sum(r["estimated_seconds"] for r in full["runs"]))
     ext_names = [r["run"] for r in ext["runs"]]
     assert set(names) <= set(ext_names)
