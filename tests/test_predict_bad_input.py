@@ -1,125 +1,30 @@
-"""Bad inputs to predict and checkpoints (issue 14): one case per kind, each asserting the message
-and that nothing was lost or overwritten. The other commands' cases live beside this file
-(test_bad_input_data.py: audit; test_bad_input_store.py: extract / merge)."""
-import contextlib
-import io
-import json
+"""Bad inputs to predict and its command line: one case per kind, each asserting the message and
+that nothing was lost or overwritten. The awkward inputs and the one predict run over them are the
+`predict_inputs` fixture (conftest.py); checkpoint cases are in training/test_checkpoint.py."""
 import os
 import shutil
 import stat
-import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 import proloc_lib.predict as predict_mod
 from proloc_lib.cli import predict
-from proloc_lib.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from proloc_lib.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from proloc_lib.core.manifest import stage_output
 from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, load_image
 from proloc_lib.data.labels import LABELS
-from proloc_lib.data.synthetic import write_protein_images
-from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
-from proloc_lib.profiles.loader import load_profile
-from proloc_lib.training.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    CheckpointMismatchError,
-    read_config,
-)
-from proloc_lib.training.model import FusionConfig, FusionModel
+from proloc_lib.training.checkpoint import Checkpoint, CheckpointError
 
-MAX_RESIDUES = 60
-SEQ = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"
-LONG = ("MADQLTEEQIAEFKEAFSLFDKDGDGTITTKELGTVMRSLGQNPTEAELQDMINEVDADGNGTIDFPEFLTMMARKMKD" * 2)  # 158 residues
 PROB = [f"prob_{predict_mod._col(lab)}" for lab in LABELS]
 
 
-# -- fixtures ----------------------------------------------------------------------------------
-def _checkpoint(out, seq_enc, img_enc, emb, *, labels=LABELS, long_policy="truncate"):
-    torch.manual_seed(0)
-    model = FusionModel(FusionConfig(seq_dim=seq_enc.hidden_size, img_dim=img_enc.hidden_size,
-                                     n_labels=len(labels), d_model=16, n_heads=2, n_blocks=1, dropout=0.0))
-    with torch.no_grad():
-        model.head.weight.mul_(8.0)
-    enc = {"sequence": emb["sequence"], "image": emb["image"], "max_residues": MAX_RESIDUES,
-           "long_policy": long_policy}
-    return Checkpoint(
-        model=model.eval(), run_id="fusion.corrected", labels=list(labels), label_map="hpa_to_proloc5@v2",
-        thresholds=[0.5] * len(labels), training={}, config_hash="test", encoders=enc,
-        sequence_encoder=dict(seq_enc.fingerprint(), max_residues=MAX_RESIDUES, long_policy=long_policy),
-        image_encoder=img_enc.fingerprint(),
-        provenance={"synthetic_images": True, "random_weight_encoders": True}).save(out)
-
-
-def _png_claiming_size(src: bytes, width: int, height: int) -> bytes:
-    """A small PNG whose header claims width x height pixels (a decompression bomb's signature)."""
-    b = bytearray(src)
-    assert b[12:16] == b"IHDR"
-    b[16:20], b[20:24] = width.to_bytes(4, "big"), height.to_bytes(4, "big")
-    b[29:33] = zlib.crc32(bytes(b[12:29])).to_bytes(4, "big")
-    return bytes(b)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad_input")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
-        emb = load_profile("smoke")["embeddings"]
-        seq_enc = load_sequence_encoder(emb["sequence"], device="cpu")
-        img_enc = load_image_encoder(emb["image"], device="cpu")
-        ckpt = _checkpoint(root / "ckpt", seq_enc, img_enc, emb)
-        images = root / "images"
-        src = write_protein_images("SRC", [1, 0, 0, 1, 0], root / "src", 2, 0, size=96)
-        gray8 = np.asarray(Image.open(src[0]).convert("L"))
-        (images / "G8").mkdir(parents=True)
-        Image.fromarray(gray8).save(images / "G8" / "a.png")                           # 8-bit reference
-        (images / "G16").mkdir()
-        Image.fromarray(gray8.astype(np.uint16) * 257).save(images / "G16" / "a.png")  # 16-bit PNG
-        Image.fromarray(gray8.astype(np.uint16) * 257).save(images / "G16" / "b.tif")  # 16-bit TIFF
-        (images / "GF").mkdir()
-        Image.fromarray(gray8.astype(np.float32) / 255).save(images / "GF" / "a.tif")  # float TIFF in [0, 1]
-        (images / "WHITE").mkdir()
-        Image.fromarray(np.full_like(gray8, 255)).save(images / "WHITE" / "a.png")     # what clipping gave
-        png = (images / "G8" / "a.png").read_bytes()
-        (images / "BOMB_1.png").write_bytes(_png_claiming_size(png, 20000, 20000))    # > 2x MAX_IMAGE_PIXELS
-        shutil.copy(src[1], images / "MIX_good.jpg")
-        (images / "MIX_bomb.png").write_bytes(_png_claiming_size(png, 10000, 10000))  # warning range
-        (images / "MIX_cut.png").write_bytes(png[: len(png) // 2])                    # truncated
-        (images / "MIX_empty.jpg").write_bytes(b"")
-        (images / "MIX_html.jpg").write_bytes(b"<html>404</html>")
-        shutil.copy(src[0], images / "LONG_1.jpg")
-        shutil.copy(src[0], images / "ORPHAN_1.jpg")        # no FASTA record has this id
-        (images / "G8" / "sub").mkdir()
-        shutil.copy(src[0], images / "G8" / "sub" / "deep.jpg")  # outside the images rule
-        shutil.copy(src[0], root / "outside.jpg")           # reachable only as '../outside'
-        (root / "outside").mkdir()
-        shutil.copy(src[0], root / "outside" / "x.jpg")
-        ids = ["G8", "G16", "GF", "WHITE", "BOMB", "MIX", "LONG", "../outside", "/etc"]
-        fasta = root / "proteins.fasta"
-        fasta.write_text("".join(f">{i}\n{LONG if i == 'LONG' else SEQ}\n" for i in ids))
-        err = io.StringIO()
-        opened = []
-        real_load = predict_mod.load_image
-        mp.setattr(predict_mod, "load_image", lambda p, *a, **k: (opened.append(p), real_load(p, *a, **k))[1])
-        with contextlib.redirect_stderr(err):
-            df = predict_mod.predict(ckpt, fasta, images, device="cpu", progress=False)
-        yield {"root": root, "emb": emb, "seq_enc": seq_enc, "img_enc": img_enc, "ckpt": ckpt, "images": images,
-               "fasta": fasta, "df": df.set_index("protein_id"), "raw": df, "err": err.getvalue(),
-               "opened": opened}
-
-
-def _edit(env, name, fn, src=None):
-    dst = env["root"] / name
-    shutil.copytree(src or env["ckpt"], dst)
-    meta = json.loads((dst / "config.json").read_text())
-    fn(meta)
-    (dst / "config.json").write_text(json.dumps(meta))
-    return dst
+@pytest.fixture
+def env(predict_inputs):
+    """This module's name for the shared predict run."""
+    return predict_inputs
 
 
 def _one_line(err: str) -> str:
@@ -183,14 +88,13 @@ def test_unmatched_images_are_reported(env):
 
 
 def test_truncated_and_windowed_sequences_are_reported(env):
-    df = env["df"]
+    df, long, max_residues = env["df"], env["long"], env["max_residues"]
     assert df.loc["LONG", "sequence_use"] == "truncated" and df.loc["G8", "sequence_use"] == "full"
-    assert f"sequence of {len(LONG)} residues truncated to its first {MAX_RESIDUES}" in df.loc["LONG", "warnings"]
-    assert f"LONG: sequence of {len(LONG)} residues truncated" in env["err"]
-    win = _checkpoint(env["root"] / "ckpt_windows", env["seq_enc"], env["img_enc"], env["emb"],
-                      long_policy="windows")
+    assert f"sequence of {len(long)} residues truncated to its first {max_residues}" in df.loc["LONG", "warnings"]
+    assert f"LONG: sequence of {len(long)} residues truncated" in env["err"]
+    win = env["make_checkpoint"](env["root"] / "ckpt_windows", long_policy="windows")
     fasta = env["root"] / "long.fasta"
-    fasta.write_text(f">LONG\n{LONG}\n")
+    fasta.write_text(f">LONG\n{long}\n")
     df = predict_mod.predict(win, fasta, env["images"], device="cpu", progress=False)
     assert df.loc[0, "sequence_use"] == "windows" and "overlapping windows of 60" in df.loc[0, "warnings"]
 
@@ -293,73 +197,6 @@ def test_no_protein_predicted_exits_1_and_keeps_the_rows(env, tmp_path, capsys):
     assert len(pd.read_csv(out)) == 9 and "9 of 9 protein(s) not predicted" in capsys.readouterr().err
 
 
-# -- checkpoints -------------------------------------------------------------------------------
-def test_labels_must_match_names_and_order(env):
-    swapped = LABELS[1:] + LABELS[:1]
-    reordered = _edit(env, "ck_reorder", lambda m: m.update(labels=swapped))
-    # the weights record the label order they were trained with: an edited config.json is caught
-    with pytest.raises(CheckpointMismatchError, match="trained with"):
-        Checkpoint.load(reordered)
-    # and a caller that expects the project's labels is told the order differs
-    with pytest.raises(CheckpointMismatchError, match="another order"):
-        predict_mod.predict(reordered, env["fasta"], env["images"], device="cpu", progress=False)
-    renamed = _edit(env, "ck_rename", lambda m: m.update(labels=["cytosol", *LABELS[1:]]))
-    with pytest.raises(CheckpointMismatchError, match=r"missing \['cytoplasm'\], unexpected \['cytosol'\]"):
-        read_config(renamed, labels=LABELS)
-    with pytest.raises(CheckpointMismatchError, match="trained with"):
-        Checkpoint.load(renamed)
-    # older checkpoints (no label record in the weights) are still checked against the caller
-    model = Checkpoint.load(env["ckpt"]).model
-    legacy = _legacy_checkpoint(model, env["root"] / "ck_legacy", json.loads((env["ckpt"] / "config.json").read_text()))
-    legacy_swapped = _edit(env, "ck_legacy_swapped", lambda m: m.update(labels=swapped), src=legacy)
-    with pytest.raises(CheckpointMismatchError, match="another order"):
-        Checkpoint.load(legacy_swapped, labels=LABELS)
-    # n_labels in the model config must agree with the labels
-    short = _edit(env, "ck_short", lambda m: m.update(labels=LABELS[:4]))
-    with pytest.raises(CheckpointMismatchError, match="5 distinct names"):
-        Checkpoint.load(short)
-    assert Checkpoint.load(env["ckpt"], labels=LABELS).labels == LABELS
-
-
-def _legacy_checkpoint(model, out, meta):
-    """A checkpoint as the first releases wrote it: weights without a label record + config.json."""
-    from safetensors.torch import save_file
-    out.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({**meta, "model": model.cfg.to_dict()}))
-    return out
-
-
-@pytest.mark.parametrize("edit,match", [
-    (lambda m: m["encoders"]["image"]["overrides"].update(checkpoint_path="/tmp/evil.pth"),
-     r"\['checkpoint_path'\] not allowed in 'encoders.image.overrides'"),
-    (lambda m: m["encoders"]["image"]["overrides"].update(pretrained_cfg_overlay={"file": "/tmp/x"}),
-     "not allowed in 'encoders.image.overrides'"),
-    (lambda m: m["encoders"]["image"].update(model="local-dir:/tmp/evil"), "is not a model id"),
-    (lambda m: m["encoders"]["image"].update(model="hf-hub:someone/evil"), "is not a model id"),
-    (lambda m: m["encoders"]["sequence"].update(model="../evil", pretrained=True), "is not a model id"),
-    (lambda m: m["encoders"]["sequence"].update(model="/abs/model", pretrained=True), "is not a model id"),
-    (lambda m: m["encoders"]["sequence"]["config"].update(feed_forward_proj="/tmp/x"), "may not name files"),
-    (lambda m: m["encoders"]["image"].update(cache_dir="/tmp"), r"\['cache_dir'\] not allowed"),
-    (lambda m: m["encoders"].update(weights_file="/tmp/x"), r"\['weights_file'\] not allowed in 'encoders'"),
-])
-def test_checkpoint_config_may_not_name_files(env, tmp_path, monkeypatch, edit, match):
-    import timm
-    import transformers
-
-    def refuse(*a, **k):
-        raise AssertionError("a model was created from a refused checkpoint config")
-
-    monkeypatch.setattr(timm, "create_model", refuse)
-    monkeypatch.setattr(transformers.T5EncoderModel, "from_pretrained", refuse)
-    bad = _edit(env, tmp_path / "ck", edit)
-    with pytest.raises(CheckpointError, match=match):
-        predict_mod.predict(bad, env["fasta"], env["images"], device="cpu", progress=False)
-    with pytest.raises(CheckpointError, match=match):
-        Checkpoint.load(bad)
-    assert issubclass(CheckpointError, UserError)
-
-
 # -- permissions -------------------------------------------------------------------------------
 @pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
 def test_files_are_written_with_the_users_umask(env, tmp_path, capsys, umask, file_mode, dir_mode):
@@ -386,32 +223,6 @@ def test_files_are_written_with_the_users_umask(env, tmp_path, capsys, umask, fi
         assert mode(d) == dir_mode, (d, oct(mode(d)))
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda m: m["model"].update(d_model=-16), r"d_model=-16.*positive integers"),
-    (lambda m: m["model"].update(n_heads="2"), "bad 'model' config"),
-    (lambda m: m["model"].update(n_blocks=3), "does not fit the model in config.json"),
-    (lambda m: m.update(thresholds=[0.5, 0.5, "x", 0.5, 0.5]), "'thresholds' must be 5 numbers in"),
-    (lambda m: m["encoders"].update(long_policy="chop"), "long_policy must be 'truncate' or 'windows'"),
-])
-def test_malformed_checkpoint_config_is_named(env, tmp_path, edit, match):
-    bad = _edit(env, tmp_path / "ck", edit)
-    with pytest.raises(CheckpointError, match=match) as info:
-        Checkpoint.load(bad)
-    assert str(bad / "config.json") in str(info.value) or str(bad / "model.safetensors") in str(info.value)
-    (bad / "config.json").write_bytes(b"\xff\xfe{\x00")
-    with pytest.raises(CheckpointError, match="config.json is not UTF-8 text"):
-        Checkpoint.load(bad)
-
-
-def test_corrupt_manifest_is_named(tmp_path):
-    from proloc_lib.core.manifest import ManifestError, read_manifest
-
-    (tmp_path / "manifest.json").write_text('{"stage": ')
-    with pytest.raises(ManifestError, match=r"manifest.json is not a valid manifest.*rerun the stage"):
-        read_manifest(tmp_path)
-    assert issubclass(ManifestError, UserError)
-
-
 def test_argument_errors_are_one_line(env, tmp_path, capsys):
     for argv, expect in ((["--fasta", "x"], "the following arguments are required: --checkpoint"),
                          (_args(env, tmp_path / "p.csv", **{"--batch-size": "abc"}), "invalid int value: 'abc'")):
@@ -419,12 +230,3 @@ def test_argument_errors_are_one_line(env, tmp_path, capsys):
         assert expect in _one_line(capsys.readouterr().err)
 
 
-def test_encoder_option_values_are_plain(tmp_path):
-    from proloc_lib.training.checkpoint import check_encoder_config
-
-    ok = {"model": "vit_base_patch16_224.orig_in21k", "pretrained": True}
-    check_encoder_config("image", ok, tmp_path / "config.json")
-    for bad, match in (({**ok, "model": "vit_base_patch16_224/../../x"}, "is not a model id"),
-                       ({**ok, "pretrained": "/tmp/weights.pth"}, "may not name files")):
-        with pytest.raises(CheckpointError, match=match):
-            check_encoder_config("image", bad, tmp_path / "config.json")

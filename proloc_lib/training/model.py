@@ -14,7 +14,7 @@ not passed) whose output is used directly (``cross_residual=False``); then ONE s
 feed-forward block applied ``num_layers`` times (``share_blocks=True``), each sub-layer
 post-norm ``LayerNorm(x + sublayer(x))`` with no dropout on the residual branch
 (``residual_dropout=False``), the feed-forward ``Linear(d, 4d) -> ReLU -> Dropout -> Linear(4d, d)``;
-mean over all image tokens (CLS included); one Linear head. ``tests/test_published_model.py``
+mean over all image tokens (CLS included); one Linear head. ``tests/training/test_model.py``
 checks this model, with the published weights' names, against a plain-torch re-implementation.
 """
 

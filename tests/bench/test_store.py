@@ -3,7 +3,6 @@
 No timing assertions: speed depends on the machine.
 """
 import json
-import os
 import runpy
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from proloc_lib.core import network
 from proloc_lib.core import paths
 from proloc_lib.features import encoders
 from proloc_lib.profiles import loader as profiles
-from reference_csv import write_reference
 
 SEQ_DEMO = profiles.load_profile("demo")["embeddings"]["sequence"]
 AA = "ACDEFGHIKLMNPQRSTVWY"
@@ -29,7 +27,7 @@ def encoder(tmp_path_factory):
     return encoders.load_sequence_encoder(SEQ_DEMO, device="cpu", cache_dir=str(tmp_path_factory.mktemp("vocab")))
 
 
-def test_store_size_matches_hand_arithmetic(tmp_path):
+def test_store_size_matches_hand_arithmetic(tmp_path, write_reference):
     # 6 image rows of 2 proteins: 4 images of a 10-residue protein, 2 of a 20-residue one
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA[:9], 4),
                                                  "ENSG00000000002": (AA, 2)})
@@ -85,7 +83,7 @@ def test_in_process_bucketing_reports_both_modes(encoder):
         assert r[mode]["residues_per_s"] == pytest.approx(sum(map(len, seqs)) / r[mode]["seconds"])
 
 
-def test_cli_prints_json(tmp_path, capsys):
+def test_cli_prints_json(tmp_path, capsys, write_reference):
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA, 3),
                                                  "ENSG00000000002": ("M" + AA * 3, 2),
                                                  "ENSG00000000003": ("MK" * 8, 1)})
@@ -102,7 +100,7 @@ def test_cli_prints_json(tmp_path, capsys):
     assert json.loads(out.read_text()) == res
 
 
-def run_module(tmp_path, *extra):
+def run_module(tmp_path, write_reference, *extra):
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA, 2),
                                                  "ENSG00000000002": ("M" + AA * 2, 1)})
     p = subprocess.run([sys.executable, "-m", "proloc_lib", "bench", "--reference", str(csv),
@@ -117,11 +115,11 @@ def run_module(tmp_path, *extra):
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
-def test_module_entry_point(tmp_path, monkeypatch, capsys):
+def test_module_entry_point(tmp_path, monkeypatch, capsys, write_reference):
     """The old entry ``python -m proloc_lib.embeddings bench ...`` forwards to ``proloc bench ...``.
 
     Run through runpy in this process (a fresh interpreter costs ~10 s of imports here); the
-    opt-in test below runs the real ``python -m`` command.
+    slow test below runs the real ``python -m`` command.
     """
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA, 2)})
     monkeypatch.setattr(sys, "argv", ["embeddings", "bench", "--reference", str(csv), "--device", "cpu",
@@ -135,7 +133,7 @@ def test_module_entry_point(tmp_path, monkeypatch, capsys):
 
 
 def test_mode_worker_in_this_process(tmp_path):
-    """What each spawned process runs, minus the spawn (covered by the opt-in test below)."""
+    """What each spawned process runs, minus the spawn (covered by the slow test below)."""
     seqs = ["M" + AA, "M" + AA * 3, "MK" * 8]
     job = {"model_cfg": SEQ_DEMO, "device": "cpu", "cache_dir": str(tmp_path / "cache"), "seqs": seqs,
            "token_budget": 64, "batch_size": 2, "pad_to": 61, "repeats": 1, "threads": torch.get_num_threads(),
@@ -146,13 +144,12 @@ def test_mode_worker_in_this_process(tmp_path):
     assert padded["tokens_fed"] == 3 * 62 and bucketed["tokens_fed"] < padded["tokens_fed"]
 
 
-@pytest.mark.skipif(not os.environ.get("PROLOC_SLOW_TESTS"),
-                    reason="~20-30 s (three fresh interpreters); set PROLOC_SLOW_TESTS=1")
-def test_module_entry_point_isolated(tmp_path):
-    assert run_module(tmp_path)["bucketing"]["isolated"] is True
+@pytest.mark.slow  # ~20-30 s: three fresh interpreters
+def test_module_entry_point_isolated(tmp_path, write_reference):
+    assert run_module(tmp_path, write_reference)["bucketing"]["isolated"] is True
 
 
-def test_full_model_fails_fast_offline(tmp_path, monkeypatch):
+def test_full_model_fails_fast_offline(tmp_path, monkeypatch, write_reference):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     csv = write_reference(tmp_path / "ref.csv", {"ENSG00000000001": ("M" + AA, 1)})
     with pytest.raises(network.OfflineError, match="HF_HUB_OFFLINE"):

@@ -1,10 +1,10 @@
-"""Training-throughput benchmark (authors' loop vs corrected): shapes, fairness, the CLI's JSON.
+"""Training-throughput benchmarks (authors' loop vs corrected): shapes, fairness, FLOP counting,
+loader-only throughput, the attention kernels, seeds together, the CLI's JSON.
 
 No timing assertions: speed depends on the machine. A tiny reference CSV and the smoke profile's
 model size keep it to a few seconds.
 """
 import json
-import os
 
 import pandas as pd
 import pytest
@@ -14,8 +14,7 @@ from proloc_lib.bench import common
 from proloc_lib.bench import training
 from proloc_lib.cli.main import main as proloc
 from proloc_lib.profiles import loader as profiles
-from proloc_lib.training import datasets
-from reference_csv import write_reference
+from proloc_lib.training import datasets, settings
 from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.data.labels import LABELS
 
@@ -27,7 +26,7 @@ L_MAX = 61
 
 
 @pytest.fixture
-def csv(tmp_path):
+def csv(tmp_path, write_reference):
     return write_reference(tmp_path / "ref.csv", PROTEINS)
 
 
@@ -121,8 +120,59 @@ def test_cli_missing_reference(tmp_path, capsys):
     assert err.startswith("proloc bench-training: ") and "reference CSV not found" in err
 
 
-@pytest.mark.skipif(not os.environ.get("PROLOC_SLOW_TESTS"),
-                    reason="~20-30 s (two fresh interpreters); set PROLOC_SLOW_TESTS=1")
+def test_forward_flops_by_hand():
+    cfg = settings.make_config("corrected", d_model=4, n_heads=2, n_blocks=1, ff_mult=2)
+    w = {"seq_dim": 3, "img_dim": 5, "image_tokens": 2}
+    # proj 2*2*5*4 + 2*7*3*4 = 80 + 168; cross 2*2*16 + 4*7*16 + 4*2*7*4 + 2*2*16 = 64+448+224+64;
+    # block 8*2*16 + 4*2*2*4 + 4*2*4*2*4 = 256 + 64 + 256
+    assert common.forward_flops(cfg, w, 1, 7) == 80 + 168 + 64 + 448 + 224 + 64 + 256 + 64 + 256
+    assert common.forward_flops(cfg, w, 3, 7) == 3 * common.forward_flops(cfg, w, 1, 7)
+    assert common.device_peak_tflops("cpu")[0] is None
+
+
+def test_bench_training_reports_loader_and_tflops(csv, tmp_path):
+    r = training.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, seed=0,
+                              batch_size_corrected=4, isolate=False, workdir=tmp_path)
+    for key in ("training_speedup", "samples_per_s_authors", "samples_per_s_corrected", "loader_only_samples_per_s",
+                "achieved_tflops_corrected", "achieved_tflops_authors", "peak_tflops", "fraction_of_peak_corrected"):
+        assert key in r
+    assert r["loader_only_samples_per_s"] > 0 and r["corrected"]["loader_only"]["resident"] is True
+    assert r["peak_tflops"] is None and r["fraction_of_peak_corrected"] is None  # CPU: no peak figure
+    # the FLOPs follow the batches the loop was fed: the authors' padding to the longest costs more per sample
+    assert r["authors"]["train_gflop_per_sample"] > r["corrected"]["train_gflop_per_sample"] > 0
+
+
+def test_loader_only_at_the_profiles_shapes(csv):
+    r = training.loader_only_throughput(reference=csv, profile="smoke", device="cpu", n_samples=8, min_seconds=0.05)
+    assert r["resident"] and r["image_shape"] == [197, 64] and r["batch_dtype"] == "float32"
+    assert r["samples"] % 8 == 0 and r["loader_only_samples_per_s"] > 0 and r["random_features"]
+
+
+def test_profile_names_the_attention_kernels(csv):
+    """Attention-weight dropout (authors: model.Attention's explicit softmax, its masks from the run's
+    generator) leaves the fused CPU kernel; corrected (mask, no such dropout) keeps it."""
+    a = training.profile_training(reference=csv, profile="smoke", device="cpu", config_name="authors", n_samples=4,
+                           steps=1, warmup=1)
+    c = training.profile_training(reference=csv, profile="smoke", device="cpu", config_name="corrected", n_samples=4,
+                           steps=1, warmup=1, batch_size=4)
+    # no scaled_dot_product_attention kernel at all: model.Attention's explicit softmax path ran (whether
+    # softmax makes the top-ops list of a one-step profile depends on the machine's load)
+    assert not any("scaled_dot_product" in op or "flash" in op for op in a["attention_ops"])
+    assert any("flash_attention_for_cpu" in op for op in c["attention_ops"])
+    assert a["top_ops"] and sum(o["share"] for o in a["top_ops"]) <= 1 + 1e-9
+    assert all(o["self_ms"] >= 0 and o["calls"] > 0 for o in c["top_ops"])
+
+
+def test_bench_seeds_reports_all_seeds_against_one(csv):
+    """The published loop's seeds together (threads here, lockstep on CUDA) against one seed."""
+    res = training.seeds_throughput(reference=csv, profile="smoke", device="cpu", n_seeds=2, n_samples=4)
+    assert (res["config"], res["n_seeds"], res["batch_size"], res["n_samples"]) == ("authors", 2, 2, 4)
+    assert res["samples_per_s_one_seed"] > 0 and res["samples_per_s_all_seeds"] > 0
+    assert res["speedup"] == pytest.approx(res["samples_per_s_all_seeds"] / res["samples_per_s_one_seed"])
+    assert res["random_features"] is True
+
+
+@pytest.mark.slow  # ~20-30 s: two fresh interpreters
 def test_training_throughput_isolated(csv):
     r = training.training_throughput(reference=csv, profile="smoke", device="cpu", n_samples=6, batch_size_corrected=4)
     assert r["isolated"] is True and r["authors"]["samples_seen_per_epoch"] == [6]

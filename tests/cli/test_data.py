@@ -1,6 +1,6 @@
 """`proloc audit` (and `proloc mirror`) on files it cannot read: one line naming the file, exit 2.
 
-One case per kind of bad input (issue 14): empty, binary, UTF-16, ragged, headerless, a
+One case per kind of bad input: empty, binary, UTF-16, ragged, headerless, a
 directory, a missing file, a missing or broken --mapping, an unknown layout, a bad label
 column, bad arguments. Each must answer one line on stderr that names the file and the
 problem, with no traceback and nothing on stdout; ``--debug`` re-raises for developers.
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from proloc_lib.cli import data
 from proloc_lib.cli.main import main as proloc
 from proloc_lib.core.errors import UserError
+from proloc_lib.core.paths import PROJECT_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures" / "hpa"
+FIXTURES = ROOT / "tests" / "fixtures" / "hpa"
 GOOD = FIXTURES / "audit_planted.csv"
-VISLOCAS = ROOT.parent / "shared" / "reference" / "vislocas"
 HEADER = GOOD.read_text().splitlines()[0]
 ROW = GOOD.read_text().splitlines()[1]
 
@@ -69,6 +69,12 @@ def test_bad_file_one_line(kind, tmp_path, capsys):
     assert str(path) in line and problem in line, line
 
 
+def test_cli_requires_existing_files(tmp_path, capsys):
+    assert proloc(["audit", str(tmp_path / "absent.csv")]) == 2
+    assert "absent.csv: file not found" in capsys.readouterr().err
+    assert data.DEFAULT_MAPPING.exists()
+
+
 def test_directory_and_missing_file(tmp_path, capsys):
     rc, out, err = _audit(capsys, tmp_path)
     assert rc == 2 and f"{tmp_path}: is a directory" in _one_line(err)
@@ -110,10 +116,9 @@ def test_command_line_process_exit_code(tmp_path):
     assert r.stderr.strip() == f"proloc audit: {empty}: file is empty"
 
 
-@pytest.mark.skipif(not (VISLOCAS / "data_test.csv").exists(), reason="../shared/reference/vislocas not found")
-def test_audit_json_on_the_real_tables(capsys):
+def test_audit_json_on_the_real_tables(capsys, vislocas_dir):
     """The documented --json keys, with the counts of the real Vislocas tables."""
-    rc, out, err = _audit(capsys, VISLOCAS / "data_train.csv", VISLOCAS / "data_test.csv", "--json")
+    rc, out, err = _audit(capsys, vislocas_dir / "data_train.csv", vislocas_dir / "data_test.csv", "--json")
     assert rc == 0 and err == ""
     rep = json.loads(out)
     train, test = rep["files"]

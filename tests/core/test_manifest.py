@@ -1,32 +1,11 @@
-"""Profiles and stage manifests: strict configs, atomic stage outputs, checksummed inputs."""
+"""Stage manifests: atomic stage outputs, checksummed inputs, a clear error for a missing or corrupt one."""
 import json
 
 import pytest
 
-from proloc_lib.core import manifest, provenance, runtime
+from proloc_lib.core import manifest
+from proloc_lib.core.errors import UserError
 from proloc_lib.core.fileio import file_sha256
-from proloc_lib.profiles import loader as profiles
-
-
-def test_profiles_load_and_inherit():
-    demo, smoke, full = (profiles.load_profile(p) for p in ("demo", "smoke", "full"))
-    assert demo["offline"] and not full["offline"]
-    assert smoke["data"]["n_proteins"] < demo["data"]["n_proteins"]
-    assert smoke["embeddings"] == demo["embeddings"]          # inherited, same code path
-    assert demo["provenance"]["synthetic_images"] and not full["provenance"]["synthetic_images"]
-    assert "SYNTHETIC" in provenance.provenance_note(demo) and "Real data" in provenance.provenance_note(full)
-
-
-def test_bad_profiles_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="known profiles"):
-        profiles.load_profile("nope")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("extends: demo\ntrainig: {}\n")
-    with pytest.raises(ValueError, match="trainig"):
-        profiles.load_profile(str(bad))
-    with pytest.raises(ValueError, match="unknown device"):
-        runtime.resolve_device("tpu")
-    assert runtime.resolve_device("cpu") == "cpu"
 
 
 def test_stage_output_is_atomic_and_records_inputs(tmp_path):
@@ -53,3 +32,12 @@ def test_stage_output_is_atomic_and_records_inputs(tmp_path):
 def test_missing_stage_names_the_notebook_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the earlier notebooks"):
         manifest.read_manifest(tmp_path / "02_embeddings")
+
+
+def test_corrupt_manifest_is_named(tmp_path):
+    from proloc_lib.core.manifest import ManifestError, read_manifest
+
+    (tmp_path / "manifest.json").write_text('{"stage": ')
+    with pytest.raises(ManifestError, match=r"manifest.json is not a valid manifest.*rerun the stage"):
+        read_manifest(tmp_path)
+    assert issubclass(ManifestError, UserError)

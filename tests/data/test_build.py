@@ -1,7 +1,7 @@
 """End-to-end test of ``build.assemble`` (the full profile's data build), offline.
 
 Zenodo, the UniProt ID-mapping service and the HPA image host are played by one local
-127.0.0.1 server (``test_download.Server``) serving recorded-style responses: two small
+127.0.0.1 server (the `server` fixture, conftest.py) serving recorded-style responses: two small
 Vislocas-like CSVs in the HPA metadata layout, a paged UniProt TSV, and JPEGs (one image
 URL answers an HTML error page with 200). The module constants are pointed at that server.
 """
@@ -14,15 +14,13 @@ from urllib.parse import parse_qs
 
 import pandas as pd
 import pytest
-from test_download import HTML_PAGE, Server, jpeg_bytes, send, send_json, serve_file  # noqa: E402
 
 from proloc_lib.core.fileio import file_sha256
 from proloc_lib.core.network import OfflineError  # noqa: E402
 from proloc_lib.data import build, datacard, download, hpa
 from proloc_lib.data.images import load_image  # noqa: E402
-from proloc_lib.data.labels import LabelMap, UnknownLocationError  # noqa: E402
+from proloc_lib.data.labels import UnknownLocationError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ZPATH = "/api/records/10632698/files"
 # These fixtures test the location-mapping label source (data.labels: mapping); the tables'
 # own label columns (the default) are tested on the real Vislocas tables in test_mirror.py.
@@ -77,14 +75,14 @@ def _tsv(*rows):
 
 
 def _add_head(srv):
-    """HEAD, which test_download's Server does not answer (501): the reachability probes, and
+    """HEAD, which the recording server does not answer (501): the reachability probes, and
     the size of an image (the download estimate) or of the HTML page."""
     def do_head(h):
         path = h.path.split("?")[0]
         with srv.lock:
             srv.log.append({"method": "HEAD", "path": path, "url": h.path,
                             "headers": dict(h.headers), "body": b""})
-        body = HTML_PAGE if path == HTML_PATH else srv.images.get(path, b"")
+        body = srv.HTML_PAGE if path == HTML_PATH else srv.images.get(path, b"")
         h.send_response(200)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
@@ -92,36 +90,28 @@ def _add_head(srv):
 
 
 @pytest.fixture
-def hpa_server():
-    srv = Server()
+def hpa_server(server):
+    srv = server
     _add_head(srv)
     for name, body in ZENODO.items():
-        srv.routes[f"{ZPATH}/{name}/content"] = [send(200, body, {"Content-Type": "text/csv"})]
-    srv.routes["/idmapping/run"] = [send_json({"jobId": "job7"})]
+        srv.routes[f"{ZPATH}/{name}/content"] = [srv.send(200, body, {"Content-Type": "text/csv"})]
+    srv.routes["/idmapping/run"] = [srv.send_json({"jobId": "job7"})]
     srv.routes["/idmapping/status/job7"] = [
-        send(303, b'{"jobStatus":"FINISHED"}', {"Location": "/idmapping/uniprotkb/results/job7"})]
+        srv.send(303, b'{"jobStatus":"FINISHED"}', {"Location": "/idmapping/uniprotkb/results/job7"})]
     page2 = f"{srv.url}/idmapping/uniprotkb/results/job7?cursor=p2&format=tsv&size=500"
-    first = send(200, _tsv((P1, ACC[P1], "reviewed", SEQ[P1]), (P2, ACC[P2], "reviewed", SEQ[P2]),
-                           (P3, "A0A0X3Y3", "unreviewed", "MKKLLPTAAAGLLLLAAQPAMA")),
-                 {"Link": f'<{page2}>; rel="next"'})
-    second = send(200, _tsv((P4, ACC[P4], "reviewed", SEQ[P4]), (P6, ACC[P6], "reviewed", SEQ[P6])))
+    first = srv.send(200, _tsv((P1, ACC[P1], "reviewed", SEQ[P1]), (P2, ACC[P2], "reviewed", SEQ[P2]),
+                               (P3, "A0A0X3Y3", "unreviewed", "MKKLLPTAAAGLLLLAAQPAMA")),
+                     {"Link": f'<{page2}>; rel="next"'})
+    second = srv.send(200, _tsv((P4, ACC[P4], "reviewed", SEQ[P4]), (P6, ACC[P6], "reviewed", SEQ[P6])))
     # paged by cursor (not by a consumed script), so reruns of assemble get both pages again
     srv.routes["/idmapping/uniprotkb/results/job7"] = [
         lambda h: (second if "cursor=p2" in h.path else first)(h)]
     srv.images = {}
     for i, path in enumerate(sorted(PASSING)):
-        srv.images[path] = jpeg_bytes(300, (20 + 25 * i, 200 - 20 * i, 90))  # distinct bytes
-        srv.routes[path] = [serve_file(srv.images[path])]
-    srv.routes[HTML_PATH] = [send(200, HTML_PAGE, {"Content-Type": "text/html"})]
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-
-
-@pytest.fixture
-def label_map():
-    return LabelMap.load(ROOT / "data" / "mappings" / "hpa_to_proloc5.yaml")
+        srv.images[path] = srv.jpeg_bytes(300, (20 + 25 * i, 200 - 20 * i, 90))  # distinct bytes
+        srv.routes[path] = [srv.serve_file(srv.images[path])]
+    srv.routes[HTML_PATH] = [srv.send(200, srv.HTML_PAGE, {"Content-Type": "text/html"})]
+    return srv
 
 
 def _point_at(monkeypatch, zenodo_base, uniprot_base, image_host):
@@ -160,7 +150,7 @@ def test_assemble_end_to_end(online, label_map, tmp_path):
     assert sorted(heads[3:]) == sorted(to_fetch)
     est = report["download_estimate"]
     assert (est["n_urls"], est["n_cached"], est["n_to_fetch"], est["sampled_with_size"]) == (6, 0, 6, 6)
-    assert est["estimated_bytes"] == sum(len(srv.images.get(p, HTML_PAGE)) for p in to_fetch)
+    assert est["estimated_bytes"] == sum(len(srv.images.get(p, srv.HTML_PAGE)) for p in to_fetch)
     assert est["free_bytes"] > 0
     assert (tmp_path / "cache" / "zenodo" / "data_train.csv").read_bytes() == ZENODO["data_train.csv"]
 
@@ -185,7 +175,7 @@ def test_assemble_end_to_end(online, label_map, tmp_path):
     [failure] = report["image_failures"]
     assert failure["url"] == srv.url + HTML_PATH and "not a valid image" in failure["reason"]
     assert len(_gets(srv, {HTML_PATH})) == 2  # fetched once more, then reported
-    assert [p.read_bytes() for p in (tmp_path / "images" / "quarantine").iterdir()] == [HTML_PAGE] * 2
+    assert [p.read_bytes() for p in (tmp_path / "images" / "quarantine").iterdir()] == [srv.HTML_PAGE] * 2
 
     # proteins: mapped and labelled only (P3 unmapped, P6 only 'nucleoli' -> no target label)
     assert report["dropped_proteins_no_target_label"] == 1 and report["duplicate_image_files"] == 0

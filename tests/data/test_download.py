@@ -1,20 +1,16 @@
-"""Tests for proloc_lib.download against recorded responses served from 127.0.0.1.
+"""Tests for proloc_lib.data.download against recorded responses served from 127.0.0.1.
 
-A small threaded HTTP server plays a script per path (a list of responses, the last one
-repeated) and records every request, so retries, Range resumes, quarantine and UniProt job
-polling are exercised over real HTTP without the network.
+The `server` fixture (conftest.py: a small threaded HTTP server) plays a script per path (a list
+of responses, the last one repeated) and records every request, so retries, Range resumes,
+quarantine and UniProt job polling are exercised over real HTTP without the network.
 """
 import hashlib
-import io
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from proloc_lib.data.download import (
     ZENODO_FILES,
@@ -30,107 +26,6 @@ from proloc_lib.data.download import (
 )
 from proloc_lib.data.images import load_image
 
-HTML_PAGE = b"<!DOCTYPE html><html><body><h1>Service temporarily unavailable</h1></body></html>"
-
-
-# ----------------------------------------------------------------------------- server
-
-def send(status=200, body=b"", headers=None):
-    def act(h):
-        h.send_response(status)
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
-    return act
-
-
-def send_json(obj, status=200, headers=None):
-    return send(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
-
-
-def serve_file(data: bytes, content_type="image/jpeg"):
-    """A static file that honours ``Range: bytes=N-`` with 206 Partial Content."""
-    def act(h):
-        rng = h.headers.get("Range")
-        if rng and rng.startswith("bytes="):
-            start = int(rng[6:].split("-")[0])
-            h.send_response(206)
-            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            part = data[start:]
-        else:
-            h.send_response(200)
-            part = data
-        h.send_header("Content-Type", content_type)
-        h.send_header("Content-Length", str(len(part)))
-        h.end_headers()
-        h.wfile.write(part)
-    return act
-
-
-def truncated(data: bytes, n: int):
-    """Promise the whole file, send ``n`` bytes, drop the connection."""
-    def act(h):
-        h.send_response(200)
-        h.send_header("Content-Type", "image/jpeg")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data[:n])
-        h.wfile.flush()
-        h.close_connection = True
-    return act
-
-
-class Server:
-    def __init__(self):
-        self.routes: dict[str, list] = {}
-        self.log: list[dict] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self):
-                path = urlsplit(self.path).path
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                with outer.lock:
-                    outer.log.append({"method": self.command, "path": path, "url": self.path,
-                                      "headers": dict(self.headers), "body": body})
-                    script = outer.routes.get(path)
-                    act = (script.pop(0) if len(script) > 1 else script[0]) if script else send(404, b"no route")
-                act(self)
-
-            do_GET = do_POST = _handle
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
-
-    def requests_to(self, path):
-        return [r for r in self.log if r["path"] == path]
-
-
-@pytest.fixture
-def server():
-    srv = Server()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-
-
-def jpeg_bytes(size=64, color=(180, 90, 40)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 FAST = dict(rate_limit_per_s=None, retries=3, backoff=0.001, progress=False)
 
 
@@ -143,8 +38,8 @@ def rows(server, *names):
 # ----------------------------------------------------------------------------- images
 
 def test_retry_after_server_error(server, tmp_path):
-    img = jpeg_bytes()
-    server.routes["/5560/a.jpg"] = [send(500, b"oops"), send(503), serve_file(img)]
+    img = server.jpeg_bytes()
+    server.routes["/5560/a.jpg"] = [server.send(500, b"oops"), server.send(503), server.serve_file(img)]
     table, failures = fetch_images(rows(server, "a.jpg"), tmp_path, **FAST)
     assert failures == []
     assert len(server.requests_to("/5560/a.jpg")) == 3
@@ -156,9 +51,9 @@ def test_retry_after_server_error(server, tmp_path):
 
 
 def test_truncated_transfer_resumes_with_range(server, tmp_path):
-    img = jpeg_bytes(128)
+    img = server.jpeg_bytes(128)
     half = len(img) // 2
-    server.routes["/5560/b.jpg"] = [truncated(img, half), serve_file(img)]
+    server.routes["/5560/b.jpg"] = [server.truncated(img, half), server.serve_file(img)]
     table, failures = fetch_images(rows(server, "b.jpg"), tmp_path, **FAST)
     assert failures == []
     first, second = server.requests_to("/5560/b.jpg")
@@ -169,32 +64,32 @@ def test_truncated_transfer_resumes_with_range(server, tmp_path):
 
 
 def test_interrupted_run_resumes_from_part_file(server, tmp_path):
-    img = jpeg_bytes(128)
+    img = server.jpeg_bytes(128)
     (tmp_path / "5560").mkdir()
     (tmp_path / "5560" / "c.jpg.part").write_bytes(img[:100])  # left by an earlier run
-    server.routes["/5560/c.jpg"] = [serve_file(img)]
+    server.routes["/5560/c.jpg"] = [server.serve_file(img)]
     table, failures = fetch_images(rows(server, "c.jpg"), tmp_path, **FAST)
     assert failures == [] and server.log[0]["headers"]["Range"] == "bytes=100-"
     assert (tmp_path / "5560" / "c.jpg").read_bytes() == img
 
 
 def test_html_page_is_quarantined_and_refetched(server, tmp_path):
-    img = jpeg_bytes()
-    server.routes["/5560/d.jpg"] = [send(200, HTML_PAGE, {"Content-Type": "text/html"}), serve_file(img)]
+    img = server.jpeg_bytes()
+    server.routes["/5560/d.jpg"] = [server.send(200, server.HTML_PAGE, {"Content-Type": "text/html"}), server.serve_file(img)]
     table, failures = fetch_images(rows(server, "d.jpg"), tmp_path, **FAST)
     assert failures == []
     assert table.loc[0, "fetch_status"] == "refetched"
     [q] = list((tmp_path / "quarantine").iterdir())
-    assert q.read_bytes() == HTML_PAGE
+    assert q.read_bytes() == server.HTML_PAGE
     assert (tmp_path / "5560" / "d.jpg").read_bytes() == img
 
 
 def test_persistent_bad_content_is_reported_not_dropped(server, tmp_path):
-    img = jpeg_bytes(128)
-    server.routes["/5560/e.jpg"] = [send(200, HTML_PAGE, {"Content-Type": "text/html"})]
+    img = server.jpeg_bytes(128)
+    server.routes["/5560/e.jpg"] = [server.send(200, server.HTML_PAGE, {"Content-Type": "text/html"})]
     # a truncated JPEG served with a matching Content-Length: only decoding can tell
-    server.routes["/5560/f.jpg"] = [send(200, img[: len(img) * 2 // 3])]
-    server.routes["/5560/g.jpg"] = [serve_file(img)]
+    server.routes["/5560/f.jpg"] = [server.send(200, img[: len(img) * 2 // 3])]
+    server.routes["/5560/g.jpg"] = [server.serve_file(img)]
     table, failures = fetch_images(rows(server, "e.jpg", "f.jpg", "g.jpg"), tmp_path, **FAST)
     assert table["image_name"].tolist() == ["g.jpg"]
     assert [u for u, _ in failures] == [f"{server.url}/5560/e.jpg", f"{server.url}/5560/f.jpg"]
@@ -213,19 +108,19 @@ def test_not_found_is_a_failure_without_retries(server, tmp_path):
 
 
 def test_retries_exhausted_is_reported(server, tmp_path):
-    server.routes["/5560/h.jpg"] = [send(502)]
+    server.routes["/5560/h.jpg"] = [server.send(502)]
     table, failures = fetch_images(rows(server, "h.jpg"), tmp_path, **{**FAST, "retries": 2})
     assert len(server.log) == 3 and len(table) == 0
     assert "HTTP 502 after 3 attempts" in failures[0][1]
 
 
 def test_rerun_reuses_cache_and_never_overwrites(server, tmp_path):
-    img = jpeg_bytes()
-    server.routes["/5560/i.jpg"] = [serve_file(img)]
+    img = server.jpeg_bytes()
+    server.routes["/5560/i.jpg"] = [server.serve_file(img)]
     fetch_images(rows(server, "i.jpg"), tmp_path, **FAST)
     path = tmp_path / "5560" / "i.jpg"
     mtime = path.stat().st_mtime_ns
-    server.routes["/5560/i.jpg"] = [serve_file(jpeg_bytes(color=(0, 0, 255)))]
+    server.routes["/5560/i.jpg"] = [server.serve_file(server.jpeg_bytes(color=(0, 0, 255)))]
     n_before = len(server.log)
     table, failures = fetch_images(rows(server, "i.jpg"), tmp_path, **FAST)
     assert failures == [] and table.loc[0, "fetch_status"] == "cached"
@@ -234,18 +129,18 @@ def test_rerun_reuses_cache_and_never_overwrites(server, tmp_path):
 
 
 def test_corrupt_cached_file_is_quarantined(server, tmp_path):
-    img = jpeg_bytes()
+    img = server.jpeg_bytes()
     (tmp_path / "5560").mkdir()
-    (tmp_path / "5560" / "j.jpg").write_bytes(HTML_PAGE)
-    server.routes["/5560/j.jpg"] = [serve_file(img)]
+    (tmp_path / "5560" / "j.jpg").write_bytes(server.HTML_PAGE)
+    server.routes["/5560/j.jpg"] = [server.serve_file(img)]
     table, failures = fetch_images(rows(server, "j.jpg"), tmp_path, **FAST)
     assert failures == [] and table.loc[0, "fetch_status"] == "refetched"
     assert (tmp_path / "5560" / "j.jpg").read_bytes() == img
-    assert [p.read_bytes() for p in (tmp_path / "quarantine").iterdir()] == [HTML_PAGE]
+    assert [p.read_bytes() for p in (tmp_path / "quarantine").iterdir()] == [server.HTML_PAGE]
 
 
 def test_base_url_override(server, tmp_path):
-    server.routes["/5560/k.jpg"] = [serve_file(jpeg_bytes())]
+    server.routes["/5560/k.jpg"] = [server.serve_file(server.jpeg_bytes())]
     src = pd.DataFrame({"url": ["http://images.proteinatlas.org/5560/k.jpg"]})
     table, failures = fetch_images(src, tmp_path, base_url=server.url, **FAST)
     assert failures == [] and len(server.requests_to("/5560/k.jpg")) == 1
@@ -268,7 +163,7 @@ ZPATH = "/api/records/10632698/files"
 
 def test_zenodo_download_checked_and_cached(server, tmp_path):
     body = b"Protein Id,Antibody Id,locations\nENSG00000000001,HPA000001,nucleoplasm\n"
-    server.routes[f"{ZPATH}/data_test.csv/content"] = [send(200, body)]
+    server.routes[f"{ZPATH}/data_test.csv/content"] = [server.send(200, body)]
     md5 = "md5:" + hashlib.md5(body).hexdigest()
     path = fetch_zenodo("data_test.csv", tmp_path, base_url=server.url + ZPATH, known_hash=md5, progress=False)
     assert path == tmp_path / "data_test.csv" and path.read_bytes() == body
@@ -278,7 +173,7 @@ def test_zenodo_download_checked_and_cached(server, tmp_path):
 
 def test_zenodo_checksum_mismatch_leaves_nothing(server, tmp_path):
     body = b"not the published file\n"
-    server.routes[f"{ZPATH}/data_test.csv/content"] = [send(200, body)]
+    server.routes[f"{ZPATH}/data_test.csv/content"] = [server.send(200, body)]
     (tmp_path / "data_test.csv").write_bytes(b"stale corrupt copy")  # from an earlier bad run
     with pytest.raises(ChecksumError) as err:
         fetch_zenodo("data_test.csv", tmp_path, base_url=server.url + ZPATH, progress=False)
@@ -306,17 +201,17 @@ UP = dict(poll_interval=0.01, timeout_s=5, retries=1, backoff=0.001)
 
 
 def test_uniprot_job_polled_and_paged(server):
-    server.routes["/idmapping/run"] = [send_json({"jobId": "job1"})]
+    server.routes["/idmapping/run"] = [server.send_json({"jobId": "job1"})]
     server.routes["/idmapping/status/job1"] = [
-        send_json({"jobStatus": "RUNNING"}), send_json({"jobStatus": "RUNNING"}),
-        send(303, b'{"jobStatus":"FINISHED"}', {"Location": "/idmapping/uniprotkb/results/job1"})]
+        server.send_json({"jobStatus": "RUNNING"}), server.send_json({"jobStatus": "RUNNING"}),
+        server.send(303, b'{"jobStatus":"FINISHED"}', {"Location": "/idmapping/uniprotkb/results/job1"})]
     next_url = f"{server.url}/idmapping/uniprotkb/results/job1?cursor=page2&format=tsv&size=500"
     server.routes["/idmapping/uniprotkb/results/job1"] = [
-        send(200, tsv(("ENSG00000000001", "P11111", "reviewed", "MKTAYIAKQR"),
+        server.send(200, tsv(("ENSG00000000001", "P11111", "reviewed", "MKTAYIAKQR"),
                       ("ENSG00000000002", "A0A000", "unreviewed", "MSDNELLKQL"),
                       ("ENSG00000000004", "P44444", "reviewed", "MAAPLLRGWA")),
              {"Link": f'<{next_url}>; rel="next"'}),
-        send(200, tsv(("ENSG00000000004", "Q44444", "reviewed", "MGSSHHHHHH"),
+        server.send(200, tsv(("ENSG00000000004", "Q44444", "reviewed", "MGSSHHHHHH"),
                       ("ENSG00000000005", "P55555-2", "reviewed", "MKTAYIAKQR"),
                       ("ENSG00000000006", "P66666", "reviewed", "MGSSHHHHHHSSG")))]
     genes = ["ENSG00000000001", "ENSG00000000002", "ENSG00000000003", "ENSG00000000004",
@@ -341,12 +236,12 @@ def test_uniprot_job_polled_and_paged(server):
 
 
 def test_uniprot_batches_and_finished_status_without_redirect(server):
-    server.routes["/idmapping/run"] = [send_json({"jobId": "jobA"}), send_json({"jobId": "jobB"})]
+    server.routes["/idmapping/run"] = [server.send_json({"jobId": "jobA"}), server.send_json({"jobId": "jobB"})]
     for job, gene, acc in (("jobA", "ENSG00000000001", "P11111"), ("jobB", "ENSG00000000003", "P33333")):
-        server.routes[f"/idmapping/status/{job}"] = [send_json({"jobStatus": "FINISHED"})]
+        server.routes[f"/idmapping/status/{job}"] = [server.send_json({"jobStatus": "FINISHED"})]
         server.routes[f"/idmapping/details/{job}"] = [
-            send_json({"redirectURL": f"{server.url}/idmapping/uniprotkb/results/{job}"})]
-        server.routes[f"/idmapping/uniprotkb/results/{job}"] = [send(200, tsv((gene, acc, "reviewed", "MKTAYIAKQR")))]
+            server.send_json({"redirectURL": f"{server.url}/idmapping/uniprotkb/results/{job}"})]
+        server.routes[f"/idmapping/uniprotkb/results/{job}"] = [server.send(200, tsv((gene, acc, "reviewed", "MKTAYIAKQR")))]
     table, dropped = uniprot_map_ensembl(["ENSG00000000001", "ENSG00000000002", "ENSG00000000003"],
                                          base_url=server.url, batch_size=2, **UP)
     runs = server.requests_to("/idmapping/run")
@@ -356,17 +251,17 @@ def test_uniprot_batches_and_finished_status_without_redirect(server):
 
 
 def test_uniprot_failed_job_raises_with_job_id(server):
-    server.routes["/idmapping/run"] = [send_json({"jobId": "jobX"})]
-    server.routes["/idmapping/status/jobX"] = [send_json({"jobStatus": "RUNNING"}),
-                                               send_json({"jobStatus": "ERROR", "errors": ["bad ids"]})]
+    server.routes["/idmapping/run"] = [server.send_json({"jobId": "jobX"})]
+    server.routes["/idmapping/status/jobX"] = [server.send_json({"jobStatus": "RUNNING"}),
+                                               server.send_json({"jobStatus": "ERROR", "errors": ["bad ids"]})]
     expected = r"jobX \(batch 1/1, ids ENSG00000000001\.\.ENSG00000000002\) ended as ERROR"
     with pytest.raises(UniProtJobError, match=expected):
         uniprot_map_ensembl(["ENSG00000000001", "ENSG00000000002"], base_url=server.url, **UP)
 
 
 def test_uniprot_job_running_past_timeout(server):
-    server.routes["/idmapping/run"] = [send_json({"jobId": "jobSlow"})]
-    server.routes["/idmapping/status/jobSlow"] = [send_json({"jobStatus": "RUNNING"})]
+    server.routes["/idmapping/run"] = [server.send_json({"jobId": "jobSlow"})]
+    server.routes["/idmapping/status/jobSlow"] = [server.send_json({"jobStatus": "RUNNING"})]
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="jobSlow"):
         uniprot_map_ensembl(["ENSG00000000001"], base_url=server.url, **{**UP, "timeout_s": 0.2})
@@ -381,8 +276,8 @@ def test_streaming_embeds_keeps_thumbnails_deletes_images_and_resumes(server, tm
 
     names = [f"s{i}.jpg" for i in range(5)]
     for i, n in enumerate(names):
-        server.routes[f"/5560/{n}"] = [serve_file(jpeg_bytes(300, (40 * i, 90, 40)))]
-    server.routes["/5560/bad.jpg"] = [send(200, HTML_PAGE)]
+        server.routes[f"/5560/{n}"] = [server.serve_file(server.jpeg_bytes(300, (40 * i, 90, 40)))]
+    server.routes["/5560/bad.jpg"] = [server.send(200, server.HTML_PAGE)]
     embedded = {}
 
     def embed(paths):
@@ -424,7 +319,7 @@ def test_streaming_fetches_a_repeated_image_once(server, tmp_path):
     from proloc_lib.data.download import stream_images
 
     for i in range(3):
-        server.routes[f"/5560/d{i}.jpg"] = [serve_file(jpeg_bytes(300, (60 * i, 90, 40)))]  # one answer each
+        server.routes[f"/5560/d{i}.jpg"] = [server.serve_file(server.jpeg_bytes(300, (60 * i, 90, 40)))]  # one answer each
     calls = []
 
     def embed(paths):

@@ -10,7 +10,6 @@ import functools
 import hashlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,15 +21,13 @@ from proloc_lib.core import manifest, paths, provenance
 from proloc_lib.core.fileio import file_sha256
 from proloc_lib.data import build, datacard, download, hpa, mirror, splits
 from proloc_lib.data.images import load_image
-from proloc_lib.data.labels import LABELS, LabelMap
+from proloc_lib.data.labels import LABELS
 from proloc_lib.profiles import loader as profiles
 from proloc_lib.stages import common
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference"
+REFERENCE = paths.reference_dir()
 VISLOCAS = REFERENCE / "vislocas"
-pytestmark = pytest.mark.skipif(not (VISLOCAS / "data_train.csv").exists(),
-                                reason="../shared/reference/vislocas not found")
+pytestmark = pytest.mark.skipif(not (VISLOCAS / "data_train.csv").exists(), reason=f"{VISLOCAS} not found")
 N_PER_FILE, SUBSAMPLE_SEED = 4, 17  # 4 proteins of each table, 78 rows with duplicates in both: seconds
 
 
@@ -38,11 +35,6 @@ N_PER_FILE, SUBSAMPLE_SEED = 4, 17  # 4 proteins of each table, 78 rows with dup
 def srv():
     with mirror.serve(max_seconds=600) as m:
         yield m
-
-
-@pytest.fixture(scope="module")
-def label_map():
-    return LabelMap.load(ROOT / "data" / "mappings" / "hpa_to_proloc5.yaml")
 
 
 @pytest.fixture(scope="module")

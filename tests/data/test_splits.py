@@ -1,8 +1,11 @@
-"""Protein-disjoint splits on a generated table with shared sequences and antibodies."""
+"""Protein-disjoint splits on a generated table with shared sequences and antibodies; the benchmark
+protocol keeps the benchmark's test set (homology splits: test_homology.py)."""
 import numpy as np
 import pandas as pd
 import pytest
 
+from proloc_lib.core.errors import UserError
+from proloc_lib.data import splits
 from proloc_lib.data.labels import LABELS
 from proloc_lib.data.splits import (
     SplitLeakError,
@@ -109,3 +112,38 @@ def test_fold_split_rotates_test_and_validation():
         assert ((split == "val") == (folds == (f + 1) % 5)).all()
         tests.append(set(proteins["protein_id"][split == "test"]))
     assert set().union(*tests) == set(proteins["protein_id"]) and sum(map(len, tests)) == len(proteins)
+
+
+# -- the split protocols (split.method) ---------------------------------------------------------------
+def test_benchmark_protocol_keeps_the_benchmark_test_set(family_tables):
+    proteins, images, _ = family_tables()
+    side = {pid: ("test" if i % 4 == 0 else "train") for i, pid in enumerate(proteins["protein_id"])}
+    images = images.assign(benchmark_split=images["protein_id"].map(side))
+    split, rep = splits.split_proteins(proteins, images, LABELS,
+                                       {"method": "benchmark", "val_fraction": 0.1}, seed=0)
+    test = set(proteins.loc[split == "test", "protein_id"])
+    assert test == {p for p, s in side.items() if s == "test"}  # the benchmark's own test set, untouched
+    val = set(proteins.loc[split == "val", "protein_id"])
+    assert val and all(side[p] == "train" for p in val)    # carved from train
+    assert rep["method"] == "benchmark" and "asserted" in rep["disjoint"]
+    # a protein in both benchmark files is a leak, never split silently
+    leaky = pd.concat([images, images.iloc[[1]].assign(benchmark_split="test")], ignore_index=True)
+    leaky.loc[leaky.index[-1], "benchmark_split"] = "train" if side[leaky.iloc[-1]["protein_id"]] == "test" else "test"
+    with pytest.raises(splits.SplitLeakError, match="both benchmark files"):
+        splits.split_proteins(proteins, leaky, LABELS, {"method": "benchmark", "val_fraction": 0.1}, seed=0)
+
+
+def test_benchmark_tiny_train_still_gets_a_validation_part():
+    proteins = pd.DataFrame({"protein_id": list("ABCDE"), "seq_hash": list("abcde"),
+                             **{lab: [int(i == j) for i in range(5)] for j, lab in enumerate(LABELS)}})
+    images = pd.DataFrame({"protein_id": list("ABCDE"), "antibody": list("12345"),
+                           "benchmark_split": ["train"] * 4 + ["test"]})
+    split, _ = splits.split_proteins(proteins, images, LABELS, {"method": "benchmark", "val_fraction": 0.1}, seed=0)
+    assert (split == "val").sum() == 1 and (split == "test").sum() == 1
+
+
+def test_unknown_method_is_a_user_error(family_tables):
+    proteins, images, _ = family_tables(n_families=2)
+    with pytest.raises(UserError, match="split.method must be one of"):
+        splits.split_proteins(proteins, images, LABELS, {"method": "random", "val_fraction": 0.1,
+                                                         "test_fraction": 0.2}, seed=0)

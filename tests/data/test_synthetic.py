@@ -113,7 +113,9 @@ def test_mitochondria_only_is_punctate_in_cytoplasm(seed):
     dab, m = dab_and_masks(onehot("mitochondria"), seed)
     diffuse, _ = dab_and_masks(onehot("cytoplasm"), seed)
     inner = m["cytoplasm"] & ~m["rim"]
-    cv = lambda d: d[inner].std() / d[inner].mean()
+
+    def cv(d):
+        return d[inner].std() / d[inner].mean()
     assert cv(dab) > 2 * cv(diffuse)  # dots, not a wash
     assert dab[m["cytoplasm"]].mean() > 1.8 * dab[m["nucleus"]].mean()
     # Dots cover the cytoplasm, not only the perinuclear band.

@@ -1,5 +1,5 @@
 """Reviewer statistics: bootstrap intervals, calibration, seed-paired differences, re-split
-variance, the permutation control, and the main table."""
+variance, the permutation control."""
 import math
 
 import numpy as np
@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from proloc_lib.core import provenance
-from proloc_lib.evaluation import figures, metrics, scoring, statistics, tables
+from proloc_lib.evaluation import statistics
 
-LABELS = ["a", "b", "c"]
+LABELS = ["a", "b", "c"]  # the three labels of the toy_scores fixture
 
 
 def _pred(model, y, p, seed=0, t=0.5, split="test", level="protein"):
@@ -19,13 +18,6 @@ def _pred(model, y, p, seed=0, t=0.5, split="test", level="protein"):
     for j, lab in enumerate(LABELS):
         df[f"y:{lab}"], df[f"p:{lab}"], df[f"t:{lab}"] = y[:, j], p[:, j], t
     return df
-
-
-def _data(n=80, seed=0, signal=0.5):
-    rng = np.random.default_rng(seed)
-    y = (rng.random((n, 3)) < [0.5, 0.3, 0.2]).astype(int)
-    p = np.clip(signal * 0.5 * y + rng.random((n, 3)) * (1 - 0.5 * signal), 0, 1)
-    return y, p
 
 
 def test_weighted_average_precision_equals_sklearn_with_weights():
@@ -39,22 +31,24 @@ def test_weighted_average_precision_equals_sklearn_with_weights():
     assert np.isnan(statistics.weighted_average_precision(y, s, (1 - y)[None])[0])   # no positive drawn
 
 
-def test_bootstrap_per_label_intervals_cover_the_point_and_shrink_with_n():
-    y, p = _data(n=60)
+def test_bootstrap_per_label_intervals_cover_the_point_and_shrink_with_n(toy_scores):
+    y, p = toy_scores(n=60)
     small = statistics.bootstrap_per_label(_pred("fusion.corrected", y, p), LABELS, n_boot=300)
-    y2, p2 = _data(n=600)
+    y2, p2 = toy_scores(n=600)
     big = statistics.bootstrap_per_label(_pred("fusion.corrected", y2, p2), LABELS, n_boot=300)
     assert set(small["metric"]) == {"f1", "average_precision"} and len(small) == 6
     assert (small["ci_low"] <= small["value"] + 1e-12).all() and (small["value"] <= small["ci_high"] + 1e-12).all()
     assert (small["ci_high"] - small["ci_low"] > 0.02).all()
     ap_a = small[(small["label"] == "a") & (small["metric"] == "average_precision")]["value"].iloc[0]
     assert ap_a == pytest.approx(average_precision_score(y[:, 0], p[:, 0]))
-    width = lambda d: (d["ci_high"] - d["ci_low"]).mean()
+
+    def width(d):
+        return (d["ci_high"] - d["ci_low"]).mean()
     assert width(big) < width(small) / 2                 # ~ 1/sqrt(n): 10x the proteins, ~3x narrower
 
 
-def test_bootstrap_label_without_positive_is_undefined():
-    y, p = _data(n=50)
+def test_bootstrap_label_without_positive_is_undefined(toy_scores):
+    y, p = toy_scores(n=50)
     y[:, 2] = 0
     out = statistics.bootstrap_per_label(_pred("m", y, p), LABELS, n_boot=50)
     c = out[out["label"] == "c"]
@@ -135,88 +129,3 @@ def test_permutation_control_over_several_runs_asks_for_a_systematic_excess():
     assert real["n_runs"] == 4 and not real["at_chance"] and real["macro_ap_excess_low"] > 0
 
 
-def _tidy_run(model, seed, y, p, level, n_labels_ok=True):
-    return scoring.tidy(model, level, "test", seed, y, p, LABELS)
-
-
-def test_main_table_image_level_paper_formulas_next_to_protein_level_standard():
-    y, p = _data(n=40)
-    res = pd.concat([_tidy_run("fusion.corrected", s, y, np.clip(p + 0.01 * s, 0, 1), "image") for s in range(2)]
-                    + [_tidy_run("fusion.corrected", s, y[:20], p[:20], "protein") for s in range(2)]
-                    + [_tidy_run("baseline.composition_lr", 0, y[:20], p[:20], "protein")])
-    tab = tables.main_table(res, models=["fusion.corrected", "baseline.composition_lr"])
-    assert list(tab.index) == ["fusion (corrected)", "composition + LR"]
-    assert "image · F1_paper" in tab.columns and "protein · F1" in tab.columns
-    assert "image · F1" not in tab.columns                  # the image side is the paper's setting
-    assert tab.loc["fusion (corrected)", "image · n"] == "40" and tab.loc["fusion (corrected)", "protein · n"] == "20"
-    assert tab.loc["composition + LR", "image · F1_paper"] == "—"
-    f1p = [metrics.published_metrics(y, metrics.binarize(np.clip(p + 0.01 * s, 0, 1)))["f1_paper"] for s in range(2)]
-    assert tab.loc["fusion (corrected)", "image · F1_paper"] == f"{np.mean(f1p):.3f} ± {np.std(f1p, ddof=1):.3f}"
-
-
-def test_per_label_table_says_undefined_not_one():
-    y, p = _data(n=30)
-    y[:, 1] = 0
-    res = _tidy_run("fusion.corrected", 0, y, p, "protein")
-    tab = tables.per_label_table(res)
-    assert tab.loc["fusion (corrected)", "b"] == "undefined (no positive)"
-    assert tab.loc["fusion (corrected)", "a"] != "undefined (no positive)"
-
-
-def test_as_run_id_maps_legacy_names():
-    assert tables.as_run_id("fusion (corrected)") == "fusion.corrected"
-    assert tables.as_run_id("fusion (authors)") == "fusion.authors"
-    assert tables.as_run_id("ablation: mask off") == "ablation.mask_off"
-    assert tables.as_run_id("fusion (corrected), 5-fold CV") == "cv.corrected"
-    assert tables.as_run_id("composition + LR") == "baseline.composition_lr"
-    assert tables.as_run_id("baseline.composition_lr") == "baseline.composition_lr"
-
-
-def test_every_table_file_carries_its_provenance(tmp_path):
-    from proloc_lib.evaluation import scoring
-
-    note = provenance.provenance_note({"synthetic_images": True, "random_weight_encoders": True, "real_sequences": True})
-    table = pd.DataFrame({"F1_paper": [0.7, np.nan], "F1": ["0.61 ± 0.02", "undefined"]},
-                         index=pd.Index(["fusion (corrected)", "label frequency"], name="model"))
-    paths = figures.save_table(table, tmp_path, "main_table", f"Profile 'demo'. {note}", note="50 resamples (demo).")
-    assert [p.suffix for p in paths] == [".csv", ".md", ".tex"]
-    csv = pd.read_csv(tmp_path / "main_table.csv")
-    assert list(csv.columns) == ["model", "F1_paper", "F1", "provenance"]
-    assert csv["provenance"].str.contains("SYNTHETIC").all() and csv["provenance"].str.contains("RANDOM-WEIGHT").all()
-    md = (tmp_path / "main_table.md").read_text()
-    assert md.splitlines()[0].startswith("Profile 'demo'. Demo numbers: SYNTHETIC") and "50 resamples" in md
-    tex = (tmp_path / "main_table.tex").read_text()
-    assert tex.startswith("% Profile 'demo'. Demo numbers: SYNTHETIC") and "\\caption{" in tex
-    assert "F1\\_paper" in tex and "undefined" in tex          # escaped for LaTeX; NaN shown as undefined
-    y, p = _data(n=20)
-    tidy = scoring.tidy("fusion.corrected", "protein", "test", 0, y, p, LABELS, provenance=note)
-    assert (tidy["provenance"] == note).all()
-
-
-def test_finished_figure_saves_without_a_layout_pass(tmp_path):
-    """finish lays the figure out once and leaves no layout engine, so savefig draws it once
-    (an engine, even tight_layout's placeholder, costs a second full draw per file) and the
-    saved PNG is the same."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
-    def make():
-        fig, ax = plt.subplots(figsize=(4, 3))
-        ax.plot([0, 1, 2], [1, 0, 2], label="a run")
-        ax.set_title("title")
-        ax.legend()
-        return fig
-
-    plain = make()
-    plain.text(0.01, 0.005, "caption", fontsize=7, ha="left", va="bottom", wrap=True, color="dimgray")
-    plain.tight_layout(rect=(0, 0.06, 1, 1))       # what finish did before: leaves a placeholder engine
-    assert plain.get_layout_engine() is not None
-    plain.savefig(tmp_path / "plain.png", dpi=150)   # as figures.save
-    fig = figures.finish(make(), "caption")
-    assert fig.get_layout_engine() is None
-    figures.save(fig, tmp_path, "finished", "caption", formats=("png",))
-    assert (tmp_path / "finished.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
-    plt.close("all")

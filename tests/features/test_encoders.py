@@ -1,4 +1,5 @@
-"""Encoders: ProtT5 tokenization conventions, padding, determinism, ViT tokens, offline behaviour.
+"""Encoders: ProtT5 tokenization conventions, padding, determinism, ViT tokens, offline behaviour,
+image preprocessing.
 
 All models here are the demo (random-weight) configs, so the file runs offline on a CPU.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import shutil
 import time
 
+import numpy as np
 import pytest
 import requests
 import timm  # noqa: F401  (imported up front so the timed offline tests time only the loaders)
@@ -14,10 +16,13 @@ import torch
 import transformers  # noqa: F401
 from PIL import Image
 
-from proloc_lib.core import network, runtime
+from proloc_lib.core import network
+from proloc_lib.core.paths import CONFIG_DIR
 from proloc_lib.data.images import load_image
 from proloc_lib.data.sequences import prott5_format
 from proloc_lib.features import encoders
+from proloc_lib.features.store import fingerprint_id
+from proloc_lib.profiles import loader as profiles
 
 SEQ_DEMO = {"model": "tiny-prott5", "pretrained": False,
             "config": {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16},
@@ -161,39 +166,6 @@ def test_image_seed_determinism():
 
 
 # -- offline behaviour ---------------------------------------------------------------------------
-def test_check_reachable_converts_connection_errors(monkeypatch):
-    url_a, url_b = "https://hub.invalid/api/models/a", "https://hub.invalid/api/models/b"
-
-    def fail(url, *args, **kwargs):
-        raise (requests.ConnectionError if url == url_a else requests.Timeout)(f"boom {url}")
-
-    monkeypatch.setattr(requests, "head", fail)
-    with pytest.raises(network.OfflineError) as err:
-        network.check_reachable([url_a, url_b], timeout=0.5)
-    msg = str(err.value)
-    # one short line naming the host and the kind of failure; full reasons kept in .details
-    assert msg.startswith("cannot reach hub.invalid (ConnectionError; Timeout)") and "Colab" in msg
-    assert "\n" not in msg and len(msg) < 200 and "boom" not in msg
-    assert set(err.value.details) == {url_a, url_b} and "boom" in err.value.details[url_a]
-
-
-def test_check_reachable_never_hangs(monkeypatch):
-    # A stalled DNS lookup is not covered by requests' own timeout; the hard deadline is.
-    monkeypatch.setattr(network, "_probe", lambda url, timeout: time.sleep(30))
-    t0 = time.perf_counter()
-    with pytest.raises(network.OfflineError, match="no answer"):
-        network.check_reachable(["https://stalled.invalid/"], timeout=0.2)
-    assert time.perf_counter() - t0 < 3
-
-
-def test_check_reachable_passes_on_any_http_answer(monkeypatch):
-    class Resp:
-        status_code = 401  # gated/private repos answer 401: the host is still reachable
-
-    monkeypatch.setattr(requests, "head", lambda url, *a, **k: Resp())
-    network.check_reachable(["https://huggingface.co/api/models/x/y"])
-
-
 def test_full_sequence_encoder_fails_fast_offline(no_network, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(network.OfflineError) as err:
@@ -258,13 +230,6 @@ def test_pretrained_flag_is_required_and_consistent():
         encoders.load_sequence_encoder(dict(SEQ_FULL, init_seed=0), device="cpu")
 
 
-def test_resolve_device():
-    assert runtime.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert runtime.resolve_device("cpu") == "cpu"
-    with pytest.raises(ValueError, match="tpu"):
-        runtime.resolve_device("tpu")
-
-
 def test_vocab_normalizer_is_a_valid_compiled_table(tmp_path):
     """An empty precompiled_charsmap breaks transformers 5.10-5.19 ('Cannot parse precompiled_charsmap'):
     the tiny vocabulary carries a real compiled table that both sentencepiece and tokenizers parse."""
@@ -282,3 +247,58 @@ def test_vocab_normalizer_is_a_valid_compiled_table(tmp_path):
     assert sp.encode("M K U X", out_type=str) == ["\u2581M", "\u2581K", "\u2581U", "\u2581X"]
     assert sp.encode("M\u3000K", out_type=str) == ["\u2581M", "\u2581K"]
     assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+
+
+# -- image preprocessing as explicit encoder keys: the published resize (224 x 224, bilinear, no crop)
+TINY = {"model": "vit_base_patch16_224", "pretrained": False,
+        "overrides": {"embed_dim": 32, "depth": 1, "num_heads": 2}, "init_seed": 0}
+PUBLISHED = {"crop_mode": "squash", "crop_pct": 1.0, "interpolation": "bilinear"}
+
+
+def published_processor(im: Image.Image) -> torch.Tensor:
+    """What transformers' ViTImageProcessor does for google/vit-base-patch16-224-in21k (the published
+    vit.py): PIL resize to 224 x 224 with BILINEAR, scale to [0, 1], normalize with mean = std = 0.5."""
+    x = np.asarray(im.convert("RGB").resize((224, 224), Image.BILINEAR), dtype=np.float32) / 255.0
+    return torch.from_numpy((x - 0.5) / 0.5).permute(2, 0, 1)
+
+
+def _image(w=400, h=250, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+
+
+def test_published_preprocessing_is_a_plain_resize_without_crop():
+    enc = encoders.load_image_encoder({**TINY, **PUBLISHED}, device="cpu")
+    im = _image()                                        # not square: a crop would lose the sides
+    torch.testing.assert_close(enc.transform(im), published_processor(im), atol=1e-6, rtol=0)
+    # the default (timm's crop_pct 0.9, bicubic, center crop) is a different input
+    default = encoders.load_image_encoder(TINY, device="cpu")
+    assert not torch.allclose(default.transform(im), published_processor(im), atol=0.05)
+
+
+def test_preprocessing_enters_the_store_fingerprint():
+    a = encoders.load_image_encoder({**TINY, **PUBLISHED}, device="cpu").fingerprint()
+    b = encoders.load_image_encoder(TINY, device="cpu").fingerprint()
+    c = encoders.load_image_encoder({**TINY, **PUBLISHED, "crop_pct": 0.9}, device="cpu").fingerprint()
+    assert a["preprocessing"] == {"crop_mode": "squash", "crop_pct": 1.0, "interpolation": "bilinear"}
+    assert len({fingerprint_id(a), fingerprint_id(b), fingerprint_id(c)}) == 3   # each its own store
+
+
+@pytest.mark.parametrize("bad, msg", [({"crop_pct": 1.5}, "crop_pct"), ({"crop_pct": True}, "crop_pct"),
+                                      ({"crop_mode": "border"}, "crop_mode"),
+                                      ({"interpolation": "nearest"}, "interpolation")])
+def test_bad_preprocessing_values_are_named(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        encoders.load_image_encoder({**TINY, **bad}, device="cpu")
+
+
+def test_full_profiles_use_the_published_encoder_and_list_the_variants():
+    for path in sorted(CONFIG_DIR.glob("full*.yaml")):
+        cfg = profiles.load_profile(path.stem)
+        img = cfg["embeddings"]["image"]
+        assert img["model"] == "vit_base_patch16_224.orig_in21k", path.name
+        assert {k: img[k] for k in PUBLISHED} == PUBLISHED, path.name
+        variants = cfg["embeddings"].get("image_variants") or {}
+        if path.name == "full-extended.yaml":  # the ablation tier; `full` is the main table only
+            assert variants["augreg"]["image"]["model"] == "vit_base_patch16_224.augreg_in21k"
+            assert variants["tiles"]["crop_grid"] == 3

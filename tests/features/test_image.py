@@ -1,4 +1,4 @@
-"""Image extraction: JPEG draft decoding, parallel decoding, image feature variants."""
+"""Image extraction: JPEG draft decoding, parallel decoding, image feature variants, tiled bags."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -142,3 +142,27 @@ def test_merge_keeps_the_extraction_settings(tmp_path, encoder):
     assert len(merged) == 4 and merged.meta["extraction"] == {"jpeg_draft": [248, 248]}
     rep = image.extract_images(paths, encoder, tmp_path / "m", progress=False)      # the same store: nothing to do
     assert rep["embedded"] == 0
+
+
+def test_high_resolution_mode_embeds_a_bag_of_tiles(tmp_path):
+    class TileEnc:
+        hidden_size = 2
+
+        def fingerprint(self):
+            return {"model_id": "tiles"}
+
+        def embed_batch(self, images):   # 3 tokens per tile: tile mean colour and width
+            return torch.stack([torch.tensor([[float(np.asarray(im).mean()), im.size[0]]] * 3) for im in images])
+
+    img = Image.new("RGB", (300, 300), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 100, 100))     # only the top-left tile is white
+    path = tmp_path / "big.png"
+    img.save(path)
+    image.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=3, progress=False)
+    grid = store.EmbeddingStore(tmp_path / "grid")
+    tokens = grid.get("big").float()
+    assert tokens.shape == (9 * 3, 2)
+    assert tokens[0, 0] == 255 and (tokens[3:, 0] == 0).all() and (tokens[:, 1] == 100).all()
+    assert grid.meta["fingerprint"]["crop_grid"] == 3
+    with pytest.raises(store.StaleStoreError):      # whole-image and tiled stores never mix
+        image.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=1, progress=False)

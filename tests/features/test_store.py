@@ -1,37 +1,79 @@
-"""The feature store finds every damaged or lost shard and re-embeds its items; lookups are O(1)."""
+"""The embedding store: stale-safe, shardable and mergeable; it finds every damaged or lost shard and
+re-embeds its items; lookups are O(1)."""
 import os
 import stat
 
-import numpy as np
 import pytest
 import torch
-from test_embedding_store import CountingEncoder, seqs
 
 from proloc_lib.data.sequences import sequence_hash
-from proloc_lib.features import batching, sequence
+from proloc_lib.features import sequence
 from proloc_lib.features import store as store_mod
 
 
-def as_dict(store):
-    # clones: tensors read from a shard may map the file itself, and these tests damage files
-    return {k: store.get(k).clone() for k in sorted(store.keys())}
+@pytest.fixture
+def build(counting_encoder, random_sequences):
+    """Function (tmp_path, n=24, shard_size=6, name="st") -> (unique sequences by hash, store path)."""
+    def build_(tmp_path, n=24, shard_size=6, name="st"):
+        unique = {sequence_hash(x): x for x in random_sequences(n)}
+        sequence.extract_sequences(unique, counting_encoder(), tmp_path / name, token_budget=200,
+                                   shard_size=shard_size, progress=False)
+        return unique, tmp_path / name
+    return build_
 
 
-def build(tmp_path, n=24, shard_size=6, name="st"):
-    unique = {sequence_hash(x): x for x in seqs(n)}
-    sequence.extract_sequences(unique, CountingEncoder(), tmp_path / name, token_budget=200, shard_size=shard_size,
-                        progress=False)
-    return unique, tmp_path / name
-
-
-def rerun(unique, path, verify="full"):
-    enc = CountingEncoder()
-    rep = sequence.extract_sequences(unique, enc, path, token_budget=200, shard_size=6, progress=False, verify=verify)
-    return enc, rep
+@pytest.fixture
+def rerun(counting_encoder):
+    """Function (unique, path, verify="full") -> (the encoder, extract's report): extract again."""
+    def rerun_(unique, path, verify="full"):
+        enc = counting_encoder()
+        rep = sequence.extract_sequences(unique, enc, path, token_budget=200, shard_size=6, progress=False,
+                                         verify=verify)
+        return enc, rep
+    return rerun_
 
 
 def keys_of(shard):
     return store_mod.read_shard_header(shard)[0]
+
+
+def test_stale_store_is_detected_or_rebuilt(tmp_path, counting_encoder, random_sequences):
+    unique = {sequence_hash(x): x for x in random_sequences(5)}
+    sequence.extract_sequences(unique, counting_encoder(tag="v1"), tmp_path / "st", progress=False)
+    with pytest.raises(store_mod.StaleStoreError, match="counting"):
+        sequence.extract_sequences(unique, counting_encoder(tag="v2"), tmp_path / "st", progress=False)
+    enc = counting_encoder(tag="v2")
+    sequence.extract_sequences(unique, enc, tmp_path / "st", on_stale="recompute", progress=False)
+    assert len(enc.seen) == 5
+    assert store_mod.EmbeddingStore(tmp_path / "st").meta["fingerprint"]["tag"] == "v2"
+    # other settings of the same model are stale too
+    with pytest.raises(store_mod.StaleStoreError):
+        sequence.extract_sequences(unique, counting_encoder(tag="v2"), tmp_path / "st", max_residues=50, progress=False)
+
+
+def test_hidden_size_mismatch_is_refused(tmp_path):
+    store = store_mod.EmbeddingStore.open(tmp_path / "st", {"m": 1}, 8, "sequence")
+    with pytest.raises(ValueError, match="hidden size 4"):
+        store.commit({"a": torch.zeros(3, 4)})
+
+
+def test_shards_merged_equal_single_run(tmp_path, counting_encoder, random_sequences, store_contents):
+    unique = {sequence_hash(x): x for x in random_sequences(25)}
+    sequence.extract_sequences(unique, counting_encoder(), tmp_path / "single", progress=False)
+    parts = []
+    for i in range(3):
+        sequence.extract_sequences(unique, counting_encoder(), tmp_path / f"part{i}", shard=f"{i}/3", progress=False)
+        parts.append(tmp_path / f"part{i}")
+    sizes = [len(store_mod.EmbeddingStore(p)) for p in parts]
+    assert sum(sizes) == 25 and all(s > 0 for s in sizes)
+    merged = store_mod.merge_stores(parts, tmp_path / "merged")
+    single = store_contents(store_mod.EmbeddingStore(tmp_path / "single"))
+    got = store_contents(merged)
+    assert got.keys() == single.keys() and all(torch.equal(got[k], single[k]) for k in got)
+    with pytest.raises(ValueError, match="i/N"):
+        store_mod.parse_shard("2-3")
+    with pytest.raises(ValueError, match="out of range"):
+        store_mod.parse_shard("3/3")
 
 
 def test_lookups_do_not_rebuild_the_index_for_a_100k_key_store(tmp_path, monkeypatch):
@@ -62,7 +104,7 @@ def test_lookups_do_not_rebuild_the_index_for_a_100k_key_store(tmp_path, monkeyp
     assert len(scans) == 1 and st.index_builds == 1
 
 
-def test_shard_names_are_unique_after_a_deletion_and_the_lost_items_come_back(tmp_path, capsys):
+def test_shard_names_are_unique_after_a_deletion_and_the_lost_items_come_back(tmp_path, capsys, build, rerun):
     unique, path = build(tmp_path)
     shards = sorted(path.glob("shard-*.safetensors"))
     assert len(shards) >= 3
@@ -84,9 +126,9 @@ def test_shard_names_are_unique_after_a_deletion_and_the_lost_items_come_back(tm
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flip_data_byte"])
-def test_a_damaged_shard_is_named_set_aside_and_re_embedded(tmp_path, damage):
+def test_a_damaged_shard_is_named_set_aside_and_re_embedded(tmp_path, damage, store_contents, build, rerun):
     unique, path = build(tmp_path)
-    ref = as_dict(store_mod.EmbeddingStore(path))
+    ref = store_contents(store_mod.EmbeddingStore(path))
     victim = sorted(path.glob("shard-*.safetensors"))[2]
     victim_keys = set(keys_of(victim))
     data = bytearray(victim.read_bytes())
@@ -114,11 +156,11 @@ def test_a_damaged_shard_is_named_set_aside_and_re_embedded(tmp_path, damage):
     assert [p["shard"] for p in rep["repaired"]] == [str(victim)]
     assert (path / "bad" / victim.name).exists()                 # kept for inspection, not deleted
     assert sorted(enc.seen) == sorted(unique[k] for k in victim_keys)
-    got = as_dict(store_mod.EmbeddingStore(path))
+    got = store_contents(store_mod.EmbeddingStore(path))
     assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
 
 
-def test_an_edited_shard_with_a_new_mtime_is_caught_on_open(tmp_path):
+def test_an_edited_shard_with_a_new_mtime_is_caught_on_open(tmp_path, build):
     unique, path = build(tmp_path)
     victim = sorted(path.glob("shard-*.safetensors"))[0]
     data = bytearray(victim.read_bytes())
@@ -128,25 +170,25 @@ def test_an_edited_shard_with_a_new_mtime_is_caught_on_open(tmp_path):
         store_mod.EmbeddingStore(path).get(next(iter(keys_of(victim))))
 
 
-def test_old_numbered_shards_are_adopted_under_content_names(tmp_path):
+def test_old_numbered_shards_are_adopted_under_content_names(tmp_path, store_contents, build, rerun):
     unique, path = build(tmp_path, n=12)
-    ref = as_dict(store_mod.EmbeddingStore(path))
+    ref = store_contents(store_mod.EmbeddingStore(path))
     for i, s in enumerate(sorted(path.glob("shard-*.safetensors"))):   # the layout before content names
         s.rename(path / f"shard-all-{i:05d}.safetensors")
     (path / store_mod.VERIFIED).unlink()
-    assert as_dict(store_mod.EmbeddingStore(path)).keys() == ref.keys()      # readable as it is
+    assert store_contents(store_mod.EmbeddingStore(path)).keys() == ref.keys()      # readable as it is
     enc, rep = rerun(unique, path)
     assert enc.calls == 0 and rep["repaired"] == []
     assert all(store_mod.SHARD_NAME.match(s.name) for s in path.glob("shard-*.safetensors"))
-    got = as_dict(store_mod.EmbeddingStore(path))
+    got = store_contents(store_mod.EmbeddingStore(path))
     assert all(torch.equal(got[k], ref[k]) for k in ref)
 
 
-def test_merge_skips_a_corrupt_source_shard_and_names_it(tmp_path):
-    unique = {sequence_hash(x): x for x in seqs(20)}
+def test_merge_skips_a_corrupt_source_shard_and_names_it(tmp_path, counting_encoder, random_sequences, rerun):
+    unique = {sequence_hash(x): x for x in random_sequences(20)}
     parts = []
     for i in range(2):
-        sequence.extract_sequences(unique, CountingEncoder(), tmp_path / f"p{i}", shard=f"{i}/2", shard_size=4, progress=False)
+        sequence.extract_sequences(unique, counting_encoder(), tmp_path / f"p{i}", shard=f"{i}/2", shard_size=4, progress=False)
         parts.append(tmp_path / f"p{i}")
     bad = sorted(parts[1].glob("shard-*.safetensors"))[0]
     data = bytearray(bad.read_bytes())
@@ -160,7 +202,7 @@ def test_merge_skips_a_corrupt_source_shard_and_names_it(tmp_path):
     assert sorted(enc.seen) == sorted(unique[k] for k in keys_of(bad))
 
 
-def test_files_are_written_with_the_users_umask(tmp_path):
+def test_files_are_written_with_the_users_umask(tmp_path, build):
     old = os.umask(0o022)
     try:
         unique, path = build(tmp_path, n=6)
@@ -172,19 +214,3 @@ def test_files_are_written_with_the_users_umask(tmp_path):
             assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
 
 
-def test_one_length_bucketing_function_serves_embedding_and_training():
-    rng_lengths = np.random.default_rng(1).integers(10, 2000, size=300)
-    from proloc_lib.training.datasets import bucketed_batches
-    for seed in range(3):
-        ours = batching.length_buckets(rng_lengths, 16384, 32, rng=np.random.default_rng(seed), jitter=0.1, shuffle=True)
-        theirs = bucketed_batches(rng_lengths, 32, np.random.default_rng(seed), batch_tokens=16384)
-        assert ours == theirs
-    batches = batching.length_buckets(list(rng_lengths), 5000, 16)
-    assert sorted(i for b in batches for i in b) == list(range(300))
-    for b in batches:
-        assert len(b) <= 16 and (len(b) == 1 or max(rng_lengths[b]) * len(b) <= 5000)
-    for a, b in zip(batches, batches[1:]):     # without jitter: buckets of neighbouring lengths, in order
-        assert rng_lengths[a].max() <= rng_lengths[b].min()
-    # keys in, keys out
-    by_key = batching.length_buckets({"a": 5, "b": 500, "c": 7}, 600)
-    assert by_key == [["a", "c"], ["b"]]

@@ -1,14 +1,13 @@
 """The five notebooks: committed clean, and executed end to end on the `smoke` profile."""
 import json
-from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
 from proloc_lib.cli.main import main as proloc
+from proloc_lib.core.paths import PROJECT_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0[1-5]_*.ipynb"))
 
 
@@ -31,7 +30,8 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """Run 01..05 once on `smoke` into a temporary data and figures root, as `proloc run` does."""
+    """Run 01..05 once on `smoke` into a temporary data and figures root, as `proloc run` does.
+    That takes minutes: every test that reads it is marked slow."""
     from proloc_lib.stages.runner import execute_notebook
 
     base = tmp_path_factory.mktemp("smoke")
@@ -45,6 +45,7 @@ def smoke_run(tmp_path_factory):
     return data_root / "smoke", fig_root / "smoke", executed
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_stage_with_manifests(smoke_run):
     stages, figs, _ = smoke_run
     for stage in ("01_data_assembly", "02_embeddings", "03_training", "04_baselines", "05_figures"):
@@ -59,6 +60,7 @@ def test_smoke_run_writes_every_stage_with_manifests(smoke_run):
     assert "SYNTHETIC" in (figs / "main_table.md").read_text()
 
 
+@pytest.mark.slow
 def test_smoke_split_is_protein_disjoint(smoke_run):
     from proloc_lib.data.splits import check_disjoint
 
@@ -69,6 +71,7 @@ def test_smoke_split_is_protein_disjoint(smoke_run):
     assert set(proteins["split"]) == {"train", "val", "test"}
 
 
+@pytest.mark.slow
 def test_smoke_results_table_holds_every_model_and_level(smoke_run):
     from proloc_lib.core import runs
 
@@ -85,6 +88,7 @@ def test_smoke_results_table_holds_every_model_and_level(smoke_run):
     assert scores["value"].dropna().between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_thresholds_come_from_validation_and_authors_keep_half(smoke_run):
     stages, _, _ = smoke_run
     res = pd.read_csv(stages / "03_training" / "metrics.csv")
@@ -95,6 +99,7 @@ def test_thresholds_come_from_validation_and_authors_keep_half(smoke_run):
     assert res["config_hash"].notna().all() and res["git_commit"].notna().all()
 
 
+@pytest.mark.slow
 def test_cross_validation_tests_every_protein_once(smoke_run):
     stages, _, _ = smoke_run
     proteins = pd.read_parquet(stages / "01_data_assembly" / "proteins.parquet")
@@ -104,6 +109,7 @@ def test_cross_validation_tests_every_protein_once(smoke_run):
     assert cv.groupby("fold")["protein_id"].apply(set).map(len).sum() == len(proteins)
 
 
+@pytest.mark.slow
 def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
 
     stages, _, _ = smoke_run
@@ -122,6 +128,7 @@ def test_predict_command_on_smoke_checkpoint(smoke_run, tmp_path):
     assert pred["provenance"].str.contains("not biologically meaningful").all()
 
 
+@pytest.mark.slow
 def test_sharded_extract_command_resumes_on_a_complete_store(smoke_run, capsys):
     from proloc_lib.features import store
 
@@ -133,6 +140,7 @@ def test_sharded_extract_command_resumes_on_a_complete_store(smoke_run, capsys):
     assert store.store_size_bytes(stages / "02_embeddings") == before
 
 
+@pytest.mark.slow
 def test_figures_folder_is_the_stage_output_of_notebook_05(smoke_run):
     stages, figs, executed = smoke_run
     man = json.loads((figs / "manifest.json").read_text())
@@ -156,6 +164,7 @@ def test_figures_folder_is_the_stage_output_of_notebook_05(smoke_run):
     assert images >= 8
 
 
+@pytest.mark.slow
 def test_executed_notebooks_show_figures_inline(smoke_run):
     """The runner gives kernels the inline backend (not Agg): a figure left open in a cell is an
     image output of the executed notebook, as in JupyterLab; no running/failed copies remain."""
@@ -166,6 +175,7 @@ def test_executed_notebooks_show_figures_inline(smoke_run):
     assert sorted(p.name for p in executed.iterdir()) == [p.name for p in NOTEBOOKS]
 
 
+@pytest.mark.slow
 def test_executed_notebooks_label_synthetic_numbers(smoke_run):
     _, _, executed = smoke_run
     for name in ("03_training.ipynb", "04_baselines.ipynb", "05_figures.ipynb"):
@@ -173,7 +183,8 @@ def test_executed_notebooks_label_synthetic_numbers(smoke_run):
         assert "SYNTHETIC" in text and "RANDOM-WEIGHT" in text, name
 
 
-def test_full_profile_offline_stops_at_once_and_writes_nothing(tmp_path, offline):
+@pytest.mark.offline
+def test_full_profile_offline_stops_at_once_and_writes_nothing(tmp_path):
     """Offline, the paper-scale profile must fail fast naming what it could not reach."""
     import time
 

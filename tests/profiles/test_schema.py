@@ -5,17 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 
 from proloc_lib.core.errors import UserError
+from proloc_lib.core.paths import PROJECT_ROOT as ROOT
 from proloc_lib.features import encoders
 from proloc_lib.profiles import loader as profiles
 from proloc_lib.profiles import schema
 from proloc_lib.training.settings import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path, name, text):
@@ -137,3 +136,11 @@ def test_profile_error_is_one_line_with_exit_2_on_the_command_line(tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and "unknown key 'data.n_protiens'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_resplits_are_checked():
+    smoke = profiles.load_profile("smoke")
+    for bad in ({"methods": ["random"]}, {"methods": ["stratified"], "folds": 3}):
+        with pytest.raises(ValueError, match="resplits"):
+            profiles.profile_from_dict({**smoke, "training": {**smoke["training"], "resplits": bad}}, name="t")
+    assert profiles.load_profile("full-extended").plan.resplits["methods"][1] == "homology"

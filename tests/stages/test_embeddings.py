@@ -1,12 +1,11 @@
-"""Notebook 02 writes its manifest only for complete, verified stores."""
+"""The embeddings stage (notebook 02) writes its manifest only for complete, verified stores; it runs
+on the `stage01` fixture (a tiny stage 01 on the smoke profile)."""
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_bad_input_store import stage01  # noqa: F401  (fixture: a tiny stage 01 on the smoke profile)
 
-ROOT = Path(__file__).resolve().parents[1]
+from proloc_lib.core.paths import PROJECT_ROOT as ROOT
 
 
 def run_nb02(data_root, out):
@@ -18,7 +17,8 @@ def run_nb02(data_root, out):
                                cwd=str(ROOT / "notebooks"), progress_bar=False, kernel_name="python3")
 
 
-def test_notebook_02_refuses_a_manifest_for_an_incomplete_store(stage01, tmp_path):  # noqa: F811
+@pytest.mark.slow  # two notebook runs
+def test_notebook_02_refuses_a_manifest_for_an_incomplete_store(stage01, tmp_path):
     import papermill as pm
 
     broken = stage01 / "smoke" / "images" / "im1.jpg"

@@ -1,114 +1,22 @@
-"""Training protocol: named configurations, switches, thresholds on validation only, resume, NaN."""
+"""The training loop: it learns, resumes to the same weights, selects as each configuration says,
+stops on a NaN loss; several seeds and runs train together exactly as alone; resume is keyed by
+the run and a finished run is never trained further."""
+import json
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from proloc_lib.data.labels import LABELS
-from proloc_lib.evaluation import scoring
-from proloc_lib.features.store import EmbeddingStore
-from proloc_lib.profiles.loader import load_profile, profile_from_dict
 from proloc_lib.training import datasets, loop, settings
-from proloc_lib.training.losses import authors_loss
-from proloc_lib.training.plan import build_plan
+
+SMALL = dict(d_model=16, n_heads=2, n_blocks=1)
 
 
-def test_named_configurations_differ_exactly_as_documented():
-    a, c = settings.make_config("authors"), settings.make_config("corrected")
-    assert (a.share_blocks, a.apply_mask, a.optimizer, a.lr, a.batch_size, a.dropout) == (True, False, "adam", 1e-5, 2, 0.5)
-    assert (a.select_on, a.thresholds, a.loss, a.padding, a.patience) == ("train_loss", "fixed", "authors", "split", None)
-    assert (c.share_blocks, c.apply_mask, c.select_on, c.thresholds, c.bucket_batches) == (False, True, "val_loss", "tuned", True)
-    assert (a.attn_dropout, c.attn_dropout, c.dropout) == (None, 0.0, 0.1)  # None: attention takes `dropout`
-    attn_p = [m.dropout for m in loop.build_model(a, 8, 8, 5).modules() if isinstance(m, torch.nn.MultiheadAttention)]
-    assert attn_p == [0.5] * 2  # cross-attention + the one shared block
-    attn_p = [m.dropout for m in loop.build_model(c, 8, 8, 5).modules() if isinstance(m, torch.nn.MultiheadAttention)]
-    assert attn_p == [0.0] * (1 + c.n_blocks)
-    # one switch at a time, for the ablations
-    assert settings.make_config("corrected", apply_mask=False).apply_mask is False
-    assert settings.make_config("corrected").hash() != settings.make_config("corrected", apply_mask=False).hash()
-
-
-def test_unknown_options_fail_before_any_work():
-    with pytest.raises(ValueError, match="learning_rate"):
-        settings.make_config("corrected", learning_rate=0.1)
-    with pytest.raises(ValueError, match="optimizer"):
-        settings.make_config("corrected", optimizer="sgd")
-    with pytest.raises(ValueError, match="unknown training configuration"):
-        settings.make_config("paper")
-    with pytest.raises(ValueError, match="epochs"):
-        profile_from_dict({**load_profile("smoke"), "training": {"epochs": 3}}, name="t")
-    plan = build_plan({"seeds": [0, 1], "base": {"d_model": 16, "n_heads": 2},
-                       "configurations": {"corrected": {}, "authors": {}},
-                       "ablations": {"mask off": {"of": "corrected", "apply_mask": False}}}).runs
-    assert [r["run_id"] for r in plan] == ["fusion.corrected", "fusion.authors"] * 2 + [
-        "ablation.reference", "ablation.mask_off"]
-    assert plan[-1]["train"].apply_mask is False and plan[-1]["train"].d_model == 16
-
-
-def test_authors_loss_weights_plasma_membrane():
-    logits = torch.zeros(4, 5)
-    y = torch.zeros(4, 5)
-    y[:, 0] = 1
-    base = authors_loss(logits, y)
-    y2 = y.clone()
-    y2[:, 4] = 1      # same number of wrong labels, but now on plasma membrane... no: logits 0 -> same BCE
-    logits2 = logits.clone()
-    logits2[:, 4] = -3.0   # confidently wrong on PM costs far more than on another label
-    logits3 = logits.clone()
-    logits3[:, 1] = -3.0
-    logits3[:, 4] = 0.0
-    y3 = y.clone()
-    y3[:, 1] = 1
-    assert authors_loss(logits2, y2) > 5 * authors_loss(logits3, y3)
-    assert torch.isfinite(base)
-
-
-def test_thresholds_are_tuned_on_validation_only():
-    rng = np.random.default_rng(0)
-    y = (rng.random((60, 5)) < 0.3).astype(int)
-    p = np.clip(y * 0.3 + rng.random((60, 5)) * 0.3, 0, 1)   # positives sit higher, below 0.5
-    th = scoring.tune_thresholds(y, p, split="val")
-    assert (th < 0.5).all()
-    with pytest.raises(ValueError, match="validation"):
-        scoring.tune_thresholds(y, p, split="test")
-    prot = pd.DataFrame(y, columns=LABELS).assign(protein_id=[f"P{i}" for i in range(60)])
-    val, test = prot.iloc[:30], prot.iloc[30:]
-    res, ths, _ = scoring.evaluate("m", LABELS, prot, (val, p[:30]), (test, p[30:]), tune=True, image_level=False)
-    np.testing.assert_allclose(ths["protein"], scoring.tune_thresholds(y[:30], p[:30], "val"))
-    # changing test labels cannot change the thresholds
-    prot2 = prot.copy()
-    prot2.loc[30:, LABELS] = 1 - prot2.loc[30:, LABELS]
-    _, ths2, _ = scoring.evaluate("m", LABELS, prot2, (prot2.iloc[:30], p[:30]), (prot2.iloc[30:], p[30:]),
-                                  tune=True, image_level=False)
-    assert ths == ths2
-
-
-def make_stores(tmp_path, n=40, seed=0):
-    """Tiny stores where label j is on iff image token 0 carries signal j."""
-    rng = np.random.default_rng(seed)
-    y = (rng.random((n, 5)) < 0.4).astype(int)
-    seq = EmbeddingStore.open(tmp_path / "seq", {"m": "s"}, 6, "sequence")
-    img = EmbeddingStore.open(tmp_path / "img", {"m": "i"}, 8, "image")
-    seq.commit({f"h{i}": torch.tensor(rng.normal(size=(int(rng.integers(3, 9)), 6)), dtype=torch.float32)
-                for i in range(n)})
-    imgs = {}
-    for i in range(n):
-        t = torch.tensor(rng.normal(size=(4, 8)) * 0.1, dtype=torch.float32)
-        t[0, :5] += torch.tensor(y[i] * 2.0, dtype=torch.float32)
-        imgs[f"img{i}"] = t
-    img.commit(imgs)
-    proteins = pd.DataFrame(y, columns=LABELS).assign(
-        protein_id=[f"P{i}" for i in range(n)], seq_hash=[f"h{i}" for i in range(n)],
-        split=["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4))
-    images = pd.DataFrame({"image_id": [f"img{i}" for i in range(n)], "protein_id": [f"P{i}" for i in range(n)]})
-    ds = {s: datasets.FusionDataset(datasets.image_samples(images, proteins, LABELS, s), LABELS,
-                                    EmbeddingStore(tmp_path / "seq"), EmbeddingStore(tmp_path / "img"))
-          for s in ("train", "val", "test")}
-    return ds
-
-
-def test_training_learns_and_resumes_identically(tmp_path):
-    ds = make_stores(tmp_path)
+def test_training_learns_and_resumes_identically(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
     cfg = settings.make_config("corrected", d_model=16, n_heads=2, n_blocks=1, max_epochs=12, patience=None,
                                lr=1e-2, batch_size=8, dropout=0.1)
     model, hist = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False)
@@ -143,16 +51,16 @@ def test_training_learns_and_resumes_identically(tmp_path):
         torch.testing.assert_close(a, b, msg=k)
 
 
-def test_authors_selection_uses_training_loss(tmp_path):
-    ds = make_stores(tmp_path, seed=1)
+def test_authors_selection_uses_training_loss(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path, seed=1)
     cfg = settings.make_config("authors", d_model=16, n_heads=2, n_blocks=2, max_epochs=3, batch_size=4, lr=1e-3)
     model, hist = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False)
     assert hist.loc[hist["best"], "train_loss"].iloc[0] == hist["train_loss"].min()
     assert len(model.blocks) == 1 and model.cfg.apply_mask is False
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_best_model(tmp_path):
-    ds = make_stores(tmp_path)
+def test_nan_loss_stops_with_a_message_and_keeps_the_best_model(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
     cfg = settings.make_config("corrected", d_model=16, n_heads=2, n_blocks=1, max_epochs=4, patience=None,
                                batch_size=8)
     orig = loop.loss_fn
@@ -184,18 +92,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_best_model(tmp_path):
     assert all(torch.isfinite(p).all() for p in err.value.model.parameters())
 
 
-def test_bucketed_batches_cover_everyone_and_respect_the_token_budget():
-    rng = np.random.default_rng(0)
-    lengths = np.array([50] * 40 + [4000] * 3 + [300] * 20)
-    batches = datasets.bucketed_batches(lengths, 16, rng, batch_tokens=8000)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        assert len(b) <= 16 and (len(b) == 1 or lengths[b].max() * len(b) <= 8000)
-    assert max(len(b) for b in batches if lengths[b].max() == 4000) <= 2
-
-
-def test_images_per_protein_ablation_trains_on_fewer_images(tmp_path):
-    ds = make_stores(tmp_path)
+def test_images_per_protein_ablation_trains_on_fewer_images(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
     one = ds["train"].samples                        # one image per protein in these stores
     doubled = datasets.FusionDataset(pd.concat([one, one], ignore_index=True), LABELS, ds["train"].seq_store,
                                      ds["train"].img_store)
@@ -218,3 +116,151 @@ def test_images_per_protein_ablation_trains_on_fewer_images(tmp_path):
     finally:
         loop.epoch_batches = orig
     assert seen == {1: len(one), None: 2 * len(one)}
+
+
+@pytest.fixture
+def one_intra_op_thread():
+    """Runs in threads use a share of the cores each: give the runs trained alone the same one
+    thread, so that float sums split alike and "equal" can mean bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def assert_same_runs(got, expected):
+    for (m1, h1), (m2, h2) in zip(got, expected, strict=True):
+        np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-6)
+        np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-6)
+        assert list(h1["best"]) == list(h2["best"])
+        for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.parametrize("workers", [1, 3])   # 1: lockstep, one step each in turn; 3: a thread per run
+@pytest.mark.parametrize("name,over", [("authors", {"batch_size": 2, "lr": 1e-3}),
+                                       ("corrected", {"batch_size": 8, "lr": 1e-2, "dropout": 0.3, "patience": 1})])
+def test_several_seeds_at_once_equal_separate_runs(tmp_path, name, over, workers, one_intra_op_thread, tiny_stores):
+    ds = tiny_stores(tmp_path)
+    cfg = settings.make_config(name, **SMALL, max_epochs=3, **over)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        together = loop.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 1, 2], progress=False,
+                                               workers=workers)
+        separate = [loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=s, progress=False) for s in (0, 1, 2)]
+    assert_same_runs(together, separate)
+    # the seeds really differ (dropout and initialisation are per seed)
+    assert not torch.equal(together[0][0].head.weight, together[1][0].head.weight)
+    # dropout masks come from each run's own generator: training leaves the global one where it was
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_runs_of_different_configurations_and_data_train_together(tmp_path, one_intra_op_thread, tiny_stores):
+    """What notebook 03 does with its ablations and control runs: one call, any mix of runs."""
+    ds = tiny_stores(tmp_path)
+    half = ds["train"].subset(ds["train"].samples.index[::2])
+    jobs = [loop.TrainJob(train_ds=ds["train"], val_ds=ds["val"], seed=0,
+                              cfg=settings.make_config("authors", **SMALL, max_epochs=2)),
+            loop.TrainJob(train_ds=half, val_ds=ds["val"], seed=1,
+                              cfg=settings.make_config("corrected", **SMALL, max_epochs=3, batch_size=8, patience=1)),
+            loop.TrainJob(train_ds=ds["train"], val_ds=ds["val"], seed=2,
+                              cfg=settings.make_config("corrected", **SMALL, max_epochs=1, apply_mask=False))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        together = loop.train_jobs(jobs, LABELS, progress=False, workers=2)
+        alone = [loop.train_fusion(j.train_ds, j.val_ds, j.cfg, LABELS, seed=j.seed, progress=False) for j in jobs]
+    assert [len(h) for _, h in together] == [2, len(alone[1][1]), 1]
+    assert_same_runs(together, alone)
+
+
+def test_resume_is_keyed_by_the_run(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
+    cfg = settings.make_config("corrected", **SMALL, max_epochs=3, patience=None, batch_size=8)
+    resume = tmp_path / "resume"
+    m0, h0 = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+    assert (resume / "last_state.pt").exists()
+    # another seed: the state is set aside with a message, never continued
+    fresh1, hf1 = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=1, progress=False)
+    with pytest.warns(UserWarning, match="another run.*seed"):
+        m1, h1 = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=1, progress=False, resume_dir=resume)
+    assert list(resume.glob("last_state.set-aside-*.pt"))
+    assert len(h1) == 3
+    for (k, a), b in zip(fresh1.state_dict().items(), m1.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)  # as if trained from scratch
+    # other training samples (another split) or labels: set aside too
+    other = ds["train"].subset(ds["train"].samples.index[:-2])
+    with pytest.warns(UserWarning, match="differs in train"):
+        loop.train_fusion(other, ds["val"], cfg, LABELS, seed=1, progress=False, resume_dir=resume)
+    relabelled = datasets.FusionDataset(ds["train"].samples.assign(**{LABELS[0]: 1 - ds["train"].samples[LABELS[0]]}),
+                                        LABELS, ds["train"].seq_store, ds["train"].img_store)
+    with pytest.warns(UserWarning, match="differs in train"):
+        loop.train_fusion(relabelled, ds["val"], cfg, LABELS, seed=1, progress=False, resume_dir=resume)
+    # an unreadable state is set aside as well
+    (resume / "last_state.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+
+
+def test_a_finished_run_is_never_trained_further(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
+    # early stopping: patience 1 with a learning rate that makes validation loss rise quickly
+    cfg = settings.make_config("corrected", **SMALL, max_epochs=30, patience=1, batch_size=8, lr=0.3,
+                               schedule="constant")
+    resume = tmp_path / "resume"
+    m1, h1 = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+    assert len(h1) < 30  # stopped early
+    calls = {"n": 0}
+    orig = loop._Run.step
+
+    def count(self, *a):
+        calls["n"] += 1
+        return orig(self, *a)
+
+    loop._Run.step = count
+    try:
+        m2, h2 = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+        done = settings.make_config("corrected", **SMALL, max_epochs=2, patience=None, batch_size=8)
+        loop.train_fusion(ds["train"], ds["val"], done, LABELS, seed=0, progress=False, resume_dir=tmp_path / "r2")
+        n_after_fresh = calls["n"]
+        _, h3 = loop.train_fusion(ds["train"], ds["val"], done, LABELS, seed=0, progress=False,
+                                      resume_dir=tmp_path / "r2")
+    finally:
+        loop._Run.step = orig
+    assert calls["n"] == n_after_fresh  # neither finished run took a single step when resumed
+    pd.testing.assert_frame_equal(h1, h2)
+    assert len(h3) == 2
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_seeds_resume_per_seed(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
+    cfg = settings.make_config("corrected", **SMALL, max_epochs=2, patience=None, batch_size=8)
+    loop.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 1], progress=False,
+                                resume_dir=tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["seed-0", "seed-1"]
+    with pytest.raises(ValueError, match="repeat"):
+        loop.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=[0, 0], progress=False)
+
+
+def test_a_failing_run_stops_the_runs_beside_it(tmp_path, monkeypatch, tiny_stores):
+    """A NaN in one thread's run ends the call with NaNLossError; the others stop at their next
+    step instead of training on, and what they finished is in their resume states."""
+    ds = tiny_stores(tmp_path)
+    orig = loop.loss_fn
+
+    def poison(cfg, pm):
+        return (lambda logits, y: logits.sum() * float("nan")) if cfg.focal_gamma == 3.0 else orig(cfg, pm)
+    monkeypatch.setattr(loop, "loss_fn", poison)
+    healthy = settings.make_config("corrected", **SMALL, max_epochs=200, patience=None, batch_size=4)
+    jobs = [loop.TrainJob(train_ds=ds["train"], val_ds=ds["val"], cfg=healthy, resume_dir=tmp_path / "ok"),
+            loop.TrainJob(train_ds=ds["train"], val_ds=ds["val"], cfg=settings.make_config(
+                "corrected", **SMALL, max_epochs=2, focal_gamma=3.0))]
+    with pytest.raises(loop.NaNLossError, match="non-finite"):
+        loop.train_jobs(jobs, LABELS, progress=False, workers=2)
+    saved = tmp_path / "ok" / "last_state.pt"
+    epochs_done = json.loads(torch.load(saved, weights_only=True)["state_json"])["epoch"] if saved.exists() else 0
+    assert epochs_done < 200

@@ -1,9 +1,9 @@
-"""Write small tables in the authors' reference test-set format (for the benchmark tests)."""
+"""What the benchmark tests share: small tables in the authors' reference test-set format."""
 import pandas as pd
+import pytest
 
 
-def write_reference(path, proteins):
-    """A CSV in the reference format: {ensembl id: (sequence, n_images)}."""
+def _write_reference(path, proteins):
     rows = []
     for pid, (seq, n) in proteins.items():
         for j in range(n):
@@ -12,3 +12,9 @@ def write_reference(path, proteins):
                          "plasma membrane": 0, "Sequence": seq})
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def write_reference():
+    """Function (path, {ensembl id: (sequence, n_images)}) -> path: a CSV in the reference format."""
+    return _write_reference
