@@ -80,7 +80,9 @@ class Attention(nn.MultiheadAttention):
         (b, t, d), s, h = query.shape, key.shape[1], self.num_heads
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        heads = lambda x, w, bias, n: F.linear(x, w, bias).view(b, n, h, d // h).transpose(1, 2)
+
+        def heads(x, w, bias, n):
+            return F.linear(x, w, bias).view(b, n, h, d // h).transpose(1, 2)
         q, k, v = heads(query, w_q, b_q, t), heads(key, w_k, b_k, s), heads(value, w_v, b_v, s)
         scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
         if key_padding_mask is not None:
