@@ -1,18 +1,42 @@
-"""Scoring against two test truths: the image table's labels and the authors' own test table."""
+"""Scoring: thresholds are tuned on validation only; test labels cannot move them. Test images are
+scored against two truths where the build has both: the image table's labels and the authors' own
+test table."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from proloc_lib.core import runs
+from proloc_lib.data.labels import LABELS
 from proloc_lib.evaluation import metrics, scoring, tables
 
-LABELS = ["a", "b"]
+
+def test_thresholds_are_tuned_on_validation_only():
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 5)) < 0.3).astype(int)
+    p = np.clip(y * 0.3 + rng.random((60, 5)) * 0.3, 0, 1)   # positives sit higher, below 0.5
+    th = scoring.tune_thresholds(y, p, split="val")
+    assert (th < 0.5).all()
+    with pytest.raises(ValueError, match="validation"):
+        scoring.tune_thresholds(y, p, split="test")
+    prot = pd.DataFrame(y, columns=LABELS).assign(protein_id=[f"P{i}" for i in range(60)])
+    val, test = prot.iloc[:30], prot.iloc[30:]
+    res, ths, _ = scoring.evaluate("m", LABELS, prot, (val, p[:30]), (test, p[30:]), tune=True, image_level=False)
+    np.testing.assert_allclose(ths["protein"], scoring.tune_thresholds(y[:30], p[:30], "val"))
+    # changing test labels cannot change the thresholds
+    prot2 = prot.copy()
+    prot2.loc[30:, LABELS] = 1 - prot2.loc[30:, LABELS]
+    _, ths2, _ = scoring.evaluate("m", LABELS, prot2, (prot2.iloc[:30], p[:30]), (prot2.iloc[30:], p[30:]),
+                                  tune=True, image_level=False)
+    assert ths == ths2
+
+
+TWO = ["a", "b"]
 SHOWN = runs.display_name("fusion.authors")
-AUTH = [scoring.AUTHORS_PREFIX + lab for lab in LABELS]
+AUTH = [scoring.AUTHORS_PREFIX + lab for lab in TWO]
 
 
 def _samples(split, y, authors=None):
-    df = pd.DataFrame(y, columns=LABELS).assign(image_id=[f"{split}{i}" for i in range(len(y))],
+    df = pd.DataFrame(y, columns=TWO).assign(image_id=[f"{split}{i}" for i in range(len(y))],
                                                 protein_id=[f"P{split}{i}" for i in range(len(y))])
     if authors is not None:
         df[AUTH] = np.asarray(authors, dtype=float)
@@ -20,7 +44,7 @@ def _samples(split, y, authors=None):
 
 
 def _proteins(*frames):
-    return pd.concat([f[["protein_id", *LABELS]] for f in frames], ignore_index=True)
+    return pd.concat([f[["protein_id", *TWO]] for f in frames], ignore_index=True)
 
 
 def test_test_images_are_scored_against_both_truths():
@@ -28,7 +52,7 @@ def test_test_images_are_scored_against_both_truths():
     val = _samples("v", [[1, 0], [0, 1]])
     test = _samples("t", [[1, 0], [0, 1]], authors=[[1, 0], [1, 1]])
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])
-    res, _, _ = scoring.evaluate("fusion.authors", LABELS, _proteins(val, test), (val, probs), (test, probs),
+    res, _, _ = scoring.evaluate("fusion.authors", TWO, _proteins(val, test), (val, probs), (test, probs),
                                  truth="benchmark_columns",
                                  training_set={"train_on": "train+val", "train_proteins": 3, "train_images": 7,
                                                "train_samples": 8})
@@ -54,12 +78,12 @@ def test_one_truth_where_the_authors_table_is_absent_or_incomplete():
     for test in (_samples("t", [[1, 0], [0, 1]]),                                   # the demo: no such columns
                  _samples("t", [[1, 0], [0, 1]], authors=[[1, 0], [np.nan, np.nan]])):  # not every image
         probs = np.array([[0.9, 0.1], [0.2, 0.8]])
-        res, _, _ = scoring.evaluate("fusion.corrected", LABELS, _proteins(val, test), (val, probs),
+        res, _, _ = scoring.evaluate("fusion.corrected", TWO, _proteins(val, test), (val, probs),
                                      (test, probs), truth="demo_labels")
         assert set(res["truth"]) == {"demo_labels"}
         assert not any("authors" in c for c in tables.main_table(res).columns)
     # without a truth name the rows stay as they were (no truth column)
-    res, _, _ = scoring.evaluate("fusion.corrected", LABELS, _proteins(val, test), (val, probs), (test, probs))
+    res, _, _ = scoring.evaluate("fusion.corrected", TWO, _proteins(val, test), (val, probs), (test, probs))
     assert "truth" not in res.columns and scoring.primary_truth(res) is res
 
 
