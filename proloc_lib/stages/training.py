@@ -294,7 +294,9 @@ def make_checkpoint(model, *, run_id: str, thresholds: dict, train_cfg: settings
     """The typed checkpoint of one trained run (protein-level thresholds, encoders and store fingerprints)."""
     emb = cfg["embeddings"]
     return Checkpoint(model=model, run_id=run_id, labels=list(data.labels), label_map=data.data_manifest["label_map"],
-                      thresholds=list(thresholds["protein"]), training=settings.train_config_dict(train_cfg),
+                      thresholds=list(thresholds["protein"]),
+                      threshold_fallback=list(thresholds.get("fallback", {}).get("protein", [])),
+                      training=settings.train_config_dict(train_cfg),
                       config_hash=train_cfg.hash(),
                       encoders={"sequence": emb["sequence"], "image": emb["image"],
                                 "max_residues": emb["max_residues"], "long_policy": emb["long_policy"],
