@@ -19,7 +19,7 @@ from proloc_lib.core.errors import UserError
 from proloc_lib.stages import runner
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = {"run", "audit", "mirror", "extract", "merge", "predict", "dry-run", "bench", "bench-training",
+EXPECTED = {"run", "check-readme", "audit", "mirror", "extract", "merge", "predict", "dry-run", "bench", "bench-training",
             "bench-loader", "bench-seeds", "bench-images", "profile-training"}
 # what each command needs besides options, so that a bad option is what its parser reports
 REQUIRED = {"audit": ["absent.csv"], "merge": ["dest", "source"], "predict": ["--checkpoint", "c", "--fasta", "f"]}
