@@ -32,7 +32,7 @@ recall, F1 and average precision are **undefined (NaN)**, never 1.0; precision i
 label that is never called. ``macro_f1`` averages the labels whose F1 is defined and
 ``n_labels_scored`` says how many that is.
 
-Relation to scikit-learn (checked in ``tests/test_metrics.py``): absolute true =
+Relation to scikit-learn (checked in ``tests/evaluation/test_metrics.py``): absolute true =
 ``accuracy_score``; sample accuracy and F1 = ``jaccard_score`` / ``f1_score(average="samples",
 zero_division=1)``; micro accuracy = ``1 - hamming_loss``; per-label precision/recall/F1 =
 ``precision_recall_fscore_support`` wherever defined; per-label AP = ``average_precision_score``.

@@ -14,7 +14,7 @@ not passed) whose output is used directly (``cross_residual=False``); then ONE s
 feed-forward block applied ``num_layers`` times (``share_blocks=True``), each sub-layer
 post-norm ``LayerNorm(x + sublayer(x))`` with no dropout on the residual branch
 (``residual_dropout=False``), the feed-forward ``Linear(d, 4d) -> ReLU -> Dropout -> Linear(4d, d)``;
-mean over all image tokens (CLS included); one Linear head. ``tests/test_published_model.py``
+mean over all image tokens (CLS included); one Linear head. ``tests/training/test_model.py``
 checks this model, with the published weights' names, against a plain-torch re-implementation.
 """
 
@@ -85,7 +85,9 @@ class Attention(nn.MultiheadAttention):
         (b, t, d), s, h = query.shape, key.shape[1], self.num_heads
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        heads = lambda x, w, bias, n: F.linear(x, w, bias).view(b, n, h, d // h).transpose(1, 2)
+
+        def heads(x, w, bias, n):
+            return F.linear(x, w, bias).view(b, n, h, d // h).transpose(1, 2)
         q, k, v = heads(query, w_q, b_q, t), heads(key, w_k, b_k, s), heads(value, w_v, b_v, s)
         scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
         if key_padding_mask is not None:

@@ -1,22 +1,140 @@
-"""What the statistics claim, checked on simulated data whose truth is known: the control's bound
-and detectable excess, the one interval over seeds and proteins, Holm's correction, the ECE floor."""
+"""Reviewer statistics: bootstrap intervals, calibration, seed-paired differences, re-split
+variance, the permutation control; and what each claims, checked on simulated data whose truth
+is known: the control's bound and detectable excess, the one interval over seeds and proteins,
+Holm's correction, the ECE floor."""
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from sklearn.metrics import average_precision_score
 
 from proloc_lib.evaluation import metrics, statistics
 
-LABELS = ["a", "b", "c"]
-DEMO_SPREAD = 0.083   # run-to-run sd of the demo control's macro-AP excess (3 runs: t interval [-0.271, 0.144])
+LABELS = ["a", "b", "c"]  # the three labels of the toy_scores fixture
 
 
-def _pred(model, y, p, seed=0, t=0.5):
-    ids = [f"P{i}" for i in range(len(y))]
-    df = pd.DataFrame({"id": ids, "protein_id": ids, "model": model, "seed": seed, "split": "test", "level": "protein"})
+def _pred(model, y, p, seed=0, t=0.5, split="test", level="protein"):
+    df = pd.DataFrame({"id": [f"P{i}" for i in range(len(y))], "protein_id": [f"P{i}" for i in range(len(y))],
+                       "model": model, "seed": seed, "split": split, "level": level})
     for j, lab in enumerate(LABELS):
         df[f"y:{lab}"], df[f"p:{lab}"], df[f"t:{lab}"] = y[:, j], p[:, j], t
     return df
+
+
+def test_weighted_average_precision_equals_sklearn_with_weights():
+    rng = np.random.default_rng(1)
+    y = (rng.random(40) < 0.3).astype(int)
+    s = np.round(rng.random(40), 1)                   # ties on purpose
+    w = rng.integers(0, 3, size=(5, 40))
+    got = statistics.weighted_average_precision(y, s, w)
+    for b in range(5):
+        assert got[b] == pytest.approx(average_precision_score(y, s, sample_weight=w[b]))
+    assert np.isnan(statistics.weighted_average_precision(y, s, (1 - y)[None])[0])   # no positive drawn
+
+
+def test_bootstrap_per_label_intervals_cover_the_point_and_shrink_with_n(toy_scores):
+    y, p = toy_scores(n=60)
+    small = statistics.bootstrap_per_label(_pred("fusion.corrected", y, p), LABELS, n_boot=300)
+    y2, p2 = toy_scores(n=600)
+    big = statistics.bootstrap_per_label(_pred("fusion.corrected", y2, p2), LABELS, n_boot=300)
+    assert set(small["metric"]) == {"f1", "average_precision"} and len(small) == 6
+    assert (small["ci_low"] <= small["value"] + 1e-12).all() and (small["value"] <= small["ci_high"] + 1e-12).all()
+    assert (small["ci_high"] - small["ci_low"] > 0.02).all()
+    ap_a = small[(small["label"] == "a") & (small["metric"] == "average_precision")]["value"].iloc[0]
+    assert ap_a == pytest.approx(average_precision_score(y[:, 0], p[:, 0]))
+
+    def width(d):
+        return (d["ci_high"] - d["ci_low"]).mean()
+    assert width(big) < width(small) / 2                 # ~ 1/sqrt(n): 10x the proteins, ~3x narrower
+
+
+def test_bootstrap_label_without_positive_is_undefined(toy_scores):
+    y, p = toy_scores(n=50)
+    y[:, 2] = 0
+    out = statistics.bootstrap_per_label(_pred("m", y, p), LABELS, n_boot=50)
+    c = out[out["label"] == "c"]
+    assert c["value"].isna().all() and c["ci_low"].isna().all()
+
+
+def test_calibration_table_separates_calibrated_from_overconfident():
+    rng = np.random.default_rng(3)
+    p = rng.random((4000, 3))
+    y = (rng.random((4000, 3)) < p).astype(int)         # calibrated by construction
+    over = np.where(p > 0.5, 0.99, 0.01)                  # same ranking, overconfident
+    pred = pd.concat([_pred("calibrated", y, p), _pred("overconfident", y, over)])
+    tab = statistics.calibration_table(pred, LABELS).set_index("model")
+    assert tab.loc["calibrated", "ece"] < 0.03
+    assert tab.loc["overconfident", "ece"] > 0.2
+    assert tab.loc["calibrated", "brier"] < tab.loc["overconfident", "brier"]
+
+
+def _results(model, seed, f1, fold=None):
+    return pd.DataFrame([{"model": model, "config": "", "config_hash": "", "seed": seed, "fold": fold,
+                          "level": "protein", "split": "test", "label": "overall", "metric": "f1", "value": f1}])
+
+
+def test_seed_paired_differences_pair_by_seed():
+    a = [0.80, 0.82, 0.78, 0.81, 0.79]
+    b = [0.70, 0.75, 0.69, 0.74, 0.72]
+    res = pd.concat([_results("fusion.corrected", s, v) for s, v in enumerate(a)]
+                    + [_results("fusion.authors", s, v) for s, v in enumerate(b)]
+                    + [_results("fusion.authors", 9, 0.0)])             # unpaired seed: ignored
+    out = statistics.seed_paired_differences(res, metric_names=("f1",)).iloc[0]
+    d = np.subtract(a, b)
+    assert out["n_seeds"] == 5 and out["mean_difference"] == pytest.approx(d.mean())
+    assert out["sd"] == pytest.approx(d.std(ddof=1))
+    # t interval, 4 degrees of freedom: t_0.975 = 2.776
+    half = 2.7764451 * d.std(ddof=1) / math.sqrt(5)
+    assert out["ci_low"] == pytest.approx(d.mean() - half, rel=1e-5)
+    assert out["ci_high"] == pytest.approx(d.mean() + half, rel=1e-5)
+
+
+def test_resplit_summary_is_over_splits_not_seeds():
+    rows = [_results("cv.corrected", seed, 0.5 + 0.1 * fold + 0.01 * seed, fold=fold)
+            for fold in range(3) for seed in range(2)]
+    out = statistics.resplit_summary(pd.concat(rows), by="fold").iloc[0]
+    per_split = [0.505, 0.605, 0.705]                    # seeds averaged within a split first
+    assert out["n_splits"] == 3 and out["mean"] == pytest.approx(np.mean(per_split))
+    assert out["sd"] == pytest.approx(np.std(per_split, ddof=1))
+    assert out["ci_low"] < out["mean"] < out["ci_high"]
+
+
+def test_permutation_control_finds_no_leak_in_noise_and_flags_a_real_model():
+    rng = np.random.default_rng(5)
+    y = (rng.random((200, 3)) < [0.5, 0.3, 0.2]).astype(int)
+    noise = rng.random((200, 3))
+    informed = np.clip(0.6 * y + 0.4 * noise, 0, 1)
+    pred = pd.concat([_pred("control.permuted_labels", y, noise), _pred("fusion.corrected", y, informed)])
+    ctl = statistics.permutation_control(pred, LABELS, n_perm=300)
+    assert not ctl["leak_detected"]
+    per = ctl["per_label"].set_index("label")
+    # the null's mean AP is about the label's prevalence (the label-frequency expectation)
+    assert np.allclose(per["null_mean"], per["prevalence"], atol=0.06)
+    real = statistics.permutation_control(pred, LABELS, control="fusion.corrected", n_perm=300)
+    assert real["leak_detected"] and real["macro_ap"] > real["macro_ap_null_high"]
+
+
+def test_permutation_control_over_several_runs_asks_for_a_systematic_excess():
+    """Several control runs (one per seed): a leak only where they beat their nulls systematically;
+    a run whose scores cluster by class may sit above its own shuffle null by chance."""
+    rng = np.random.default_rng(7)
+    y = (rng.random((120, 3)) < [0.5, 0.3, 0.2]).astype(int)
+    noise = [rng.random((120, 3)) for _ in range(4)]
+    informed = [np.clip(0.5 * y + 0.5 * rng.random((120, 3)), 0, 1) for _ in range(4)]
+    pred = pd.concat([_pred("control.permuted_labels", y, p, seed=s) for s, p in enumerate(noise)]
+                     + [_pred("fusion.corrected", y, p, seed=s) for s, p in enumerate(informed)])
+    ctl = statistics.permutation_control(pred, LABELS, n_perm=100)
+    assert ctl["n_runs"] == 4 and not ctl["leak_detected"]
+    assert ctl["macro_ap_excess"] <= ctl["macro_ap_excess_upper"] and ctl["macro_ap_excess_upper"] >= 0
+    real = statistics.permutation_control(pred, LABELS, control="fusion.corrected", n_perm=100)
+    assert real["n_runs"] == 4 and real["leak_detected"] and real["macro_ap_excess"] > real["macro_ap_detectable"]
+
+
+# ---------------------------------------------------------------------------- what the statistics claim
+
+DEMO_SPREAD = 0.083   # run-to-run sd of the demo control's macro-AP excess (3 runs: t interval [-0.271, 0.144])
 
 
 def _with_sd(rng, n, sd):
