@@ -15,8 +15,8 @@ from proloc_lib.cli.common import CommandParser
 from proloc_lib.core.errors import UserError
 from proloc_lib.core.paths import PROJECT_ROOT as ROOT
 
-EXPECTED = {"run", "audit", "mirror", "extract", "merge", "predict", "dry-run", "bench", "bench-training",
-            "bench-loader", "bench-seeds", "bench-images", "profile-training"}
+EXPECTED = {"run", "check-readme", "audit", "mirror", "extract", "merge", "predict", "dry-run", "bench",
+            "bench-training", "bench-loader", "bench-seeds", "bench-images", "profile-training"}
 # what each command needs besides options, so that a bad option is what its parser reports
 REQUIRED = {"audit": ["absent.csv"], "merge": ["dest", "source"], "predict": ["--checkpoint", "c", "--fasta", "f"]}
 # old `python -m proloc_lib.<module>` entry -> (its arguments, the command they forward to)

@@ -1,5 +1,5 @@
 """Figures and table files: every table file carries its provenance, a finished figure saves without a
-second layout pass."""
+second layout pass; the F1-against-threshold figure draws no curve for a label without positives."""
 import numpy as np
 import pandas as pd
 
@@ -55,3 +55,25 @@ def test_finished_figure_saves_without_a_layout_pass(tmp_path):
     figures.save(fig, tmp_path, "finished", "caption", formats=("png",))
     assert (tmp_path / "finished.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
     plt.close("all")
+
+
+A_ER = ["a", "er"]
+
+
+def test_f1_vs_threshold_leaves_an_undefined_label_out_and_names_its_fallback():
+    rng = np.random.default_rng(0)
+    y = np.c_[(rng.random(30) < 0.5).astype(int), np.zeros(30, dtype=int)]
+    p = rng.random((30, 2))
+    df = pd.DataFrame({"id": range(30), "protein_id": range(30), "model": "fusion.corrected", "seed": 0,
+                       "split": "val", "level": "protein"})
+    for j, lab in enumerate(A_ER):
+        df[f"y:{lab}"], df[f"p:{lab}"], df[f"t:{lab}"] = y[:, j], p[:, j], 0.5
+    fig = figures.f1_vs_threshold(df, A_ER, "fusion.corrected")
+    ax = fig.axes[0]
+    curves = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 1]
+    assert [ln.get_label() for ln in curves] == ["a"]              # no ER curve (it used to sit at 1.0)
+    assert all(np.nanmax(ln.get_ydata()) < 1.0 for ln in curves)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("er: undefined") and "fallback threshold 0.5" in t for t in legend)
+    er_marks = [ln for ln in ax.get_lines() if ln.get_label().startswith("er")]
+    assert len(er_marks) == 1 and list(er_marks[0].get_ydata()) == [0]

@@ -144,3 +144,24 @@ def test_resplits_are_checked():
         with pytest.raises(ValueError, match="resplits"):
             profiles.profile_from_dict({**smoke, "training": {**smoke["training"], "resplits": bad}}, name="t")
     assert profiles.load_profile("full-extended").plan.resplits["methods"][1] == "homology"
+
+
+def _demo_with(control) -> dict:
+    cfg = dict(profiles.load_profile("demo"))
+    return {**cfg, "training": {**cfg["training"], "control": control}}
+
+
+def test_control_takes_runs_with_or_without_a_config():
+    assert profiles.profile_from_dict(_demo_with({"runs": 6}), name="x").plan.control_seeds == [0, 1, 2, 3, 4, 5]
+    plan = profiles.profile_from_dict(_demo_with({"config": "authors", "runs": 4}), name="x").plan
+    assert plan.control == "authors" and plan.control_seeds == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("control, message", [
+    ({"runz": 4}, "unknown key 'training.control.runz'; did you mean 'runs'?"),
+    ({"runs": "4"}, "training.control.runs: input should be a valid integer"),
+    ({"runs": 0}, "training.control.runs must be at least 1"),
+])
+def test_bad_control_runs_are_one_line(control, message):
+    with pytest.raises(schema.ProfileError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        profiles.profile_from_dict(_demo_with(control), name="x")

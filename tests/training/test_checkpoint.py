@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 import proloc_lib.predict as predict_mod
 from proloc_lib.core.errors import UserError
@@ -15,6 +16,7 @@ from proloc_lib.training.checkpoint import (
     CheckpointMismatchError,
     read_config,
 )
+from proloc_lib.training.model import FusionConfig, FusionModel
 
 
 @pytest.fixture
@@ -124,3 +126,32 @@ def test_encoder_option_values_are_plain(tmp_path):
                        ({**ok, "pretrained": "/tmp/weights.pth"}, "may not name files")):
         with pytest.raises(CheckpointError, match=match):
             check_encoder_config("image", bad, tmp_path / "config.json")
+
+
+THREE = ["cytoplasm", "endoplasmic reticulum", "nucleus"]
+
+
+def _checkpoint(**kw):
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig(seq_dim=8, img_dim=8, n_labels=3, d_model=8, n_heads=2, n_blocks=1))
+    return Checkpoint(model=model.eval(), run_id="fusion.corrected", labels=THREE, label_map="m@1",
+                      thresholds=[0.35, 0.5, 0.6], training={}, config_hash="",
+                      encoders={"sequence": {"model": "Rostlab/x", "pretrained": False},
+                                "image": {"model": "vit_base_patch16_224", "pretrained": False},
+                                "max_residues": 100, "long_policy": "truncate"},
+                      sequence_encoder={}, image_encoder={}, **kw)
+
+
+def test_fallback_thresholds_round_trip_and_older_checkpoints_have_none(tmp_path):
+    out = _checkpoint(threshold_fallback=["endoplasmic reticulum"]).save(tmp_path / "ck")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["threshold_fallback"] == ["endoplasmic reticulum"] and meta["thresholds"][1] == 0.5
+    assert Checkpoint.load(out, labels=THREE).threshold_fallback == ["endoplasmic reticulum"]
+    del meta["threshold_fallback"]                                 # written before fallbacks were recorded
+    (out / "config.json").write_text(json.dumps(meta))
+    assert Checkpoint.load(out, labels=THREE).threshold_fallback == []
+
+
+def test_a_fallback_naming_an_unknown_label_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="'threshold_fallback' must list label names"):
+        _checkpoint(threshold_fallback=["golgi"]).save(tmp_path / "ck")
