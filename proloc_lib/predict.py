@@ -485,6 +485,9 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
     note = demo_note(meta)
     if note:
         _warn(note)
+    if meta.get("threshold_fallback"):
+        fallback = ", ".join(f"{lab} {t:g}" for lab, t in zip(labels, thresholds) if lab in meta["threshold_fallback"])
+        _warn(f"fallback thresholds, not tuned (no positive of the label in the validation split): {fallback}")
     training_images = meta.get("training_images") or {}
     if not training_images:
         print(f"note: {checkpoint} records no statistics of its training images (written before they were "
@@ -536,6 +539,7 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
     out.attrs["checkpoint"] = {"path": str(Path(checkpoint).resolve()), "run_id": meta.get("run_id", ""),
                                "config_hash": meta.get("config_hash", ""), "labels": list(labels),
                                "thresholds": [float(t) for t in thresholds], "call_rule": rule,
+                               "threshold_fallback": list(meta.get("threshold_fallback") or []),
                                "provenance": meta.get("provenance") or {}, "demo_note": note,
                                "training_images": training_images or None}
     return out

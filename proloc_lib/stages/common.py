@@ -111,6 +111,12 @@ class StageData:
         (the paper's image-level setting); protein-level scoring always uses the proteins' labels."""
         return "image" if all(lab in self.images.columns for lab in self.labels) else "protein"
 
+    @property
+    def truth(self) -> str:
+        """The name of the labels images.parquet carries (stage 01 records it, e.g. ``benchmark_columns``);
+        ``image_table`` for stage outputs written before it did."""
+        return str(self.data_manifest.get("truth") or "image_table")
+
     def inputs(self) -> list[Path]:
         """The files a stage manifest lists as its inputs."""
         return [self.data_dir / "proteins.parquet", self.data_dir / "images.parquet", self.emb_dir / manifest.MANIFEST]
@@ -167,7 +173,8 @@ class RunResults:
 
 
 def _collect(metrics: list, preds: list, hists: list, models=None, datasets=None) -> RunResults:
-    cat = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()
+    def cat(fs):
+        return pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()
     m, p = cat(metrics), cat(preds)
     return RunResults(metrics=_with_display(m) if len(m) else m, predictions=_with_display(p) if len(p) else p,
                       history=cat(hists), models=models or {}, datasets=datasets or {})

@@ -6,6 +6,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
+# ``train_on``: which splits of the protein table a run learns from
+TRAINING_SPLITS = {"train": ("train",), "train+val": ("train", "val")}
+# switches added after the first release: hashed only when set away from these values
+HASHED_ONLY_OFF_DEFAULT = {"train_on": "train"}
+
 
 @dataclass(kw_only=True)
 class ModelSwitches:
@@ -78,11 +83,15 @@ class TrainConfig(ModelSwitches):
     images_per_protein: int | None = None  # ablation: train on at most this many images per protein
     pad_multiple: int = 1            # round each batch's padded width up to a multiple of this (fewer
                                      # distinct shapes for compiled kernels; masked models give the same output)
+    train_on: str = "train"          # the proteins it learns from: "train" (validation held out for early
+                                     # stopping and thresholds); authors: "train+val" (the published train.py
+                                     # has no validation part: every non-test protein, the whole benchmark
+                                     # train file; its validation loss is then only reported)
 
     CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
                "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
                "thresholds": ("fixed", "tuned"), "padding": ("batch", "split", "global"),
-               "targets": ("protein", "image")}
+               "targets": ("protein", "image"), "train_on": tuple(TRAINING_SPLITS)}
 
     def __post_init__(self):
         super().__post_init__()
@@ -101,7 +110,17 @@ class TrainConfig(ModelSwitches):
         return cls(**d)
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The configuration's id. A switch added after the first release enters it only away from its
+        default, so every configuration that existed before keeps its hash (checkpoints, resume states)."""
+        d = {k: v for k, v in asdict(self).items()
+             if not (k in HASHED_ONLY_OFF_DEFAULT and v == HASHED_ONLY_OFF_DEFAULT[k])}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def training_splits(self) -> tuple[str, ...]:
+        """The split names (of the protein table's ``split``) a run of this configuration trains on."""
+        return TRAINING_SPLITS[self.train_on]
+
 
 
 # The two named configurations. A profile's ``training.base`` (sizes, epochs) applies to both.
@@ -110,11 +129,11 @@ NAMED_CONFIGS = {
                     ff_activation="relu", residual_dropout=False, cross_residual=False, optimizer="adam",
                     lr=1e-5, weight_decay=0.0, schedule="constant", grad_clip=None, batch_size=2,
                     bucket_batches=False, padding="split", targets="image", loss="authors",
-                    select_on="train_loss", patience=None, thresholds="fixed", amp=False),
+                    select_on="train_loss", patience=None, thresholds="fixed", amp=False, train_on="train+val"),
     "corrected": dict(apply_mask=True, share_blocks=False, attn_dropout=0.0, ff_activation="gelu",
                       residual_dropout=True, cross_residual=True, loss="bce_focal", optimizer="adamw",
                       schedule="warmup_cosine", grad_clip=1.0, bucket_batches=True, padding="batch",
-                      targets="protein", select_on="val_loss", thresholds="tuned", amp=True),
+                      targets="protein", select_on="val_loss", thresholds="tuned", amp=True, train_on="train"),
 }
 
 

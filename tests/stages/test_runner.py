@@ -1,5 +1,4 @@
-"""What the runner leaves in executed notebooks: no warnings, each progress bar once, finished, and
-outputs that nbval reproduces when the copies are re-executed."""
+"""Notebook execution: a failed notebook never replaces the last good copy and ends with its own error."""
 import os
 import re
 import subprocess
@@ -9,6 +8,36 @@ import nbformat
 import pytest
 
 from proloc_lib.stages import runner
+
+
+def _notebook(path: Path, code: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_failed_notebook_keeps_the_good_copy_and_ends_with_its_own_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    dest = tmp_path / "executed" / "01_demo.ipynb"
+    runner.execute_notebook(_notebook(src / "01_demo.ipynb", "print('good run', x)"), dest, {"x": 2}, progress=False)
+    good = dest.read_bytes()
+    assert "good run 2" in good.decode()
+    bad = _notebook(src / "01_demo.ipynb", "import json\nraise ValueError('first line\\nthe short message')")
+    with pytest.raises(runner.StageFailed) as err:
+        runner.execute_notebook(bad, dest, {"x": 3}, progress=False)
+    msg = str(err.value)
+    assert msg.startswith("01_demo failed: ValueError: the short message (executed copy with the error: ")
+    assert "Traceback" not in msg and "\n" not in msg and err.value.exit_code == 1
+    assert dest.read_bytes() == good                                   # last good copy untouched
+    failed = dest.with_name("01_demo.failed.ipynb")
+    assert "the short message" in failed.read_text()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["01_demo.failed.ipynb", "01_demo.ipynb"]
+    runner.execute_notebook(_notebook(src / "01_demo.ipynb", "print('again')"), dest, {}, progress=False)
+    assert not failed.exists() and "again" in dest.read_text()      # a good run supersedes the failed copy
+
 
 ROOT = Path(__file__).resolve().parents[2]
 # a progress line: "<desc>: 100%|##########| 60/60 [...]" or, without a total, "<desc>: 12 it [...]"
@@ -30,6 +59,7 @@ def _text(out) -> str:
     return "\n".join(str(v) for k, v in out.get("data", {}).items() if k.startswith("text/"))
 
 
+@pytest.mark.slow
 def test_executed_copies_hold_no_warning_and_each_bar_once_finished(smoke_run):
     _, _, executed = smoke_run
     bars_seen = 0
@@ -73,6 +103,7 @@ def _copy_to_fresh_root(executed: Path, base: Path, new_base: Path) -> list[Path
     return copies
 
 
+@pytest.mark.slow
 def test_nbval_reproduces_every_output_of_the_executed_smoke_notebooks(smoke_run, tmp_path):
     """Strict nbval: each executed copy re-runs cell by cell in a kernel like the runner's, and
     every output (tables, text, progress lines; images excepted) must equal the saved one once
