@@ -78,11 +78,20 @@ class TrainConfig(ModelSwitches):
     images_per_protein: int | None = None  # ablation: train on at most this many images per protein
     pad_multiple: int = 1            # round each batch's padded width up to a multiple of this (fewer
                                      # distinct shapes for compiled kernels; masked models give the same output)
+    # -- execution only: how the runs are stepped, not what they compute (outside hash() and the resume key)
+    stack_seeds: bool = False        # the seeds of this configuration stepped as one model with a leading
+                                     # seed dimension (training.stacked); needs fixed batch shapes:
+                                     # padding split/global, no bucket_batches, no float16 loss scaling
+    capture_step: str = "off"        # the fixed-shape step compiled once (training.capture): "cuda" (CUDA
+                                     # graphs on a GPU, eager on the CPU), "always" (the CPU too), "off"
 
     CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
                "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
                "thresholds": ("fixed", "tuned"), "padding": ("batch", "split", "global"),
-               "targets": ("protein", "image")}
+               "targets": ("protein", "image"), "capture_step": ("off", "cuda", "always")}
+    # switches that change how runs execute, never their result: a run trained with or without them
+    # has the same hash, resume key and checkpoint configuration hash
+    EXECUTION_ONLY = ("stack_seeds", "capture_step")
 
     def __post_init__(self):
         super().__post_init__()
@@ -101,7 +110,9 @@ class TrainConfig(ModelSwitches):
         return cls(**d)
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """What the run computes (every switch but ``EXECUTION_ONLY``), as 12 hex digits."""
+        result = {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_ONLY}
+        return hashlib.sha256(json.dumps(result, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # The two named configurations. A profile's ``training.base`` (sizes, epochs) applies to both.
