@@ -78,5 +78,6 @@ fi
 # -- the study: each notebook reads only what earlier ones wrote; `proloc run` checks the profile
 # (every key) and the device first, writes each executed copy only when its notebook succeeded and
 # ends a failed stage with that notebook's own one-line error.
+gpus_arg=(); [ "$gpus" != 1 ] && gpus_arg=(--gpus "$gpus")   # notebook 03's training ranks
 exec "$py" -m proloc_lib run --profile "$profile" --seed "$seed" --device "$device" ${mirror:+--mirror "$mirror"} \
-  --gpus "$gpus"
+  ${gpus_arg[@]+"${gpus_arg[@]}"}
