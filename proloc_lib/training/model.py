@@ -59,8 +59,12 @@ def dropout_keep(like: torch.Tensor, p: float, generator: "torch.Generator | Mas
         return generator.keep(like, p)
     if p >= 1:
         return torch.zeros_like(like)
-    keep = torch.rand(like.shape, generator=generator, device=like.device) >= p
-    return keep.to(like.dtype) * (1.0 / (1.0 - p))
+    return keep_from_uniform(torch.rand(like.shape, generator=generator, device=like.device), p, like.dtype)
+
+
+def keep_from_uniform(u: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """The dropout multiplier from uniform numbers ``u``: 0 where ``u < p``, 1/(1-p) elsewhere."""
+    return (u >= p).to(dtype) * (1.0 / (1.0 - p))
 
 
 class DrawsMasks:
