@@ -94,8 +94,12 @@ def _spec(jobs: list[loop.TrainJob], labels: list[str], *, device: str, ranks: i
 def _jobs_of(spec: dict, rank: int) -> tuple[list[int], list[loop.TrainJob]]:
     """This rank's runs (their indices in the call) with their datasets rebuilt once each."""
     stores: dict[str, EmbeddingStore] = {}
-    store = lambda path: stores.setdefault(path, EmbeddingStore(path))
     built: dict[int, FusionDataset] = {}
+
+    def store(path: str) -> EmbeddingStore:
+        if path not in stores:
+            stores[path] = EmbeddingStore(path)
+        return stores[path]
 
     def dataset(i: int) -> FusionDataset:
         if i not in built:

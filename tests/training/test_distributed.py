@@ -1,20 +1,16 @@
 """Runs spread over training ranks (training.distributed), tested with 2 gloo ranks on the CPU:
-the same models, histories, metrics, predictions and checkpoints as one process, bit for bit at
-one thread per process; a failing rank stops the other with one line; runs resume run by run."""
+the same models and histories as one process, bit for bit at one thread per process; a failing
+rank stops the other with one line; runs resume run by run. (The stage's metrics, predictions and
+checkpoints on two ranks: tests/stages/test_training.py.)"""
 import json
 import warnings
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
-from test_experiments import profile_cfg, write_stage
-from test_training import make_stores
 
 from proloc_lib.data.labels import LABELS
 from proloc_lib.features.store import EmbeddingStore
-from proloc_lib.stages import training as stage03
 from proloc_lib.training import datasets, distributed, loop, settings
 
 SMALL = dict(d_model=16, n_heads=2, n_blocks=1)
@@ -53,8 +49,8 @@ def _jobs(ds, resume=None):
             for i, (c, s) in enumerate(zip(cfgs, (0, 1, 5)))]
 
 
-def test_two_ranks_continue_interrupted_runs_and_equal_one_process(tmp_path, monkeypatch):
-    ds = make_stores(tmp_path)
+def test_two_ranks_continue_interrupted_runs_and_equal_one_process(tmp_path, monkeypatch, tiny_stores):
+    ds = tiny_stores(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = loop.train_jobs(_jobs(ds), LABELS, progress=False, workers=1)
@@ -86,17 +82,17 @@ def test_two_ranks_continue_interrupted_runs_and_equal_one_process(tmp_path, mon
     assert not list(tmp_path.glob("proloc-ranks-*"))   # the exchange folder is gone
 
 
-def _poisoned(tmp_path):
-    """The stores of make_stores with every image token NaN: a loss that is NaN at once."""
-    ds = make_stores(tmp_path)
+def _poisoned(tmp_path, tiny_stores):
+    """The tiny stores, and a train set whose image tokens are all NaN: a loss that is NaN at once."""
+    ds = tiny_stores(tmp_path)
     img = EmbeddingStore.open(tmp_path / "img-nan", {"m": "nan"}, 8, "image")
     img.commit({k: torch.full((4, 8), float("nan")) for k in ds["train"].img_store.keys()})
     return datasets.FusionDataset(ds["train"].samples, LABELS, ds["train"].seq_store,
                                   EmbeddingStore(tmp_path / "img-nan")), ds
 
 
-def test_a_failing_rank_stops_the_other_with_one_line(tmp_path):
-    bad, ds = _poisoned(tmp_path)
+def test_a_failing_rank_stops_the_other_with_one_line(tmp_path, tiny_stores):
+    bad, ds = _poisoned(tmp_path, tiny_stores)
     healthy = settings.make_config("corrected", **SMALL, max_epochs=100_000, patience=None, batch_size=8)
     jobs = [loop.TrainJob(train_ds=ds["train"], val_ds=ds["val"], cfg=healthy, resume_dir=tmp_path / "ok"),
             loop.TrainJob(train_ds=bad, val_ds=ds["val"], cfg=settings.make_config("corrected", **SMALL, max_epochs=2))]
@@ -110,34 +106,8 @@ def test_a_failing_rank_stops_the_other_with_one_line(tmp_path):
     assert done < 100_000
 
 
-def test_too_many_ranks_for_the_gpus_is_one_line(tmp_path, monkeypatch):
+def test_too_many_ranks_for_the_gpus_is_one_line(tmp_path, monkeypatch, tiny_stores):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    ds = make_stores(tmp_path)
+    ds = tiny_stores(tmp_path)
     with pytest.raises(Exception, match=r"^2 training ranks need 2 CUDA devices, one each; this machine has 1"):
         distributed.train_jobs(_jobs(ds), LABELS, device="cuda", progress=False, ranks=2)
-
-
-def test_the_training_stage_on_two_ranks_writes_what_one_process_writes(tmp_path):
-    """Notebook 03's plan (configurations x seeds) and its permutation control: metrics,
-    predictions and checkpoints are the same files; histories differ only in wall-clock times."""
-    cfg = profile_cfg(ablations={}, cross_validation=False, resplits=None, control=True)
-    out = {}
-    for gpus in (1, 2):
-        root = tmp_path / f"gpus-{gpus}"
-        write_stage(root)
-        stage = stage03.TrainingStage(cfg, seed=0, device="cpu", data_root=root, progress=False, gpus=gpus)
-        stage.train()
-        stage.controls()
-        out[gpus] = stage.write()
-    one, two = out[1], out[2]
-    m1, m2 = (pd.read_csv(d / "metrics.csv") for d in (one, two))
-    assert {"fusion.corrected", "fusion.authors", "control.permuted_labels"} <= set(m1["model"])
-    pd.testing.assert_frame_equal(m1, m2)
-    pd.testing.assert_frame_equal(pd.read_parquet(one / "predictions.parquet"), pd.read_parquet(two / "predictions.parquet"))
-    h1, h2 = (pd.read_csv(d / "history.csv").drop(columns=TIMING) for d in (one, two))
-    pd.testing.assert_frame_equal(h1, h2)
-    for ck in ("checkpoint-corrected", "checkpoint-authors"):   # the same tensors and configuration
-        w1, w2 = (load_file(d / ck / "model.safetensors") for d in (one, two))
-        assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
-        assert json.loads((one / ck / "config.json").read_text()) == json.loads((two / ck / "config.json").read_text())
-    assert np.isfinite(m1.select_dtypes("number").to_numpy(dtype=float)).any()

@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_training import make_stores
 
 from proloc_lib.data.labels import LABELS
 from proloc_lib.training import loop, model, settings, stacked
@@ -28,21 +27,6 @@ def _models(cfg, n, seq_dim=6, img_dim=8):
         torch.manual_seed(s)
         out.append(loop.build_model(cfg, seq_dim, img_dim, 5))
     return out
-
-
-def _key_bias(name: str, d: int):
-    """The key projection's bias inside an attention's in_proj_bias: it adds the same amount to
-    every score of a query, so softmax cancels it and its true gradient is 0; its computed gradient
-    is rounding noise, which Adam scales to steps of size lr. Compared apart (it has no effect)."""
-    return slice(d, 2 * d) if name.endswith("in_proj_bias") else None
-
-
-def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, d: int, **tol):
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        kb = _key_bias(name, d)
-        if kb is not None:
-            x, y = torch.cat([x[:kb.start], x[kb.stop:]]), torch.cat([y[:kb.start], y[kb.stop:]])
-        torch.testing.assert_close(x, y, msg=name, **tol)
 
 
 def test_seed_draws_give_each_run_the_masks_of_its_own_generator():
@@ -140,41 +124,47 @@ def _alone(ds, cfg, seeds, **kw):
         return [loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=s, progress=False, **kw) for s in seeds]
 
 
-def assert_runs_close(got, expected, d):
-    for (m1, h1), (m2, h2) in zip(got, expected, strict=True):
-        np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-5)
-        np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-5)
-        assert list(h1["epoch"]) == list(h2["epoch"]) and list(h1["best"]) == list(h2["best"])
-        assert_same_weights(m1, m2, d, rtol=1e-4, atol=1e-5)
+@pytest.fixture
+def runs_close(same_weights):
+    """Function (got, expected): losses, epochs, selected epochs and weights of each run agree."""
+    def check(got, expected):
+        for (m1, h1), (m2, h2) in zip(got, expected, strict=True):
+            np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-5)
+            np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-5)
+            assert list(h1["epoch"]) == list(h2["epoch"]) and list(h1["best"]) == list(h2["best"])
+            same_weights(m1, m2, SMALL["d_model"], rtol=1e-4, atol=1e-5)
+    return check
 
 
-def test_stacked_seeds_equal_seeds_alone_in_the_published_setting(tmp_path):
+def test_stacked_seeds_equal_seeds_alone_in_the_published_setting(tmp_path, tiny_stores, runs_close):
     """authors: dropout 0.5 on the attention weights and in the feed-forward, Adam, one shared
     block, padding to the split's longest, batch 2, best epoch by training loss."""
-    ds = make_stores(tmp_path)
+    ds = tiny_stores(tmp_path)
     cfg = settings.make_config("authors", **SMALL, max_epochs=3, lr=1e-3)
     assert cfg.dropout == 0.5 and cfg.attn_dropout is None and cfg.share_blocks
     together = _train(ds, settings.make_config("authors", **SMALL, max_epochs=3, lr=1e-3, stack_seeds=True), [0, 1, 2])
-    assert_runs_close(together, _alone(ds, cfg, [0, 1, 2]), cfg.d_model)
+    runs_close(together, _alone(ds, cfg, [0, 1, 2]))
     # the stack really differs per seed, and dropout was on (training loss above the eval-mode one)
     assert not torch.equal(together[0][0].head.weight, together[1][0].head.weight)
 
 
-def test_stacked_seeds_equal_alone_with_clipping_adamw_a_schedule_and_early_stopping(tmp_path):
+def test_stacked_seeds_equal_alone_with_clipping_adamw_a_schedule_and_early_stopping(tmp_path, tiny_stores,
+                                                                                    runs_close):
     """corrected switches on a fixed-shape loop: per-seed gradient clipping, AdamW, warm-up +
     cosine, and early stopping that takes seeds out of the stack at different epochs."""
-    ds = make_stores(tmp_path)
+    ds = tiny_stores(tmp_path)
     over = dict(**SMALL, max_epochs=8, lr=0.05, batch_size=4, bucket_batches=False, padding="split",
                 patience=1, dropout=0.3, grad_clip=0.5)
     together = _train(ds, settings.make_config("corrected", **over, stack_seeds=True), [0, 1, 2])
     alone = _alone(ds, settings.make_config("corrected", **over), [0, 1, 2])
     assert len({len(h) for _, h in alone}) > 1, "the seeds should stop at different epochs"
-    assert_runs_close(together, alone, SMALL["d_model"])
+    runs_close(together, alone)
 
 
-def test_a_stacked_run_resumes_alone_and_an_alone_run_resumes_stacked(tmp_path, monkeypatch):
+def test_a_stacked_run_resumes_alone_and_an_alone_run_resumes_stacked(tmp_path, monkeypatch, tiny_stores,
+                                                                      runs_close):
     """stack_seeds changes how runs step, not what they compute: same resume key and format."""
-    ds = make_stores(tmp_path)
+    ds = tiny_stores(tmp_path)
     plain = settings.make_config("authors", **SMALL, max_epochs=3, lr=1e-3)
     stack = settings.make_config("authors", **SMALL, max_epochs=3, lr=1e-3, stack_seeds=True)
     assert plain.hash() == stack.hash()
@@ -205,11 +195,11 @@ def test_a_stacked_run_resumes_alone_and_an_alone_run_resumes_stacked(tmp_path, 
             resumed = loop.train_fusion_seeds(ds["train"], ds["val"], then, LABELS, seeds=[0, 1], progress=False,
                                               resume_dir=resume)
         assert not [w for w in caught if "set aside" in str(w.message)]
-        assert_runs_close(resumed, reference, SMALL["d_model"])
+        runs_close(resumed, reference)
 
 
-def test_stack_seeds_where_shapes_change_warns_and_trains_the_seeds_alone(tmp_path):
-    ds = make_stores(tmp_path)
+def test_stack_seeds_where_shapes_change_warns_and_trains_the_seeds_alone(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
     over = dict(**SMALL, max_epochs=2, batch_size=8, dropout=0.1)   # corrected: length-bucketed batches
     with pytest.warns(UserWarning, match="batches of one shape"):
         got = loop.train_fusion_seeds(ds["train"], ds["val"], settings.make_config("corrected", **over, stack_seeds=True),
