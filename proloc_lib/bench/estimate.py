@@ -21,7 +21,9 @@ from proloc_lib.profiles import loader as profiles
 from proloc_lib.training import datasets, loop
 
 # -- 6. dry run: the runs of a profile and their estimated time on this device ------------------
-VISLOCAS_SIZES = {"train": 4652, "val": 517, "test": 566}  # unique images; val = 10% carved from train
+# training samples (image rows) of the benchmark split: val = 10% carved from train (seed 0); train + val =
+# the whole train file (5,228 rows, 5,169 images: 47 images are listed under two or three paralogs)
+VISLOCAS_SIZES = {"train": 4687, "val": 541, "test": 566}
 PAPER_LENGTH = 600
 
 
@@ -94,8 +96,11 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
     out_runs, total = [], 0.0
     for r in runs:
         c = r["train"]
-        plan = datasets.epoch_batches(tr_len, c, shuffle=True, seed=0,
-                                      pad_to=None if c.padding == "batch" else int(tr_len.max()))
+        # train_on: train+val (authors) learns from the validation samples too
+        n_fit = n_tr + (n_va if "val" in c.training_splits else 0)
+        fit_len = tr_len if n_fit == n_tr else np.concatenate([tr_len, rng.choice(lengths, n_va)])
+        plan = datasets.epoch_batches(fit_len, c, shuffle=True, seed=0,
+                                      pad_to=None if c.padding == "batch" else int(fit_len.max()))
         widths_used = [w for _, w in plan]
         width = int(np.median(widths_used))
         batch = c.batch_size if device.startswith("cuda") else min(c.batch_size, probe_batch_cpu)
@@ -104,11 +109,12 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
             _log(f"probe {r['model']}: batch {batch} x {width} residues on {device}")
             probes[key] = _probe_step_seconds(c, widths, device, width, batch)
         per_sample = probes[key] / batch
-        train_s = per_sample * n_tr
-        val_s = per_sample / 3 * n_va  # forward only
+        train_s = per_sample * n_fit
+        val_s = per_sample / 3 * n_va  # forward only (reported only when trained on)
         secs = c.max_epochs * (train_s + val_s)
         total += secs
         out_runs.append({"run": r["model"], "config": r["config"], "seed": r["seed"], "epochs_max": c.max_epochs,
+                         "train_on": c.train_on, "training_samples": n_fit,
                          "batch_size": c.batch_size, "median_padded_width": width, "steps_per_epoch": len(plan),
                          "probe_seconds_per_step": probes[key], "probe_batch": batch,
                          "estimated_seconds": secs})

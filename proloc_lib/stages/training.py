@@ -31,7 +31,7 @@ from proloc_lib.stages.common import (
 )
 from proloc_lib.training import distributed, loop, mil, settings
 from proloc_lib.training.checkpoint import Checkpoint
-from proloc_lib.training.datasets import FusionDataset, pad_length
+from proloc_lib.training.datasets import IMAGE_LABEL_PREFIX, FusionDataset, pad_length
 from proloc_lib.training.datasets import image_samples as training_image_samples
 from proloc_lib.training.plan import Plan
 
@@ -41,43 +41,65 @@ PERMUTED_CONTROL = runs.CONTROL_PERMUTED
 # ---------------------------------------------------------------------------------------------
 # building blocks
 
-def image_samples(data: StageData, split: str, *, targets: str = "protein",
+def image_samples(data: StageData, split: str | tuple[str, ...], *, targets: str = "protein",
                   proteins: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per image of ``split`` with its protein's sequence key and the training targets.
+    """One row per image of ``split`` (a split name, or several: ``("train", "val")``) with its
+    protein's sequence key and the training targets.
 
     ``targets="protein"``: the union of the protein's labels; ``"image"``: the image row's own
-    label columns (the published loop). Row order is the same for both.
+    label columns (the published loop). Row order is the same for both. An image listed under two
+    proteins is two rows, one per protein. The authors' own test labels (``authors_table:<label>``
+    columns of images.parquet, full profile) come along, for scoring.
     """
     prot = data.proteins if proteins is None else proteins
-    samples = training_image_samples(data.images, prot, data.labels, split)
+    wanted = (split,) if isinstance(split, str) else tuple(split)
+    samples = training_image_samples(data.images, prot, data.labels)
+    samples = samples[samples["split"].isin(wanted)].reset_index(drop=True)
     if targets == "image":
-        own = data.images.drop_duplicates("image_id").set_index("image_id")
-        missing = [lab for lab in data.labels if lab not in own.columns]
+        own = [IMAGE_LABEL_PREFIX + lab for lab in data.labels]
+        missing = [lab for lab, col in zip(data.labels, own) if col not in samples.columns]
         if missing:
             raise UserError(f"{data.data_dir / 'images.parquet'}: no image label columns {missing} "
                             "(training.targets: image needs them)")
-        samples[data.labels] = own.loc[samples["image_id"], data.labels].to_numpy(dtype=int)
+        samples[data.labels] = samples[own].to_numpy(dtype=int)
+    authors = [scoring.AUTHORS_PREFIX + lab for lab in data.labels]
+    if all(c in data.images.columns for c in authors):
+        extra = data.images[["image_id", "protein_id", *authors]].drop_duplicates(["image_id", "protein_id"])
+        samples = samples.merge(extra, on=["image_id", "protein_id"], how="left", validate="many_to_one")
     return samples
 
 
 def fusion_datasets(data: StageData, *, targets: str = "protein", image_variant: str | None = None,
-                    proteins: pd.DataFrame | None = None) -> dict[str, FusionDataset]:
-    """train/val/test ``FusionDataset`` over the stores (``image_variant``: that image store)."""
+                    proteins: pd.DataFrame | None = None, train_on=("train",)) -> dict[str, FusionDataset]:
+    """train/val/test ``FusionDataset`` over the stores (``image_variant``: that image store), and one
+    per ``train_on`` value beyond "train" (``"train+val"``: the train and val proteins together)."""
     img_store = data.image_store(image_variant)
-    return {s: FusionDataset(image_samples(data, s, targets=targets, proteins=proteins), data.labels,
-                                      data.seq_store, img_store) for s in SPLITS}
+    names = {s: (s,) for s in SPLITS} | {t: settings.TRAINING_SPLITS[t] for t in train_on}
+    return {name: FusionDataset(image_samples(data, parts, targets=targets, proteins=proteins), data.labels,
+                                data.seq_store, img_store) for name, parts in names.items()}
 
 
 def _job(datasets: dict, cfg: settings.TrainConfig, *, seed: int, resume_dir: Path | None = None) -> loop.TrainJob:
-    """One training run on ``datasets`` (every split: the "global" padding width is over all of them)."""
-    return loop.TrainJob(train_ds=datasets["train"], val_ds=datasets["val"], cfg=cfg, seed=int(seed),
-                             resume_dir=resume_dir,
-                             global_pad_to=_pad_to(cfg, datasets["train"], datasets) if cfg.padding == "global" else None)
+    """One training run on ``datasets[cfg.train_on]`` (validation loss on ``datasets["val"]``: for
+    ``train+val`` only reported, those proteins being trained on; the "global" padding width is over
+    every split)."""
+    train = datasets[cfg.train_on]
+    return loop.TrainJob(train_ds=train, val_ds=datasets["val"], cfg=cfg, seed=int(seed), resume_dir=resume_dir,
+                         global_pad_to=_pad_to(cfg, train, datasets) if cfg.padding == "global" else None)
+
+
+def training_set(datasets: dict, cfg: settings.TrainConfig) -> dict:
+    """What a run of ``cfg`` trains on: ``train_on``, proteins, distinct images and samples (image rows)."""
+    s = datasets[cfg.train_on].samples
+    return {"train_on": cfg.train_on, "train_proteins": int(s["protein_id"].nunique()),
+            "train_images": int(s["image_id"].nunique()), "train_samples": int(len(s))}
 
 
 def _pad_to(cfg: settings.TrainConfig, ds: FusionDataset, datasets: dict) -> int | None:
-    """Padding width under ``cfg.padding`` (``pad_length``: one rule for training and inference)."""
-    return pad_length(cfg, ds, all_splits=list(datasets.values()))
+    """Padding width under ``cfg.padding`` (``pad_length``: one rule for training and inference).
+    ``"split"`` pads each dataset to its own longest sequence: for ``train+val`` that is the whole
+    benchmark train file, as the published prott5.py pads each file."""
+    return pad_length(cfg, ds, all_splits=[datasets[s] for s in SPLITS])
 
 
 def _predict(model, datasets: dict, cfg: settings.TrainConfig, device: str, splits_=("val", "test")) -> dict:
@@ -100,10 +122,12 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
     for r in plan.runs:
         grouped.setdefault(r["run_id"], []).append(r)
     cache: dict[tuple, dict] = {}
+    train_on = tuple(dict.fromkeys(r["train"].train_on for r in plan.runs if r["train"].train_on != "train"))
 
     def datasets_for(targets, variant):
         if (targets, variant) not in cache:
-            cache[(targets, variant)] = fusion_datasets(data, targets=targets, image_variant=variant)
+            cache[(targets, variant)] = fusion_datasets(data, targets=targets, image_variant=variant,
+                                                        train_on=train_on)
         return cache[(targets, variant)]
 
     planned = []   # (run, its config, its datasets, the datasets it is scored on), every seed of every run
@@ -127,7 +151,8 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
             run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
             (ds_eval["test"].samples, probs["test"]), seed=seed, tune=tcfg.thresholds == "tuned",
             config=r["config"], config_hash=tcfg.hash(),
-            strict_threshold=tcfg.thresholds == "fixed", provenance=data.note)
+            strict_threshold=tcfg.thresholds == "fixed", provenance=data.note, truth=data.truth,
+            training_set=training_set(ds, tcfg))
         metrics.append(res)
         preds.append(pred)
         hists.append(hist.assign(model=run_id, seed=seed))
@@ -152,7 +177,8 @@ def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: st
     [(tidy metrics, predictions, history)] in order."""
     sets = []
     for sr in split_runs:
-        ds = fusion_datasets(data, targets=sr.cfg.targets, proteins=sr.proteins)
+        extra = () if sr.cfg.train_on == "train" else (sr.cfg.train_on,)
+        ds = fusion_datasets(data, targets=sr.cfg.targets, proteins=sr.proteins, train_on=extra)
         ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=sr.proteins)
                    if sr.cfg.targets != data.eval_targets else ds)
         sets.append((ds, ds_eval))
@@ -164,7 +190,8 @@ def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: st
         res, _, pred = scoring.evaluate(sr.run_id, data.labels, sr.proteins, (ds_eval["val"].samples, probs["val"]),
                                            (ds_eval["test"].samples, probs["test"]), seed=sr.seed,
                                            tune=sr.cfg.thresholds == "tuned", config=sr.config,
-                                           config_hash=sr.cfg.hash(), fold=sr.fold, provenance=data.note)
+                                           config_hash=sr.cfg.hash(), fold=sr.fold, provenance=data.note,
+                                           truth=data.truth, training_set=training_set(ds, sr.cfg))
         out.append((res, pred, hist.assign(model=sr.run_id, seed=sr.seed)))
     return out
 
@@ -244,8 +271,9 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
     # systematically (statistics.permutation_control)
     true_test = fusion_datasets(data, targets=data.eval_targets)["test"]   # test: the true labels
     permuted = {s: permute_labels(data.proteins, data.labels, seed=s) for s in seeds}
-    sets = {s: {**fusion_datasets(data, targets="protein", proteins=permuted[s]), "test": true_test}  # train, val: permuted
-            for s in seeds}
+    extra = () if tcfg.train_on == "train" else (tcfg.train_on,)
+    sets = {s: {**fusion_datasets(data, targets="protein", proteins=permuted[s], train_on=extra),
+                "test": true_test} for s in seeds}  # train, val: permuted
     trained = distributed.train_jobs([_job(sets[s], tcfg, seed=s) for s in seeds], data.labels, device=device,
                                      progress=progress, ranks=ranks)
     metrics, preds, hists = [], [], []
@@ -255,7 +283,8 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
         res, _, pred = scoring.evaluate(PERMUTED_CONTROL, data.labels, permuted[s], (ds["val"].samples, probs["val"]),
                                            (ds["test"].samples, probs["test"]), seed=s,
                                            tune=tcfg.thresholds == "tuned", config=plan.control,
-                                           config_hash=tcfg.hash(), provenance=data.note)
+                                           config_hash=tcfg.hash(), provenance=data.note, truth=data.truth,
+                                           training_set=training_set(ds, tcfg))
         metrics.append(res)
         preds.append(pred)
         hists.append(hist.assign(model=PERMUTED_CONTROL, seed=s))

@@ -14,12 +14,14 @@ def test_dry_run_lists_the_tiers(monkeypatch):
     full = estimate.dry_run("full", "cpu", n_train=1000, n_val=100)
     ext = estimate.dry_run("full-extended", "cpu", n_train=1000, n_val=100)
     names = [r["run"] for r in full["runs"]]
-    assert names.count("fusion.authors") == names.count("fusion.corrected") == 5 and len(names) == 15
-    assert names.count("control.permuted_labels") == 5   # one control run per seed, as the stage trains them
+    assert names.count("fusion.authors") == names.count("fusion.corrected") == 5 and len(names) == 20
+    assert names.count("control.permuted_labels") == 10  # training.control.runs: 10 in full
     authors = next(r for r in full["runs"] if r["config"] == "authors")
     assert authors["epochs_max"] == 100 and authors["batch_size"] == 2  # the published schedule
     # per-sample probe time 0.5 s: epochs x (train + val/3)
-    assert authors["estimated_seconds"] == pytest.approx(100 * (0.5 * 1000 + 0.5 / 3 * 100))
+    # authors trains on train + val (the whole train file): 1000 + 100 samples
+    assert authors["train_on"] == "train+val" and authors["training_samples"] == 1100
+    assert authors["estimated_seconds"] == pytest.approx(100 * (0.5 * 1100 + 0.5 / 3 * 100))
     assert full["estimated_training_seconds"] == pytest.approx(sum(r["estimated_seconds"] for r in full["runs"]))
     ext_names = [r["run"] for r in ext["runs"]]
     assert set(names) <= set(ext_names)
@@ -35,7 +37,7 @@ def test_dry_run_cli_prints_a_table(monkeypatch, capsys, tmp_path):
                    "--out", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
     assert "estimated training time" in out and "fusion.authors" in out
-    assert json.loads((tmp_path / "d.json").read_text())["n_runs"] == 15
+    assert json.loads((tmp_path / "d.json").read_text())["n_runs"] == 20
     assert proloc(["dry-run", "--profile", "nope", "--device", "cpu"]) == 2
     assert "nope" in capsys.readouterr().err
 
