@@ -90,7 +90,8 @@ class TrainConfig(ModelSwitches):
     # -- execution only: how the runs are stepped, not what they compute (outside hash() and the resume key)
     stack_seeds: bool = False        # the seeds of this configuration stepped as one model with a leading
                                      # seed dimension (training.stacked); needs fixed batch shapes:
-                                     # padding split/global, no bucket_batches, no float16 loss scaling
+                                     # padding split/global, no bucket_batches, no float16 loss scaling.
+                                     # For GPUs (fewer, larger kernels): on the CPU it is slower
     capture_step: str = "off"        # the fixed-shape step compiled once (training.capture): "cuda" (CUDA
                                      # graphs on a GPU, eager on the CPU), "always" (the CPU too), "off"
 
