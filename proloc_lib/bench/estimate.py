@@ -360,3 +360,24 @@ def _tiers(out_runs: list[dict], kinds) -> dict:
         name = "the profile as it is" if n == most else f"first {n} seed{'s' if n > 1 else ''} (training.seeds)"
         out[name] = {k: sum(r["hours"][k] for r in sel) for k in kinds}
     return out
+
+
+def tier_estimate(dry: dict, seeds: dict) -> dict:
+    """The dry run's training time with its published-loop runs (``fusion.<config>`` of the
+    ``bench-seeds`` configuration, estimated one seed at a time) replaced by what ``bench-seeds``
+    measured for all seeds at once in its fastest mode, plus their validation passes (forward
+    only, a third of a training step per sample, as the dry run counts them). Both must come from
+    the same device."""
+    run_id = f"fusion.{seeds['config']}"
+    published = [r for r in dry["runs"] if r["run"] == run_id]
+    best = seeds.get("best_mode")
+    if not published or best is None or "published_seeds_hours" not in seeds["modes"][best]:
+        raise ValueError(f"no {run_id} runs in the dry run, or no all-seeds measurement in bench-seeds")
+    one_by_one = sum(r["estimated_seconds"] for r in published)
+    measured = seeds["modes"][best]["published_seeds_hours"] * 3600 * (1 + dry["n_val"] / (3 * dry["n_train"]))
+    total = dry["estimated_training_seconds"] - one_by_one + measured
+    return {"device_name": dry.get("device_name"), "published_runs": len(published), "published_mode": best,
+            "published_hours_one_by_one": one_by_one / 3600, "published_hours_measured": measured / 3600,
+            "tier_hours_one_by_one": dry["estimated_training_hours"], "tier_hours": total / 3600,
+            "note": "upper bound at max_epochs (early stopping ends sooner); one GPU; baselines, evaluation "
+                    "and feature extraction not included"}

@@ -78,7 +78,7 @@ def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: 
          thresholds=0.5, config: str = "", config_hash: str = "", fold: int | None = None, *,
          strict_threshold: bool = False, provenance: str | None = None, fallback=None) -> pd.DataFrame:
     """One run's metrics as tidy rows. Undefined values (a label without positives) are NaN.
-    ``provenance`` (``config.provenance_note``): added as a column, so the CSV says what it is.
+    ``provenance`` (``core.provenance.provenance_note``): added as a column, so the CSV says what it is.
     ``fallback`` (one bool per label): the thresholds that are ``FALLBACK_THRESHOLD`` because
     the label could not be tuned; a ``threshold_fallback`` row (1.0 / 0.0) per label."""
     rep = metrics.full_report(np.asarray(y_true), np.asarray(y_prob), thresholds=thresholds, labels=labels,

@@ -30,7 +30,7 @@ from proloc_lib.stages.common import (
     combine,
     load_stage_data,
 )
-from proloc_lib.training import loop, mil, settings
+from proloc_lib.training import distributed, loop, mil, settings
 from proloc_lib.training.checkpoint import Checkpoint
 from proloc_lib.training.datasets import IMAGE_LABEL_PREFIX, FusionDataset, pad_length
 from proloc_lib.training.datasets import image_samples as training_image_samples
@@ -112,11 +112,12 @@ def _predict(model, datasets: dict, cfg: settings.TrainConfig, device: str, spli
 # notebook 03: training runs
 
 def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progress: bool = True,
-                    resume_root: str | Path | None = None) -> RunResults:
+                    resume_root: str | Path | None = None, ranks: int = 1) -> RunResults:
     """Train every run of the plan (all its seeds), predict val and test, evaluate.
 
     Thresholds as each configuration chooses them (tuned on validation or fixed 0.5). Returns
-    ``RunResults``; ``models`` holds the first seed's model of every run.
+    ``RunResults``; ``models`` holds the first seed's model of every run. ``ranks``: training
+    processes, one GPU each (``training.distributed``); every run here is trained alike.
     """
     grouped: dict[str, list[dict]] = {}
     for r in plan.runs:
@@ -138,11 +139,11 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
         planned += [(r, tcfg, *sets) for r in group]
     if progress:
         print("== training", ", ".join(f"{rid} (seeds {', '.join(str(r['seed']) for r in g)})" for rid, g in grouped.items()))
-    # every run in one call: on the CPU they share the cores (loop.train_jobs)
-    trained = loop.train_jobs(
+    # every run in one call: on the CPU they share the cores (loop.train_jobs), with ranks the GPUs
+    trained = distributed.train_jobs(
         [_job(ds, tcfg, seed=r["seed"], resume_dir=Path(resume_root) / r["run_id"] / f"seed-{r['seed']}"
               if resume_root else None) for r, tcfg, ds, _ in planned],
-        data.labels, device=device, progress=progress)
+        data.labels, device=device, progress=progress, ranks=ranks)
     metrics, preds, hists, models = [], [], [], {}
     for (r, tcfg, ds, ds_eval), (model, hist) in zip(planned, trained):
         run_id, seed = r["run_id"], r["seed"]
@@ -171,7 +172,8 @@ class _SplitRun:
     fold: int | None = None
 
 
-def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: str, progress: bool) -> list[tuple]:
+def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: str, progress: bool,
+                     ranks: int = 1) -> list[tuple]:
     """Train the runs at once (``loop.train_jobs``), then score each on its own split:
     [(tidy metrics, predictions, history)] in order."""
     sets = []
@@ -181,8 +183,8 @@ def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: st
         ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=sr.proteins)
                    if sr.cfg.targets != data.eval_targets else ds)
         sets.append((ds, ds_eval))
-    trained = loop.train_jobs([_job(ds, sr.cfg, seed=sr.seed) for sr, (ds, _) in zip(split_runs, sets)],
-                                  data.labels, device=device, progress=progress)
+    trained = distributed.train_jobs([_job(ds, sr.cfg, seed=sr.seed) for sr, (ds, _) in zip(split_runs, sets)],
+                                     data.labels, device=device, progress=progress, ranks=ranks)
     out = []
     for sr, (ds, ds_eval), (model, hist) in zip(split_runs, sets, trained):
         probs = _predict(model, ds, sr.cfg, device)
@@ -196,7 +198,7 @@ def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: st
 
 
 def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", seed: int = 0,
-                         progress: bool = True) -> RunResults:
+                         progress: bool = True, ranks: int = 1) -> RunResults:
     """Train ``plan.cross_validation`` once per fold (run id ``cv.<config>``, the ``fold`` column set).
 
     Fold f is the test side, fold f+1 the validation side (``splits.fold_split``). Empty when the
@@ -209,7 +211,7 @@ def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", se
     folds = range(int(data.proteins["fold"].max()) + 1)
     scored = _train_and_score(data, [_SplitRun(proteins=data.proteins.assign(split=splits.fold_split(data.proteins["fold"], f)),
                                                cfg=cv_cfg, run_id=run_id, config=name, seed=seed, fold=f) for f in folds],
-                              device=device, progress=progress)
+                              device=device, progress=progress, ranks=ranks)
     return _collect([res for res, _, _ in scored], [pred.assign(fold=f) for f, (_, pred, _) in zip(folds, scored)],
                     [hist.assign(fold=f) for f, (_, _, hist) in zip(folds, scored)])
 
@@ -251,7 +253,7 @@ def permute_labels(proteins: pd.DataFrame, labels: list[str], *, seed: int,
 
 
 def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu", seed: int | None = None,
-                            progress: bool = True) -> RunResults:
+                            progress: bool = True, ranks: int = 1) -> RunResults:
     """``control.permuted_labels``: ``plan.control`` trained, selected (early stopping) and
     thresholded on permuted training and validation labels, scored on the true test labels;
     one run per seed of ``plan.control_seeds`` (or only ``seed``).
@@ -273,8 +275,8 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
     extra = () if tcfg.train_on == "train" else (tcfg.train_on,)
     sets = {s: {**fusion_datasets(data, targets="protein", proteins=permuted[s], train_on=extra),
                 "test": true_test} for s in seeds}  # train, val: permuted
-    trained = loop.train_jobs([_job(sets[s], tcfg, seed=s) for s in seeds], data.labels, device=device,
-                                  progress=progress)
+    trained = distributed.train_jobs([_job(sets[s], tcfg, seed=s) for s in seeds], data.labels, device=device,
+                                     progress=progress, ranks=ranks)
     metrics, preds, hists = [], [], []
     for s, (model, hist) in zip(seeds, trained):
         ds = sets[s]
@@ -303,7 +305,7 @@ def resplit(data: StageData, method: str, *, seed: int, split_cfg: dict) -> pd.S
 
 
 def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = "cpu",
-                 progress: bool = True) -> RunResults:
+                 progress: bool = True, ranks: int = 1) -> RunResults:
     """Variance over re-splits: ``plan.resplits['config']`` retrained on ``repeats`` fresh splits of
     each protocol in ``methods``; run id ``resplit.<method>``, the repeat r in ``seed`` (split seed
     = training seed = r)."""
@@ -314,7 +316,7 @@ def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = 
         _SplitRun(proteins=data.proteins.assign(split=resplit(data, method, seed=r, split_cfg=split_cfg).to_numpy()),
                   cfg=tcfg, run_id=runs.make_id("resplit", method), config=plan.resplits["config"], seed=r)
         for method in plan.resplits["methods"] for r in range(plan.resplits["repeats"])],
-        device=device, progress=progress)
+        device=device, progress=progress, ranks=ranks)
     return _collect([res for res, _, _ in scored], [pred for _, pred, _ in scored], [hist for _, _, hist in scored])
 
 
@@ -391,11 +393,19 @@ def clear_resume(resume_root: str | Path) -> None:
 
 
 class TrainingStage(Stage):
-    """Notebook 03: ``header``, ``train``, ``cross_validate``, ``attention_mil``, ``controls``, ``write``."""
+    """Notebook 03: ``header``, ``train``, ``cross_validate``, ``attention_mil``, ``controls``, ``write``.
+
+    ``gpus``: training processes, one GPU each (``training.distributed``; on the CPU, processes
+    sharing the cores): every training call of the stage is spread over them, the rest stays here.
+    """
     name = "03_training"
 
-    def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, progress: bool = True):
+    def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, progress: bool = True,
+                 gpus: int = 1):
         super().__init__(profile, seed=seed, device=device, data_root=data_root)
+        if int(gpus) < 1:
+            raise UserError(f"gpus must be 1 or more, got {gpus}")
+        self.gpus = int(gpus)
         self.plan = self.cfg.plan           # expanded and checked with the profile, before any work
         seed_everything(self.seed)
         self.device  # checked before any work
@@ -412,7 +422,7 @@ class TrainingStage(Stage):
         """Every run of the plan (all seeds, the ablations) in one call; the test split's paper
         metrics per configuration, image and protein level (mean over seeds)."""
         self.fusion = run_fusion_plan(self.data, self.plan, device=self.device, progress=self.progress,
-                                      resume_root=self.resume_root)
+                                      resume_root=self.resume_root, ranks=self.gpus)
         return pd.concat({lvl: self.fusion.table(level=lvl, kinds=("fusion",)) for lvl in ("image", "protein")})
 
     def ablation_table(self) -> pd.DataFrame:
@@ -422,7 +432,7 @@ class TrainingStage(Stage):
     def cross_validate(self) -> pd.DataFrame:
         """One run per fold of the grouped k-fold column (when the profile asks for it); mean ± sd over folds."""
         self.cv = run_cross_validation(self.data, self.plan, device=self.device, seed=self.seed,
-                                       progress=self.progress)
+                                       progress=self.progress, ranks=self.gpus)
         return self.cv.summary()
 
     def attention_mil(self) -> pd.DataFrame:
@@ -432,9 +442,10 @@ class TrainingStage(Stage):
 
     def controls(self) -> pd.DataFrame:
         """The label-permutation control and the re-splits the profile asks for; test proteins."""
-        self.control = run_permutation_control(self.data, self.plan, device=self.device, progress=self.progress)
+        self.control = run_permutation_control(self.data, self.plan, device=self.device, progress=self.progress,
+                                               ranks=self.gpus)
         self.resplit = run_resplits(self.data, self.plan, self.cfg["data"].get("split", {}), device=self.device,
-                                    progress=self.progress)
+                                    progress=self.progress, ranks=self.gpus)
         return combine(self.fusion, self.control, self.resplit).summary(kinds=("fusion", "control", "resplit"))
 
     def results(self) -> RunResults:

@@ -87,11 +87,22 @@ class TrainConfig(ModelSwitches):
                                      # stopping and thresholds); authors: "train+val" (the published train.py
                                      # has no validation part: every non-test protein, the whole benchmark
                                      # train file; its validation loss is then only reported)
+    # -- execution only: how the runs are stepped, not what they compute (outside hash() and the resume key)
+    stack_seeds: bool = False        # the seeds of this configuration stepped as one model with a leading
+                                     # seed dimension (training.stacked); needs fixed batch shapes:
+                                     # padding split/global, no bucket_batches, no float16 loss scaling.
+                                     # For GPUs (fewer, larger kernels): on the CPU it is slower
+    capture_step: str = "off"        # the fixed-shape step compiled once (training.capture): "cuda" (CUDA
+                                     # graphs on a GPU, eager on the CPU), "always" (the CPU too), "off"
 
     CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
                "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
                "thresholds": ("fixed", "tuned"), "padding": ("batch", "split", "global"),
-               "targets": ("protein", "image"), "train_on": tuple(TRAINING_SPLITS)}
+               "targets": ("protein", "image"), "train_on": tuple(TRAINING_SPLITS),
+               "capture_step": ("off", "cuda", "always")}
+    # switches that change how runs execute, never their result: a run trained with or without them
+    # has the same hash, resume key and checkpoint configuration hash
+    EXECUTION_ONLY = ("stack_seeds", "capture_step")
 
     def __post_init__(self):
         super().__post_init__()
@@ -110,10 +121,12 @@ class TrainConfig(ModelSwitches):
         return cls(**d)
 
     def hash(self) -> str:
-        """The configuration's id. A switch added after the first release enters it only away from its
-        default, so every configuration that existed before keeps its hash (checkpoints, resume states)."""
+        """The configuration's id: what its runs compute. Execution-only switches never enter it; a
+        switch added after the first release enters it only away from its default, so every
+        configuration that existed before keeps its hash (checkpoints, resume states)."""
         d = {k: v for k, v in asdict(self).items()
-             if not (k in HASHED_ONLY_OFF_DEFAULT and v == HASHED_ONLY_OFF_DEFAULT[k])}
+             if k not in self.EXECUTION_ONLY
+             and not (k in HASHED_ONLY_OFF_DEFAULT and v == HASHED_ONLY_OFF_DEFAULT[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     @property

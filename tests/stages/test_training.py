@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 import proloc_lib.predict as predict_mod
@@ -253,3 +254,33 @@ def test_result_rows_say_what_each_run_trained_on_and_score_both_truths(bench_st
     main = tables.main_table(m)
     assert main["trained on"].tolist() == ["train: 8 proteins, 15 images", "train+val: 12 proteins, 23 images"]
     assert "image, authors' labels · n" in main.columns
+
+
+TIMING_COLUMNS = ["seconds", "samples_per_s"]   # wall-clock columns of a history: never equal between two runs
+
+
+def test_the_stage_on_two_training_ranks_writes_what_one_process_writes(tmp_path, write_tiny_stage, tiny_profile):
+    """Notebook 03's plan (configurations x seeds) and its permutation control: metrics,
+    predictions and checkpoints are the same (training.distributed, 2 gloo ranks on the CPU, one
+    thread per process); histories differ only in their wall-clock columns."""
+    cfg = tiny_profile(ablations={}, cross_validation=False, resplits=None, control=True)
+    out = {}
+    for gpus in (1, 2):
+        root = tmp_path / f"gpus-{gpus}"
+        write_tiny_stage(root)
+        stage = training.TrainingStage(cfg, seed=0, device="cpu", data_root=root, progress=False, gpus=gpus)
+        stage.train()
+        stage.controls()
+        out[gpus] = stage.write()
+    one, two = out[1], out[2]
+    m1, m2 = (pd.read_csv(d / "metrics.csv") for d in (one, two))
+    assert {"fusion.corrected", "fusion.authors", "control.permuted_labels"} <= set(m1["model"])
+    pd.testing.assert_frame_equal(m1, m2)
+    pd.testing.assert_frame_equal(pd.read_parquet(one / "predictions.parquet"), pd.read_parquet(two / "predictions.parquet"))
+    h1, h2 = (pd.read_csv(d / "history.csv").drop(columns=TIMING_COLUMNS) for d in (one, two))
+    pd.testing.assert_frame_equal(h1, h2)
+    for ck in ("checkpoint-corrected", "checkpoint-authors"):   # the same tensors and configuration
+        w1, w2 = (load_file(d / ck / "model.safetensors") for d in (one, two))
+        assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+        assert json.loads((one / ck / "config.json").read_text()) == json.loads((two / ck / "config.json").read_text())
+    assert np.isfinite(m1.select_dtypes("number").to_numpy(dtype=float)).any()
