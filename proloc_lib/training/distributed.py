@@ -37,9 +37,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tqdm.auto import tqdm
 
 from proloc_lib.core.errors import RunFailed, one_line
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.runtime import check_ranks
 from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.training import loop
@@ -225,7 +225,7 @@ def train_jobs(jobs: list[loop.TrainJob], labels: list[str], *, device: str = "c
         spawn_log.setLevel(logging.ERROR)   # its "terminating process" notes: our one line says it
         ctx = mp.start_processes(_rank_main, args=(str(work), ranks), nprocs=ranks, join=False, start_method="spawn")
         try:
-            with tqdm(total=total, desc=f"epochs ({len(jobs)} runs, {ranks} ranks)", disable=not progress) as bar:
+            with progress_bar(total=total, desc=f"epochs ({len(jobs)} runs, {ranks} ranks)", disable=not progress) as bar:
                 while not ctx.join(timeout=1.0, grace_period=5.0):
                     bar.update(_progress(work, ranks) - bar.n)
                 bar.update(_progress(work, ranks) - bar.n)

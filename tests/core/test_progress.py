@@ -84,3 +84,15 @@ def test_final_line_has_a_fixed_bar_width_and_a_plain_count_without_total(monkey
     with progress.bar(desc="sequences", unit="seq", file=out) as bar:
         bar.update(4)
     assert out.getvalue().startswith("sequences: 4 seq [") and "|" not in out.getvalue()
+
+
+def test_every_progress_bar_of_the_library_comes_from_this_helper():
+    """A module that imports tqdm itself brings back the IProgress warning and the redrawn stderr
+    bars in executed notebooks: only core/progress.py may import it."""
+    import re
+    from pathlib import Path
+
+    lib = Path(progress.__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(lib)) for p in lib.rglob("*.py")
+                 if p.name != "progress.py" and re.search(r"^\s*(from tqdm\b|import tqdm\b)", p.read_text(), re.M)]
+    assert offenders == []
