@@ -4,12 +4,15 @@ section (the schema has checked its keys and types). No torch import."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
 from proloc_lib.core.runs import CONTROL_PERMUTED, make_id, parse, slug
 from proloc_lib.training.settings import TrainConfig, make_config, train_config_dict
+
+# run seed s trains with every seed of the profile plus s * SEED_STRIDE: replicates never share a seed
+SEED_STRIDE = 1000
 
 
 @dataclass(kw_only=True)
@@ -20,6 +23,7 @@ class Plan:
     and for ablations ``ablation`` (the slug) and ``image_variant``. ``configs``: each named
     configuration used by any part. ``cross_validation`` and ``control``: the configuration each
     trains (or None). ``resplits``: ``{"methods", "repeats", "config"}`` (or None).
+    ``seed_offset``: added to every training and re-split seed (``for_run_seed``).
     """
     runs: list[dict]
     seeds: list[int]
@@ -27,6 +31,17 @@ class Plan:
     cross_validation: str | None = None
     control: str | None = None
     resplits: dict | None = None
+    seed_offset: int = 0
+
+    def for_run_seed(self, run_seed: int) -> "Plan":
+        """The plan of run seed ``run_seed`` (``proloc run --seed``): every training seed, and each
+        re-split's seed, moved by ``run_seed * SEED_STRIDE``; run seed 0 is the profile's plan."""
+        offset = int(run_seed) * SEED_STRIDE
+        if offset == self.seed_offset:
+            return self
+        shift = offset - self.seed_offset
+        return replace(self, runs=[{**r, "seed": r["seed"] + shift} for r in self.runs],
+                       seeds=[s + shift for s in self.seeds], seed_offset=offset)
 
     def table(self) -> pd.DataFrame:
         """One row per run and seed with every switch (what notebook 03 shows first)."""
@@ -47,8 +62,8 @@ class Plan:
                      "train": self.configs[self.control]} for s in self.seeds]
         if self.resplits:
             name = self.resplits["config"]
-            out += [{"run_id": make_id("resplit", m), "config": name, "seed": r, "train": self.configs[name]}
-                    for m in self.resplits["methods"] for r in range(self.resplits["repeats"])]
+            out += [{"run_id": make_id("resplit", m), "config": name, "seed": self.seed_offset + r,
+                     "train": self.configs[name]} for m in self.resplits["methods"] for r in range(self.resplits["repeats"])]
         return out
 
 
