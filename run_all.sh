@@ -7,14 +7,14 @@
 #   bash run_all.sh --test             # install the test extras and run pytest (notebooks included)
 #
 # Options: --profile NAME  --seed N  --device auto|cpu|cuda|cuda:N|mps  --data-root DIR  --mirror URL
-#          --no-venv (use the current Python, e.g. on Colab; automatic there)
+#          --force (rerun stages that are up to date)  --no-venv (use the current Python, e.g. on Colab)
 #          --pinned (install the exact versions of constraints.txt)  --dry-run  --test
 # Exit codes: 0 ok, 1 a stage (or a test) failed, 2 bad arguments or profile, 130 interrupted.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 die() { echo "run_all.sh: $*" >&2; exit 2; }   # bad arguments: one line, before any work
-profile=demo seed=0 device=auto data_root="" mirror="" mode=run use_venv=1 pinned=0
+profile=demo seed=0 device=auto data_root="" mirror="" mode=run use_venv=1 pinned=0 force=""
 [ -n "${COLAB_RELEASE_TAG:-}" ] && use_venv=0   # Colab: keep its CUDA torch, no venv
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,6 +27,7 @@ while [ $# -gt 0 ]; do
       shift 2 ;;
     --no-venv) use_venv=0; shift ;;
     --pinned) pinned=1; shift ;;
+    --force) force=--force; shift ;;
     --test) mode=test; shift ;;
     --dry-run) mode=dry-run; shift ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
@@ -75,4 +76,4 @@ fi
 # -- the study: each notebook reads only what earlier ones wrote; `proloc run` checks the profile
 # (every key) and the device first, writes each executed copy only when its notebook succeeded and
 # ends a failed stage with that notebook's own one-line error.
-exec "$py" -m proloc_lib run --profile "$profile" --seed "$seed" --device "$device" ${mirror:+--mirror "$mirror"}
+exec "$py" -m proloc_lib run --profile "$profile" --seed "$seed" --device "$device" ${mirror:+--mirror "$mirror"} $force

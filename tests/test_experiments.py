@@ -12,10 +12,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import proloc_lib.predict as predict_mod
-from proloc_lib.core import runs
+from proloc_lib.core import manifest, runs
 from proloc_lib.core.errors import UserError
 from proloc_lib.data.labels import LABELS
-from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.features.store import EmbeddingStore, store_checksums
 from proloc_lib.profiles.loader import load_profile, profile_from_dict
 from proloc_lib.stages import baselines, common, training
 from proloc_lib.training import loop, settings
@@ -55,8 +55,7 @@ def write_stage(root, n=60, seed=0, variant=None):
     images = pd.DataFrame(img_rows)
     proteins.to_parquet(d01 / "proteins.parquet")
     images.to_parquet(d01 / "images.parquet")
-    (d01 / "manifest.json").write_text(json.dumps({"stage": "01_data_assembly", "labels": LABELS,
-                                                   "label_map": "test-map v1"}))
+    seal(d01, "01_data_assembly", {}, labels=LABELS, label_map="test-map v1")
     seq = EmbeddingStore.open(d02 / "sequences", {"m": "s"}, 6, "sequence")
     seq.commit({f"h{i}": torch.tensor(rng.normal(size=(int(rng.integers(3, 9)), 6)), dtype=torch.float32)
                 for i in range(n)})
@@ -64,10 +63,18 @@ def write_stage(root, n=60, seed=0, variant=None):
     if variant:   # an image feature variant: the same signal, other noise, 12-wide
         EmbeddingStore.open(d02 / f"images-{variant}", {"m": "i2"}, 12, "image").commit(
             {k: torch.cat([t, torch.randn(4, 4) * 0.1], 1) for k, t in img_tokens.items()})
-    (d02 / "manifest.json").write_text(json.dumps({"stage": "02_embeddings",
-                                                   "sequence_store": {"fingerprint": {"m": "s"}},
-                                                   "image_store": {"fingerprint": {"m": "i"}}}))
+    tables = {f: c for f, c in json.loads((d01 / "manifest.json").read_text())["outputs"].items()
+              if f.endswith(".parquet")}
+    seal(d02, "02_embeddings", {"01_data_assembly": tables}, outputs=store_checksums(d02),
+         sequence_store={"fingerprint": {"m": "s"}}, image_store={"fingerprint": {"m": "i"}})
     return proteins, images
+
+
+def seal(folder, stage, upstream, outputs=None, **fields):
+    """The manifest a stage writes last: its outputs' checksums and what it read (``Stage`` checks them)."""
+    man = manifest.build_manifest(stage, {"profile": "tiny", "seed": 0}, outputs_dir=folder, outputs=outputs,
+                                  extra={"upstream": upstream, **fields})
+    (folder / "manifest.json").write_text(json.dumps(man))
 
 
 def profile_cfg(**training_over):
