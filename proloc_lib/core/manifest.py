@@ -159,23 +159,27 @@ def _leftover_pid(path: Path, final_dir: Path, kind: str) -> int | None:
 
 @contextlib.contextmanager
 def _publishing(final_dir: Path):
-    """Serialise swaps into ``final_dir`` and keep Ctrl-C / SIGTERM out of them (delivered after)."""
+    """Serialise swaps into ``final_dir`` and keep Ctrl-C / SIGTERM out of them: in the main thread
+    (where Python runs signal handlers) they are held and delivered once the swap is done."""
     guard = final_dir.parent / f".{final_dir.name}.publish"
     fh = open(guard, "a+") if fcntl is not None else None
-    block = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    held: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
     try:
         if fh is not None:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX)
             except OSError:
                 pass   # no locks on this file system: the stage lock is all there is
-        if block:
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
             yield
         finally:
-            if block:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            if held:
+                signal.raise_signal(held[0])
     finally:
         if fh is not None:
             fh.close()
@@ -246,9 +250,15 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
+_PARSE_LOCK = threading.Lock()   # ast.parse from two threads at once can fail on Python 3.11 (a CPython bug)
+
+
 def _library_imports(path: Path) -> set[str]:
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    source = path.read_text(encoding="utf-8")
+    with _PARSE_LOCK:
+        tree = ast.parse(source)
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("proloc_lib"):
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)

@@ -1,13 +1,14 @@
-"""``proloc run``: output folders and profile names checked before any work, a rerun skips what is up
-to date and reruns what changed and what reads it, a stale input stops the run in one line, two runs
-of a stage at once never mix, Ctrl-C and SIGTERM stop it in one line leaving nothing half-written.
+"""`proloc run`: its argument checks, output folders and profile names checked before any work, offline
+on the full profile; a rerun skips what is up to date and reruns what changed and what reads it, a
+stale input stops the run in one line, two runs of a stage at once never mix, Ctrl-C and SIGTERM stop
+it in one line leaving nothing half-written; run_all.sh (its argument checks, its install stamp, the
+CI overlays it calls).
 
 One run of the study (the smoke profile cut down further, as a profile file) is made once and copied
 for each test that reruns it."""
-from __future__ import annotations
-
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,11 +19,42 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from proloc_lib.cli import main
+from proloc_lib.cli.main import main
 from proloc_lib.core import manifest, paths
 from proloc_lib.core.locks import lock_path, pid_alive
+from proloc_lib.core.paths import PROJECT_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+
+@pytest.mark.parametrize("argv, text", [
+    (["run", "--seed"], "--seed: expected one argument"),
+    (["run", "--seed", "abc"], "invalid int value: 'abc'"),
+    (["run", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["run", "--profile", "nope"], "no profile 'nope'"),
+    (["run", "--device", "tpu"], "unknown device 'tpu'"),
+    (["run", "--device", "cuda:x"], "unknown device 'cuda:x'"),
+    (["run", "--only", "07"], "no notebook numbered 07"),
+])
+def test_run_rejects_bad_arguments_before_any_work(argv, text, tmp_path, run_proloc):
+    rc, out, err = run_proloc([*argv, "--out", str(tmp_path / "executed")])
+    assert rc == 2 and err.count("\n") == 1 and text in err and "Traceback" not in err
+    assert not (tmp_path / "executed").exists()
+
+
+@pytest.mark.offline
+def test_offline_full_profile_ends_with_one_short_line(tmp_path):
+    """`proloc run --profile full` offline: the notebook's own one-line error, exit 1, nothing written."""
+    out_dir = tmp_path / "executed"
+    out = subprocess.run([sys.executable, "-m", "proloc_lib", "run", "--profile", "full", "--only", "01", "--no-progress",
+                          "--out", str(out_dir), "--data-root", str(tmp_path / "data")],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err_lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 1, out.stderr
+    assert len(err_lines) == 1 and "OfflineError: cannot reach" in err_lines[0], out.stderr
+    assert "Traceback" not in out.stderr and len(err_lines[0]) < 700
+    assert not (out_dir / "01_data_assembly.ipynb").exists() and (out_dir / "01_data_assembly.failed.ipynb").exists()
+    assert not (tmp_path / "data" / "full" / "01_data_assembly").exists()
+
+
 STAGES = paths.STAGES
 TINY = """\
 extends: smoke
@@ -86,6 +118,7 @@ def copy(study, tmp_path):
     return tmp_path / "tiny.yaml", tmp_path / "data"
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_every_stage_that_is_up_to_date(copy):
     profile, data = copy
     before = manifests(data)
@@ -99,6 +132,7 @@ def test_a_rerun_skips_every_stage_that_is_up_to_date(copy):
     assert sorted(p.name for p in (data / "tiny" / "executed").iterdir()) == [f"{s}.ipynb" for s in STAGES]
 
 
+@pytest.mark.slow
 def test_a_training_change_reruns_training_and_what_reads_it(copy):
     """Notebook 04 reads stages 01 and 02 only: it stays up to date; 05 reads 03's new outputs."""
     profile, data = copy
@@ -115,6 +149,7 @@ def test_a_training_change_reruns_training_and_what_reads_it(copy):
     assert {r["max_epochs"] for r in plan if r["run_id"] == "fusion.corrected"} == {2}
 
 
+@pytest.mark.slow
 def test_notebook_05_alone_after_01_got_another_split_is_refused(copy):
     profile, data = copy
     profile.write_text(TINY.replace("  image_size: 64\n", "  image_size: 64\n  split: {test_fraction: 0.3}\n"))
@@ -129,6 +164,7 @@ def test_notebook_05_alone_after_01_got_another_split_is_refused(copy):
     assert (data / "tiny" / "05_figures" / "manifest.json").read_bytes() == figures_before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stopped_run_says_interrupted_and_leaves_nothing_half_written(copy, sig):
     profile, data = copy
@@ -156,6 +192,7 @@ def test_a_stopped_run_says_interrupted_and_leaves_nothing_half_written(copy, si
     assert sorted(p.name for p in (data / "tiny" / "executed").iterdir()) == [f"{s}.ipynb" for s in STAGES]
 
 
+@pytest.mark.slow
 def test_two_runs_of_stage_01_at_once(tmp_path):
     """The same seed: the second run is refused in one line naming the first; another seed runs
     beside them into its own folder. What is published is each run's whole."""
@@ -187,50 +224,112 @@ def test_two_runs_of_stage_01_at_once(tmp_path):
 
 
 # -- checked before any work ------------------------------------------------------------------------
-def run_main(argv, capsys):
-    rc = main.main(["run", *argv])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def test_output_folders_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys):
+def test_output_folders_that_cannot_be_written_are_refused_before_any_work(tmp_path, run_proloc):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    rc, _, err = run_main(["--profile", "smoke", "--data-root", str(a_file)], capsys)
+    rc, _, err = run_proloc(["run", "--profile", "smoke", "--data-root", str(a_file)])
     assert rc == 2 and err == f"proloc run: data root {a_file} is a file, not a folder\n"
-    rc, _, err = run_main(["--profile", "smoke", "--data-root", str(tmp_path / "data"), "--out",
-                           str(a_file / "executed")], capsys)
+    rc, _, err = run_proloc(["run", "--profile", "smoke", "--data-root", str(tmp_path / "data"), "--out",
+                           str(a_file / "executed")])
     assert rc == 2 and err.startswith(f"proloc run: cannot write the folder for executed notebooks {a_file}/executed: ")
     assert err.count("\n") == 1 and not (tmp_path / "data" / "smoke").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_executed_folder_is_refused(tmp_path, capsys):
+def test_a_read_only_executed_folder_is_refused(tmp_path, run_proloc):
     out = tmp_path / "executed"
     out.mkdir()
     out.chmod(0o555)
-    rc, _, err = run_main(["--profile", "smoke", "--data-root", str(tmp_path / "data"), "--out", str(out)], capsys)
+    rc, _, err = run_proloc(["run", "--profile", "smoke", "--data-root", str(tmp_path / "data"), "--out", str(out)])
     assert rc == 2 and err.startswith(f"proloc run: cannot write the folder for executed notebooks {out}: ")
 
 
-def test_profile_names_stay_one_folder_under_their_roots(tmp_path, capsys):
-    rc, _, err = run_main(["--profile", "../../somewhere/evil", "--check"], capsys)
+def test_profile_names_stay_one_folder_under_their_roots(tmp_path, run_proloc):
+    rc, _, err = run_proloc(["run", "--profile", "../../somewhere/evil", "--check"])
     assert rc == 2 and err.count("\n") == 1 and "profile name '../../somewhere/evil'" in err
     evil = tmp_path / "evil.yaml"
     evil.write_text("extends: smoke\nprofile: ../../elsewhere\n")
-    rc, _, err = run_main(["--profile", str(evil), "--check"], capsys)
+    rc, _, err = run_proloc(["run", "--profile", str(evil), "--check"])
     assert rc == 2 and err.count("\n") == 1 and "profile: profile name '../../elsewhere'" in err
     mine = tmp_path / "mine.yaml"      # no profile key of its own: named after the file, not its parent
     mine.write_text("extends: smoke\n")
-    rc, out, _ = run_main(["--profile", str(mine), "--check"], capsys)
+    rc, out, _ = run_proloc(["run", "--profile", str(mine), "--check"])
     assert rc == 0 and "profile 'mine' is valid" in out
-    rc, _, err = run_main(["--profile", "smoke", "--seed", "-1", "--check"], capsys)
+    rc, _, err = run_proloc(["run", "--profile", "smoke", "--seed", "-1", "--check"])
     assert rc == 2 and "seed must be a whole number >= 0" in err
 
 
 def test_seed_help_says_what_the_run_seed_controls(capsys):
     with pytest.raises(SystemExit):
-        main.main(["run", "--help"])
+        main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "replicate of the whole study" in text and "adds s x 1000 to every training seed" in text
     assert "<data root>/<profile>/seed-<s>/" in text and "--force" in text
+
+
+# -- run_all.sh ----------------------------------------------------------------------------------------
+@pytest.fixture
+def project_copy(tmp_path):
+    """run_all.sh and the profiles in a scratch folder, so nothing here can touch the real project."""
+    shutil.copy(ROOT / "run_all.sh", tmp_path / "run_all.sh")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--seed"], "--seed needs a value"),
+    (["--seed", "abc"], "--seed must be a non-negative integer, got 'abc'"),
+    (["--seed", "--test"], "--seed needs a value"),
+    (["--profile"], "--profile needs a value"),
+    (["--profile", "nope"], "no profile 'nope' (known: demo full"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps"),
+    (["--bogus"], "unknown option '--bogus'"),
+])
+def test_run_all_rejects_bad_arguments_before_any_work(project_copy, args, text):
+    before = sorted(p.name for p in project_copy.iterdir())
+    out = subprocess.run(["bash", "run_all.sh", *args], capture_output=True, text=True, cwd=project_copy)
+    assert out.returncode == 2 and out.stderr == f"run_all.sh: {out.stderr.split(': ', 1)[1]}"
+    assert out.stderr.count("\n") == 1 and text in out.stderr and out.stdout == ""
+    assert sorted(p.name for p in project_copy.iterdir()) == before     # no venv, no stamp, no outputs
+
+
+def test_run_all_installs_inside_the_project_and_upgrades_nothing_outside(project_copy):
+    """Colab-like (--no-venv): no `pip --upgrade pip`, the stamp in .proloc/, never in sys.prefix;
+    then the study is `python -m proloc_lib run` with the checked options. A fake python records calls."""
+    prefix = project_copy / "fake-prefix"
+    prefix.mkdir()
+    log = project_copy / "calls.log"
+    fake = project_copy / "fake-python"
+    fake.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> {log}
+if [ "$1" = -c ]; then case "$2" in *prefix*) echo {prefix} ;; *) echo {fake} ;; esac; fi
+exit 0
+""")
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "COLAB_RELEASE_TAG": "fake-colab"}
+    for _ in range(2):
+        out = subprocess.run(["bash", "run_all.sh", "--profile", "smoke", "--seed", "3"], capture_output=True,
+                             text=True, cwd=project_copy, env=env)
+        assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    pip = [c for c in calls if c.startswith("-m pip")]
+    assert len(pip) == 1 and "-e ." in pip[0] and "--upgrade" not in pip[0]   # installed once, then the stamp
+    assert not list(prefix.iterdir())                                      # nothing written into the prefix
+    assert [p.name for p in (project_copy / ".proloc").iterdir()][0].startswith("install-")
+    assert calls.count("-m proloc_lib run --profile smoke --seed 3 --device auto") == 2
+    out = subprocess.run(["bash", "run_all.sh", "--dry-run", "--profile=full", "--device", "cuda"], capture_output=True,
+                         text=True, cwd=project_copy, env=env)
+    assert out.returncode == 0 and log.read_text().splitlines()[-1] == "-m proloc_lib dry-run --profile full --device cuda"
+
+
+def test_ci_overlays_cover_the_lowest_admitted_transformers():
+    """CI reruns the encoder tests under the lowest transformers pyproject admits and under 5.17
+    (5.10-5.19 reject an empty sentencepiece normaliser table): the overlay pins must follow the bound."""
+    deps = (ROOT / "pyproject.toml").read_text()
+    lowest = re.search(r'"transformers>=([0-9.]+)"', deps).group(1)
+    script = (ROOT / ".ci" / "transformers_versions.sh").read_text()
+    versions = re.findall(r'^\s+"([0-9.]+)\|transformers==([0-9.]+) ', script, flags=re.M)
+    assert all(a == b for a, b in versions)
+    assert {v for v, _ in versions} >= {lowest if lowest.count(".") == 2 else f"{lowest}.0", "5.17.0"}
+    assert "bash .ci/transformers_versions.sh" in (ROOT / "run_all.sh").read_text()

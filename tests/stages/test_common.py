@@ -170,6 +170,7 @@ def _published_seed(root, seed) -> int:
     return man["parameters"]["seed"]
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_stage_at_once_never_mix(tmp_path):
     for round_ in range(3):     # the same seed: one publishes, the other is refused in one line
         results = _race(tmp_path, [0, 0])

@@ -1,5 +1,6 @@
-"""Executing one notebook: a temporary copy of its own, leftovers of killed runs removed, an
-interrupted run leaves nothing and stops its kernel, the kernel gets the environment it is handed."""
+"""Notebook execution: a failed notebook never replaces the last good copy and ends with its own error;
+each run has a temporary copy of its own, leftovers of killed runs are removed, an interrupted run
+leaves nothing and stops its kernel, the kernel gets the environment it is handed."""
 from __future__ import annotations
 
 import os
@@ -26,6 +27,27 @@ def _notebook(path: Path, code: str) -> Path:
     return path
 
 
+def test_failed_notebook_keeps_the_good_copy_and_ends_with_its_own_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    dest = tmp_path / "executed" / "01_demo.ipynb"
+    runner.execute_notebook(_notebook(src / "01_demo.ipynb", "print('good run', x)"), dest, {"x": 2}, progress=False)
+    good = dest.read_bytes()
+    assert "good run 2" in good.decode()
+    bad = _notebook(src / "01_demo.ipynb", "import json\nraise ValueError('first line\\nthe short message')")
+    with pytest.raises(runner.StageFailed) as err:
+        runner.execute_notebook(bad, dest, {"x": 3}, progress=False)
+    msg = str(err.value)
+    assert msg.startswith("01_demo failed: ValueError: the short message (executed copy with the error: ")
+    assert "Traceback" not in msg and "\n" not in msg and err.value.exit_code == 1
+    assert dest.read_bytes() == good                                   # last good copy untouched
+    failed = dest.with_name("01_demo.failed.ipynb")
+    assert "the short message" in failed.read_text()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["01_demo.failed.ipynb", "01_demo.ipynb"]
+    runner.execute_notebook(_notebook(src / "01_demo.ipynb", "print('again')"), dest, {}, progress=False)
+    assert not failed.exists() and "again" in dest.read_text()      # a good run supersedes the failed copy
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -47,6 +69,7 @@ def test_leftovers_of_killed_runs_go_and_the_copy_gets_the_users_permissions(tmp
     assert dest.stat().st_mode & 0o777 == umask_mode(0o666)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_leaves_nothing_and_stops_its_kernel(tmp_path, capfd):
     marker = tmp_path / "kernel.pid"
     src = _notebook(tmp_path / "01_demo.ipynb", f"import os, time\nopen({str(marker)!r}, 'w').write(str(os.getpid()))\n"
