@@ -9,7 +9,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from proloc_lib.cli.common import CommandParser, prog
+from proloc_lib.cli.common import CommandParser, count, prog
 from proloc_lib.core import paths, runtime
 from proloc_lib.core.errors import UserError, cli_main
 from proloc_lib.profiles import loader as profiles
@@ -47,7 +47,35 @@ def _parser() -> CommandParser:
     p.add_argument("--check", action="store_true",
                    help="only check the profile (every key, against the schema) and the device, then exit")
     p.add_argument("--no-progress", action="store_true", help="no papermill progress bar (default: shown)")
+    p.add_argument("--gpus", type=count, default=None, metavar="N",
+                   help="notebook 03 trains its runs in N processes, one GPU each (cuda:0..N-1; the notebook "
+                        "stays one process and gathers their results); also set by torchrun --nproc_per_node N "
+                        "(default: 1)")
     return p
+
+
+# what torchrun sets for its workers; rank 0 takes it off before the notebooks run
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE",
+                "TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCHELASTIC_ERROR_FILE")
+
+
+def _under_torchrun(gpus: int | None) -> tuple[int, int] | None:
+    """(this process's rank, ranks) when torchrun started this command, else None.
+
+    ``proloc run`` starts its own training ranks (``training.distributed``), so under
+    ``torchrun --nproc_per_node N`` rank 0 runs the notebooks with N training ranks and the
+    other ranks have nothing to do: one node only."""
+    if "LOCAL_RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    world, local = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if world != local:
+        raise UserError(f"torchrun over {world // max(local, 1)} nodes: proloc run trains on the GPUs of one node "
+                        "(torchrun --standalone --nproc_per_node N)")
+    if gpus is not None and gpus != world:
+        raise UserError(f"--gpus {gpus} under torchrun --nproc_per_node {world}: give one of them")
+    return int(os.environ.get("RANK", 0)), world
 
 
 def _writable_folder(path: Path, what: str) -> Path:
@@ -95,6 +123,15 @@ def run_command(argv: list[str] | None = None) -> int:
     seed = check_seed(args.seed)
     if args.mirror and not args.mirror.startswith(("http://", "https://")):
         raise UserError(f"--mirror must be an http(s) base URL, got {args.mirror!r}")
+    launched = _under_torchrun(args.gpus)
+    gpus = launched[1] if launched else (args.gpus or 1)
+    runtime.check_ranks(device, gpus)
+    if launched and launched[0] != 0:
+        print(f"{prog('run')}: rank {launched[0]} of {gpus}: rank 0 runs the notebooks and starts the "
+              "training ranks itself; nothing to do here", flush=True)
+        return 0
+    for key in TORCHRUN_ENV if launched else ():
+        os.environ.pop(key, None)
     if args.check:
         print(f"{prog('run')}: profile '{cfg.name}' is valid; {len(books)} notebook(s) would run")
         return 0
@@ -104,7 +141,7 @@ def run_command(argv: list[str] | None = None) -> int:
     _writable_folder(out, "the folder for executed notebooks")
     with _sigterm_as_interrupt():
         run_stages(cfg, books, seed=seed, device=device, data_root=args.data_root, out=out, mirror=args.mirror,
-                   force=args.force, progress=not args.no_progress)
+                   gpus=gpus, force=args.force, progress=not args.no_progress)
     figures = paths.figures_dir(cfg.name, seed=seed, data_root=args.data_root)
     print(f"== done: executed notebooks in {out}/, figures in {figures}/")
     return 0

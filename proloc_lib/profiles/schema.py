@@ -50,8 +50,7 @@ class Split(Section):
     folds: Optional[int] = None
     val_fraction: Optional[float] = None
     test_fraction: Optional[float] = None
-    identity: Optional[float] = None      # homology: sequence identity that links two proteins
-    coverage: Optional[float] = None      # homology: alignment coverage of the shorter sequence
+    identity: Optional[float] = None      # global (needle) identity that links two proteins (data.homology)
 
 
 class Data(Section):
@@ -59,7 +58,9 @@ class Data(Section):
     label_map: str
     labels: Optional[Literal["columns", "mapping"]] = None
     mirror: Optional[str] = None          # base URL of a mirror (null: the public sources)
+    authors_table: Optional[bool] = None  # fetch the authors' own test table (pinned) for a second test truth
     max_proteins: Optional[int] = None    # seeded sample of proteins per benchmark file (null: all)
+    proteins: Optional[list[str]] = None  # only these Ensembl gene ids (a trial build; null: all)
     subsample_seed: Optional[int] = None
     rate_limit_per_s: Optional[float] = None  # image requests per second (null: none for a 127.0.0.1 mirror)
     stream: Optional[bool] = None

@@ -341,6 +341,12 @@ class StageData:
         (the paper's image-level setting); protein-level scoring always uses the proteins' labels."""
         return "image" if all(lab in self.images.columns for lab in self.labels) else "protein"
 
+    @property
+    def truth(self) -> str:
+        """The name of the labels images.parquet carries (stage 01 records it, e.g. ``benchmark_columns``);
+        ``image_table`` for stage outputs written before it did."""
+        return str(self.data_manifest.get("truth") or "image_table")
+
     def inputs(self) -> list[Path]:
         """The files a stage manifest lists as its inputs."""
         return [self.data_dir / "proteins.parquet", self.data_dir / "images.parquet", self.emb_dir / manifest.MANIFEST]

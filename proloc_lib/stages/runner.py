@@ -180,9 +180,12 @@ def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool 
 
 # -- run: the batch -------------------------------------------------------------------------------
 def run_stages(cfg: Profile, books: list[Path], *, seed: int, device: str, data_root=None, out: Path,
-               mirror: str | None = None, force: bool = False, progress: bool = True) -> list[tuple[str, str]]:
+               mirror: str | None = None, gpus: int = 1, force: bool = False,
+               progress: bool = True) -> list[tuple[str, str]]:
     """``proloc run``: each of ``books`` in order under its stage's lock, skipped when up to date
-    (unless ``force``). ``device``: resolved. Returns (notebook, "ran" | "skipped") per notebook."""
+    (unless ``force``). ``device``: resolved; ``gpus``: notebook 03's training ranks (how it runs,
+    not what it computes: an up-to-date stage 03 is not rerun for another number). Returns
+    (notebook, "ran" | "skipped") per notebook."""
     label = cfg.name if seed == 0 else f"{cfg.name} (seed {seed})"
     params = {"profile": profile_reference(cfg), "seed": seed, "device": device}
     if data_root is not None:
@@ -192,6 +195,8 @@ def run_stages(cfg: Profile, books: list[Path], *, seed: int, device: str, data_
         cls = STAGE_CLASSES.get(book.stem)
         options = {"mirror": mirror} if cls is AssemblyStage else {}
         extra = {"mirror": mirror} if mirror and cls is AssemblyStage else {}
+        if cls is TrainingStage and gpus > 1:
+            extra["gpus"] = gpus
         if cls is None:   # a notebook without a stage driver: always run
             print(f"== {label}: {book.name}", flush=True)
             execute_notebook(book, out / book.name, {**params, **extra}, progress=progress)

@@ -1,8 +1,8 @@
 """`proloc run`: its argument checks, output folders and profile names checked before any work, offline
-on the full profile; a rerun skips what is up to date and reruns what changed and what reads it, a
-stale input stops the run in one line, two runs of a stage at once never mix, Ctrl-C and SIGTERM stop
-it in one line leaving nothing half-written; run_all.sh (its argument checks, its install stamp, the
-CI overlays it calls).
+on the full profile, --gpus N and torchrun; a rerun skips what is up to date and reruns what changed
+and what reads it, a stale input stops the run in one line, two runs of a stage at once never mix,
+Ctrl-C and SIGTERM stop it in one line leaving nothing half-written; run_all.sh (its argument checks,
+its install stamp, --gpus, the CI overlays it calls).
 
 One run of the study (the smoke profile cut down further, as a profile file) is made once and copied
 for each test that reruns it."""
@@ -19,9 +19,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from proloc_lib.cli import run as run_cli
 from proloc_lib.cli.main import main
 from proloc_lib.core import manifest, paths
 from proloc_lib.core.locks import lock_path, pid_alive
+from proloc_lib.stages import runner
 from proloc_lib.core.paths import PROJECT_ROOT as ROOT
 
 
@@ -333,3 +335,73 @@ def test_ci_overlays_cover_the_lowest_admitted_transformers():
     assert all(a == b for a, b in versions)
     assert {v for v, _ in versions} >= {lowest if lowest.count(".") == 2 else f"{lowest}.0", "5.17.0"}
     assert "bash .ci/transformers_versions.sh" in (ROOT / "run_all.sh").read_text()
+
+
+# -- --gpus N: notebook 03's training ranks (training.distributed) -----------------------------------
+@pytest.fixture
+def notebooks_run(monkeypatch):
+    """Record the notebooks `proloc run` would execute (every stage taken as not built yet), with their
+    parameters and environment."""
+    calls = []
+    monkeypatch.setattr(runner, "stage_status", lambda *a, **k: "not built yet")
+    monkeypatch.setattr(runner, "execute_notebook", lambda book, dest, params, progress, env=None: calls.append(
+        (book.name, params, {k: os.environ.get(k) for k in ("LOCAL_RANK", "MASTER_PORT", "WORLD_SIZE")})))
+    return calls
+
+
+def _run(*argv, tmp_path):
+    return run_cli.run_command(["--profile", "smoke", "--device", "cpu", "--out", str(tmp_path), "--no-progress",
+                                "--data-root", str(tmp_path / "data"), *argv])
+
+
+def test_gpus_reach_notebook_03_only(notebooks_run, tmp_path):
+    assert _run("--gpus", "2", "--only", "02,03", tmp_path=tmp_path) == 0
+    assert [(name, params.get("gpus")) for name, params, _ in notebooks_run] == \
+        [("02_embeddings.ipynb", None), ("03_training.ipynb", 2)]
+    notebooks_run.clear()
+    assert _run("--only", "03", tmp_path=tmp_path) == 0
+    assert "gpus" not in notebooks_run[0][1]   # one process: the notebook's own default
+
+
+@pytest.mark.parametrize("argv, text", [(["--gpus", "0"], "--gpus: give a whole number >= 1, not '0'"),
+                                        (["--gpus", "two"], "--gpus: give a whole number >= 1, not 'two'")])
+def test_bad_gpus_are_one_line(argv, text, notebooks_run, tmp_path, capsys):
+    assert _run(*argv, tmp_path=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and text in err and not notebooks_run
+
+
+def test_under_torchrun_rank_0_runs_the_notebooks_with_every_rank_and_the_others_end(notebooks_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    torchrun = {"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": "29500",
+                "TORCHELASTIC_RUN_ID": "x"}
+    for k, v in torchrun.items():
+        monkeypatch.setenv(k, v)
+    assert _run("--only", "03", tmp_path=tmp_path) == 0
+    assert not notebooks_run and "rank 1 of 2" in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert _run("--only", "03", tmp_path=tmp_path) == 0
+    (name, params, env), = notebooks_run
+    assert params["gpus"] == 2 and env == {"LOCAL_RANK": None, "MASTER_PORT": None, "WORLD_SIZE": None}
+    for k, v in torchrun.items():   # the notebooks' kernels start without torchrun's variables
+        monkeypatch.setenv(k, v)
+    assert _run("--gpus", "3", tmp_path=tmp_path) == 2
+    assert "--gpus 3 under torchrun --nproc_per_node 2" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert _run(tmp_path=tmp_path) == 2
+    assert "trains on the GPUs of one node" in capsys.readouterr().err
+
+
+def test_run_all_passes_gpus_on(project_copy):
+    log, fake = project_copy / "calls.log", project_copy / "fake-python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n[ "$1" = -c ] && echo {project_copy}\nexit 0\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "COLAB_RELEASE_TAG": "fake-colab"}
+    out = subprocess.run(["bash", "run_all.sh", "--profile", "smoke", "--gpus", "4"], capture_output=True, text=True,
+                         cwd=project_copy, env=env)
+    assert out.returncode == 0, out.stderr
+    assert log.read_text().splitlines()[-1] == "-m proloc_lib run --profile smoke --seed 0 --device auto --gpus 4"
+    out = subprocess.run(["bash", "run_all.sh", "--gpus", "0"], capture_output=True, text=True, cwd=project_copy,
+                         env=env)
+    assert out.returncode == 2 and out.stderr == "run_all.sh: --gpus must be a whole number >= 1, got '0'\n"
