@@ -9,7 +9,7 @@
 #   bash run_all.sh --lab              # install the [lab] extra and open JupyterLab on the project
 #
 # Options: --profile NAME  --seed N  --device auto|cpu|cuda|cuda:N|mps  --data-root DIR  --mirror URL  --gpus N
-#          --no-venv (use the current Python, e.g. on Colab; automatic there)
+#          --force (rerun stages that are up to date)  --no-venv (use the current Python, e.g. on Colab)
 #          --pinned (install the exact versions of constraints.txt)  --dry-run  --test  --lab
 #          --lab -- ARGS: ARGS go to `jupyter lab` (e.g. -- --port 8890 --ip 0.0.0.0)
 # Exit codes: 0 ok, 1 a stage (or a test) failed, 2 bad arguments or profile, 130 interrupted.
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 die() { echo "run_all.sh: $*" >&2; exit 2; }   # bad arguments: one line, before any work
-profile=demo seed=0 device=auto data_root="" mirror="" mode=run use_venv=1 pinned=0 gpus=1 lab_args=()
+profile=demo seed=0 device=auto data_root="" mirror="" mode=run use_venv=1 pinned=0 gpus=1 force="" lab_args=()
 [ -n "${COLAB_RELEASE_TAG:-}" ] && use_venv=0   # Colab: keep its CUDA torch, no venv
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -31,6 +31,7 @@ while [ $# -gt 0 ]; do
       shift 2 ;;
     --no-venv) use_venv=0; shift ;;
     --pinned) pinned=1; shift ;;
+    --force) force=--force; shift ;;
     --test) mode=test; shift ;;
     --dry-run) mode=dry-run; shift ;;
     --lab) mode=lab; shift ;;
@@ -95,4 +96,4 @@ fi
 # ends a failed stage with that notebook's own one-line error.
 gpus_arg=(); [ "$gpus" != 1 ] && gpus_arg=(--gpus "$gpus")   # notebook 03's training ranks
 exec "$py" -m proloc_lib run --profile "$profile" --seed "$seed" --device "$device" ${mirror:+--mirror "$mirror"} \
-  ${gpus_arg[@]+"${gpus_arg[@]}"}
+  ${gpus_arg[@]+"${gpus_arg[@]}"} $force

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from proloc_lib.core import manifest, paths
+from proloc_lib.core import paths
 from proloc_lib.core.provenance import provenance_note
 from proloc_lib.core.runtime import seed_everything
 from proloc_lib.data import build, datacard, demo, splits
@@ -57,13 +57,24 @@ class AssemblyStage(Stage):
     name = "01_data_assembly"
 
     def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, mirror: str | None = None):
-        super().__init__(profile, seed=seed, device=device, data_root=data_root)
-        seed_everything(self.seed)
         self.mirror = mirror
+        super().__init__(profile, seed=seed, device=device, data_root=data_root)
+
+    def open(self) -> None:
+        seed_everything(self.seed)
         self.label_map = LabelMap.load(paths.project_path(self.cfg["data"]["label_map"]))
         self.labels = self.label_map.labels
         self.note = provenance_note(self.cfg)
         self.proteins = self.images = self.report = self.split_report = self.training_sets = None
+
+    @classmethod
+    def parameters_for(cls, cfg, *, seed: int, device: str, data_root=None, mirror: str | None = None) -> dict:
+        return {"profile": cfg.name, "seed": seed, "data": cfg["data"],
+                "label_map": LabelMap.load(paths.project_path(cfg["data"]["label_map"])).id,
+                "mirror": mirror or cfg["data"].get("mirror")}
+
+    def options(self) -> dict:
+        return {"mirror": self.mirror}
 
     def header(self) -> str:
         return (f"**Profile `{self.profile}`**: {self.cfg['description']}  \n**Provenance:** {self.note}  \n"
@@ -82,6 +93,7 @@ class AssemblyStage(Stage):
         else:
             embed = None
             if data.get("stream"):  # small disk: embed each image as it arrives, keep a thumbnail
+                self.hold(self.stage_dir("02_embeddings"), shared=True)   # a writer of its stores, as extract is
                 embed = image_embedder(self.cfg, self.stage_dir("02_embeddings"), self.device)
             self.proteins, self.images, self.report = build.assemble(data, self.label_map, self.profile_dir,
                                                                      embed=embed, mirror=self.mirror)
@@ -131,9 +143,7 @@ class AssemblyStage(Stage):
 
     def write(self) -> str:
         """The stage's folder, swapped into place whole with its manifest; returns the data card."""
-        params = {"profile": self.profile, "seed": self.seed, "data": self.cfg["data"], "label_map": self.label_map.id,
-                  "mirror": self.mirror or self.cfg["data"].get("mirror")}
-        with manifest.stage_output(self.out_dir, self.name, params, provenance=self.cfg["provenance"]) as (tmp, extra):
+        with self.publishing() as (tmp, extra):
             self.proteins.to_parquet(tmp / "proteins.parquet", index=False)
             self.images.to_parquet(tmp / "images.parquet", index=False)
             (tmp / "report.json").write_text(json.dumps(self.report, indent=2, default=str))
@@ -145,6 +155,7 @@ class AssemblyStage(Stage):
                          f"Profile '{self.profile}'. {self.note}")
             extra.update({"labels": self.labels, "label_map": self.label_map.id, "n_proteins": len(self.proteins),
                           "n_images": len(self.images), "truth": truth_name(self.cfg["data"])})
+        self.release()
         return card
 
     def run(self, *, reference_dir=None) -> Path:

@@ -23,6 +23,8 @@ from proloc_lib.data.images import summarize_image_statistics
 from proloc_lib.evaluation import scoring
 from proloc_lib.stages.common import (
     SPLITS,
+    STAGE_TABLES,
+    STORE_FILES,
     RunResults,
     Stage,
     StageData,
@@ -307,15 +309,16 @@ def resplit(data: StageData, method: str, *, seed: int, split_cfg: dict) -> pd.S
 def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = "cpu",
                  progress: bool = True, ranks: int = 1) -> RunResults:
     """Variance over re-splits: ``plan.resplits['config']`` retrained on ``repeats`` fresh splits of
-    each protocol in ``methods``; run id ``resplit.<method>``, the repeat r in ``seed`` (split seed
-    = training seed = r)."""
+    each protocol in ``methods``; run id ``resplit.<method>``, repeat r with split seed = training
+    seed = ``plan.seed_offset + r`` (in ``seed``)."""
     if not plan.resplits:
         return RunResults()
     tcfg = plan.configs[plan.resplits["config"]]
+    repeats = [plan.seed_offset + r for r in range(plan.resplits["repeats"])]
     scored = _train_and_score(data, [
         _SplitRun(proteins=data.proteins.assign(split=resplit(data, method, seed=r, split_cfg=split_cfg).to_numpy()),
                   cfg=tcfg, run_id=runs.make_id("resplit", method), config=plan.resplits["config"], seed=r)
-        for method in plan.resplits["methods"] for r in range(plan.resplits["repeats"])],
+        for method in plan.resplits["methods"] for r in repeats],
         device=device, progress=progress, ranks=ranks)
     return _collect([res for res, _, _ in scored], [pred for _, pred, _ in scored], [hist for _, _, hist in scored])
 
@@ -363,23 +366,30 @@ def write_training_outputs(results: RunResults, out_dir: str | Path, *, cfg: dic
     ``history.csv``, ``predictions.parquet``, ``checkpoint-<name>/`` per run of ``checkpoint_runs``
     that was trained (``Checkpoint.save``), ``manifest.json``."""
     with manifest.stage_output(out_dir, "03_training", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
-        results.metrics.assign(git_commit=manifest.git_commit()).to_csv(tmp / "metrics.csv", index=False)
-        results.history.to_csv(tmp / "history.csv", index=False)
-        results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
-        written = {}
-        for run_id in checkpoint_runs:
-            if run_id in results.models:
-                model, thresholds, tcfg = results.models[run_id]
-                ck = make_checkpoint(model, run_id=run_id, thresholds=thresholds, train_cfg=tcfg, cfg=cfg, data=data)
-                written[run_id] = ck.save(tmp / checkpoint_dir_name(run_id)).name
-        extra["checkpoints"] = written
-        extra["runs"] = sorted(set(results.metrics["model"])) if len(results.metrics) else []
+        fill_training_outputs(tmp, extra, results, cfg=cfg, data=data, checkpoint_runs=checkpoint_runs)
     return Path(out_dir)
 
 
-def training_params(plan: Plan, *, profile: str, seed: int, device: str) -> dict:
-    """Stage 03's manifest parameters: the profile, seed, device and every run with its switches."""
-    return {"profile": profile, "seed": seed, "device": device,
+def fill_training_outputs(tmp: Path, extra: dict, results: RunResults, *, cfg: dict, data: StageData,
+                          checkpoint_runs=CHECKPOINT_RUNS) -> None:
+    """Stage 03's files into the temporary folder ``tmp`` of ``stage_output`` (``extra``: its manifest fields)."""
+    results.metrics.assign(git_commit=manifest.git_commit()).to_csv(tmp / "metrics.csv", index=False)
+    results.history.to_csv(tmp / "history.csv", index=False)
+    results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
+    written = {}
+    for run_id in checkpoint_runs:
+        if run_id in results.models:
+            model, thresholds, tcfg = results.models[run_id]
+            ck = make_checkpoint(model, run_id=run_id, thresholds=thresholds, train_cfg=tcfg, cfg=cfg, data=data)
+            written[run_id] = ck.save(tmp / checkpoint_dir_name(run_id)).name
+    extra["checkpoints"] = written
+    extra["runs"] = sorted(set(results.metrics["model"])) if len(results.metrics) else []
+
+
+def training_params(plan: Plan, *, profile: str, seed: int, device: str, split: dict | None = None) -> dict:
+    """Stage 03's manifest parameters: the profile, seed, device and every run with its switches
+    (``split``: the profile's ``data.split``, which the re-splits follow)."""
+    return {"profile": profile, "seed": seed, "device": device, **({"split": split} if split is not None else {}),
             "plan": [{"run_id": r["run_id"], "seed": r["seed"], "config_hash": r["train"].hash(),
                       **({"image_variant": r["image_variant"]} if "image_variant" in r else {}),
                       **settings.train_config_dict(r["train"])} for r in plan.runs],
@@ -400,19 +410,27 @@ class TrainingStage(Stage):
     """
     name = "03_training"
 
+    reads = {"01_data_assembly": STAGE_TABLES, "02_embeddings": STORE_FILES}
+
     def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, progress: bool = True,
                  gpus: int = 1):
-        super().__init__(profile, seed=seed, device=device, data_root=data_root)
         if int(gpus) < 1:
             raise UserError(f"gpus must be 1 or more, got {gpus}")
-        self.gpus = int(gpus)
-        self.plan = self.cfg.plan           # expanded and checked with the profile, before any work
+        self.progress, self.gpus = progress, int(gpus)   # how it runs, not what it computes: not a parameter
+        super().__init__(profile, seed=seed, device=device, data_root=data_root)
+
+    def open(self) -> None:
+        self.plan = self.cfg.plan.for_run_seed(self.seed)   # expanded and checked with the profile
         seed_everything(self.seed)
         self.device  # checked before any work
-        self.progress = progress
-        self.data = load_stage_data(self.profile, data_root=data_root)
+        self.data = load_stage_data(self.profile, data_root=self.data_root, seed=self.seed)
         self.resume_root = self.out_dir.with_name(self.name + ".resume")
         self.fusion = self.cv = self.mil = self.control = self.resplit = RunResults()
+
+    @classmethod
+    def parameters_for(cls, cfg, *, seed: int, device: str, data_root=None) -> dict:
+        return training_params(cfg.plan.for_run_seed(seed), profile=cfg.name, seed=seed, device=device,
+                               split=cfg["data"].get("split", {}))
 
     def header(self) -> str:
         return (f"**Profile `{self.profile}`** on `{self.device}`: {len(self.data.proteins)} proteins, "
@@ -431,7 +449,7 @@ class TrainingStage(Stage):
 
     def cross_validate(self) -> pd.DataFrame:
         """One run per fold of the grouped k-fold column (when the profile asks for it); mean ± sd over folds."""
-        self.cv = run_cross_validation(self.data, self.plan, device=self.device, seed=self.seed,
+        self.cv = run_cross_validation(self.data, self.plan, device=self.device, seed=self.plan.seeds[0],
                                        progress=self.progress, ranks=self.gpus)
         return self.cv.summary()
 
@@ -453,10 +471,10 @@ class TrainingStage(Stage):
 
     def write(self) -> Path:
         """The stage's folder, swapped into place whole; the per-epoch resume states are dropped after."""
-        write_training_outputs(self.results(), self.out_dir, cfg=self.cfg, data=self.data,
-                               params=training_params(self.plan, profile=self.profile, seed=self.seed,
-                                                      device=self.device))
+        with self.publishing(inputs=self.data.inputs()) as (tmp, extra):
+            fill_training_outputs(tmp, extra, self.results(), cfg=self.cfg, data=self.data)
         clear_resume(self.resume_root)
+        self.release()
         return self.out_dir
 
     def run(self) -> Path:
