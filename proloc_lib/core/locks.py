@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import uuid
 import weakref
 from pathlib import Path
@@ -157,6 +158,11 @@ class FolderLock:
 
     def _held_elsewhere(self) -> "FolderLock":
         holder = _read(self.path)
+        for _ in range(20):   # the holder writes its record just after taking the lock: give it a moment
+            if holder:
+                break
+            time.sleep(0.05)
+            holder = _read(self.path)
         if holder and holder.get("token") and holder.get("token") == _delegated_token(self.path):
             self.state, self.token = "delegated", holder["token"]
             return self
