@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from proloc_lib.training.settings import ModelSwitches
+from proloc_lib.training.settings import ModelSwitches, check_ranges
 
 
 @dataclass(kw_only=True)
@@ -34,6 +34,12 @@ class FusionConfig(ModelSwitches):
     seq_dim: int
     img_dim: int
     n_labels: int = 5
+
+    INPUT_RANGES = {"seq_dim": dict(ge=1, le=65536), "img_dim": dict(ge=1, le=65536), "n_labels": dict(ge=1, le=1000)}
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ranges(self, self.INPUT_RANGES)
 
     def to_dict(self) -> dict:
         return asdict(self)
