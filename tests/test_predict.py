@@ -223,6 +223,34 @@ def test_missing_and_corrupt_images(env, capsys):
         predict_mod.predict(env["ckpt"], env["fasta"], None, device="cpu")
 
 
+def test_what_was_done_to_each_image_is_said_in_its_row(env, tmp_path):
+    """Several pages, an EXIF orientation, grayscale: the row says what was used, or why not."""
+    from PIL import Image
+
+    src = Image.fromarray(np.asarray(load_image(env["paths"]["P1"][0])))   # pixels only, no JPEG info
+    images = tmp_path / "images"
+    images.mkdir()
+    src.save(images / "UP_1.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6                      # stored turned a quarter left, shown upright
+    Image.fromarray(np.rot90(np.asarray(src), k=1)).save(images / "ROT_1.png", exif=exif)
+    # a black first page (a copy of src: PIL keeps an image's last save settings)
+    Image.new("RGB", src.size).save(images / "PAGES_1.tif", save_all=True, append_images=[src.copy()])
+    src.save(images / "PAGES_2.png")
+    src.convert("L").save(images / "GRAY_1.png")
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text("".join(f">{pid}\n{SEQS['P1']}\n" for pid in ("UP", "ROT", "PAGES", "GRAY")))
+    df = predict_mod.predict(env["ckpt"], fasta, images, device="cpu", progress=False).set_index("protein_id")
+    assert df.loc["UP", "warnings"] == ""
+    np.testing.assert_allclose(df.loc["ROT", PROB].to_numpy(float), df.loc["UP", PROB].to_numpy(float), atol=1e-6)
+    assert "converted ROT_1.png: EXIF orientation 6 applied (rotated 90° clockwise" in df.loc["ROT", "warnings"]
+    # the two-page TIFF is skipped with its reason; the protein's other image still predicts
+    assert df.loc["PAGES", "n_images"] == 1 and df.loc["PAGES", "n_images_skipped"] == 1
+    assert "PAGES_1.tif has 2 pages that differ" in df.loc["PAGES", "warnings"]
+    np.testing.assert_allclose(df.loc["PAGES", PROB].to_numpy(float), df.loc["UP", PROB].to_numpy(float), atol=1e-6)
+    assert "converted GRAY_1.png: grayscale (L) copied to R, G and B" in df.loc["GRAY", "warnings"]
+
+
 def test_find_images_rule(tmp_path):
     for name in ("A.png", "A_x.jpg", "A_1_y.TIF", "A_1/z.JPEG", "A_1/notes.txt", ".A_h.png", "AB_1.png",
                  "B/sub/deep.png"):
