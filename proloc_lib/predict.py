@@ -56,7 +56,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from proloc_lib.core.errors import RunFailed, UserError
-from proloc_lib.core.fileio import publish
+from proloc_lib.core.fileio import full_disk_as_error, publish
 from proloc_lib.core.network import OfflineError
 from proloc_lib.core.runtime import resolve_device
 from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, load_image
@@ -290,8 +290,9 @@ def write_csv(df: pd.DataFrame, out: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_csv(tmp, index=False)
-        return publish(tmp, out)
+        with full_disk_as_error(f"--out {out}"):
+            df.to_csv(tmp, index=False)
+            return publish(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

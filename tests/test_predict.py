@@ -287,3 +287,26 @@ def test_cli_fails_when_no_protein_is_predicted(env, tmp_path, capsys):
     assert predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images", str(empty),
                    "--out", str(out), "--device", "cpu", "--no-progress"]) == 1
     assert len(pd.read_csv(out)) == 3 and "3 of 3 protein(s) not predicted" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_writing_out_is_one_line_and_keeps_the_old_file(env, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "pred.csv"
+    out.write_text("previous result\n")
+    real = pd.DataFrame.to_csv
+
+    def full(self, path=None, *args, **kwargs):
+        if path is not None and str(path).startswith(str(tmp_path)):
+            with open(path, "w") as fh:
+                fh.write("protein_id,n_im")            # half a file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    rc = predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images",
+                                  str(env["images"]), "--out", str(out), "--device", "cpu", "--no-progress"])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning:", "summary:"))]
+    assert rc == 1 and len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"proloc predict: no space left on the device writing --out {out} (")
+    assert out.read_text() == "previous result\n" and sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"]

@@ -17,6 +17,7 @@ import pandas as pd
 
 from proloc_lib.core import manifest, runs
 from proloc_lib.core.errors import UserError
+from proloc_lib.core.fileio import full_disk_as_error
 from proloc_lib.core.runtime import seed_everything
 from proloc_lib.data import splits
 from proloc_lib.evaluation import scoring
@@ -319,7 +320,8 @@ def write_training_outputs(results: RunResults, out_dir: str | Path, *, cfg: dic
     """Stage 03's folder, swapped into place whole: ``metrics.csv`` (tidy, + git commit),
     ``history.csv``, ``predictions.parquet``, ``checkpoint-<name>/`` per run of ``checkpoint_runs``
     that was trained (``Checkpoint.save``), ``manifest.json``."""
-    with manifest.stage_output(out_dir, "03_training", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
+    with full_disk_as_error(f"stage 03's outputs in {out_dir}"), \
+            manifest.stage_output(out_dir, "03_training", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
         results.metrics.assign(git_commit=manifest.git_commit()).to_csv(tmp / "metrics.csv", index=False)
         results.history.to_csv(tmp / "history.csv", index=False)
         results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
