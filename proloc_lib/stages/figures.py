@@ -23,6 +23,27 @@ CORRECTED, AUTHORS = runs.FUSION_CORRECTED, runs.FUSION_AUTHORS
 FULL_BOOTSTRAP = 2000   # the full profile's resamples; fewer are said in every table
 
 
+def interval_cell(value: float, low: float, high: float, n: int) -> str:
+    """'0.812 [0.701, 0.905]'; 'undefined (no positive)'; an interval over too few proteins is
+    not shown as if it meant something: '1.000 (n=1: too few proteins for an interval)'."""
+    if pd.isna(value):
+        return "undefined (no positive)"
+    few = statistics.too_few_for_interval(int(n))
+    return f"{value:.3f} ({few})" if few else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def mark_uninformative(table: pd.DataFrame, *, n_col: str = "n_proteins",
+                       cols=("ci_low", "ci_high")) -> pd.DataFrame:
+    """Rows over too few proteins: their interval columns say so instead of giving numbers."""
+    if table.empty or n_col not in table:
+        return table
+    notes = table[n_col].map(lambda n: statistics.too_few_for_interval(int(n)))
+    out = table.astype({c: object for c in cols})
+    for c in cols:
+        out.loc[notes.notna(), c] = notes[notes.notna()]
+    return out
+
+
 class FiguresStage(Stage):
     """Notebook 05, one method per section; each returns the table it shows (figures are shown as
     they are made)."""
@@ -92,10 +113,10 @@ class FiguresStage(Stage):
             return sel[sel["seed"] == sel["seed"].min()]
 
         pairs = [(CORRECTED, m) for m in self.main_models if m != CORRECTED]
-        comparisons = pd.DataFrame([
+        comparisons = mark_uninformative(pd.DataFrame([
             {"model A": runs.display_name(a), "model B": runs.display_name(b),
              **statistics.bootstrap_f1_difference(first(a), first(b), self.labels, n_boot=self.n_boot, seed=self.seed)}
-            for a, b in pairs if not first(b).empty]).round(3)
+            for a, b in pairs if not first(b).empty]).round(3))
         return self.out.table("paired_comparisons", comparisons, index=False,
                               note=f"Paired per-protein bootstrap of the sample-F1 difference A - B. {self.boot_note}")
 
@@ -117,10 +138,8 @@ class FiguresStage(Stage):
         for metric in ("f1", "average_precision"):
             self.out.figure(f"per_label_{metric}", figures.per_label_intervals(boot, self.labels, metric=metric))
 
-        def cell(r):
-            return "undefined (no positive)" if pd.isna(r.value) else f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
-
-        table = (boot.assign(cell=[cell(r) for r in boot.itertuples()], model=boot["model"].map(runs.display_name))
+        table = (boot.assign(cell=[interval_cell(r.value, r.ci_low, r.ci_high, r.n) for r in boot.itertuples()],
+                             model=boot["model"].map(runs.display_name))
                  .pivot_table(index=["model", "metric"], columns="label", values="cell", aggfunc="first")[self.labels])
         self.out.table("per_label_intervals", table, note=self.boot_note)
         self.out.figure("pr_curves", figures.pr_curves(self.pred, self.labels, self.main_models))
