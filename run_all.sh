@@ -4,7 +4,7 @@
 #   bash run_all.sh                    # offline demo profile on CPU (minutes)
 #   bash run_all.sh --profile full     # paper scale: GPU + internet (Colab)
 #   bash run_all.sh --dry-run --profile full --device cuda   # time/memory estimate, runs nothing
-#   bash run_all.sh --test             # install the test extras and run pytest (notebooks included)
+#   bash run_all.sh --test             # install the test extras, lint (ruff), run pytest (notebooks included)
 #
 # Options: --profile NAME  --seed N  --device auto|cpu|cuda|cuda:N|mps  --data-root DIR  --mirror URL
 #          --no-venv (use the current Python, e.g. on Colab; automatic there)
@@ -63,6 +63,8 @@ export PYTHONUNBUFFERED=1
 [ -n "$data_root" ] && export PROLOC_DATA_ROOT="$(realpath -m "$data_root")"
 
 if [ "$mode" = test ]; then
+  # lint first (pyproject.toml [tool.ruff]): a finding fails the test command before any test runs
+  "$py" -m ruff check .
   # non-notebook code plots off-screen; the notebook runner gives its kernels the inline backend
   MPLBACKEND=Agg "$py" -m pytest
   # the encoder and tokenizer tests again under other admitted transformers (overlay installs)

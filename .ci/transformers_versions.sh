@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The encoder and tokenizer tests (tests/test_encoders.py) under other transformers releases that
+# The encoder and tokenizer tests (tests/features/test_encoders.py) under other transformers releases that
 # pyproject.toml admits: the lowest (4.40.0) and 5.17.0 (one of 5.10-5.19, whose T5 tokenizer
 # rejects an empty sentencepiece normaliser table). Each runs from an overlay install: the
 # release and the tokenizers / huggingface_hub it needs, `pip install --no-deps --target`
@@ -29,6 +29,6 @@ for spec in "${overlays[@]}"; do
   fi
   got="$(PYTHONPATH="$dir:$PWD" "$py" -c 'import transformers; print(transformers.__version__)')"
   [ "$got" = "$version" ] || { echo "transformers_versions.sh: overlay gave transformers $got, not $version" >&2; exit 1; }
-  echo "== tests/test_encoders.py under transformers $version (overlay)"
-  PYTHONPATH="$dir:$PWD" MPLBACKEND=Agg "$py" -m pytest -q -p no:cacheprovider tests/test_encoders.py
+  echo "== tests/features/test_encoders.py under transformers $version (overlay)"
+  PYTHONPATH="$dir:$PWD" MPLBACKEND=Agg "$py" -m pytest -q -p no:cacheprovider tests/features/test_encoders.py
 done

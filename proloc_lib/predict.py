@@ -398,6 +398,9 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
     note = demo_note(meta)
     if note:
         _warn(note)
+    if meta.get("threshold_fallback"):
+        fallback = ", ".join(f"{lab} {t:g}" for lab, t in zip(labels, thresholds) if lab in meta["threshold_fallback"])
+        _warn(f"fallback thresholds, not tuned (no positive of the label in the validation split): {fallback}")
     if not model.cfg.apply_mask:
         # the authors' configuration lets padding leak into the output; here each protein runs
         # unpadded, so numbers can differ from the padded batches of the evaluation

@@ -5,6 +5,7 @@
     proloc extract --profile full --shard 0/2
     proloc predict --checkpoint DIR --fasta F --images DIR --out preds.csv
     proloc dry-run --profile full --device cuda
+    proloc check-readme README.md        # quoted numbers against figures/<profile>/summary.json
     proloc <command> --help              # each command's own options
 
 ``proloc`` only dispatches: each command lives in a module of this package that is imported
@@ -35,6 +36,8 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "run": Command("study", "run the study: notebooks 01..05 through papermill (what run_all.sh runs)",
                    "run", "run_command"),
+    "check-readme": Command("study", "check the numbers a README quotes against notebook 05's summary.json",
+                            "check", "check_readme_command"),
     "audit": Command("data", "check the authors' / Vislocas HPA tables against the label mapping",
                      "data", "audit_command"),
     "mirror": Command("data", "serve an offline mirror of the full data path on 127.0.0.1 "

@@ -7,6 +7,7 @@ per image file, read back through ``images.load_image``).
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -43,11 +44,21 @@ def load_scldata() -> pd.DataFrame:
                          "locations": df["scl"].astype(str).to_numpy()})
 
 
-def select_proteins(table: pd.DataFrame, label_map: LabelMap, n_proteins: int, seed: int,
-                    min_length: int = 1, max_length: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """Map locations to labels, drop what maps to none, subsample ``n_proteins`` (seeded).
+# Each label on at least this share of the demo's proteins (where the source has enough): the
+# stratified split then puts a few proteins of every label into train, validation and test (SCL2205
+# holds ER on ~1% of its proteins, so a plain random sample of 150 has one ER protein in all).
+MIN_LABEL_SHARE = 0.2
 
-    Returns the protein table and a report of every drop and its reason.
+
+def select_proteins(table: pd.DataFrame, label_map: LabelMap, n_proteins: int, seed: int,
+                    min_length: int = 1, max_length: int | None = None, *,
+                    min_label_share: float = MIN_LABEL_SHARE) -> tuple[pd.DataFrame, dict]:
+    """Map locations to labels, drop what maps to none, choose ``n_proteins`` (seeded, stratified).
+
+    The choice: the proteins in one seeded random order; for each label, rarest first, its first
+    proteins in that order until ``ceil(min_label_share * n_proteins)`` chosen proteins carry it
+    (fewer if the source has fewer); then the rest in the same order. Returns the protein table
+    and a report of every drop and its reason, and the per-label quota.
     """
     for col in ("accession", "sequence", "locations"):
         if col not in table.columns:
@@ -66,11 +77,30 @@ def select_proteins(table: pd.DataFrame, label_map: LabelMap, n_proteins: int, s
     df = df.assign(seq_hash=df["sequence"].map(sequence_hash))
     if n_proteins > len(df):
         raise ValueError(f"asked for {n_proteins} proteins, only {len(df)} pass the filters")
-    df = df.sample(n=n_proteins, random_state=seed).sort_values("accession").reset_index(drop=True)
+    df = df.sort_values("accession").reset_index(drop=True)    # the order the seed permutes: not the source's
+    quota = math.ceil(min_label_share * n_proteins)
+    chosen = _stratified_choice(df[label_map.labels].to_numpy(dtype=bool), n_proteins, quota, seed)
+    df = df.iloc[chosen].sort_values("accession").reset_index(drop=True)
     df.insert(0, "protein_id", df["accession"])
     report["selected_proteins"] = int(len(df))
+    report["label_quota"] = {"min_label_share": float(min_label_share), "proteins_per_label": int(quota)}
     report["label_counts"] = {lab: int(df[lab].sum()) for lab in label_map.labels}
     return df, report
+
+
+def _stratified_choice(y: np.ndarray, n: int, quota: int, seed: int) -> np.ndarray:
+    """Row indices of ``n`` rows of the 0/1 matrix ``y`` (rows x labels): each label on at least
+    ``quota`` chosen rows where ``y`` allows it, the rarest label served first, every pick in one
+    seeded random order."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    taken = np.zeros(len(y), dtype=bool)
+    for j in np.argsort(y.sum(0), kind="stable"):
+        need = min(quota - int(y[taken, j].sum()), n - int(taken.sum()))
+        if need > 0:
+            taken[order[y[order, j] & ~taken[order]][:need]] = True
+    rest = order[~taken[order]][:n - int(taken.sum())]
+    taken[rest] = True
+    return np.flatnonzero(taken)
 
 
 def make_demo_images(proteins: pd.DataFrame, labels: list[str], image_dir: Path, images_per_protein: int,

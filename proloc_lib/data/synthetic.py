@@ -127,7 +127,9 @@ def _layout(rng: np.random.Generator, size: int) -> dict:
                theta=rng.uniform(0, np.pi, n_cells),
                wobble_amp=rng.uniform(0.0, 0.04, (n_cells, 2)), wobble_k=(2, 4),
                wobble_phase=rng.uniform(0, 2 * np.pi, (n_cells, 2)))
-    f32 = lambda d: {k: (v if k == "wobble_k" else np.asarray(v, np.float32)) for k, v in d.items()}
+
+    def f32(d):
+        return {k: (v if k == "wobble_k" else np.asarray(v, np.float32)) for k, v in d.items()}
     return dict(n=n_cells, radius=radius.astype(np.float32), cell=f32(cell), nuc=f32(nuc))
 
 

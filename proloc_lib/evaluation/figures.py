@@ -180,17 +180,24 @@ def pr_curves(pred: pd.DataFrame, labels: list[str], models: list[str], level: s
 
 
 def f1_vs_threshold(pred: pd.DataFrame, labels: list[str], model: str, level: str = "protein", split: str = "val"):
-    """F1 of each label against its threshold on validation; dots mark the chosen thresholds."""
+    """F1 of each label against its threshold on validation; dots mark the chosen thresholds.
+
+    A label without a positive in the split has no F1 curve (undefined at every threshold, not
+    1.0): it is named in the legend with the fallback threshold it kept (an ``x`` on the axis)."""
     grid = np.linspace(0.02, 0.98, 49)
     s = _slice(pred, model, level, split)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for lab, color in zip(labels, sns.color_palette(n_colors=len(labels))):
         y, p = s[f"y:{lab}"].to_numpy(), s[f"p:{lab}"].to_numpy()
-        ax.plot(grid, f1_at_thresholds(y, p, grid), label=lab, color=color)
         t = s[f"t:{lab}"].iloc[0]
+        if not y.any():
+            ax.plot([t], [0], "x", color=color, clip_on=False,
+                    label=f"{lab}: undefined, no positive in {split} (fallback threshold {t:g})")
+            continue
+        ax.plot(grid, f1_at_thresholds(y, p, grid), label=lab, color=color)
         ax.plot([t], f1_at_thresholds(y, p, [t]), "o", color=color)
     ax.set(xlabel="threshold", ylabel=f"F1 ({level}, {split})", ylim=(0, 1.02), title=_name(model))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return fig
 
 

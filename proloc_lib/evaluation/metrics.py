@@ -32,7 +32,7 @@ recall, F1 and average precision are **undefined (NaN)**, never 1.0; precision i
 label that is never called. ``macro_f1`` averages the labels whose F1 is defined and
 ``n_labels_scored`` says how many that is.
 
-Relation to scikit-learn (checked in ``tests/test_metrics.py``): absolute true =
+Relation to scikit-learn (checked in ``tests/evaluation/test_metrics.py``): absolute true =
 ``accuracy_score``; sample accuracy and F1 = ``jaccard_score`` / ``f1_score(average="samples",
 zero_division=1)``; micro accuracy = ``1 - hamming_loss``; per-label precision/recall/F1 =
 ``precision_recall_fscore_support`` wherever defined; per-label AP = ``average_precision_score``.
@@ -210,11 +210,17 @@ def sample_f1(y_true, y_pred) -> np.ndarray:
 
 
 def f1_at_thresholds(y_true_col, y_prob_col, grid) -> np.ndarray:
-    """F1 of one label at each threshold of ``grid`` (``prob >= threshold`` is positive)."""
+    """F1 of one label at each threshold of ``grid`` (``prob >= threshold`` is positive).
+
+    All NaN where the label has no positive: F1 is undefined there at every threshold (as in
+    ``full_report``), not 1.0 for "no call, no positive"."""
     y = np.asarray(y_true_col).astype(bool)
-    pred = np.asarray(y_prob_col)[None, :] >= np.asarray(grid)[:, None]   # (thresholds, n)
+    grid = np.asarray(grid, dtype=float)
+    if not y.any():
+        return np.full(grid.shape, np.nan)
+    pred = np.asarray(y_prob_col)[None, :] >= grid[:, None]   # (thresholds, n)
     tp = (pred & y).sum(1)
-    return _ratio(2 * tp, pred.sum(1) + y.sum(), (pred.sum(1) == 0) & (y.sum() == 0))
+    return _ratio(2 * tp, pred.sum(1) + y.sum(), False)
 
 
 def paper_metrics(y_true, y_pred) -> dict[str, float]:

@@ -25,18 +25,28 @@ def protein_level(samples: pd.DataFrame, probs: np.ndarray, proteins: pd.DataFra
     return np.asarray(ids), y, p
 
 
+# The threshold of a label that cannot be tuned (no positive in the validation split: its F1 is
+# undefined at every threshold). Recorded as such: ``threshold_fallback`` rows in the tidy metrics,
+# ``threshold_fallback`` in the checkpoint.
+FALLBACK_THRESHOLD = 0.5
+
+
+def untunable(y_true) -> np.ndarray:
+    """Per label: True where the split has no positive, so no threshold can be tuned on it."""
+    return np.asarray(y_true).sum(0) == 0
+
+
 def tune_thresholds(y_true, y_prob, split: str, grid=THRESHOLD_GRID) -> np.ndarray:
     """Per-label threshold maximising that label's F1 on the validation split.
 
-    Ties go to the threshold closest to 0.5; a label without positives keeps 0.5.
+    Ties go to the threshold closest to 0.5; a label without positives (``untunable``) gets
+    ``FALLBACK_THRESHOLD``, not a value "tuned" on an undefined F1.
     """
     if split != "val":
         raise ValueError(f"thresholds may be tuned on the validation split only, not '{split}'")
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
-    out = np.full(y_true.shape[1], 0.5)
-    for j in range(y_true.shape[1]):
-        if y_true[:, j].sum() == 0:
-            continue
+    out = np.full(y_true.shape[1], FALLBACK_THRESHOLD)
+    for j in np.flatnonzero(~untunable(y_true)):
         f1 = metrics.f1_at_thresholds(y_true[:, j], y_prob[:, j], grid)
         best = np.flatnonzero(f1 == f1.max())
         out[j] = grid[best[np.argmin(np.abs(grid[best] - 0.5))]]
@@ -45,9 +55,11 @@ def tune_thresholds(y_true, y_prob, split: str, grid=THRESHOLD_GRID) -> np.ndarr
 
 def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: list[str],
          thresholds=0.5, config: str = "", config_hash: str = "", fold: int | None = None, *,
-         strict_threshold: bool = False, provenance: str | None = None) -> pd.DataFrame:
+         strict_threshold: bool = False, provenance: str | None = None, fallback=None) -> pd.DataFrame:
     """One run's metrics as tidy rows. Undefined values (a label without positives) are NaN.
-    ``provenance`` (``config.provenance_note``): added as a column, so the CSV says what it is."""
+    ``provenance`` (``config.provenance_note``): added as a column, so the CSV says what it is.
+    ``fallback`` (one bool per label): the thresholds that are ``FALLBACK_THRESHOLD`` because
+    the label could not be tuned; a ``threshold_fallback`` row (1.0 / 0.0) per label."""
     rep = metrics.full_report(np.asarray(y_true), np.asarray(y_prob), thresholds=thresholds, labels=labels,
                               strict=strict_threshold)
     rows = [{"label": "overall", "metric": k, "value": v} for k, v in rep["overall"].items()]
@@ -55,6 +67,8 @@ def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: 
         rows += [{"label": lab, "metric": k, "value": v} for k, v in d.items()]
     th = np.broadcast_to(np.asarray(thresholds, dtype=float), (len(labels),))
     rows += [{"label": lab, "metric": "threshold", "value": float(t)} for lab, t in zip(labels, th)]
+    fb = np.zeros(len(labels), dtype=bool) if fallback is None else np.asarray(fallback, dtype=bool)
+    rows += [{"label": lab, "metric": "threshold_fallback", "value": float(f)} for lab, f in zip(labels, fb)]
     df = pd.DataFrame(rows).assign(model=model, config=config, config_hash=config_hash, seed=seed,
                                    fold=fold, level=level, split=split)
     if provenance is not None:
@@ -68,14 +82,16 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
     """Score ``(samples, probs)`` pairs for val and test, at image and protein level.
 
     With ``tune``, per-label thresholds come from the validation predictions of the same
-    level; the test predictions are only ever scored. ``strict_threshold``: a call is
-    ``prob > t`` (the published code) instead of ``prob >= t``. Returns (tidy frame, thresholds
-    by level, prediction frame of both splits; both carry a ``provenance`` column when it is
-    given). The tidy frame holds the standard metrics
+    level; the test predictions are only ever scored; a label without a positive in validation
+    keeps ``FALLBACK_THRESHOLD`` (``threshold_fallback`` rows; its label names under
+    ``thresholds["fallback"][level]``). ``strict_threshold``: a call is ``prob > t`` (the
+    published code) instead of ``prob >= t``. Returns (tidy frame, thresholds by level (and
+    ``"fallback"``), prediction frame of both splits; both carry a ``provenance`` column when
+    it is given). The tidy frame holds the standard metrics
     (``metrics.METRIC_NAMES``), the paper's formulas (``metrics.PAPER_ONLY_NAMES``), macro F1 /
     AP over the labels with positives, ECE and Brier, and per-label rows (NaN = undefined).
     """
-    frames, thresholds = [], {}
+    frames, thresholds = [], {"fallback": {}}
     levels = (["image"] if image_level else []) + ["protein"]
     for level in levels:
         pairs = {}
@@ -86,10 +102,12 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
                 _, y, p = protein_level(samples, probs, proteins, labels)
                 pairs[split] = (y, p)
         th = tune_thresholds(*pairs["val"], split="val") if tune else np.full(len(labels), 0.5)
+        fallback = untunable(pairs["val"][0]) if tune else np.zeros(len(labels), dtype=bool)
         thresholds[level] = th.tolist()
+        thresholds["fallback"][level] = [lab for lab, f in zip(labels, fallback) if f]
         for split, (y, p) in pairs.items():
             frames.append(tidy(model, level, split, seed, y, p, labels, th, config, config_hash, fold,
-                               strict_threshold=strict_threshold, provenance=provenance))
+                               strict_threshold=strict_threshold, provenance=provenance, fallback=fallback))
     preds = pd.concat([prediction_frame(model, seed, split, samples, probs, proteins, labels, thresholds)
                        for split, (samples, probs) in (("val", val), ("test", test))], ignore_index=True)
     if provenance is not None:

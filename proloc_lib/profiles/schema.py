@@ -179,6 +179,13 @@ class CrossValidation(Section):
     config: str
 
 
+class Control(Section):
+    """The label-permutation control: the configuration it trains and how many runs (default:
+    one per training seed; more runs, a smaller leak it can detect)."""
+    config: Optional[str] = None
+    runs: Optional[_num(int, ge=1, le=1000)] = None
+
+
 class ResplitPlan(Section):
     """Variance over re-splits (experiments.run_resplits): each method re-split ``repeats`` times."""
     methods: Annotated[list[Literal["stratified", "homology"]], Field(min_length=1)]
@@ -194,7 +201,7 @@ class Training(Section):
     ablation_overrides: Optional[dict[str, Any]] = None
     ablations: Optional[dict[str, dict[str, Any]]] = None
     cross_validation: Union[bool, CrossValidation, None] = None
-    control: Union[bool, CrossValidation, None] = None     # label-permutation control: {config: name}
+    control: Union[bool, Control, None] = None     # label-permutation control: {config: name, runs: n}
     resplits: Union[bool, ResplitPlan, None] = None
 
 
@@ -324,7 +331,7 @@ def _clean_loc(loc: tuple) -> tuple:
 
 _SECTION_NAMES = {c.__name__ for c in (Filters, Split, Data, T5Arch, SequenceEncoder, ImageEncoder,
                                        ImageEncoderOverride, ImageVariant, Embeddings, CrossValidation,
-                                       ResplitPlan,
+                                       Control, ResplitPlan,
                                        Training, Baselines, Figures, Provenance, Profile)}
 
 
@@ -400,7 +407,7 @@ def validate_profile(cfg: dict, *, file: str, origins: dict | None = None) -> Pl
     refs += [(("training", "ablations", lab, "of"), spec["of"]) for lab, spec in (training.get("ablations") or {}).items()
              if "of" in spec]
     for key in ("cross_validation", "control"):
-        if isinstance(training.get(key), dict):
+        if isinstance(training.get(key), dict) and training[key].get("config") is not None:
             refs.append((("training", key, "config"), training[key]["config"]))
     rs = training.get("resplits")
     if isinstance(rs, dict) and rs.get("config") is not None:

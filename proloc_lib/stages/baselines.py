@@ -73,7 +73,7 @@ def run_baselines_stage(data: StageData, bcfg: dict, *, seed: int = 0) -> RunRes
     ``light_attention_epochs``).
     """
     rec = _Recorder(data, seed)
-    P, I, labels = rec.P, rec.I, data.labels
+    P, imgs, labels = rec.P, rec.I, data.labels  # protein and image tables by split
     Y = {s: P[s][labels].to_numpy(dtype=int) for s in SPLITS}
     Yi = rec.Yi_train   # protein labels per image row (training and model selection)
     mlp = dict(hidden=bcfg["mlp_hidden"], epochs=bcfg["mlp_epochs"], seed=seed)
@@ -89,7 +89,7 @@ def run_baselines_stage(data: StageData, bcfg: dict, *, seed: int = 0) -> RunRes
     predict = baselines.fit_mlp(Xs["train"], Y["train"], Xs["val"], Y["val"], **mlp)
     rec.record("baseline.sequence_mlp", predict(Xs["val"]), predict(Xs["test"]))
     # image-only: pooled image tokens per image + MLP, averaged per protein
-    Xi = {s: np.stack([t.numpy() for t in data.img_store.get_many(I[s]["image_id"], pooled=True)]) for s in SPLITS}
+    Xi = {s: np.stack([t.numpy() for t in data.img_store.get_many(imgs[s]["image_id"], pooled=True)]) for s in SPLITS}
     predict = baselines.fit_mlp(Xi["train"], Yi["train"], Xi["val"], Yi["val"], **mlp)
     rec.record("baseline.image_mlp", predict(Xi["val"]), predict(Xi["test"]), on="images")
     # light attention over residues (sequence only)
@@ -103,7 +103,7 @@ def run_baselines_stage(data: StageData, bcfg: dict, *, seed: int = 0) -> RunRes
     # early fusion: pooled sequence and pooled image features concatenated per image
     pooled = dict(zip(data.proteins["seq_hash"], data.seq_store.get_many(data.proteins["seq_hash"], pooled=True)))
     hash_of = data.proteins.set_index("protein_id")["seq_hash"]
-    Xe = {s: np.hstack([Xi[s], np.stack([pooled[hash_of[p]].numpy() for p in I[s]["protein_id"]])]) for s in SPLITS}
+    Xe = {s: np.hstack([Xi[s], np.stack([pooled[hash_of[p]].numpy() for p in imgs[s]["protein_id"]])]) for s in SPLITS}
     predict = baselines.fit_mlp(Xe["train"], Yi["train"], Xe["val"], Yi["val"], **mlp)
     rec.record("baseline.early_fusion", predict(Xe["val"]), predict(Xe["test"]), on="images")
     return _collect(rec.metrics, rec.predictions, [])

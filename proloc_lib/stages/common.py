@@ -167,7 +167,8 @@ class RunResults:
 
 
 def _collect(metrics: list, preds: list, hists: list, models=None, datasets=None) -> RunResults:
-    cat = lambda fs: pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()
+    def cat(fs):
+        return pd.concat(fs, ignore_index=True) if fs else pd.DataFrame()
     m, p = cat(metrics), cat(preds)
     return RunResults(metrics=_with_display(m) if len(m) else m, predictions=_with_display(p) if len(p) else p,
                       history=cat(hists), models=models or {}, datasets=datasets or {})

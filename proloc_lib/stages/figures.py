@@ -4,23 +4,35 @@ It gathers the tidy results and predictions of stages 03 (fusion model, ablation
 04 (baselines); models are selected by run id and shown by display name. Everything is kept in
 ``Outputs`` until ``write`` puts it into ``figures/<profile>/`` in one step (a failed run leaves
 the last complete folder as it was); the tidy table of all metrics goes to ``05_figures/``.
+
+``figures/<profile>/summary.json`` holds the numbers a README quotes (the main comparison, the
+permutation control's bound, the composition-vs-frequency difference, calibration floors, the
+main table's cells) with the provenance line; ``readme_mismatches`` checks a README's tagged
+quotes against it (``proloc check-readme``).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from proloc_lib.core import manifest, paths, runs
+from proloc_lib.core.errors import UserError
 from proloc_lib.data.images import load_image
-from proloc_lib.evaluation import figures, statistics, tables
+from proloc_lib.evaluation import figures, scoring, statistics, tables
 from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.stages.common import Stage, stage_note
 from proloc_lib.training.checkpoint import Checkpoint
 
 CORRECTED, AUTHORS = runs.FUSION_CORRECTED, runs.FUSION_AUTHORS
+COMPOSITION, FREQUENCY = "baseline.composition_lr", "baseline.label_frequency"
 FULL_BOOTSTRAP = 2000   # the full profile's resamples; fewer are said in every table
+SUMMARY = "summary.json"
 
 
 def interval_cell(value: float, low: float, high: float, n: int) -> str:
@@ -33,10 +45,12 @@ def interval_cell(value: float, low: float, high: float, n: int) -> str:
 
 
 def mark_uninformative(table: pd.DataFrame, *, n_col: str = "n_proteins",
-                       cols=("ci_low", "ci_high")) -> pd.DataFrame:
-    """Rows over too few proteins: their interval columns say so instead of giving numbers."""
+                       cols=("ci_low", "ci_high", "p_value", "p_holm")) -> pd.DataFrame:
+    """Rows over too few proteins: their interval (and bootstrap p-value) columns say so instead of
+    giving numbers."""
     if table.empty or n_col not in table:
         return table
+    cols = [c for c in cols if c in table]
     notes = table[n_col].map(lambda n: statistics.too_few_for_interval(int(n)))
     out = table.astype({c: object for c in cols})
     for c in cols:
@@ -77,6 +91,7 @@ class FiguresStage(Stage):
                              "budget)." if self.n_boot < FULL_BOOTSTRAP else "."))
         self.caption = f"Profile '{self.profile}'. {stage_note(self.cfg, data_root)}"  # stage 01's provenance
         self.out = figures.Outputs(self.caption)
+        self.summary: dict = {"profile": self.profile, "provenance": self.caption}
         figures.set_style()
 
     def header(self) -> pd.DataFrame:
@@ -105,7 +120,8 @@ class FiguresStage(Stage):
         return self.pred[(self.pred["level"] == "protein") & (self.pred["split"] == "test")]
 
     def paired_comparisons(self) -> pd.DataFrame:
-        """Corrected against every other model: paired bootstrap over test proteins (first seed of each)."""
+        """Corrected against every other model, and composition + LR against label frequency:
+        paired bootstrap over test proteins (first seed of each), Holm-adjusted over the table."""
         test = self._test_proteins()
 
         def first(m):
@@ -113,12 +129,43 @@ class FiguresStage(Stage):
             return sel[sel["seed"] == sel["seed"].min()]
 
         pairs = [(CORRECTED, m) for m in self.main_models if m != CORRECTED]
-        comparisons = mark_uninformative(pd.DataFrame([
-            {"model A": runs.display_name(a), "model B": runs.display_name(b),
-             **statistics.bootstrap_f1_difference(first(a), first(b), self.labels, n_boot=self.n_boot, seed=self.seed)}
-            for a, b in pairs if not first(b).empty]).round(3))
-        return self.out.table("paired_comparisons", comparisons, index=False,
-                              note=f"Paired per-protein bootstrap of the sample-F1 difference A - B. {self.boot_note}")
+        if {COMPOSITION, FREQUENCY} <= set(self.main_models):
+            pairs.append((COMPOSITION, FREQUENCY))
+        pairs = [(a, b) for a, b in pairs if not first(a).empty and not first(b).empty]
+        rows = [{"model A": runs.display_name(a), "model B": runs.display_name(b),
+                 **statistics.bootstrap_f1_difference(first(a), first(b), self.labels, n_boot=self.n_boot,
+                                                      seed=self.seed)} for a, b in pairs]
+        comparisons = pd.DataFrame(rows)
+        if len(comparisons):
+            comparisons.insert(comparisons.columns.get_loc("p_value") + 1, "p_holm",
+                               statistics.holm(comparisons["p_value"]))
+            for (a, b), row in zip(pairs, comparisons.to_dict("records")):
+                if (a, b) == (COMPOSITION, FREQUENCY):
+                    self.summary["composition_vs_frequency"] = _plain(row)
+        return self.out.table("paired_comparisons", mark_uninformative(comparisons.round(4)), index=False,
+                              note=f"Paired per-protein bootstrap of the sample-F1 difference A - B (first seed of "
+                                   f"each model). p_value: two-sided, from the bootstrap standard error (normal "
+                                   f"approximation); p_holm: Holm's adjustment over the {len(comparisons)} "
+                                   f"comparisons in this table (a difference is claimed only where p_holm < 0.05; "
+                                   f"the intervals are per comparison, not adjusted). {self.boot_note}")
+
+    def main_comparison(self) -> pd.DataFrame:
+        """Corrected minus authors: one interval over training seeds and test proteins."""
+        main = statistics.main_comparison(self.pred, self.labels, CORRECTED, AUTHORS, n_boot=self.n_boot,
+                                          seed=self.seed)
+        if not main:
+            return pd.DataFrame()
+        self.summary["main_comparison"] = _plain(main)
+        table = mark_uninformative(pd.DataFrame([{**main, "model_a": runs.display_name(CORRECTED),
+                                                  "model_b": runs.display_name(AUTHORS),
+                                                  "seeds": ", ".join(map(str, main["seeds"]))}]).round(4))
+        return self.out.table("main_comparison", table, index=False,
+                              note=f"{runs.display_name(CORRECTED)} minus {runs.display_name(AUTHORS)}, per-protein "
+                                   "sample F1, runs paired by training seed. One 95% interval over both sources of "
+                                   "variation: a two-level bootstrap that resamples the seeds and the test proteins "
+                                   "(the protein draw shared by the drawn seeds, since every seed scores the same "
+                                   "proteins), seed and protein deviations scaled by sqrt(k/(k-1)); percentile "
+                                   f"interval. {self.boot_note}")
 
     def seed_paired_differences(self) -> pd.DataFrame:
         """Corrected minus authors per training seed, with a t interval over seeds."""
@@ -146,13 +193,44 @@ class FiguresStage(Stage):
         return table
 
     def calibration(self) -> pd.DataFrame:
-        """F1 against threshold on validation, the reliability diagram, and ECE / Brier per model."""
+        """F1 against threshold on validation, the reliability diagram, and ECE (with its sampling
+        floor at this test size) and Brier per model."""
         self.out.figure("f1_vs_threshold", figures.f1_vs_threshold(self.pred, self.labels, CORRECTED))
         self.out.figure("reliability", figures.reliability(self.pred, self.labels, self.main_models))
-        calib = statistics.calibration_table(self.pred, self.labels, models=self.main_models)
+        calib = statistics.calibration_table(self.pred, self.labels, models=self.main_models, seed=self.seed)
+        self.summary["calibration"] = {m: _plain(r) for m, r in zip(calib["model"], calib.to_dict("records"))}
         return self.out.table("calibration", calib.assign(model=calib["model"].map(runs.display_name)).round(4),
                               index=False, note="Expected calibration error (10 equal-width bins, all labels pooled) "
-                                                "and Brier score; protein level, test.")
+                                                "and Brier score; protein level, test; mean over seeds. ECE floor: "
+                                                "the ECE that perfectly calibrated forecasts reach at this test size "
+                                                "(labels drawn from each seed's own forecasts, 1000 draws, averaged "
+                                                "over seeds like the ECE): its mean and 95th percentile. An ECE "
+                                                "below the floor's 95th percentile is not told apart from noise.")
+
+    def thresholds(self) -> pd.DataFrame:
+        """The chosen thresholds per label (protein level, first seed) and which are fallbacks."""
+        sel = self.results[(self.results["level"] == "protein") & (self.results["split"] == "test")
+                           & self.results["model"].isin(self.main_models)
+                           & self.results["metric"].isin(["threshold", "threshold_fallback"])]
+        if sel.empty:
+            return pd.DataFrame()
+        sel = sel[sel["seed"] == sel.groupby("model")["seed"].transform("min")]
+        wide = sel.pivot_table(index=["model", "label"], columns="metric", values="value", aggfunc="first")
+        if "threshold_fallback" not in wide:
+            wide["threshold_fallback"] = np.nan          # stage outputs written before fallbacks were recorded
+        cell = [f"{t:g}" + (" (fallback: no positive in validation)" if f == 1 else "")
+                for t, f in zip(wide["threshold"], wide["threshold_fallback"])]
+        table = (wide.assign(cell=cell).reset_index()
+                 .pivot(index="model", columns="label", values="cell")[self.labels])
+        table = table.reindex([m for m in self.main_models if m in table.index])     # the main table's order
+        table.index = [runs.display_name(m) for m in table.index]
+        table.index.name = "model"
+        return self.out.table("thresholds", table,
+                              note=f"Per-label protein-level thresholds (first seed), tuned on validation where the "
+                                   f"configuration tunes them. A label without a positive validation protein cannot "
+                                   f"be tuned (its F1 is undefined at every threshold): it keeps the fallback "
+                                   f"{scoring.FALLBACK_THRESHOLD:g}, recorded as threshold_fallback in the metrics and "
+                                   f"in the checkpoint.")
 
     def split_variation(self) -> pd.DataFrame:
         """Mean, sd and t interval over cross-validation folds and re-splits (empty without them)."""
@@ -166,19 +244,25 @@ class FiguresStage(Stage):
                               note="Mean, sd and 95% t interval over data splits (seeds averaged within a split).")
 
     def permutation_control(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The label-permutation control against the null of its own predictions (summary, per label)."""
+        """What the label-permutation control rules out (summary) and its first run per label."""
         control = runs.CONTROL_PERMUTED
         if control not in set(self.pred["model"]):
             return pd.DataFrame(), pd.DataFrame()
         ctl = statistics.permutation_control(self.pred, self.labels, control=control, n_perm=self.n_perm,
                                              seed=self.seed)
-        summary = pd.DataFrame([{k: v for k, v in ctl.items() if k != "per_label"}]).round(4)
+        plain = {k: v for k, v in ctl.items() if k != "per_label"}
+        self.summary["permutation_control"] = _plain(plain)
+        summary = pd.DataFrame([plain]).round(4)
         self.out.table("permutation_control", summary, index=False,
-                       note=f"Null: each control run's predictions assigned to test proteins at random "
-                            f"({self.n_perm} permutations). One run: at_chance = its sample F1 and macro AP inside "
-                            "the null's central 95%. Several runs (one per seed, each its own permutation): "
-                            "at_chance = the 95% t interval over runs of (observed - null mean) reaches 0 for both "
-                            "(no systematic excess).")
+                       note=f"Chance: each control run's predictions assigned to the test proteins at random "
+                            f"({self.n_perm} permutations); excess = observed - that null's mean, one value per "
+                            f"run ({ctl['n_runs']} runs, each with its own permutation of the training labels). "
+                            "Over runs: the mean excess, its one-sided 95% upper bound (t), and the excess a "
+                            "one-sided 5% t test detects with 80% power given the observed run-to-run sd "
+                            "(detectable). leak_detected: that test on the macro AP excess rejects. Not detected "
+                            "means the excess is below the upper bound, not that it is 0: a leak smaller than "
+                            "'detectable' would often be missed. One run: no spread, no bound; leak_detected = "
+                            "macro AP above the null's 95th percentile.")
         return summary, ctl["per_label"].round(4)
 
     def cooccurrence(self) -> None:
@@ -217,6 +301,9 @@ class FiguresStage(Stage):
                   self.train_dir / "predictions.parquet", self.base_dir / "predictions.parquet"]
         with manifest.stage_output(self.fig_dir, self.name, params, inputs, provenance=self.cfg["provenance"]) as (tmp, _):
             written = self.out.write(tmp, self.cfg["figures"]["formats"])
+            summary = {**self.summary, "main_table": _cells(self.out.tables.get("main_table"))}
+            (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+            written.append(tmp / SUMMARY)
         with manifest.stage_output(self.out_dir, self.name, params, inputs, provenance=self.cfg["provenance"]) as (tmp, extra):
             self.results_in.assign(provenance=self.caption).to_csv(tmp / "all_metrics.csv", index=False)
             extra["figures_dir"] = str(self.fig_dir)
@@ -226,9 +313,11 @@ class FiguresStage(Stage):
         self.main_table()
         self.metrics_by_level()
         self.paired_comparisons()
+        self.main_comparison()
         self.seed_paired_differences()
         self.per_label()
         self.calibration()
+        self.thresholds()
         self.split_variation()
         self.permutation_control()
         self.cooccurrence()
@@ -236,3 +325,100 @@ class FiguresStage(Stage):
         self.attention_maps()
         self.ablations()
         return self.write()
+
+
+# ---------------------------------------------------------------------------------------------
+# summary.json, and the README quotes checked against it
+
+def _plain(d: dict) -> dict:
+    """JSON-ready: numpy scalars to Python, NaN to None."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.generic,)):
+            v = v.item()
+        if isinstance(v, float) and math.isnan(v):
+            v = None
+        out[str(k)] = v
+    return out
+
+
+def _cells(entry) -> dict:
+    """The main table's cells as {model: {column: text}} (what its Markdown file shows)."""
+    if entry is None:
+        return {}
+    table = entry[0]
+    return {str(m): {str(c): str(v) for c, v in row.items()} for m, row in table.iterrows()}
+
+
+class ReadmeCheckError(UserError):
+    """A README names a summary file that is missing or unreadable."""
+
+
+# In a README: a number followed by an HTML comment naming where it comes from, e.g.
+#   <!-- summary-file: figures/demo/summary.json -->      (the file for the quotes that follow)
+#   +0.724<!-- summary: main_comparison/mean_difference --> [0.586<!-- summary: main_comparison/ci_low -->, ...]
+#   0.921 ± 0.006<!-- summary: main_table/fusion (corrected)/protein · F1 -->
+# The comments do not render; ``readme_mismatches`` compares each quote with the file.
+_FILE_TAG = re.compile(r"<!--\s*summary-file:\s*(?P<path>\S+)\s*-->")
+_QUOTE_TAG = re.compile(r"(?P<text>[+\-\u2212]?\d+(?:\.\d+)?(?:\s*±\s*\d+(?:\.\d+)?)?)\s*"
+                        r"<!--\s*summary:\s*(?P<key>[^>]*?)\s*-->")
+
+
+def _lookup(summary: dict, key: str):
+    node = summary
+    for part in key.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(part)
+        node = node[part]
+    return node
+
+
+def quote_matches(quoted: str, value) -> bool:
+    """Does the README text ``quoted`` show ``value`` (a number at the quoted decimals, or a cell)?"""
+    text = quoted.replace("\u2212", "-").strip()
+    if isinstance(value, str):
+        return " ".join(text.split()) == " ".join(value.split())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    text = text.lstrip("+")
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    shown = f"{value:.{decimals}f}"
+    return shown == text or (shown.lstrip("-") == text.lstrip("-") and float(shown) == 0)
+
+
+def readme_mismatches(text: str, *, root: str | Path) -> list[str]:
+    """Every tagged quote of ``text`` that its summary file does not back, one line each
+    (line number, key, what the README says, what the file says). Summary paths are relative
+    to ``root``; a quote before any ``summary-file`` tag is an error too."""
+    events = sorted([(m.start(), "file", m) for m in _FILE_TAG.finditer(text)]
+                    + [(m.start(), "quote", m) for m in _QUOTE_TAG.finditer(text)], key=lambda e: e[0])
+    problems, current, name = [], None, None
+    for pos, kind, m in events:
+        line = text.count("\n", 0, pos) + 1
+        if kind == "file":
+            name = m["path"]
+            path = Path(root) / name
+            try:
+                current = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ReadmeCheckError(f"{path}: not found (named on README line {line}; run notebook 05 of that "
+                                       "profile first)") from None
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ReadmeCheckError(f"{path}: not a readable summary ({exc})") from None
+            continue
+        if current is None:
+            problems.append(f"line {line}: quote '{m['text']}' of '{m['key']}' before any summary-file tag")
+            continue
+        try:
+            value = _lookup(current, m["key"])
+        except KeyError as exc:
+            problems.append(f"line {line}: '{m['key']}' is not in {name} (no '{exc.args[0]}')")
+            continue
+        if not quote_matches(m["text"], value):
+            problems.append(f"line {line}: {m['key']}: README says {m['text']}, {name} says {value}")
+    return problems
+
+
+def tagged_quotes(text: str) -> int:
+    """How many tagged quotes ``text`` holds."""
+    return len(_QUOTE_TAG.findall(text))

@@ -226,17 +226,19 @@ def permute_labels(proteins: pd.DataFrame, labels: list[str], *, seed: int,
 def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu", seed: int | None = None,
                             progress: bool = True) -> RunResults:
     """``control.permuted_labels``: ``plan.control`` trained, selected (early stopping) and
-    thresholded on permuted training and validation labels, scored on the true test labels.
+    thresholded on permuted training and validation labels, scored on the true test labels;
+    one run per seed of ``plan.control_seeds`` (or only ``seed``).
 
-    Nothing it is fitted or chosen on carries the true labels, so it must land at chance;
-    otherwise something leaks. (Selecting on the true validation labels is not enough: where
+    Nothing it is fitted or chosen on carries the true labels, so any excess over chance is a
+    leak; how small a leak the runs can detect depends on their number
+    (``statistics.permutation_control``). (Selecting on the true validation labels is not enough: where
     images follow the labels, as in the demo, the choice of epoch and thresholds on true
     validation labels alone lifts a model trained on noise above chance.)"""
     if not plan.control:
         return RunResults()
     tcfg = plan.configs[plan.control]
-    seeds = plan.seeds if seed is None else [seed]
-    # one run per training seed, each with its own permutation: a single noise-trained run can sit
+    seeds = plan.control_seeds if seed is None else [seed]
+    # one run per control seed, each with its own permutation: a single noise-trained run can sit
     # above its shuffle null by chance (its scores cluster by image class); several show whether it does so
     # systematically (statistics.permutation_control)
     true_test = fusion_datasets(data, targets=data.eval_targets)["test"]   # test: the true labels
@@ -295,7 +297,9 @@ def make_checkpoint(model, *, run_id: str, thresholds: dict, train_cfg: settings
     """The typed checkpoint of one trained run (protein-level thresholds, encoders and store fingerprints)."""
     emb = cfg["embeddings"]
     return Checkpoint(model=model, run_id=run_id, labels=list(data.labels), label_map=data.data_manifest["label_map"],
-                      thresholds=list(thresholds["protein"]), training=settings.train_config_dict(train_cfg),
+                      thresholds=list(thresholds["protein"]),
+                      threshold_fallback=list(thresholds.get("fallback", {}).get("protein", [])),
+                      training=settings.train_config_dict(train_cfg),
                       config_hash=train_cfg.hash(),
                       encoders={"sequence": emb["sequence"], "image": emb["image"],
                                 "max_residues": emb["max_residues"], "long_policy": emb["long_policy"],
@@ -342,7 +346,8 @@ def training_params(plan: Plan, *, profile: str, seed: int, device: str) -> dict
             "plan": [{"run_id": r["run_id"], "seed": r["seed"], "config_hash": r["train"].hash(),
                       **({"image_variant": r["image_variant"]} if "image_variant" in r else {}),
                       **settings.train_config_dict(r["train"])} for r in plan.runs],
-            "cross_validation": plan.cross_validation, "control": plan.control, "resplits": plan.resplits}
+            "cross_validation": plan.cross_validation, "control": plan.control,
+            "control_seeds": plan.control_seeds, "resplits": plan.resplits}
 
 
 def clear_resume(resume_root: str | Path) -> None:

@@ -193,6 +193,10 @@ def validate_config(meta, cfg_path: Path, *, labels=None) -> dict:
         t = np.full(1, np.nan)
     if t.shape != (n_labels,) or np.isnan(t).any() or ((t < 0) | (t > 1)).any():
         raise CheckpointError(f"{cfg_path}: 'thresholds' must be {n_labels} numbers in [0, 1], got {thr!r}")
+    fallback = meta.get("threshold_fallback", [])
+    if (not isinstance(fallback, list) or not all(isinstance(x, str) for x in fallback)
+            or not set(fallback) <= set(meta["labels"])):
+        raise CheckpointError(f"{cfg_path}: 'threshold_fallback' must list label names of 'labels', got {fallback!r}")
     # the dims the model was built for must be the hidden sizes of the features it was fed
     for kind, dim in (("sequence", "seq_dim"), ("image", "img_dim")):
         stored = meta[f"{kind}_encoder"].get("hidden_size")
@@ -321,11 +325,14 @@ class Checkpoint:
     sequence_encoder: dict              # the sequence store's fingerprint
     image_encoder: dict                 # the image store's fingerprint
     provenance: dict = field(default_factory=dict)
+    # labels whose threshold is the fallback (no positive in validation, nothing to tune on)
+    threshold_fallback: list[str] = field(default_factory=list)
 
     def meta(self) -> dict:
         """config.json's content."""
         return {"model": self.model.cfg.to_dict(), "run_id": self.run_id, "labels": list(self.labels),
                 "label_map": self.label_map, "thresholds": [float(t) for t in self.thresholds],
+                "threshold_fallback": list(self.threshold_fallback),
                 "training": self.training, "config_hash": self.config_hash, "encoders": self.encoders,
                 "sequence_encoder": self.sequence_encoder, "image_encoder": self.image_encoder,
                 "provenance": self.provenance}
@@ -380,4 +387,5 @@ class Checkpoint:
                    label_map=meta.get("label_map", ""), thresholds=list(meta["thresholds"]),
                    training=meta.get("training", {}), config_hash=meta.get("config_hash", ""),
                    encoders=meta["encoders"], sequence_encoder=meta["sequence_encoder"],
-                   image_encoder=meta["image_encoder"], provenance=meta.get("provenance", {}))
+                   image_encoder=meta["image_encoder"], provenance=meta.get("provenance", {}),
+                   threshold_fallback=list(meta.get("threshold_fallback", [])))

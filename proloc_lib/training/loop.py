@@ -337,7 +337,8 @@ def _train_runs(runs: list[_Run], device: str, progress: bool, resident, workers
             return
         stop, cores, left, lock = threading.Event(), torch.get_num_threads(), [len(todo)], threading.Lock()
         # each thread's share of the cores, grown as runs finish (the last runs alone get them all)
-        share_of_cores = lambda: max(1, cores // min(n_workers, max(1, left[0])))
+        def share_of_cores():
+            return max(1, cores // min(n_workers, max(1, left[0])))
 
         def work(run):
             try:

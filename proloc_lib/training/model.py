@@ -14,7 +14,7 @@ not passed) whose output is used directly (``cross_residual=False``); then ONE s
 feed-forward block applied ``num_layers`` times (``share_blocks=True``), each sub-layer
 post-norm ``LayerNorm(x + sublayer(x))`` with no dropout on the residual branch
 (``residual_dropout=False``), the feed-forward ``Linear(d, 4d) -> ReLU -> Dropout -> Linear(4d, d)``;
-mean over all image tokens (CLS included); one Linear head. ``tests/test_published_model.py``
+mean over all image tokens (CLS included); one Linear head. ``tests/training/test_model.py``
 checks this model, with the published weights' names, against a plain-torch re-implementation.
 """
 
@@ -26,7 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from proloc_lib.training.settings import ModelSwitches, check_ranges
+from proloc_lib.core.errors import UserError
+from proloc_lib.training.settings import ModelSwitches, check_ranges, make_config
+
+
+class PublishedWeightsError(UserError, ValueError):
+    """A published weights file that cannot be read or does not fit the published model."""
 
 
 @dataclass(kw_only=True)
@@ -86,7 +91,9 @@ class Attention(nn.MultiheadAttention):
         (b, t, d), s, h = query.shape, key.shape[1], self.num_heads
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        heads = lambda x, w, bias, n: F.linear(x, w, bias).view(b, n, h, d // h).transpose(1, 2)
+
+        def heads(x, w, bias, n):
+            return F.linear(x, w, bias).view(b, n, h, d // h).transpose(1, 2)
         q, k, v = heads(query, w_q, b_q, t), heads(key, w_k, b_k, s), heads(value, w_v, b_v, s)
         scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)
         if key_padding_mask is not None:
@@ -159,6 +166,42 @@ class FusionModel(nn.Module):
         for m in self.modules():
             if isinstance(m, (Dropout, Attention)):
                 m.generator = generator
+
+    @classmethod
+    def from_published_file(cls, path, *, n_heads: int = 8, n_blocks: int = 6) -> "FusionModel":
+        """The published model from a file its ``train.py`` wrote (``torch.save(model.state_dict())``,
+        e.g. the released ``best_model.pth``), read with ``torch.load(weights_only=True)`` (no
+        pickled code runs) onto the CPU.
+
+        Sizes (d_model, image and sequence dims, labels) come from the weights; ``n_heads`` and
+        ``n_blocks`` do not show in them (the heads split d_model, the one block is applied
+        ``n_blocks`` times), so they are given: the published ``train.py`` uses 8 and 6, its
+        ``test.py`` loads ``best_model_heads_256.pth`` with 256 heads (d_model 512: 2 per head).
+        """
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:   # unpickling refused, truncated file, not a torch file: all "not usable"
+            raise PublishedWeightsError(f"{path}: not a readable weights file ({type(exc).__name__}: "
+                                        f"{' '.join(str(exc).split())[:200]})") from None
+        if not isinstance(state, dict) or "image_projection.weight" not in state:
+            raise PublishedWeightsError(f"{path}: not a state dict of the published CrossAttentionModel "
+                                        "(no image_projection.weight)")
+        try:
+            d_model, img_dim = state["image_projection.weight"].shape
+            seq_dim = state["sequence_projection.weight"].shape[1]
+            n_labels = state["classifier.weight"].shape[0]
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise PublishedWeightsError(f"{path}: published weights lack or misshape {exc}") from None
+        if d_model % n_heads:
+            raise PublishedWeightsError(f"{path}: n_heads={n_heads} does not divide this model's d_model={d_model}")
+        switches = make_config("authors", {"d_model": int(d_model), "n_heads": int(n_heads),
+                                           "n_blocks": int(n_blocks)}).model_switches()
+        model = cls(FusionConfig(seq_dim=int(seq_dim), img_dim=int(img_dim), n_labels=int(n_labels), **switches))
+        try:
+            model.load_published(state)
+        except (KeyError, RuntimeError) as exc:
+            raise PublishedWeightsError(f"{path}: {' '.join(str(exc).split())[:300]}") from None
+        return model.eval()
 
     def load_published(self, state_dict: dict) -> None:
         """Load the published model's weights (needs the published architecture switches)."""

@@ -4,7 +4,7 @@ section (the schema has checked its keys and types). No torch import."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -19,13 +19,15 @@ class Plan:
     ``runs``: one dict per (run, seed): ``run_id``, ``config``, ``seed``, ``train`` (TrainConfig),
     and for ablations ``ablation`` (the slug) and ``image_variant``. ``configs``: each named
     configuration used by any part. ``cross_validation`` and ``control``: the configuration each
-    trains (or None). ``resplits``: ``{"methods", "repeats", "config"}`` (or None).
+    trains (or None). ``control_seeds``: one label-permutation control run per seed (each its
+    own permutation). ``resplits``: ``{"methods", "repeats", "config"}`` (or None).
     """
     runs: list[dict]
     seeds: list[int]
     configs: dict[str, TrainConfig]
     cross_validation: str | None = None
     control: str | None = None
+    control_seeds: list[int] = field(default_factory=list)
     resplits: dict | None = None
 
     def table(self) -> pd.DataFrame:
@@ -44,7 +46,7 @@ class Plan:
                      "train": self.configs[name]} for f in range(folds)]
         if self.control:
             out += [{"run_id": CONTROL_PERMUTED, "config": self.control, "seed": s,
-                     "train": self.configs[self.control]} for s in self.seeds]
+                     "train": self.configs[self.control]} for s in self.control_seeds]
         if self.resplits:
             name = self.resplits["config"]
             out += [{"run_id": make_id("resplit", m), "config": name, "seed": r, "train": self.configs[name]}
@@ -56,7 +58,20 @@ def _optional_config(value) -> str | None:
     """``false``/absent -> None; ``true`` -> corrected; ``{config: name}`` -> name."""
     if not value:
         return None
-    return "corrected" if value is True else value.get("config", "corrected")
+    return "corrected" if value is True else (value.get("config") or "corrected")
+
+
+def control_seeds(seeds: list[int], runs: int | None) -> list[int]:
+    """The control's seeds: the training seeds, then further integers, ``runs`` in all
+    (default: one per training seed)."""
+    runs = len(seeds) if runs is None else int(runs)
+    if runs < 1:
+        raise ValueError(f"training.control.runs must be at least 1, got {runs}")
+    out, extra = list(seeds[:runs]), max(seeds) + 1
+    while len(out) < runs:
+        out.append(extra)
+        extra += 1
+    return out
 
 
 def build_plan(section: dict) -> Plan:
@@ -69,8 +84,8 @@ def build_plan(section: dict) -> Plan:
     ``ablation.<slug>``); ``image_variant`` trains on the store ``02_embeddings/images-<variant>/``.
     ``ablation_overrides`` (e.g. a shorter schedule) apply to every ablation run and to the run
     ``ablation.reference`` they are compared with. ``cross_validation: false | {config: name}``;
-    ``control: false | {config: name}`` (default on, ``corrected``: the control is cheap and must
-    land at chance); ``resplits: {methods: [stratified, homology], repeats: n, config: name}``
+    ``control: false | {config: name, runs: n}`` (default on, ``corrected``, one run per training
+    seed: ``runs`` sets how many, which fixes how small a leak it can detect); ``resplits: {methods: [stratified, homology], repeats: n, config: name}``
     (repeat r re-splits with seed r and trains with seed r).
     """
     base = section.get("base") or {}
@@ -119,6 +134,8 @@ def build_plan(section: dict) -> Plan:
         runs.append(run)
     cv = _optional_config(section.get("cross_validation"))
     control = _optional_config(section.get("control", True))
+    ctl = section.get("control")
+    ctl_seeds = control_seeds(seeds, ctl.get("runs") if isinstance(ctl, dict) else None) if control else []
     rs = section.get("resplits") or None
     if rs:
         rs = {"methods": list(rs.get("methods", ["stratified"])), "repeats": int(rs.get("repeats", 3)),
@@ -126,4 +143,5 @@ def build_plan(section: dict) -> Plan:
     for name in (cv, control, rs and rs["config"]):
         if name:
             configs.setdefault(name, named(name))
-    return Plan(runs=runs, seeds=seeds, configs=configs, cross_validation=cv, control=control, resplits=rs)
+    return Plan(runs=runs, seeds=seeds, configs=configs, cross_validation=cv, control=control,
+                control_seeds=ctl_seeds, resplits=rs)

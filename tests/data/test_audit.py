@@ -1,20 +1,97 @@
-"""`proloc audit` on tables it used to pass or misname: a table without a label column, a tab- or
-semicolon-separated table, a repeated header row. One line naming the file and the problem, exit 2."""
-from __future__ import annotations
-
-from pathlib import Path
-
+"""The audit of HPA tables (proloc_lib.data.audit): the authors' reference tables and planted problems."""
 import pandas as pd
 import pytest
 
 from proloc_lib.cli.main import main as proloc
-from proloc_lib.data.audit import audit
+from proloc_lib.core.paths import PROJECT_ROOT, reference_dir
+from proloc_lib.data.audit import audit, format_audit
 from proloc_lib.data.hpa import SchemaError, TableError, check_csv_file
-from proloc_lib.data.labels import LabelMap
 
-ROOT = Path(__file__).resolve().parents[2]
-PLANTED = ROOT / "tests" / "fixtures" / "hpa" / "audit_planted.csv"
-MAPPING = ROOT / "data" / "mappings" / "hpa_to_proloc5.yaml"
+FIXTURES = PROJECT_ROOT / "tests" / "fixtures" / "hpa"
+REFERENCE = reference_dir()
+REF_TEST = REFERENCE / "proloc_ihs_test.csv"
+REF_URL = REFERENCE / "proloc_ihs_test_img_URL.csv"
+needs_reference = pytest.mark.skipif(
+    not (REF_TEST.exists() and REF_URL.exists()),
+    reason=f"authors' reference tables not found in {REFERENCE} (../shared/reference beside the project)")
+
+
+@needs_reference
+def test_reference_audit_and_cli(label_map, capsys):
+    report = audit([REF_TEST, REF_URL], label_map)
+    assert report["disagreeing_rows"] == []  # the mapping reproduces the label columns
+    assert report["unknown_location_rows"] == []
+    # proloc_ihs_test.csv: its locations column differs from the File Name on 42 rows
+    assert len(report["name_vs_column_rows"]) == 42
+    assert {r["file"] for r in report["name_vs_column_rows"]} == {str(REF_TEST)}
+    within = {(r["protein_id"], r["antibody"]) for r in report["location_conflicts_within_antibody"]}
+    assert len(within) == 7 and ("ENSG00000162599", "HPA006111") in within
+    assert {r["protein_id"] for r in report["location_conflicts_across_antibodies"]} == {
+        "ENSG00000154229", "ENSG00000162599"}
+    assert report["duplicate_images"] == [] and report["shared_sequences"] == []
+    assert report["cross_file"]["n_common_images"] == 566
+    assert report["cross_file"]["location_mismatches"] == []
+
+    assert proloc(["audit", str(REF_TEST), str(REF_URL)]) == 0
+    out = capsys.readouterr().out
+    assert "Rows whose label columns disagree with their locations under the mapping: 0" in out
+    assert "differs from the locations in their File Name" in out and ": 42" in out
+    assert "ENSG00000154229: HPA006563 [cytosol;plasma membrane] x8" in out
+
+
+def test_audit_finds_planted_problems(label_map):
+    report = audit([FIXTURES / "audit_planted.csv"], label_map)
+    [wrong] = report["disagreeing_rows"]
+    assert (wrong["row"], wrong["protein_id"]) == (4, "ENSG00000000304")
+    assert wrong["columns"] == {"cytoplasm": {"given": 1, "mapped": 0}}
+    [within] = report["location_conflicts_within_antibody"]
+    assert (within["protein_id"], within["antibody"]) == ("ENSG00000000301", "HPA000301")
+    assert within["location_sets"] == {"nucleoplasm": {"n": 1, "organs": ["Brain"]},
+                                       "cytosol;nucleoplasm": {"n": 1, "organs": ["Skin"]}}
+    [across] = report["location_conflicts_across_antibodies"]
+    assert across["protein_id"] == "ENSG00000000302"
+    assert set(across["antibodies"]) == {"HPA000302", "HPA000303"}
+    [dup] = report["duplicate_images"]
+    assert (dup["image_name"], dup["n"], dup["rows"]) == ("6005_A_1_1.jpg", 2, [5, 6])
+    assert dup["kind"] == "same protein+image"
+    [shared] = report["shared_sequences"]
+    assert shared["protein_ids"] == ["ENSG00000000305", "ENSG00000000306"]
+    assert report["cross_file"] is None
+
+    text = format_audit(report)
+    for line in ("disagree with their locations under the mapping: 1",
+                 "different location sets (images counted once): 1",
+                 "antibodies carry different location sets: 1",
+                 "Duplicate images within a file: 1", "Sequences shared by several proteins: 1",
+                 "cytoplasm given 1 mapped 0"):
+        assert line in text
+
+
+def test_audit_reports_unknown_locations_and_same_name_other_protein(tmp_path, label_map, edit_csv):
+    path = edit_csv(FIXTURES / "audit_planted.csv", tmp_path / "more.csv",
+                 locations={0: "moon base"}, **{"Image Name": {7: "6001_A_2_1.jpg"}})
+    report = audit([path], label_map)
+    assert [r["row"] for r in report["unknown_location_rows"]] == [0]
+    kinds = {d["image_name"]: d["kind"] for d in report["duplicate_images"]}
+    assert kinds["6001_A_2_1.jpg"] == "same image name, different proteins"
+    assert "moon base" in format_audit(report)
+
+
+def test_audit_cross_file_join(tmp_path, label_map):
+    # the same images in another order, one location changed: found by key, not by row
+    df = pd.read_csv(FIXTURES / "audit_planted.csv", dtype=str, keep_default_na=False)
+    other = df.iloc[::-1].copy()
+    other.loc[other["Image Name"] == "6002_A_1_1.jpg", "locations"] = "nucleus"
+    other.to_csv(tmp_path / "reordered.csv", index=False)
+    report = audit([FIXTURES / "audit_planted.csv", tmp_path / "reordered.csv"], label_map)
+    cf = report["cross_file"]
+    assert cf["n_common_images"] == 7
+    assert [(m["protein_id"], m["image_name"]) for m in cf["location_mismatches"]] == [
+        ("ENSG00000000302", "6002_A_1_1.jpg")]
+
+
+# -- a missing label column, another separator, a repeated header row ------------------------------
+PLANTED = FIXTURES / "audit_planted.csv"
 
 
 def _audit_line(capsys, path) -> tuple[int, str]:
@@ -31,20 +108,20 @@ def authors_table(reference_dir) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("dropped", ["nucleus", "plasma membrane"])
-def test_a_table_without_a_label_column_is_an_error_naming_it(tmp_path, capsys, authors_table, dropped):
+def test_a_table_without_a_label_column_is_an_error_naming_it(tmp_path, capsys, authors_table, label_map, dropped):
     path = tmp_path / "no_label.csv"
     authors_table.drop(columns=dropped).to_csv(path, index=False)
     rc, line = _audit_line(capsys, path)
     assert rc == 2 and line.startswith(f"proloc audit: {path}: no label column '{dropped}'"), line
     with pytest.raises(SchemaError, match=f"no label column '{dropped}'"):
-        audit([path], LabelMap.load(MAPPING))
+        audit([path], label_map)
 
 
-def test_the_full_table_still_passes_with_its_labels(tmp_path, capsys, authors_table):
+def test_the_full_table_still_passes_with_its_labels(tmp_path, authors_table, label_map):
     path = tmp_path / "all.csv"
     authors_table.to_csv(path, index=False)
-    report = audit([path], LabelMap.load(MAPPING))
-    assert report["files"][0]["label_columns_checked"] == LabelMap.load(MAPPING).labels
+    report = audit([path], label_map)
+    assert report["files"][0]["label_columns_checked"] == label_map.labels
     assert report["files"][0]["labels"] is not None and report["files"][0]["rows"] == 566
 
 

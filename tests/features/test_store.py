@@ -1,9 +1,8 @@
-"""The feature store: temporary files of writers killed mid-write are removed by the next writer
-(never a live writer's), and an item holding NaN or infinity is refused on read, named."""
-from __future__ import annotations
-
+"""The embedding store: stale-safe, shardable and mergeable; it finds every damaged or lost shard and
+re-embeds its items; lookups are O(1)."""
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -14,10 +13,217 @@ import pytest
 import torch
 
 from proloc_lib.core.errors import UserError
+from proloc_lib.data.sequences import sequence_hash
+from proloc_lib.features import sequence
 from proloc_lib.features import store as store_mod
 from proloc_lib.features.store import EmbeddingStore, NonFiniteFeatureError
 from proloc_lib.training.datasets import FusionDataset, ResidentFeatures, image_samples
 
+
+@pytest.fixture
+def build(counting_encoder, random_sequences):
+    """Function (tmp_path, n=24, shard_size=6, name="st") -> (unique sequences by hash, store path)."""
+    def build_(tmp_path, n=24, shard_size=6, name="st"):
+        unique = {sequence_hash(x): x for x in random_sequences(n)}
+        sequence.extract_sequences(unique, counting_encoder(), tmp_path / name, token_budget=200,
+                                   shard_size=shard_size, progress=False)
+        return unique, tmp_path / name
+    return build_
+
+
+@pytest.fixture
+def rerun(counting_encoder):
+    """Function (unique, path, verify="full") -> (the encoder, extract's report): extract again."""
+    def rerun_(unique, path, verify="full"):
+        enc = counting_encoder()
+        rep = sequence.extract_sequences(unique, enc, path, token_budget=200, shard_size=6, progress=False,
+                                         verify=verify)
+        return enc, rep
+    return rerun_
+
+
+def keys_of(shard):
+    return store_mod.read_shard_header(shard)[0]
+
+
+def test_stale_store_is_detected_or_rebuilt(tmp_path, counting_encoder, random_sequences):
+    unique = {sequence_hash(x): x for x in random_sequences(5)}
+    sequence.extract_sequences(unique, counting_encoder(tag="v1"), tmp_path / "st", progress=False)
+    with pytest.raises(store_mod.StaleStoreError, match="counting"):
+        sequence.extract_sequences(unique, counting_encoder(tag="v2"), tmp_path / "st", progress=False)
+    enc = counting_encoder(tag="v2")
+    sequence.extract_sequences(unique, enc, tmp_path / "st", on_stale="recompute", progress=False)
+    assert len(enc.seen) == 5
+    assert store_mod.EmbeddingStore(tmp_path / "st").meta["fingerprint"]["tag"] == "v2"
+    # other settings of the same model are stale too
+    with pytest.raises(store_mod.StaleStoreError):
+        sequence.extract_sequences(unique, counting_encoder(tag="v2"), tmp_path / "st", max_residues=50, progress=False)
+
+
+def test_hidden_size_mismatch_is_refused(tmp_path):
+    store = store_mod.EmbeddingStore.open(tmp_path / "st", {"m": 1}, 8, "sequence")
+    with pytest.raises(ValueError, match="hidden size 4"):
+        store.commit({"a": torch.zeros(3, 4)})
+
+
+def test_shards_merged_equal_single_run(tmp_path, counting_encoder, random_sequences, store_contents):
+    unique = {sequence_hash(x): x for x in random_sequences(25)}
+    sequence.extract_sequences(unique, counting_encoder(), tmp_path / "single", progress=False)
+    parts = []
+    for i in range(3):
+        sequence.extract_sequences(unique, counting_encoder(), tmp_path / f"part{i}", shard=f"{i}/3", progress=False)
+        parts.append(tmp_path / f"part{i}")
+    sizes = [len(store_mod.EmbeddingStore(p)) for p in parts]
+    assert sum(sizes) == 25 and all(s > 0 for s in sizes)
+    merged = store_mod.merge_stores(parts, tmp_path / "merged")
+    single = store_contents(store_mod.EmbeddingStore(tmp_path / "single"))
+    got = store_contents(merged)
+    assert got.keys() == single.keys() and all(torch.equal(got[k], single[k]) for k in got)
+    with pytest.raises(ValueError, match="i/N"):
+        store_mod.parse_shard("2-3")
+    with pytest.raises(ValueError, match="out of range"):
+        store_mod.parse_shard("3/3")
+
+
+def test_lookups_do_not_rebuild_the_index_for_a_100k_key_store(tmp_path, monkeypatch):
+    store = store_mod.EmbeddingStore.open(tmp_path / "big", {"m": 1}, 2, "image")
+    real = store.commit({"real": torch.ones(3, 2)})
+    fake = {f"k{i:06d}": real for i in range(100_000)}
+    original = store_mod.EmbeddingStore.verify
+    scans = []
+
+    def synthetic_verify(self, **kw):        # the index as a 100,000-key store's scan would build it
+        original(self, **kw)
+        self._index.update(fake)
+        scans.append(1)
+        return []
+
+    monkeypatch.setattr(store_mod.EmbeddingStore, "verify", synthetic_verify)
+    st = store_mod.EmbeddingStore(tmp_path / "big")
+    assert len(st) == 100_001 and len(scans) == 1
+    hits = sum(f"k{i:06d}" in st for i in range(0, 200_000, 2))     # half present, half absent
+    assert hits == 50_000
+    assert st.missing([f"k{i:06d}" for i in range(99_990, 100_010)]) == [f"k{i:06d}" for i in range(100_000, 100_010)]
+    keys = st.keys()
+    assert all(st.keys() is not None for _ in range(1000))
+    assert torch.equal(st.get("real").float(), torch.ones(3, 2))
+    # a commit adds its keys to the same index: no new scan, and the live view sees them
+    st.commit({"new": torch.zeros(2, 2)})
+    assert "new" in st and "new" in keys and len(st) == 100_002
+    assert len(scans) == 1 and st.index_builds == 1
+
+
+def test_shard_names_are_unique_after_a_deletion_and_the_lost_items_come_back(tmp_path, capsys, build, rerun):
+    unique, path = build(tmp_path)
+    shards = sorted(path.glob("shard-*.safetensors"))
+    assert len(shards) >= 3
+    before = {s.name: s.read_bytes() for s in shards}
+    lost = shards[1]
+    lost_keys = set(keys_of(lost))
+    lost.unlink()
+    enc, rep = rerun(unique, path, verify="quick")
+    assert sorted(enc.seen) == sorted(unique[k] for k in lost_keys)          # exactly the lost items again
+    assert [p["shard"] for p in rep["repaired"]] == [str(lost)] and "missing" in rep["repaired"][0]["problem"]
+    store = store_mod.EmbeddingStore(path)
+    assert set(store.keys()) == set(unique)
+    for s in shards:                                                         # nothing overwritten
+        if s != lost:
+            assert s.read_bytes() == before[s.name]
+    # and the store stays whole: another run embeds nothing
+    enc, rep = rerun(unique, path)
+    assert enc.calls == 0 and rep["repaired"] == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flip_data_byte"])
+def test_a_damaged_shard_is_named_set_aside_and_re_embedded(tmp_path, damage, store_contents, build, rerun):
+    unique, path = build(tmp_path)
+    ref = store_contents(store_mod.EmbeddingStore(path))
+    victim = sorted(path.glob("shard-*.safetensors"))[2]
+    victim_keys = set(keys_of(victim))
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 100]
+    elif damage == "garbage":
+        data = bytearray(os.urandom(len(data)))
+    elif damage == "empty":
+        data = bytearray()
+    else:                                       # inside the data region: the header stays valid
+        data[-10] ^= 0xFF
+    st = victim.stat()
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))   # even with the old mtime
+    # a reader is told which file is bad, never a SafetensorError traceback
+    reader = store_mod.EmbeddingStore(path)
+    with pytest.raises(store_mod.CorruptStoreError, match=victim.name) as info:
+        reader.verify(full=True)
+    assert "SafetensorError" not in str(info.value)
+    if damage != "flip_data_byte":             # header/size damage is found by the cheap check on open
+        with pytest.raises(store_mod.CorruptStoreError, match=victim.name):
+            len(store_mod.EmbeddingStore(path))
+    # extract (full check) sets it aside, names it, and embeds its items again
+    enc, rep = rerun(unique, path)
+    assert [p["shard"] for p in rep["repaired"]] == [str(victim)]
+    assert (path / "bad" / victim.name).exists()                 # kept for inspection, not deleted
+    assert sorted(enc.seen) == sorted(unique[k] for k in victim_keys)
+    got = store_contents(store_mod.EmbeddingStore(path))
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_an_edited_shard_with_a_new_mtime_is_caught_on_open(tmp_path, build):
+    unique, path = build(tmp_path)
+    victim = sorted(path.glob("shard-*.safetensors"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-3] ^= 0x01
+    victim.write_bytes(bytes(data))            # size unchanged, mtime changed: re-hashed on open
+    with pytest.raises(store_mod.CorruptStoreError, match="checksum"):
+        store_mod.EmbeddingStore(path).get(next(iter(keys_of(victim))))
+
+
+def test_old_numbered_shards_are_adopted_under_content_names(tmp_path, store_contents, build, rerun):
+    unique, path = build(tmp_path, n=12)
+    ref = store_contents(store_mod.EmbeddingStore(path))
+    for i, s in enumerate(sorted(path.glob("shard-*.safetensors"))):   # the layout before content names
+        s.rename(path / f"shard-all-{i:05d}.safetensors")
+    (path / store_mod.VERIFIED).unlink()
+    assert store_contents(store_mod.EmbeddingStore(path)).keys() == ref.keys()      # readable as it is
+    enc, rep = rerun(unique, path)
+    assert enc.calls == 0 and rep["repaired"] == []
+    assert all(store_mod.SHARD_NAME.match(s.name) for s in path.glob("shard-*.safetensors"))
+    got = store_contents(store_mod.EmbeddingStore(path))
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_merge_skips_a_corrupt_source_shard_and_names_it(tmp_path, counting_encoder, random_sequences, rerun):
+    unique = {sequence_hash(x): x for x in random_sequences(20)}
+    parts = []
+    for i in range(2):
+        sequence.extract_sequences(unique, counting_encoder(), tmp_path / f"p{i}", shard=f"{i}/2", shard_size=4, progress=False)
+        parts.append(tmp_path / f"p{i}")
+    bad = sorted(parts[1].glob("shard-*.safetensors"))[0]
+    data = bytearray(bad.read_bytes())
+    data[-5] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    merged = store_mod.merge_stores(parts, tmp_path / "m")
+    assert [p["shard"] for p in merged.problems] == [str(bad)] and "corrupted" in merged.problems[0]["problem"]
+    assert not set(keys_of(bad)) & set(merged.keys())
+    assert len(merged) == len(unique) - len(keys_of(bad))
+    enc, _ = rerun(unique, tmp_path / "m")                         # extract fills the gap
+    assert sorted(enc.seen) == sorted(unique[k] for k in keys_of(bad))
+
+
+def test_files_are_written_with_the_users_umask(tmp_path, build):
+    old = os.umask(0o022)
+    try:
+        unique, path = build(tmp_path, n=6)
+        store_mod.merge_stores([path], tmp_path / "merged")
+    finally:
+        os.umask(old)
+    for f in [*path.iterdir(), *(tmp_path / "merged").iterdir()]:
+        if f.is_file():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+# -- temporary files of dead writers, non-finite items ---------------------------------------------
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["a", "b"]
 

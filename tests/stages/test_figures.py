@@ -1,12 +1,154 @@
-"""Notebook 05's tables: an interval over too few test proteins is marked as not informative,
-never shown as if it meant something ("1.000 [1.000, 1.000]")."""
-from __future__ import annotations
+"""Notebook 05's summary.json, and README quotes checked against it."""
+import json
 
+import numpy as np
 import pandas as pd
+import pytest
 
-from proloc_lib.stages.figures import interval_cell, mark_uninformative
+from proloc_lib.cli.main import main as proloc
+from proloc_lib.evaluation import scoring, statistics
+from proloc_lib.stages import figures as stage_figures
+from proloc_lib.stages.figures import (
+    FiguresStage,
+    interval_cell,
+    mark_uninformative,
+    quote_matches,
+    readme_mismatches,
+)
+
+LABELS = ["cytoplasm", "nucleus", "mitochondria"]
+PROVENANCE = {"real_sequences": True, "synthetic_images": True, "random_weight_encoders": True}
 
 
+def _write_stage(folder, files: dict, **manifest):
+    folder.mkdir(parents=True)
+    for name, frame in files.items():
+        (frame.to_parquet if name.endswith(".parquet") else lambda p: frame.to_csv(p, index=False))(folder / name)
+    (folder / "manifest.json").write_text(json.dumps({"stage": folder.name, "provenance": PROVENANCE, **manifest}))
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    """Stage 01, 03 and 04 outputs made by hand: 40 test proteins, corrected and authors over 3
+    seeds (corrected informed, authors noise), 4 label-permutation control runs (noise), and the
+    two simple baselines (one seed)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("fig")
+    n_val, n_test = 30, 40
+    ids = [f"P{i:02d}" for i in range(n_val + n_test)]
+    y = (rng.random((len(ids), 3)) < [0.5, 0.4, 0.3]).astype(int)
+    proteins = pd.DataFrame(y, columns=LABELS).assign(protein_id=ids, split=["val"] * n_val + ["test"] * n_test)
+    val, test = proteins.iloc[:n_val], proteins.iloc[n_val:]
+
+    def run(model, signal, seed, tune=True):
+        p = np.clip(signal * y + (1 - signal) * rng.random(y.shape), 0, 1)
+        return scoring.evaluate(model, LABELS, proteins, (val, p[:n_val]), (test, p[n_val:]), seed=seed, tune=tune,
+                                image_level=False)
+
+    train = [run("fusion.corrected", 0.6, s) for s in range(3)] + [run("fusion.authors", 0.0, s, tune=False)
+                                                                    for s in range(3)]
+    train += [run("control.permuted_labels", 0.0, s) for s in range(4)]
+    base = [run("baseline.label_frequency", 0.0, 0), run("baseline.composition_lr", 0.2, 0)]
+    data = root / "data" / "smoke"
+    _write_stage(data / "01_data_assembly", {"proteins.parquet": proteins}, labels=LABELS)
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "best": [0, 1],
+                            "model": "fusion.corrected", "seed": 0})
+    _write_stage(data / "03_training", {"metrics.csv": pd.concat([r[0] for r in train]),
+                                        "predictions.parquet": pd.concat([r[2] for r in train]),
+                                        "history.csv": history})
+    _write_stage(data / "04_baselines", {"metrics.csv": pd.concat([r[0] for r in base]),
+                                         "predictions.parquet": pd.concat([r[2] for r in base])})
+    st = FiguresStage("smoke", data_root=root / "data", figures_root=root / "figures")
+    st.main_table()
+    st.paired_comparisons()
+    st.main_comparison()
+    st.seed_paired_differences()
+    st.calibration()
+    st.thresholds()
+    st.permutation_control()
+    st.write()
+    return st
+
+
+def test_summary_holds_what_a_readme_quotes_with_its_provenance(stage):
+    summary = json.loads((stage.fig_dir / "summary.json").read_text())
+    assert summary["profile"] == "smoke" and "SYNTHETIC" in summary["provenance"]
+    main = statistics.main_comparison(stage.pred, LABELS, n_boot=stage.n_boot, seed=stage.seed)
+    assert summary["main_comparison"]["mean_difference"] == pytest.approx(main["mean_difference"])
+    assert summary["main_comparison"]["ci_low"] == pytest.approx(main["ci_low"])
+    assert summary["main_comparison"]["n_seeds"] == 3 and summary["main_comparison"]["ci_low"] > 0
+    ctl = summary["permutation_control"]
+    assert ctl["n_runs"] == 4 and ctl["leak_detected"] is False
+    assert ctl["macro_ap_excess"] <= ctl["macro_ap_excess_upper"] and ctl["macro_ap_detectable"] > 0
+    cvf = summary["composition_vs_frequency"]
+    assert cvf["model A"] == "composition + LR" and cvf["p_value"] <= cvf["p_holm"] <= 1
+    assert set(summary["calibration"]) == {"fusion.corrected", "fusion.authors", "control.permuted_labels",
+                                           "baseline.label_frequency", "baseline.composition_lr"}
+    assert summary["main_table"]["fusion (corrected)"]["protein · F1"].count("±") == 1
+    # the files the summary comes from are listed in the folder's manifest
+    assert "summary.json" in json.loads((stage.fig_dir / "manifest.json").read_text())["outputs"]
+
+
+def test_paired_table_states_holm_over_its_comparisons(stage):
+    table = pd.read_csv(stage.fig_dir / "paired_comparisons.csv")
+    assert len(table) == 5                  # corrected vs 4 others, composition vs frequency
+    np.testing.assert_allclose(table["p_holm"], statistics.holm(table["p_value"]), atol=1e-4)
+    assert "Holm's adjustment over the 5 comparisons" in (stage.fig_dir / "paired_comparisons.md").read_text()
+
+
+def test_calibration_and_threshold_tables_state_floor_and_fallback(stage):
+    calib = pd.read_csv(stage.fig_dir / "calibration.csv")
+    assert (calib["ece_floor_p95"] > calib["ece_floor_mean"]).all() and (calib["ece_floor_mean"] > 0).all()
+    assert "95th percentile" in (stage.fig_dir / "calibration.md").read_text()
+    assert "fallback 0.5" in (stage.fig_dir / "thresholds.md").read_text()
+
+
+def _snippet(summary_path: str, s: dict) -> str:
+    main, ctl = s["main_comparison"], s["permutation_control"]
+    cell = s["main_table"]["fusion (corrected)"]["protein · F1"]
+    return (f"## Results\n<!-- summary-file: {summary_path} -->\n"
+            f"Corrected minus authors: {main['mean_difference']:+.3f}<!-- summary: main_comparison/mean_difference --> "
+            f"[{main['ci_low']:.3f}<!-- summary: main_comparison/ci_low -->, "
+            f"{main['ci_high']:.2f}<!-- summary: main_comparison/ci_high -->] over "
+            f"{main['n_seeds']}<!-- summary: main_comparison/n_seeds --> seeds.\n"
+            f"The control's macro-AP excess is at most {ctl['macro_ap_excess_upper']:.3f}"
+            f"<!-- summary: permutation_control/macro_ap_excess_upper -->; it would detect "
+            f"{ctl['macro_ap_detectable']:.3f}<!-- summary: permutation_control/macro_ap_detectable -->.\n"
+            f"| fusion | {cell}<!-- summary: main_table/fusion (corrected)/protein · F1 --> |\n")
+
+
+def test_readme_quotes_are_checked_against_the_summary(stage, tmp_path, capsys):
+    summary_path = stage.fig_dir / "summary.json"
+    s = json.loads(summary_path.read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text(_snippet(str(summary_path), s))
+    assert readme_mismatches(readme.read_text(), root=tmp_path) == []
+    assert proloc(["check-readme", str(readme)]) == 0
+    assert "7 of 7 tagged quote(s)" in capsys.readouterr().out
+    # one stale number, one unknown key: both named with their line
+    wrong = f"{s['main_comparison']['ci_low'] + 0.01:.3f}"
+    stale = readme.read_text().replace(f"{s['main_comparison']['ci_low']:.3f}<!--", f"{wrong}<!--")
+    stale += "Runs: 9<!-- summary: permutation_control/runs -->\n"
+    readme.write_text(stale)
+    problems = readme_mismatches(stale, root=tmp_path)
+    assert len(problems) == 2
+    assert problems[0].startswith("line 3: main_comparison/ci_low: README says " + wrong)
+    assert "'permutation_control/runs' is not in" in problems[1]
+    assert proloc(["check-readme", str(readme)]) == 1
+
+
+def test_quote_rules_on_hand_made_values(tmp_path):
+    assert quote_matches("+0.724", 0.72449) and quote_matches("0.72", 0.7249) and not quote_matches("0.725", 0.7244)
+    assert quote_matches("−0.075", -0.0751) and quote_matches("3", 3) and quote_matches("0.000", -0.0001)
+    assert quote_matches("0.921 ± 0.006", "0.921 ± 0.006") and not quote_matches("0.921 ± 0.007", "0.921 ± 0.006")
+    assert not quote_matches("1", True)                     # flags are not numbers
+    text = "x 0.5<!-- summary: a -->"
+    assert readme_mismatches(text, root=tmp_path) == ["line 1: quote '0.5' of 'a' before any summary-file tag"]
+    with pytest.raises(stage_figures.ReadmeCheckError, match="absent.json: not found"):
+        readme_mismatches("<!-- summary-file: absent.json -->", root=tmp_path)
+
+
+# -- intervals over too few proteins in the tables -------------------------------------------------
 def test_interval_cells():
     assert interval_cell(1.0, 1.0, 1.0, 1) == "1.000 (n=1: too few proteins for an interval)"
     assert interval_cell(0.8125, 0.7011, 0.905, 54) == "0.812 [0.701, 0.905]"
