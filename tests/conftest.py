@@ -74,6 +74,7 @@ def stage01(tmp_path, monkeypatch):
     import pandas as pd
     from PIL import Image
 
+    from proloc_lib.core import manifest
     from proloc_lib.data.sequences import sequence_hash
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -91,7 +92,9 @@ def stage01(tmp_path, monkeypatch):
         rows.append({"image_id": f"img{i}", "protein_id": f"P{1 + i % 3}", "path": f"images/im{i}.jpg"})
     proteins.to_parquet(s1 / "proteins.parquet")
     pd.DataFrame(rows).to_parquet(s1 / "images.parquet")
-    (s1 / "manifest.json").write_text(json.dumps({"stage": "01_data_assembly"}))
+    man = manifest.build_manifest("01_data_assembly", {"profile": "smoke", "seed": 0}, outputs_dir=s1,
+                                  extra={"upstream": {}})   # what notebook 02 checks its input against
+    (s1 / "manifest.json").write_text(json.dumps(man))
     return root
 
 

@@ -21,7 +21,9 @@ from proloc_lib.profiles import loader as profiles
 from proloc_lib.training import datasets, loop
 
 # -- 6. dry run: the runs of a profile and their estimated time on this device ------------------
-VISLOCAS_SIZES = {"train": 4652, "val": 517, "test": 566}  # unique images; val = 10% carved from train
+# training samples (image rows) of the benchmark split: val = 10% carved from train (seed 0); train + val =
+# the whole train file (5,228 rows, 5,169 images: 47 images are listed under two or three paralogs)
+VISLOCAS_SIZES = {"train": 4687, "val": 541, "test": 566}
 PAPER_LENGTH = 600
 
 
@@ -94,8 +96,11 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
     out_runs, total = [], 0.0
     for r in runs:
         c = r["train"]
-        plan = datasets.epoch_batches(tr_len, c, shuffle=True, seed=0,
-                                      pad_to=None if c.padding == "batch" else int(tr_len.max()))
+        # train_on: train+val (authors) learns from the validation samples too
+        n_fit = n_tr + (n_va if "val" in c.training_splits else 0)
+        fit_len = tr_len if n_fit == n_tr else np.concatenate([tr_len, rng.choice(lengths, n_va)])
+        plan = datasets.epoch_batches(fit_len, c, shuffle=True, seed=0,
+                                      pad_to=None if c.padding == "batch" else int(fit_len.max()))
         widths_used = [w for _, w in plan]
         width = int(np.median(widths_used))
         batch = c.batch_size if device.startswith("cuda") else min(c.batch_size, probe_batch_cpu)
@@ -104,11 +109,12 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
             _log(f"probe {r['model']}: batch {batch} x {width} residues on {device}")
             probes[key] = _probe_step_seconds(c, widths, device, width, batch)
         per_sample = probes[key] / batch
-        train_s = per_sample * n_tr
-        val_s = per_sample / 3 * n_va  # forward only
+        train_s = per_sample * n_fit
+        val_s = per_sample / 3 * n_va  # forward only (reported only when trained on)
         secs = c.max_epochs * (train_s + val_s)
         total += secs
         out_runs.append({"run": r["model"], "config": r["config"], "seed": r["seed"], "epochs_max": c.max_epochs,
+                         "train_on": c.train_on, "training_samples": n_fit,
                          "batch_size": c.batch_size, "median_padded_width": width, "steps_per_epoch": len(plan),
                          "probe_seconds_per_step": probes[key], "probe_batch": batch,
                          "estimated_seconds": secs})
@@ -119,3 +125,24 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
             "note": ("Upper bound at max_epochs (early stopping ends sooner); several seeds trained at once are "
                      "counted one by one; baselines, evaluation and feature extraction not included; "
                      "the probe times a few steps on random tensors of the paper's shapes.")}
+
+
+def tier_estimate(dry: dict, seeds: dict) -> dict:
+    """The dry run's training time with its published-loop runs (``fusion.<config>`` of the
+    ``bench-seeds`` configuration, estimated one seed at a time) replaced by what ``bench-seeds``
+    measured for all seeds at once in its fastest mode, plus their validation passes (forward
+    only, a third of a training step per sample, as the dry run counts them). Both must come from
+    the same device."""
+    run_id = f"fusion.{seeds['config']}"
+    published = [r for r in dry["runs"] if r["run"] == run_id]
+    best = seeds.get("best_mode")
+    if not published or best is None or "published_seeds_hours" not in seeds["modes"][best]:
+        raise ValueError(f"no {run_id} runs in the dry run, or no all-seeds measurement in bench-seeds")
+    one_by_one = sum(r["estimated_seconds"] for r in published)
+    measured = seeds["modes"][best]["published_seeds_hours"] * 3600 * (1 + dry["n_val"] / (3 * dry["n_train"]))
+    total = dry["estimated_training_seconds"] - one_by_one + measured
+    return {"device_name": dry.get("device_name"), "published_runs": len(published), "published_mode": best,
+            "published_hours_one_by_one": one_by_one / 3600, "published_hours_measured": measured / 3600,
+            "tier_hours_one_by_one": dry["estimated_training_hours"], "tier_hours": total / 3600,
+            "note": "upper bound at max_epochs (early stopping ends sooner); one GPU; baselines, evaluation "
+                    "and feature extraction not included"}

@@ -14,7 +14,14 @@ or ``--image``) repeated ``--n`` times, with the profile's image encoder:
 - ``images_per_s``: end to end, :func:`embeddings.extract_images` into a temporary store
   (decode, transform, forward, float16 shards written and checksummed).
 - ``draft_feature_difference``: the largest change JPEG draft decoding makes to the stored
-  features of the sample image (float16 tokens, draft against full decode).
+  features of the sample image (float16 tokens, draft against full decode, both in float32).
+- ``autocast_feature_difference`` (CUDA only, else null): the same for the ViT under bfloat16
+  (float16) autocast against float32, full decode (the published code runs it in float32).
+- ``draft_pixel_difference``: the same in the encoder's input, before normalization: grey levels
+  (0..255) after the encoder's resize (for the full profile the published one, 224 x 224
+  bilinear), draft against full decode; for ``jpeg_draft: true`` (the smallest 1/2^k scale that
+  covers the input) and for a 1/2-scale decode (``half_scale``, with its decode rate). Independent
+  of the weights.
 
 Encoders: ``demo``/``smoke`` use their random-weight small ViT; ``full`` uses its pretrained ViT
 when the weights are cached or downloadable, else the same architecture with random weights
@@ -38,6 +45,7 @@ from proloc_lib.core.errors import RunFailed, UserError
 from proloc_lib.data.images import load_image
 from proloc_lib.features import image as image_features
 from proloc_lib.features import store
+from proloc_lib.features import encoders
 from proloc_lib.features.encoders import load_image_encoder
 from proloc_lib.profiles import loader as profiles
 
@@ -81,12 +89,21 @@ def load_encoder(image_cfg: dict, device: str):
     try:
         return load_image_encoder(image_cfg, device=device), "pretrained"
     except Exception as exc:           # offline, no cache: the real architecture still measures the speed
-        cfg = {k: v for k, v in image_cfg.items() if k in ("model",)}
+        # the profile's preprocessing kept (the published resize for full): timm's default would crop
+        cfg = {k: v for k, v in image_cfg.items() if k in ("model", *encoders.PREPROCESSING_KEYS)}
         cfg.update(pretrained=False, init_seed=0)
         reason = " ".join(str(exc).split())[:200]
         return (load_image_encoder(cfg, device=device),
                 f"random (the real architecture {image_cfg['model']} with random weights: "
                 f"pretrained weights not available here: {reason})")
+
+
+def _feature_difference(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """How far features ``a`` are from the reference ``b`` (float16 tokens of one image)."""
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    return {"max_abs": round(float((a - b).abs().max()), 5), "max_abs_feature": round(float(b.abs().max()), 5),
+            "relative_to_max_abs_feature": round(float((a - b).abs().max() / b.abs().max()), 5),
+            "mean_abs": round(float((a - b).abs().mean()), 6), "min_token_cosine": round(float(cos.min()), 6)}
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -128,6 +145,14 @@ def run(*, profile: str = "demo", device: str = "auto", image: str | Path | None
     decode_1, _ = time_decode(path, encoder, max(4, n // 4), workers=1, grid=grid, draft=draft)
     decode_full, full_cpu = time_decode(path, encoder, max(4, n // 4), workers=n_workers, grid=grid, draft=None)
 
+    half = (size[0] // 2, size[1] // 2)
+    covering = image_features.draft_size(encoder, grid, True)
+    pixel_diff = {"jpeg_draft": image_features.decode_difference(path, encoder, grid=grid, draft=covering)
+                  if covering else None,
+                  "half_scale": {**image_features.decode_difference(path, encoder, grid=grid, draft=half),
+                                 "decode_images_per_s": time_decode(path, encoder, max(4, n // 4), workers=n_workers,
+                                                                    grid=grid, draft=half)[0]}}
+
     x = image_features.prepare_image(path, encoder, grid=grid, draft=draft)
     batch = x.repeat(max(1, batch_size // x.shape[0]), 1, 1, 1)[:max(batch_size, x.shape[0])]
     image_features._forward_tokens(encoder, batch[:2], amp)                    # warm-up (kernels, allocator)
@@ -149,19 +174,16 @@ def run(*, profile: str = "demo", device: str = "auto", image: str | Path | None
         if rep["embedded"] != n:
             raise RunFailed(f"bench-images: only {rep['embedded']} of {n} images embedded: {rep['failures'][:1]}")
         one = {"k": path}
-        image_features.extract_images(one, encoder, Path(tmp) / "draft", progress=False, grid=grid, jpeg_draft=True,
-                         workers=1, autocast=ecfg.get("image_autocast", True))
-        image_features.extract_images(one, encoder, Path(tmp) / "full", progress=False, grid=grid, jpeg_draft=False,
-                         workers=1, autocast=ecfg.get("image_autocast", True))
-        a = store.EmbeddingStore(Path(tmp) / "draft").get("k").float()
-        b = store.EmbeddingStore(Path(tmp) / "full").get("k").float()
-        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
-        diff = {"max_abs": round(float((a - b).abs().max()), 5),
-                "max_abs_feature": round(float(b.abs().max()), 5),
-                "relative_to_max_abs_feature": round(float((a - b).abs().max() / b.abs().max()), 5),
-                "mean_abs": round(float((a - b).abs().mean()), 6),
-                "min_token_cosine": round(float(cos.min()), 6),
-                "draft_decode_size": list(load_image(path, draft=draft).size) if draft else None}
+        stores = {}
+        for name, use_draft, use_amp in (("draft", True, False), ("full", False, False), ("full_amp", False, True)):
+            if use_amp and not device.startswith("cuda"):
+                continue                                   # autocast runs on CUDA only
+            image_features.extract_images(one, encoder, Path(tmp) / name, progress=False, grid=grid,
+                                          jpeg_draft=use_draft, workers=1, autocast=use_amp)
+            stores[name] = store.EmbeddingStore(Path(tmp) / name).get("k").float()
+        diff = {**_feature_difference(stores["draft"], stores["full"]),
+                "draft_decode_size": list(load_image(path, draft=covering).size) if covering else None}
+        amp_diff = (_feature_difference(stores["full_amp"], stores["full"]) if "full_amp" in stores else None)
 
     return {
         "benchmark": "bench-images",
@@ -183,6 +205,8 @@ def run(*, profile: str = "demo", device: str = "auto", image: str | Path | None
         "decode_images_per_s_if_cores_free": round(n_workers / decode_cpu, 2) if decode_cpu else None,
         "vit_forward_images_per_s": forward,
         "draft_feature_difference": diff,
+        "autocast_feature_difference": amp_diff,
+        "draft_pixel_difference": pixel_diff,
         "goals": GOALS,
         "machine": machine(device),
         "note": ("Throughput of one real HPA image repeated; timings depend on the machine and its load. "

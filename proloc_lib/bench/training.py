@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -63,7 +64,9 @@ from proloc_lib.bench.common import (
     sample_rows,
     training_configs,
 )
+from proloc_lib.bench.estimate import VISLOCAS_SIZES
 from proloc_lib.core import runtime
+from proloc_lib.core.errors import one_line
 from proloc_lib.data.labels import LABELS
 from proloc_lib.features.store import STORE_DTYPE, EmbeddingStore
 from proloc_lib.profiles import loader as profiles
@@ -150,10 +153,12 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
                         epochs: int = 1, seed: int = 0, batch_size_corrected: int = 32,
                         size_overrides: dict | None = None, isolate: bool = True, warmup: bool = True,
                         n_val: int = 2, threads: int | None = None,
-                        workdir: str | os.PathLike | None = None) -> dict:
+                        workdir: str | os.PathLike | None = None, capture_step: str = "off") -> dict:
     """Samples/s and peak memory of the authors' training loop against the corrected one (JSON-ready).
 
-    ``size_overrides`` (d_model, n_heads, n_blocks) apply to both configurations alike. The
+    ``capture_step``: the authors loop's compiled step (``TrainConfig.capture_step``; the corrected
+    loop's batches change shape, so it stays eager); with ``epochs`` >= 2 the reported last epoch
+    leaves compilation out. ``size_overrides`` (d_model, n_heads, n_blocks) apply to both configurations alike. The
     headline ``samples_per_s`` of each is its last epoch's, as train_fusion measures it (the
     training loop only, validation excluded). With ``isolate`` each loop runs in a fresh
     spawned process; otherwise both run here (faster; rougher memory figures). ``threads``: CPU
@@ -164,6 +169,7 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
     device = runtime.resolve_device(device)
     widths = encoder_widths(cfg)
     cfgs = training_configs(cfg, epochs, batch_size_corrected, size_overrides)
+    cfgs["authors"] = _with(cfgs["authors"], capture_step=capture_step)
     csv = reference_csv_path(reference)
     ref = read_reference(csv)
     rows = sample_rows(ref, n_samples, seed)
@@ -357,34 +363,85 @@ def profile_training(reference=None, profile: str = "full", device: str = "auto"
             "attention_ops": attn, "random_features": True}
 
 
-def seeds_throughput(reference=None, profile: str = "full", device: str = "auto", *, config_name: str = "authors",
-                     n_seeds: int = 5, n_samples: int = 96, epochs: int = 1, workdir=None) -> dict:
-    """Several seeds at once (``loop.train_fusion_seeds``: threads on the CPU, lockstep on CUDA
-    streams) against one seed, on random features at the profile's shapes: samples/s over all seeds.
+# how the seeds of one configuration step, by name (the TrainConfig execution switches): each
+# gives the same result (tests/training) at its own speed
+SEED_MODES = {"eager": {}, "stacked": {"stack_seeds": True}, "captured": {"capture_step": "always"},
+              "stacked+captured": {"stack_seeds": True, "capture_step": "always"}}
 
-    The published loop stays at batch 2 per model; what a device gains from training its seeds
-    together is ``speedup`` (all seeds' samples/s over one seed's). A one-step warm-up runs first.
+
+def _with(cfg: settings.TrainConfig, **switches) -> settings.TrainConfig:
+    return settings.TrainConfig.from_dict({**settings.train_config_dict(cfg), **switches})
+
+
+def seeds_throughput(reference=None, profile: str = "full", device: str = "auto", *, config_name: str = "authors",
+                     n_seeds: int = 5, n_samples: int = 96, epochs: int = 2, modes=("eager",),
+                     workdir=None) -> dict:
+    """The seeds of one configuration trained at once, in each of ``modes`` (:data:`SEED_MODES`:
+    lockstep ``eager``, ``stacked`` into one model, each seed's step ``captured``, or both),
+    against one seed alone, on random features at the profile's shapes: samples/s over all seeds.
+
+    A mode's rate is its last epoch's (the loop's own clock: training steps only, compilation in
+    the first epoch left out when ``epochs`` >= 2); ``call_seconds`` is the whole call's wall time,
+    compilation included. Also: TFLOP/s against the device's peak, and what the profile's
+    published seeds (its authors configuration: seeds x max_epochs x the Vislocas training images)
+    would take at that rate. The published loop stays at batch 2 per seed in every mode.
     """
+    unknown = [m for m in modes if m not in SEED_MODES]
+    if unknown:
+        raise ValueError(f"unknown seed modes {unknown} (known: {', '.join(SEED_MODES)})")
     cfg_p = profiles.load_profile(profile)
     device = runtime.resolve_device(device)
+    widths = encoder_widths(cfg_p)
     cfg = training_configs(cfg_p, epochs=epochs)[config_name]
     rows = sample_rows(read_reference(reference_csv_path(reference)), n_samples, 0)
     labels = list(LABELS)
+    peak, basis = device_peak_tflops(device)
+    plan = cfg_p.plan
+    published = plan.configs.get(config_name)
     with tempfile.TemporaryDirectory(prefix="proloc-bench-seeds-", dir=workdir) as tmp:
-        seq_path, img_path, samples = build_random_stores(rows, encoder_widths(cfg_p), tmp, labels, 0)
+        seq_path, img_path, samples = build_random_stores(rows, widths, tmp, labels, 0)
         ds = datasets.FusionDataset(samples, labels, EmbeddingStore(seq_path), EmbeddingStore(img_path))
         short = ds.subset(samples.index[:cfg.batch_size])
-        one_step = settings.TrainConfig.from_dict({**settings.train_config_dict(cfg), "max_epochs": 1})
-        loop.train_fusion(short, short, one_step, labels, device, progress=False)   # warm-up
-        rates = {}
-        for k in (1, n_seeds):
-            _sync(device)
-            t0 = time.perf_counter()
-            loop.train_fusion_seeds(ds, short, cfg, labels, seeds=range(k), device=device, progress=False)
-            _sync(device)
-            rates[k] = k * len(ds) * cfg.max_epochs / (time.perf_counter() - t0)
+        flops_per_sample = epoch_flops(ds, cfg, widths, 1, datasets.pad_length(cfg, ds)) / len(ds)
+        loop.train_fusion(short, short, _with(cfg, max_epochs=1), labels, device, progress=False)   # warm-up
+
+        def measure(k: int, mode: str) -> dict:
+            _log(f"{config_name}: {k} seed(s), {mode}, {epochs} epoch(s) on {device}")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _sync(device)
+                t0 = time.perf_counter()
+                out = loop.train_fusion_seeds(ds, short, _with(cfg, **SEED_MODES[mode]), labels, seeds=range(k),
+                                              device=device, progress=False)
+                _sync(device)
+                wall = time.perf_counter() - t0
+            last = out[0][1].iloc[-1]   # every run's history holds its share: n / share = all seeds' rate
+            rate = float(last["samples_per_s"])
+            tflops = rate * flops_per_sample / 1e12
+            res = {"samples_per_s": rate, "call_seconds": wall, "achieved_tflops": tflops,
+                   "fraction_of_peak": tflops / peak if peak else None,
+                   "warnings": sorted({one_line(w.message) for w in caught
+                                       if "stack_seeds" in str(w.message) or "capture_step" in str(w.message)})}
+            if published is not None and k == n_seeds:
+                secs = len(plan.seeds) * published.max_epochs * VISLOCAS_SIZES["train"] / rate
+                res["published_seeds_hours"] = secs / 3600
+            return res
+
+        one = measure(1, "eager")
+        by_mode = {m: measure(n_seeds, m) for m in modes}
+    eager = by_mode.get("eager")
+    best = max(by_mode, key=lambda m: by_mode[m]["samples_per_s"]) if by_mode else None
     return {"profile": profile, "config": config_name, **_machine(device), "n_seeds": n_seeds,
-            "n_samples": len(ds), "epochs": cfg.max_epochs, "batch_size": cfg.batch_size,
-            "samples_per_s_one_seed": rates[1], "samples_per_s_all_seeds": rates[n_seeds],
-            "speedup": rates[n_seeds] / rates[1], "random_features": True,
-            "note": "wall time of whole calls (validation on a one-batch set included); random features"}
+            "n_samples": len(ds), "epochs": epochs, "batch_size": cfg.batch_size,
+            "padded_width": datasets.pad_length(cfg, ds),
+            "train_gflop_per_sample": flops_per_sample / 1e9, "peak_tflops": peak, "peak_basis": basis,
+            "samples_per_s_one_seed": one["samples_per_s"],
+            "samples_per_s_all_seeds": eager["samples_per_s"] if eager else None,
+            "speedup": eager["samples_per_s"] / one["samples_per_s"] if eager else None,
+            "modes": by_mode, "best_mode": best,
+            "speedup_best_over_one_seed": by_mode[best]["samples_per_s"] / one["samples_per_s"] if best else None,
+            "published_seeds": {"seeds": len(plan.seeds), "max_epochs": published.max_epochs if published else None,
+                                "train_images": VISLOCAS_SIZES["train"]},
+            "random_features": True,
+            "note": ("samples/s of the last epoch over all seeds (training steps only; compilation falls in the "
+                     "first epoch); random features at the profile's shapes; one_seed: one seed, eager")}

@@ -3,9 +3,12 @@ benchmarks that print one JSON object on stdout (progress goes to stderr)."""
 
 from __future__ import annotations
 
+import argparse
+
 from proloc_lib.bench.common import REFERENCE_CSV, _write_json, default_reference_dir
 from proloc_lib.bench.store import run as store_benchmark
 from proloc_lib.bench.training import (
+    SEED_MODES,
     loader_only_throughput,
     profile_training,
     seeds_throughput,
@@ -93,13 +96,17 @@ def bench_training_command(argv: list[str] | None = None) -> int:
     p.add_argument("--no-isolate", action="store_true",
                    help="run both loops in this process (rougher memory figures; default: one process each)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-step warm-up (default: warm up)")
+    p.add_argument("--capture-step", default="off", choices=["off", "cuda", "always"],
+                   help="the authors loop's fixed-shape step compiled once (CUDA graphs on a GPU); give --epochs 2 "
+                        "or more to leave compilation out of the reported epoch (default: off)")
     _out_option(p)
     args = p.parse_args(argv)
     return _report(lambda: training_throughput(
         reference=args.reference, profile=args.profile, device=args.device, n_samples=args.n_samples,
         epochs=args.epochs, seed=args.seed, batch_size_corrected=args.batch_size,
         size_overrides={"n_blocks": args.n_blocks} if args.n_blocks else None,
-        isolate=not args.no_isolate, warmup=not args.no_warmup, threads=args.threads), args.out)
+        isolate=not args.no_isolate, warmup=not args.no_warmup, threads=args.threads,
+        capture_step=args.capture_step), args.out)
 
 
 @cli_main(prog("bench-loader"))
@@ -128,12 +135,25 @@ def bench_seeds_command(argv: list[str] | None = None) -> int:
                    help="seeds trained together (default: 5, the full profile's)")
     p.add_argument("--n-samples", type=count, default=96,
                    help="image rows sampled from the reference set (default: 96)")
-    p.add_argument("--epochs", type=count, default=1, help="timed epochs (default: 1)")
+    p.add_argument("--epochs", type=count, default=2,
+                   help="epochs per measurement; the last one is reported, so 2 or more leave compilation "
+                        "out (default: 2)")
+    p.add_argument("--modes", type=_seed_modes, default=["eager"], metavar="eager,stacked,...",
+                   help=f"how the seeds step, each measured: {', '.join(SEED_MODES)} (stack_seeds and "
+                        "capture_step of the configuration; comma-separated; default: eager)")
     _out_option(p)
     args = p.parse_args(argv)
     return _report(lambda: seeds_throughput(
         reference=args.reference, profile=args.profile, device=args.device, config_name=args.config,
-        n_seeds=args.seeds, n_samples=args.n_samples, epochs=args.epochs), args.out)
+        n_seeds=args.seeds, n_samples=args.n_samples, epochs=args.epochs, modes=args.modes), args.out)
+
+
+def _seed_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in SEED_MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode(s) {unknown or text!r}; choose from {', '.join(SEED_MODES)}")
+    return modes
 
 
 @cli_main(prog("profile-training"))

@@ -25,7 +25,8 @@ def _parser() -> CommandParser:
                    help=f"folder with {REFERENCE_CSV}, or a CSV of that format, whose lengths are used when "
                         f"stage 01 has not run (default: {default_reference_dir()})")
     p.add_argument("--n-train", type=count, default=None,
-                   help=f"training samples per run (default: {VISLOCAS_SIZES['train']}, the Vislocas benchmark's)")
+                   help=f"training samples of the train split (default: {VISLOCAS_SIZES['train']}, the Vislocas "
+                        "benchmark's; a configuration with train_on: train+val adds --n-val)")
     p.add_argument("--n-val", type=int, default=None,
                    help=f"validation samples per epoch (default: {VISLOCAS_SIZES['val']}, the Vislocas benchmark's)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")

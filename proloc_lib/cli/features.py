@@ -10,9 +10,11 @@ import torch
 from proloc_lib.cli.common import CommandParser, prog
 from proloc_lib.core import manifest, paths, runtime
 from proloc_lib.core.errors import RunFailed, UserError, cli_main
+from proloc_lib.core.locks import FolderLock
 from proloc_lib.core.network import OfflineError
 from proloc_lib.features.store import merge_stores, parse_shard
 from proloc_lib.profiles import loader as profiles
+from proloc_lib.stages.common import check_seed
 from proloc_lib.stages.embeddings import embed_image_stage, embed_sequence_stage
 
 # -- command line ---------------------------------------------------------------------------------
@@ -64,6 +66,8 @@ def extract_command(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="demo", help="profile name in configs/ (default: demo)")
     p.add_argument("--data-root", default=None,
                    help="folder of the stage outputs (default: $PROLOC_DATA_ROOT or data/)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="run seed whose stage-01 tables to embed (as `proloc run --seed`; default 0)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA when available), cpu, cuda, cuda:N or mps (default: auto; under torchrun "
                         "cuda:LOCAL_RANK)")
@@ -88,10 +92,14 @@ def extract_command(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"--device: {exc}") from None
     cfg = _load_profile(args.profile)
-    in_dir = paths.stage_dir(args.profile, "01_data_assembly", args.data_root)
-    out_dir = paths.stage_dir(args.profile, "02_embeddings", args.data_root)
+    seed = check_seed(args.seed)
+    in_dir = paths.stage_dir(cfg.name, "01_data_assembly", args.data_root, seed=seed)
+    out_dir = paths.stage_dir(cfg.name, "02_embeddings", args.data_root, seed=seed)
+    # a writer of the stores beside others (shards, torchrun ranks), not while notebook 02 runs
+    store_lock = FolderLock(out_dir, shared=True).acquire()
     try:
-        manifest.read_manifest(in_dir)
+        manifest.read_manifest(in_dir, rebuild=f"proloc run --profile {profiles.profile_reference(cfg)} "
+                                               f"--seed {seed} --only 01")
         proteins = pd.read_parquet(in_dir / "proteins.parquet") if args.modality != "images" else None
         images = pd.read_parquet(in_dir / "images.parquet") if args.modality != "sequences" else None
     except FileNotFoundError as exc:
@@ -106,7 +114,7 @@ def extract_command(argv: list[str] | None = None) -> int:
             print(f"sequences: {rep['embedded']} embedded, {len(rep['failures'])} failures")
             n_failed += len(rep["failures"])
         if images is not None:
-            rep = embed_image_stage(cfg, images, paths.data_root(args.data_root) / args.profile,
+            rep = embed_image_stage(cfg, images, paths.profile_dir(cfg.name, args.data_root),
                                     out_dir, device, shard, args.on_stale)
             for name, r in [(None, rep), *rep.get("variants", {}).items()]:
                 what = "images" if name is None else f"images-{name}"
@@ -116,6 +124,7 @@ def extract_command(argv: list[str] | None = None) -> int:
                 n_failed += len(r["failures"])
     except OfflineError as exc:
         raise RunFailed(str(exc)) from None
+    store_lock.release()
     if n_failed:
         raise RunFailed(f"{n_failed} items could not be embedded (listed in the stores' failures.json); "
                         "fix or remove them, then run `proloc extract` again")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 
 def provenance_note(cfg_or_provenance: dict) -> str:
-    """What is real and what is not, from a profile or a stage's recorded provenance (a mirror
-    build with synthetic images or stand-in sequences says so too)."""
+    """What is real and what is not, from a profile or a stage's recorded provenance: the demo's
+    synthetic images and random-weight encoders, or a mirror build's stand-in images and sequences."""
     prov = cfg_or_provenance.get("provenance", cfg_or_provenance)
-    return " ".join(filter(None, [_encoders_and_images(prov), provenance_line(prov)]))
-
-
-def _encoders_and_images(prov: dict) -> str:
+    mirror = provenance_line(prov)
+    if mirror:
+        return mirror
     parts = []
     if prov.get("synthetic_images"):
         parts.append("SYNTHETIC IHC-like images")
@@ -23,10 +22,13 @@ def _encoders_and_images(prov: dict) -> str:
 
 
 def provenance_line(provenance: dict) -> str:
-    """Extra words for the provenance note when a build used mirror data ('' otherwise)."""
+    """The note of a build from the offline mirror (synthetic images, stand-in sequences); '' otherwise."""
     parts = []
     if provenance.get("synthetic_images") and provenance.get("mirror"):
         parts.append("SYNTHETIC stand-in images from the offline mirror")
     if provenance.get("standin_sequences"):
         parts.append(f"{provenance['standin_sequences']} seeded STAND-IN sequences (not UniProt)")
-    return ("Mirror build: " + "; ".join(parts) + ". Not comparable with the paper.") if parts else ""
+    if not parts:
+        return ""
+    encoders = "RANDOM-WEIGHT encoders" if provenance.get("random_weight_encoders") else "pretrained encoders"
+    return f"Mirror build: {'; '.join(parts)}; {encoders}. Not comparable with the paper."

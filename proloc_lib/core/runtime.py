@@ -34,6 +34,18 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def check_ranks(device: str, ranks: int) -> None:
+    """``ranks`` training processes on ``device`` (``training.distributed``): on CUDA one device
+    each, so at least that many; a one-line error otherwise. Any number on the CPU."""
+    import torch
+
+    if ranks < 1:
+        raise DeviceError(f"training ranks must be 1 or more, got {ranks}")
+    if ranks > 1 and str(device).startswith("cuda") and torch.cuda.device_count() < ranks:
+        raise DeviceUnavailable(f"{ranks} training ranks need {ranks} CUDA devices, one each; this machine has "
+                                f"{torch.cuda.device_count()} (lower --gpus)")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

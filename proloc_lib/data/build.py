@@ -16,9 +16,11 @@ from proloc_lib.data.hpa import (
     dedup_images,
     filter_images,
     image_url,
+    join_authors_labels,
     label_disagreements,
     parse_vislocas_csv,
     protein_table,
+    read_authors_csv,
     source_label_matrix,
 )
 from proloc_lib.data.labels import LabelMap, add_label_columns
@@ -29,8 +31,8 @@ def source_urls(mirror: str | None = None) -> dict:
 
     A mirror serves the same paths as the real services: Zenodo's
     ``/api/records/<record>/files/<name>/content``, UniProt's ``/idmapping/...`` and HPA's
-    ``/<antibody number>/<image>.jpg`` (``proloc_lib.mirror`` is one; an institutional copy
-    laid out the same way is another).
+    ``/<antibody number>/<image>.jpg`` and GitHub's raw path of the authors' test table
+    (``proloc_lib.mirror`` is one; an institutional copy laid out the same way is another).
     """
 
     if mirror:
@@ -38,9 +40,9 @@ def source_urls(mirror: str | None = None) -> dict:
         if not m.startswith(("http://", "https://")):
             raise UserError(f"data.mirror / --mirror must be an http(s) base URL, got {mirror!r}")
         return {"zenodo": f"{m}/api/records/{download.ZENODO_RECORD}/files", "uniprot": m, "images": m,
-                "mirror": m}
+                "github": m, "mirror": m}
     return {"zenodo": download.ZENODO_BASE, "uniprot": download.UNIPROT_BASE, "images": hpa.HPA_IMAGE_HOST,
-            "mirror": None}
+            "github": download.GITHUB_RAW, "mirror": None}
 
 
 def mirror_provenance(mirror: str | None, timeout: float = 10) -> dict:
@@ -72,8 +74,11 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     Vislocas tables (Zenodo, MD5-checked) -> the paper's image filters -> labels (the
     tables' own five 0/1 columns by default, ``data.labels: columns``; or the location
     mapping, ``data.labels: mapping``; the two are compared and their disagreements
-    reported) -> one row per image (duplicate rows merged) -> reviewed UniProt sequences by
+    reported) -> one row per image and protein (duplicate rows merged; an image shared by
+    paralogs stays under each) -> with ``data.authors_table``, the authors' own test labels
+    (their pinned test table) beside the benchmark's -> reviewed UniProt sequences by
     Ensembl id -> HPA images (validated, cached, resumable) -> protein and image tables.
+    Every protein of the tables is accounted for (``report["protein_accounting"]``).
     ``mirror`` (or ``data.mirror``) is a base URL that replaces all three sources (see
     ``source_urls``); a mirror that declares synthetic images or stand-in sequences
     (``proloc_lib.mirror`` does) is recorded in ``report["provenance"]``. Reachability is
@@ -87,7 +92,8 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     label_source = data_cfg.get("labels", "columns")
     if label_source not in LABEL_SOURCES:
         raise UserError(f"data.labels must be one of {list(LABEL_SOURCES)}, got {label_source!r}")
-    check_reachable([f"{urls['zenodo']}/data_test.csv/content", f"{urls['uniprot']}/", f"{urls['images']}/"],
+    check_reachable([f"{urls['zenodo']}/data_test.csv/content", f"{urls['uniprot']}/", f"{urls['images']}/"]
+                    + ([f"{urls['github']}/"] if data_cfg.get("authors_table") else []),
                     hint=("check the mirror URL and that it is running" if mirror else
                           "run the full profile on Colab or any machine with internet, or point it at a "
                           "mirror with data.mirror / --mirror URL (see README)"))
@@ -99,6 +105,8 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
         path = download.fetch_zenodo(name, profile_dir / "cache" / "zenodo", base_url=urls["zenodo"],
                                      progress=progress)
         table = parse_vislocas_csv(path).assign(benchmark_split=Path(name).stem.replace("data_", ""))
+        if data_cfg.get("proteins"):  # a trial build of chosen proteins (Ensembl gene ids)
+            table = table[table["protein_id"].isin({str(p).split(".")[0] for p in data_cfg["proteins"]})]
         if data_cfg.get("max_proteins"):  # a quick trial build: a seeded subset of each file's proteins
             ids = pd.Series(table["protein_id"].unique())
             keep = set(ids.sample(n=min(int(data_cfg["max_proteins"]), len(ids)),
@@ -106,7 +114,9 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
             table = table[table["protein_id"].isin(keep)]
         tables.append(table)
     images = pd.concat(tables, ignore_index=True)
+    ledger = ProteinLedger(images)
     report: dict = {"source_images": int(len(images)), "source_files": files,
+                    "chosen_proteins": list(data_cfg["proteins"]) if data_cfg.get("proteins") else None,
                     "max_proteins_per_file": data_cfg.get("max_proteins"),
                     "subsample_seed": data_cfg.get("subsample_seed", 0) if data_cfg.get("max_proteins") else None,
                     "sources": {k: v for k, v in urls.items() if k != "mirror"}}
@@ -116,6 +126,7 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     filters = data_cfg.get("filters", {})
     images, report["filters"] = filter_images(images, filters.get("if_verification"), filters.get("intensity"),
                                               filters.get("quantity"))
+    ledger.keep_only(images["protein_id"], "no image passes the image filters")
     where = images["source_file"].map(lambda f: Path(f).name) + " row " + images["source_row"].astype(str)
     # labels: the tables' own columns (the paper's) or the mapping; the other one is compared
     disagreements = label_disagreements(images, label_map)
@@ -148,10 +159,19 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     report["dropped_proteins_no_target_label"] = int((~has_label).sum())
     report["dropped_images_no_target_label"] = int((~images["protein_id"].map(has_label)).sum())
     images = images[images["protein_id"].map(has_label)].copy()
+    ledger.keep_only(images["protein_id"], "none of its images carries one of the labels")
+    if data_cfg.get("authors_table"):
+        # the labels the paper scored its test images against (pinned), beside the benchmark's columns
+        path = download.fetch_authors_table(profile_dir / "cache" / "github", base_url=urls["github"],
+                                            progress=progress)
+        images, report["authors_table"] = join_authors_labels(images, read_authors_csv(path), label_map.labels)
+        report["authors_table"].update(source=f"{urls['github']}/{download.AUTHORS_TABLE['path']}",
+                                       checksum=download.AUTHORS_TABLE["hash"])
     mapped, dropped = download.uniprot_map_ensembl(images["protein_id"].unique(), base_url=urls["uniprot"])
     report["uniprot_dropped"] = dropped
     seqs = mapped.set_index("ensembl")
     images = images[images["protein_id"].isin(seqs.index)].copy()
+    ledger.keep_only(images["protein_id"], "UniProt gives no single reviewed sequence", detail=dropped)
     images["sequence"] = images["protein_id"].map(seqs["sequence"])
     images["uniprot"] = images["protein_id"].map(seqs["accession"])
     real = set(prov.get("real_sequence_genes") or [])
@@ -177,11 +197,15 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
         images, failures = download.stream_images(images, profile_dir / "images", embed, progress=progress,
                                                   rate_limit_per_s=rate)
     report["image_failures"] = [{"url": u, "reason": r} for u, r in failures]
+    ledger.keep_only(images["protein_id"], "every one of its images failed to download")
     images["image_id"] = images["sha256"]
     images["path"] = [str(Path(p).resolve().relative_to(profile_dir.resolve())) if p else None for p in images["path"]]
-    dup = images.duplicated("image_id")
-    report["duplicate_image_files"] = int(dup.sum())  # same bytes under two URLs
+    # the same bytes under two URLs of one protein: one row; under several proteins (paralogs): a row
+    # each, the store keeps the image once (keyed by checksum)
+    dup = images.duplicated(["image_id", "protein_id"])
+    report["duplicate_image_files"] = int(dup.sum())
     images = images[~dup].reset_index(drop=True)
+    report["image_files_shared_by_proteins"] = int((images.groupby("image_id")["protein_id"].nunique() > 1).sum())
     proteins = protein_table(images, label_map, labels_from=label_source)
     proteins["sequence_source"] = proteins["protein_id"].map(images.groupby("protein_id")["sequence_source"].first())
     # a protein can still end up unlabelled if its labelled images all failed to download
@@ -189,15 +213,62 @@ def assemble(data_cfg: dict, label_map: LabelMap, profile_dir, progress: bool = 
     report["dropped_proteins_no_target_label"] += int((~has_label).sum())
     proteins = proteins[has_label].reset_index(drop=True)
     images = images[images["protein_id"].isin(proteins["protein_id"])].reset_index(drop=True)
+    ledger.keep_only(proteins["protein_id"], "no labelled image left after the download")
+    report["protein_accounting"] = ledger.report()
     on_disk = [profile_dir / q for q in images["path"] if isinstance(q, str)]
     # what the download really was: the data card and README quote it
     report["image_bytes_on_disk"] = int(sum(f.stat().st_size for f in on_disk if f.exists()))
-    report.update(n_proteins=int(len(proteins)), n_images=int(len(images)))
+    report.update(n_proteins=int(len(proteins)), n_images=int(len(images)),
+                  n_unique_images=int(images["image_id"].nunique()))
+    longest = proteins.loc[proteins["length"].idxmax()] if len(proteins) else None
+    report["longest_sequence"] = (None if longest is None else
+                                  {"protein_id": longest["protein_id"], "protein_name": longest["protein_name"],
+                                   "length": int(longest["length"])})
     report["provenance"].update(
         n_standin_sequences=int((proteins["sequence_source"] == "standin").sum()),
         n_real_sequences=int((proteins["sequence_source"] == "uniprot").sum()),
         n_synthetic_images=int(images["synthetic_image"].sum()))
     return proteins, images, report
+
+
+class ProteinLedger:
+    """Every protein of the source tables, accounted for: kept, or dropped at a named step.
+
+    ``keep_only(ids, reason)`` after each step that can lose proteins; ``report()`` gives the
+    counts per source file and per reason (with the proteins' ids and names) and checks that
+    source = kept + dropped.
+    """
+
+    def __init__(self, images: pd.DataFrame):
+        self.names = dict(zip(images["protein_id"], images["protein_name"].fillna(images["protein_id"])))
+        self.files = (images.groupby("protein_id")["benchmark_split"].agg(lambda s: ";".join(sorted(set(s))))
+                      .to_dict() if "benchmark_split" in images.columns else {})
+        self.alive = set(images["protein_id"])
+        self.source = set(self.alive)
+        self.dropped: dict[str, list] = {}
+
+    def keep_only(self, ids, reason: str, *, detail: dict | None = None) -> None:
+        lost = self.alive - set(ids)
+        if lost:
+            self.dropped.setdefault(reason, []).extend(
+                {"protein_id": p, "protein_name": self.names.get(p), **({"why": detail[p]} if detail and p in detail
+                                                                           else {})} for p in sorted(lost))
+        self.alive -= lost
+
+    def report(self) -> dict:
+        n_dropped = sum(len(v) for v in self.dropped.values())
+        if len(self.alive) + n_dropped != len(self.source):
+            raise AssertionError(f"protein accounting: {len(self.source)} in the tables, {len(self.alive)} kept "
+                                 f"+ {n_dropped} dropped")
+        per_file = {}
+        for p in self.source:
+            f = self.files.get(p, "all")
+            per_file.setdefault(f, {"source": 0, "kept": 0})
+            per_file[f]["source"] += 1
+            per_file[f]["kept"] += int(p in self.alive)
+        return {"source_proteins": len(self.source), "kept": len(self.alive), "dropped": n_dropped,
+                "per_file": dict(sorted(per_file.items())),
+                "dropped_by_reason": {r: {"n": len(v), "proteins": v} for r, v in self.dropped.items()}}
 
 
 def build_provenance(profile_provenance: dict, report: dict) -> dict:

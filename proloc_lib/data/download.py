@@ -32,6 +32,12 @@ ZENODO_FILES = {
     "data_train.csv": "md5:0236eb02e2f906282ccea4cf47a84591",
     "data_test.csv": "md5:3e9f1ddaf5e14d7a61354f0884b1f002",
 }
+# The authors' own test table: dataset/test.csv of github.com/xinshuaiiii/ProLoc-IHS at the commit that
+# added it (unchanged since); the labels the paper scored its test images against
+GITHUB_RAW = "https://raw.githubusercontent.com"
+AUTHORS_TABLE = {"name": "proloc_ihs_test.csv",
+                 "path": "xinshuaiiii/ProLoc-IHS/8c69731341ddade74e8ebcbbceffbeb4c1258a9c/dataset/test.csv",
+                 "hash": "md5:bff71dd07ee868fdeb03461ff2ca19a4"}
 UNIPROT_BASE = "https://rest.uniprot.org"
 USER_AGENT = "proloc-ihs/0.1 (reproduction study; python-requests)"
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -59,13 +65,27 @@ def fetch_zenodo(name: str, cache_dir, base_url: str | None = None, known_hash: 
     A cached file with the right hash is reused. On a mismatch pooch deletes its temporary
     download; we re-raise as ChecksumError naming the file and both hashes.
     """
-    import pooch
-
     if known_hash is None:
         if name not in ZENODO_FILES:
             raise KeyError(f"unknown Zenodo file '{name}' (known: {sorted(ZENODO_FILES)})")
         known_hash = ZENODO_FILES[name]
     url = f"{(base_url or ZENODO_BASE).rstrip('/')}/{name}/content"  # default read now: mirrors/tests may patch it
+    return fetch_pinned(url, name, known_hash, cache_dir, what="Zenodo file", progress=progress)
+
+
+def fetch_authors_table(cache_dir, base_url: str | None = None, progress: bool = True) -> Path:
+    """The authors' own test table (``AUTHORS_TABLE``: their repository's dataset/test.csv at a
+    pinned commit), checked against its MD5; ``base_url`` replaces the GitHub raw host (a mirror)."""
+    url = f"{(base_url or GITHUB_RAW).rstrip('/')}/{AUTHORS_TABLE['path']}"
+    return fetch_pinned(url, AUTHORS_TABLE["name"], AUTHORS_TABLE["hash"], cache_dir,
+                        what="the authors' test table", progress=progress)
+
+
+def fetch_pinned(url: str, name: str, known_hash: str, cache_dir, *, what: str, progress: bool = True) -> Path:
+    """Download ``url`` into ``cache_dir/name`` through pooch, checked against ``known_hash``
+    ("md5:..."); a cached file with the right hash is reused, a wrong one is never kept."""
+    import pooch
+
     cache_dir = Path(cache_dir)
     try:
         path = pooch.retrieve(url, known_hash=known_hash, fname=name, path=cache_dir,
@@ -76,10 +96,10 @@ def fetch_zenodo(name: str, cache_dir, base_url: str | None = None, known_hash: 
         alg, _, want = known_hash.rpartition(":")
         if target.exists() and pooch.file_hash(str(target), alg=alg or "sha256") != want.lower():
             target.unlink()  # a stale corrupt copy: pooch keeps it when the new download fails too
-        raise ChecksumError(f"Zenodo file {name} from {url}: checksum mismatch, expected {known_hash}, "
+        raise ChecksumError(f"{what} {name} from {url}: checksum mismatch, expected {known_hash}, "
                             f"got {got.group(1) if got else '?'}; nothing kept in {cache_dir}") from exc
     except requests.RequestException as exc:
-        raise DownloadError(f"Zenodo file {name}: could not download {url}: {exc}") from exc
+        raise DownloadError(f"{what} {name}: could not download {url}: {exc}") from exc
     os.chmod(path, umask_mode())   # pooch moves its 0600 temporary file into place: the umask decides
     return Path(path)
 

@@ -554,30 +554,87 @@ LABEL_SOURCES = ("columns", "mapping")
 
 
 def dedup_images(images: pd.DataFrame, labels) -> tuple[pd.DataFrame, dict]:
-    """One row per image (``image_key``: antibody number + image name, the image URL's path).
+    """One row per image and protein (``image_key``: antibody number + image name, the image URL's path).
 
     Vislocas repeats some antibody/image pairs under a second tissue name (train 5,440 rows /
-    5,169 images; test 589 / 566). They are merged before any download: the first row's
-    metadata is kept, ``tissues`` lists every tissue, ``n_rows`` counts the rows merged, and
-    labels are the union over the rows (they agree on the real tables; a disagreement is
-    counted). Streaming then fetches and embeds each image once.
+    5,169 images; test 589 / 566). Those rows of the same protein are merged before any
+    download: the first row's metadata is kept, ``tissues`` lists every tissue, ``n_rows`` counts
+    the rows merged, and labels are the union over the rows (they agree on the real tables; a
+    disagreement is counted). An image listed under several proteins (paralogs sharing an
+    antibody: SET/SETSIP, HNRNPH1/HNRNPH2/HNRNPF, RPL10/RPL10L, U2AF1/U2AF1L5 in the train table)
+    keeps one row per protein, so no protein is lost; it is fetched and embedded once (the stores
+    key by checksum), and the split links its proteins into one group.
     """
-    images = images.assign(image_key=[image_key(a, n) for a, n in zip(images["antibody"], images["image_name"])])
-    grp = images.groupby("image_key", sort=False)
+    images = images.reset_index(drop=True).assign(
+        image_key=[image_key(a, n) for a, n in zip(images["antibody"], images["image_name"])])
+    by = ["image_key", "protein_id"]
+    grp = images.groupby(by, sort=False)
     n_rows = grp["image_key"].transform("size")
     lab_cols = [c for c in labels if c in images.columns]
     disagree = int((grp[lab_cols].nunique() > 1).any(axis=1).sum()) if lab_cols else 0
     tissues = grp["tissue"].agg(lambda t: ";".join(dict.fromkeys(str(x) for x in t if not pd.isna(x))))
-    first = images[~images.duplicated("image_key")].copy()
+    first = images[~images.duplicated(by)].copy()
+    keys = pd.MultiIndex.from_frame(first[by])
     if lab_cols:
-        first[lab_cols] = grp[lab_cols].max().loc[first["image_key"]].to_numpy()
+        first[lab_cols] = grp[lab_cols].max().loc[keys].to_numpy()
     first["n_rows"] = n_rows[first.index].to_numpy()
-    first["tissues"] = first["image_key"].map(tissues)
+    first["tissues"] = tissues.loc[keys].to_numpy()
     dup_keys = first.loc[first["n_rows"] > 1, "image_key"]
-    report = {"rows": int(len(images)), "unique_images": int(len(first)),
-              "duplicate_rows": int(len(images) - len(first)), "images_with_duplicates": int(len(dup_keys)),
+    per_image = first.groupby("image_key")["protein_id"].agg(list)
+    shared = per_image[per_image.map(len) > 1]
+    names = dict(zip(first["protein_id"], first["protein_name"].fillna(first["protein_id"])))
+    groups: dict[tuple, int] = {}
+    for prots in shared:
+        key = tuple(sorted(prots))
+        groups[key] = groups.get(key, 0) + 1
+    report = {"rows": int(len(images)), "unique_images": int(images["image_key"].nunique()),
+              "image_protein_rows": int(len(first)), "duplicate_rows": int(len(images) - len(first)),
+              "images_with_duplicates": int(dup_keys.nunique()),
               "label_disagreements_within_duplicates": disagree,
-              "handled": "merged into one image row before download (first row's metadata kept, all "
-                         "tissues in 'tissues', row count in 'n_rows', labels the union)",
-              "examples": dup_keys.head(5).tolist()}
+              "handled": "rows repeating an image under the same protein merged into one row before download "
+                         "(first row's metadata kept, all tissues in 'tissues', row count in 'n_rows', labels "
+                         "the union)",
+              "shared_images": int(len(shared)),
+              "shared_image_groups": [{"proteins": [names[p] for p in k], "protein_ids": list(k), "images": n}
+                                      for k, n in groups.items()],
+              "shared_handled": "an image listed under several proteins keeps one row per protein (each protein "
+                                "keeps it); fetched and embedded once, and its proteins are split together",
+              "examples": dup_keys.drop_duplicates().head(5).tolist()}
     return first.reset_index(drop=True), report
+
+
+# ----------------------------------------------------------------------------- the authors' test labels
+
+AUTHORS_PREFIX = "authors_table:"   # image-table columns: the authors' own test labels (NaN off their table)
+
+
+def join_authors_labels(images: pd.DataFrame, authors: pd.DataFrame, labels) -> tuple[pd.DataFrame, dict]:
+    """Add the authors' own test labels to the image table as ``authors_table:<label>`` columns.
+
+    ``authors`` is their test table read by ``read_authors_csv`` (``proloc_ihs_test.csv``): each
+    row's label columns belong to the image its ``File Name`` names, joined here by Ensembl id,
+    antibody and image name. Rows not in their table get NaN. The report counts the joined rows,
+    the rows of their table with no image here, and the images (and proteins) whose labels differ
+    from the image table's own label columns, per label.
+    """
+    keys = ["protein_id", "antibody", "image_name"]
+    src = [SRC_PREFIX + lab for lab in labels]
+    missing = [c for c in src if c not in authors.columns]
+    if missing:
+        raise SchemaError(f"the authors' test table has no label column(s) {[c[len(SRC_PREFIX):] for c in missing]}")
+    theirs = authors[keys + src].rename(columns={SRC_PREFIX + lab: AUTHORS_PREFIX + lab for lab in labels})
+    dup = theirs.duplicated(keys)
+    theirs = theirs[~dup]
+    out = images.drop(columns=[AUTHORS_PREFIX + lab for lab in labels], errors="ignore").merge(
+        theirs, on=keys, how="left", validate="many_to_one")
+    cols = [AUTHORS_PREFIX + lab for lab in labels]
+    joined = out[cols].notna().all(axis=1)
+    matched = theirs.merge(images[keys].drop_duplicates(), on=keys, how="inner")
+    diff = (out.loc[joined, cols].to_numpy(dtype=int) != out.loc[joined, list(labels)].to_numpy(dtype=int))
+    rows = diff.any(axis=1)
+    return out, {"rows_in_table": int(len(authors)), "duplicate_rows_in_table": int(dup.sum()),
+                 "image_rows_joined": int(joined.sum()), "table_rows_without_image": int(len(theirs) - len(matched)),
+                 "images_differing": int(rows.sum()),
+                 "proteins_differing": int(out.loc[joined].loc[rows, "protein_id"].nunique()),
+                 "per_label": {lab: int(diff[:, j].sum()) for j, lab in enumerate(labels)},
+                 "joined_on": "Ensembl id + antibody + image name (from the table's File Name)"}

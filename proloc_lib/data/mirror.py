@@ -10,6 +10,8 @@ profile at its base URL (``data.mirror: http://127.0.0.1:PORT``) runs the whole 
   small **synthetic** stand-in tile (``proloc_lib.synthetic``), drawn from that row's own
   label columns and seeded by the row's image key, with a JPEG comment and an
   ``X-Proloc-Synthetic`` header saying so;
+* the authors' test table at its pinned GitHub path (``download.AUTHORS_TABLE``), read in place
+  from ``../shared/reference/proloc_ihs_test.csv`` (the same bytes, so the pinned MD5 holds);
 * UniProt ID mapping in the real REST protocol: ``POST /idmapping/run`` -> ``jobId``;
   ``GET /idmapping/status/<job>`` answers RUNNING once, then redirects (303) to the results;
   ``/idmapping/details/<job>`` gives ``redirectURL``; ``/idmapping/uniprotkb/results/<job>``
@@ -138,6 +140,7 @@ class MirrorData:
         return {"mirror": "proloc-ihs offline mirror", "note": NOTE, "synthetic_images": True,
                 "standin_sequences": True, "image_size": self.image_size,
                 "tables": {n: str(p) for n, p in self.tables.items()}, "n_images": len(self.images),
+                "authors_table": str(self.reference_csv) if self.reference_csv.is_file() else None,
                 "n_genes": len(self.genes), "real_sequence_genes": sorted(g for g in self.genes if g in self.real)}
 
 
@@ -190,6 +193,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json({"mirror": "proloc-ihs", "note": NOTE}, head=head)
         if path == "/proloc-mirror.json":
             return self._json(data.manifest(), head=head)
+        if path == "/" + download.AUTHORS_TABLE["path"]:
+            if not data.reference_csv.is_file():
+                return self._json({"message": f"{path}: no authors' table in this mirror"}, 404, head)
+            return self._send(200, data.reference_csv.read_bytes(), "text/plain; charset=utf-8", head=head)
         zprefix = f"/api/records/{download.ZENODO_RECORD}/files/"
         if path.startswith(zprefix) and path.endswith("/content"):
             name = path[len(zprefix):-len("/content")]
@@ -319,6 +326,7 @@ class _Server(ThreadingHTTPServer):
 
     def count(self, path: str) -> None:
         kind = ("zenodo" if path.startswith("/api/") else "uniprot" if path.startswith("/idmapping")
+                else "github" if path == "/" + download.AUTHORS_TABLE["path"]
                 else "other" if path in ("/", "/proloc-mirror.json") else "images")
         with self.lock:
             self.requests[kind] = self.requests.get(kind, 0) + 1

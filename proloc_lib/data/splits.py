@@ -1,15 +1,14 @@
 """Protein-disjoint, multi-label-stratified train/validation/test splits.
 
-Proteins that share an identical sequence or an antibody are linked into one group, and
-groups never straddle two sides. Stratification is iterative (Sechidis et al. 2011, via
+Proteins that share an identical sequence, an antibody or an image (an HPA image listed under
+two paralogs) are linked into one group, and groups never straddle two sides. Stratification is iterative (Sechidis et al. 2011, via
 the ``iterative-stratification`` package) over the groups' label vectors.
 
 Three protocols (``split.method``): ``benchmark`` (the benchmark's own train/test, the
 paper's test set; validation carved from train), ``stratified`` (a grouped re-split), and
 ``homology`` (the stratified re-split over clusters of similar sequences: proteins whose
-local alignment reaches ``split.identity`` identity over ``split.coverage`` of the shorter
-sequence are linked, so no test protein has a close homologue in training). The homology
-protocol needs the optional aligner ``pyopal`` (PyPI; the ``homology`` extra).
+global alignment identity, as GraphPart and DeepLoc 2.0 measure it, reaches ``split.identity``
+are linked, so no test protein has a homologue at that identity in training; ``data.homology``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from proloc_lib.core.errors import UserError
-from proloc_lib.data.homology import homology_groups
+from proloc_lib.data.homology import DEFAULT_IDENTITY, aligner_description, homology_groups, nearest_identity
 
 SPLITS = ("train", "val", "test")
 METHODS = ("benchmark", "stratified", "homology")
@@ -29,7 +28,7 @@ class SplitLeakError(AssertionError):
 
 
 def link_groups(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.Series:
-    """Group id per protein: connected components over shared sequences and antibodies."""
+    """Group id per protein: connected components over shared sequences, antibodies and images."""
     ids = list(proteins["protein_id"])
     parent = {p: p for p in ids}
 
@@ -48,9 +47,10 @@ def link_groups(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -> p
 
     for _, grp in proteins.groupby("seq_hash"):
         union_all(list(grp["protein_id"]))
-    if images is not None and "antibody" in images.columns:
-        for _, grp in images.groupby("antibody"):
-            union_all(list(dict.fromkeys(grp["protein_id"])))
+    for key in ("antibody", "image_id"):   # an image listed under two proteins links them too
+        if images is not None and key in images.columns:
+            for _, grp in images.groupby(key):
+                union_all(list(dict.fromkeys(grp["protein_id"])))
     roots = {p: find(p) for p in ids}
     codes = {r: i for i, r in enumerate(dict.fromkeys(roots.values()))}
     return pd.Series([codes[roots[p]] for p in ids], index=proteins.index, name="group")
@@ -173,7 +173,7 @@ def fold_split(folds: pd.Series, test_fold: int) -> pd.Series:
 
 
 def check_disjoint(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -> None:
-    """Raise SplitLeakError if a protein, identical sequence or antibody is on two sides."""
+    """Raise SplitLeakError if a protein, identical sequence, antibody or image is on two sides."""
     if proteins["split"].isna().any():
         raise SplitLeakError(f"{int(proteins['split'].isna().sum())} proteins have no split")
     bad = set(proteins["split"]) - set(SPLITS)
@@ -184,12 +184,14 @@ def check_disjoint(proteins: pd.DataFrame, images: pd.DataFrame | None = None) -
         leaks = sides[sides > 1]
         if len(leaks):
             raise SplitLeakError(f"{len(leaks)} {key} values on two sides, e.g. {list(leaks.index[:3])}")
-    if images is not None and "antibody" in images.columns:
+    if images is not None:
         side = images["protein_id"].map(proteins.set_index("protein_id")["split"])
-        sides = side.groupby(images["antibody"]).nunique()
-        leaks = sides[sides > 1]
-        if len(leaks):
-            raise SplitLeakError(f"{len(leaks)} antibodies on two sides, e.g. {list(leaks.index[:3])}")
+        for key, what in (("antibody", "antibodies"), ("image_id", "images")):
+            if key in images.columns:
+                sides = side.groupby(images[key]).nunique()
+                leaks = sides[sides > 1]
+                if len(leaks):
+                    raise SplitLeakError(f"{len(leaks)} {what} on two sides, e.g. {list(leaks.index[:3])}")
 
 
 def split_proteins(proteins: pd.DataFrame, images: pd.DataFrame | None, labels: list[str], split_cfg: dict,
@@ -198,8 +200,8 @@ def split_proteins(proteins: pd.DataFrame, images: pd.DataFrame | None, labels: 
 
     ``benchmark``: the benchmark files' own train/test (the paper's test set), validation
     carved protein-disjointly from train. ``stratified``: grouped multi-label re-split.
-    ``homology``: ``stratified`` over sequence-similarity clusters (``split.identity``, default
-    0.3; ``split.coverage``, default 0.8).
+    ``homology``: ``stratified`` over clusters of proteins linked at ``split.identity`` (default
+    0.3) global identity (``data.homology``).
     """
     method = split_cfg.get("method", "stratified")
     if method not in METHODS:
@@ -208,41 +210,37 @@ def split_proteins(proteins: pd.DataFrame, images: pd.DataFrame | None, labels: 
     if method == "benchmark":
         split = benchmark_splits(proteins, images, labels, split_cfg["val_fraction"], seed)
         report["description"] = ("the benchmark's own train/test files (test = the paper's test set); "
-                                 "validation carved from train, protein- and antibody-disjoint")
+                                 "validation carved from train, protein-, antibody- and image-disjoint")
     elif method == "homology":
         split, hom = homology_splits(proteins, labels, split_cfg["val_fraction"], split_cfg["test_fraction"],
-                                     seed, images, identity=float(split_cfg.get("identity", 0.3)),
-                                     coverage=float(split_cfg.get("coverage", 0.8)))
+                                     seed, images, identity=float(split_cfg.get("identity") or DEFAULT_IDENTITY))
         report.update(hom, test_fraction=split_cfg["test_fraction"],
-                      description=f"grouped, stratified re-split over homology clusters (identity >= "
-                                  f"{hom['identity']}, coverage >= {hom['coverage']})")
+                      description=f"grouped, stratified re-split over homology clusters (global identity >= "
+                                  f"{hom['identity']})")
     else:
         split = assign_splits(proteins, labels, split_cfg["val_fraction"], split_cfg["test_fraction"],
                               seed=seed, images=images)
         report.update(test_fraction=split_cfg["test_fraction"],
-                      description="grouped (shared sequence or antibody), multi-label stratified re-split")
+                      description="grouped (shared sequence, antibody or image), multi-label stratified re-split")
     check_disjoint(proteins.assign(split=split), images)
-    report["disjoint"] = "asserted: no protein, identical sequence or antibody on two sides" + (
+    report["disjoint"] = "asserted: no protein, identical sequence, antibody or image on two sides" + (
         "; no homologous pair on two sides" if method == "homology" else "")
     return split, report
 
 
 def homology_splits(proteins: pd.DataFrame, labels: list[str], val_fraction: float, test_fraction: float,
-                    seed: int, images: pd.DataFrame | None = None, *, identity: float = 0.3,
-                    coverage: float = 0.8) -> tuple[pd.Series, dict]:
+                    seed: int, images: pd.DataFrame | None = None, *, identity: float = DEFAULT_IDENTITY
+                    ) -> tuple[pd.Series, dict]:
     """The stratified re-split over homology clusters; asserted free of cross-split homologues.
 
-    Returns the split and a report (aligner, thresholds, clusters, linked pairs).
+    Returns the split and a report (aligner, threshold, clusters, linked pairs).
     """
-    groups, pairs = homology_groups(proteins, identity=identity, coverage=coverage)
+    groups, pairs = homology_groups(proteins, identity=identity)
     split = assign_splits(proteins, labels, val_fraction, test_fraction, seed, images, groups=groups)
     check_homology_disjoint(proteins.assign(split=split), pairs)
-    import pyopal
-
-    report = {"method": "homology", "aligner": f"pyopal {pyopal.__version__} (Smith-Waterman, BLOSUM62)",
-              "identity": identity, "coverage": coverage, "linked_pairs": len(pairs),
-              "clusters": int(groups.nunique()), "largest_cluster": int(groups.value_counts().max()),
-              "pairs": [list(p) for p in pairs[:50]]}
+    report = {"method": "homology", "aligner": aligner_description(), "identity": identity,
+              "linked_pairs": len(pairs), "clusters": int(groups.nunique()),
+              "largest_cluster": int(groups.value_counts().max()), "pairs": [list(p) for p in pairs[:50]]}
     return split, report
 
 
@@ -253,3 +251,30 @@ def check_homology_disjoint(proteins: pd.DataFrame, pairs) -> None:
     if leaks:
         raise SplitLeakError(f"{len(leaks)} homologous pairs on two sides, e.g. {leaks[:3]}")
 
+
+def nearest_training_homologs(proteins: pd.DataFrame, *, identity: float = DEFAULT_IDENTITY) -> dict:
+    """How close the test proteins are to the proteins a model may learn from (train and validation).
+
+    For every test protein, its nearest non-test protein by global identity (``data.homology``);
+    ``at_or_above`` counts the test proteins with one at ``identity`` or more. Sequences marked as
+    stand-ins (``sequence_source``) are counted, since the figure only means something for real ones.
+    """
+    test = proteins[proteins["split"] == "test"]
+    rest = proteins[proteins["split"] != "test"]
+    near = homology_nearest(test, rest)
+    hits = near[near["identity"] >= identity].sort_values("identity", ascending=False)
+    name = dict(zip(proteins["protein_id"], proteins.get("protein_name", proteins["protein_id"])))
+    src = proteins["sequence_source"] if "sequence_source" in proteins.columns else None
+    return {"identity": identity, "aligner": aligner_description(), "test_proteins": int(len(test)),
+            "compared_with": int(len(rest)), "at_or_above": int(len(hits)),
+            "pairs": [{"test": q, "test_name": name.get(q), "train": t, "train_name": name.get(t), "identity": i}
+                      for q, t, i in hits[["query", "target", "identity"]].itertuples(index=False)],
+            "nearest_identity_quantiles": {str(k): round(float(v), 4) for k, v in
+                                           near["identity"].quantile([0.5, 0.9, 1.0]).items()} if len(near) else {},
+            "standin_sequences": None if src is None else int((src == "standin").sum())}
+
+
+def homology_nearest(queries: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
+    """``homology.nearest_identity`` between two protein tables (by ``protein_id`` and ``sequence``)."""
+    return nearest_identity(dict(zip(queries["protein_id"], queries["sequence"])),
+                            dict(zip(targets["protein_id"], targets["sequence"])))

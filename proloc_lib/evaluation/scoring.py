@@ -2,7 +2,10 @@
 
 One row per model, configuration, seed, level, split, label ("overall" for the sample/micro
 figures) and metric, so every notebook appends to the same shape and the figures notebook
-reads one format. Thresholds are chosen on the validation split only: ``evaluate`` tunes
+reads one format. Runs of the training stage add ``truth`` (which labels the row is scored
+against: the image table's own, named by stage 01, or ``authors_table``: the authors' published
+test labels, image level, test split, where the build fetched them) and what the run trained
+on (``train_on``, ``train_proteins``, ``train_images``, ``train_samples``). Thresholds are chosen on the validation split only: ``evaluate`` tunes
 on the validation predictions it is given and applies them to the test predictions, and
 ``tune_thresholds`` refuses any split but "val".
 """
@@ -12,9 +15,27 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from proloc_lib.data.hpa import AUTHORS_PREFIX
 from proloc_lib.evaluation import metrics
 
 COLUMNS = ["model", "config", "config_hash", "seed", "fold", "level", "split", "label", "metric", "value"]
+TRUTH_AUTHORS = "authors_table"     # the authors' own test labels (proloc_ihs_test.csv), image level
+
+
+def primary_truth(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows scored against the image table's own labels (every row of results without ``truth``)."""
+    if "truth" not in results.columns:
+        return results
+    return results[results["truth"] != TRUTH_AUTHORS]
+
+
+def authors_truth(samples: pd.DataFrame, labels: list[str]) -> np.ndarray | None:
+    """The authors' own labels of these image samples, or None unless every sample has them."""
+    cols = [AUTHORS_PREFIX + lab for lab in labels]
+    if len(samples) == 0 or not all(c in samples.columns for c in cols):
+        return None
+    y = samples[cols].to_numpy(dtype=float)
+    return None if np.isnan(y).any() else y.astype(int)
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
@@ -57,7 +78,7 @@ def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: 
          thresholds=0.5, config: str = "", config_hash: str = "", fold: int | None = None, *,
          strict_threshold: bool = False, provenance: str | None = None, fallback=None) -> pd.DataFrame:
     """One run's metrics as tidy rows. Undefined values (a label without positives) are NaN.
-    ``provenance`` (``config.provenance_note``): added as a column, so the CSV says what it is.
+    ``provenance`` (``core.provenance.provenance_note``): added as a column, so the CSV says what it is.
     ``fallback`` (one bool per label): the thresholds that are ``FALLBACK_THRESHOLD`` because
     the label could not be tuned; a ``threshold_fallback`` row (1.0 / 0.0) per label."""
     rep = metrics.full_report(np.asarray(y_true), np.asarray(y_prob), thresholds=thresholds, labels=labels,
@@ -78,7 +99,8 @@ def tidy(model: str, level: str, split: str, seed: int, y_true, y_prob, labels: 
 
 def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, test: tuple, seed: int = 0,
              tune: bool = False, config: str = "", config_hash: str = "", image_level: bool = True,
-             fold: int | None = None, *, strict_threshold: bool = False, provenance: str | None = None):
+             fold: int | None = None, *, strict_threshold: bool = False, provenance: str | None = None,
+             truth: str | None = None, training_set: dict | None = None):
     """Score ``(samples, probs)`` pairs for val and test, at image and protein level.
 
     With ``tune``, per-label thresholds come from the validation predictions of the same
@@ -90,6 +112,11 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
     it is given). The tidy frame holds the standard metrics
     (``metrics.METRIC_NAMES``), the paper's formulas (``metrics.PAPER_ONLY_NAMES``), macro F1 /
     AP over the labels with positives, ECE and Brier, and per-label rows (NaN = undefined).
+
+    ``truth`` names the labels the samples carry (a ``truth`` column); when the image-level test
+    samples also carry the authors' own labels (``authors_table:<label>``), the test images are
+    scored against those too, in rows with ``truth = "authors_table"`` (same predictions and
+    thresholds). ``training_set`` (``train_on``, counts) is added as columns.
     """
     frames, thresholds = [], {"fallback": {}}
     levels = (["image"] if image_level else []) + ["protein"]
@@ -108,11 +135,21 @@ def evaluate(model: str, labels: list[str], proteins: pd.DataFrame, val: tuple, 
         for split, (y, p) in pairs.items():
             frames.append(tidy(model, level, split, seed, y, p, labels, th, config, config_hash, fold,
                                strict_threshold=strict_threshold, provenance=provenance, fallback=fallback))
+            if truth is not None:
+                frames[-1]["truth"] = truth
+        theirs = authors_truth(test[0], labels) if level == "image" and truth is not None else None
+        if theirs is not None:
+            frames.append(tidy(model, level, "test", seed, theirs, test[1], labels, th, config, config_hash, fold,
+                               strict_threshold=strict_threshold, provenance=provenance,
+                               fallback=fallback).assign(truth=TRUTH_AUTHORS))
     preds = pd.concat([prediction_frame(model, seed, split, samples, probs, proteins, labels, thresholds)
                        for split, (samples, probs) in (("val", val), ("test", test))], ignore_index=True)
     if provenance is not None:
         preds["provenance"] = provenance
-    return pd.concat(frames, ignore_index=True), thresholds, preds
+    out = pd.concat(frames, ignore_index=True)
+    for key, value in (training_set or {}).items():
+        out[key] = value
+    return out, thresholds, preds
 
 
 def prediction_frame(model: str, seed: int, split: str, samples: pd.DataFrame, probs: np.ndarray,

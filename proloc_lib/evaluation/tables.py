@@ -6,6 +6,7 @@ import pandas as pd
 
 from proloc_lib.core import runs
 from proloc_lib.evaluation import metrics
+from proloc_lib.evaluation.scoring import TRUTH_AUTHORS, primary_truth
 
 # Columns of the model tables: standard metrics, then the paper's formulas where they differ.
 TABLE_METRICS = (["absolute_true", "accuracy", "precision", "recall", "f1"] + metrics.PAPER_ONLY_NAMES
@@ -22,7 +23,9 @@ def display(model: str) -> str:
 
 def paper_table(results: pd.DataFrame, level: str = "protein", split: str = "test", *,
                 metric_names=None) -> pd.DataFrame:
-    """Models x metrics (standard and ``_paper``), mean over seeds; rows named by ``display``."""
+    """Models x metrics (standard and ``_paper``), mean over seeds; rows named by ``display``.
+    Scored against the image table's own labels (``scoring.primary_truth``)."""
+    results = primary_truth(results)
     sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")]
     wide = sel.pivot_table(index="model", columns="metric", values="value", aggfunc="mean", dropna=False)
     cols = [c for c in (metric_names or TABLE_METRICS) if c in wide.columns]
@@ -44,7 +47,8 @@ def _cells(sel: pd.DataFrame, index: str = "model") -> pd.DataFrame:
 def summary_table(results: pd.DataFrame, level: str = "protein", split: str = "test", *,
                   metric_names=None) -> pd.DataFrame:
     """Standard and paper metrics per model as 'mean ± sd' over seeds (over folds for a
-    cross-validated model); rows named by ``display``."""
+    cross-validated model); rows named by ``display``. Scored against the image table's own labels."""
+    results = primary_truth(results)
     names = list(metric_names or TABLE_METRICS)
     sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] == "overall")
                   & results["metric"].isin(names)]
@@ -66,25 +70,37 @@ def main_table(results: pd.DataFrame, *, models=None, split: str = "test") -> pd
     paper's formulas (``image · F1_paper`` ...) and protein level with the standard metrics
     (``protein · F1`` ...), 'mean ± sd' over seeds, plus the number of test images and proteins.
 
-    A model scored only per protein (sequence baselines, MIL) has '—' in the image columns.
+    Where the results hold image-level rows scored against the authors' own test labels
+    (``truth = authors_table``), image level is shown twice: against the image table's labels
+    (``image · ...``) and against the authors' (``image, authors' labels · ...``, the row
+    comparable with the paper). Where the results say what each run trained on, a ``trained on``
+    column gives it (proteins and images). A model scored only per protein (sequence
+    baselines, MIL) has '—' in the image columns.
     """
     overall = results[(results["split"] == split) & (results["label"] == "overall")]
     if models is not None:
         overall = overall[overall["model"].isin(models)]
+    theirs = overall[overall["truth"] == TRUTH_AUTHORS] if "truth" in overall.columns else overall.iloc[:0]
+    overall = primary_truth(overall)
     parts = []
-    for level, names in (("image", MAIN_IMAGE_METRICS), ("protein", MAIN_PROTEIN_METRICS)):
-        sel = overall[(overall["level"] == level) & overall["metric"].isin(names + ["n"])]
+    for level, names, rows, title in (("image", MAIN_IMAGE_METRICS, overall, "image"),
+                                      ("image", MAIN_IMAGE_METRICS, theirs, "image, authors' labels"),
+                                      ("protein", MAIN_PROTEIN_METRICS, overall, "protein")):
+        sel = rows[(rows["level"] == level) & rows["metric"].isin(names + ["n"])]
         if sel.empty:
             continue
         wide = _cells(sel)
         n = sel[sel["metric"] == "n"].groupby("model")["value"].max()
-        cols = {c: f"{level} · {metrics.DISPLAY_NAMES.get(c, c)}" for c in names if c in wide.columns}
+        cols = {c: f"{title} · {metrics.DISPLAY_NAMES.get(c, c)}" for c in names if c in wide.columns}
         part = wide[list(cols)].rename(columns=cols)
-        part.insert(0, f"{level} · n", n.reindex(part.index).map(lambda v: "" if pd.isna(v) else str(int(v))))
+        part.insert(0, f"{title} · n", n.reindex(part.index).map(lambda v: "" if pd.isna(v) else str(int(v))))
         parts.append(part)
     if not parts:
         raise ValueError(f"no overall metrics for split '{split}' in these results")
     out = pd.concat(parts, axis=1).fillna("—")
+    trained = trained_on(overall)
+    if trained is not None:
+        out.insert(0, "trained on", trained.reindex(out.index).fillna("—"))
     order = list(models) if models is not None else list(dict.fromkeys(overall["model"]))
     out = out.reindex([m for m in order if m in out.index])
     out.index = [display(m) for m in out.index]
@@ -92,10 +108,25 @@ def main_table(results: pd.DataFrame, *, models=None, split: str = "test") -> pd
     return out
 
 
+def trained_on(results: pd.DataFrame) -> pd.Series | None:
+    """Per model: which proteins its runs trained on, e.g. 'train+val: 494 proteins, 5,169 images'
+    (None when the results do not say)."""
+    cols = ["train_on", "train_proteins", "train_images"]
+    if not all(c in results.columns for c in cols):
+        return None
+    rows = results.dropna(subset=cols).drop_duplicates(["model", *cols])
+
+    def text(g):
+        return "; ".join(f"{r.train_on}: {int(r.train_proteins):,} proteins, {int(r.train_images):,} images"
+                         for r in g.itertuples())
+    return rows.groupby("model")[cols].apply(text) if len(rows) else None
+
+
 def per_label_table(results: pd.DataFrame, *, metric: str = "f1", level: str = "protein",
                     split: str = "test") -> pd.DataFrame:
     """Models x labels for one per-label metric, 'mean ± sd' over seeds; a label without positive
-    proteins in the split reads 'undefined' (not 1.0)."""
+    proteins in the split reads 'undefined' (not 1.0). Scored against the image table's own labels."""
+    results = primary_truth(results)
     sel = results[(results["level"] == level) & (results["split"] == split) & (results["label"] != "overall")
                   & (results["metric"] == metric)]
     g = sel.groupby(["model", "label"])["value"].agg(["mean", "std", "count"]).reset_index()

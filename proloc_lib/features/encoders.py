@@ -34,6 +34,7 @@ IMAGE_KEYS = {"model", "pretrained", "overrides", "init_seed", "crop_pct", "crop
 # interpolation "bilinear". They enter the store fingerprint (through data_config), so a store made
 # with another preprocessing is stale.
 PREPROCESSING_CHOICES = {"crop_mode": ("center", "squash"), "interpolation": ("bilinear", "bicubic")}
+PREPROCESSING_KEYS = ("crop_pct", *PREPROCESSING_CHOICES)
 # architecture keys of a random-weight ProtT5-style encoder (schema.T5Arch lists the same, typed)
 T5_ARCH_KEYS = {"d_model", "d_ff", "num_layers", "num_heads", "d_kv", "relative_attention_num_buckets",
                 "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon",

@@ -97,6 +97,45 @@ def prepare_image(path, encoder, *, grid: int = 1, draft: tuple[int, int] | None
     return torch.stack(out)
 
 
+def encoder_input_pixels(path, encoder, *, grid: int = 1, draft: tuple[int, int] | None = None) -> list:
+    """The 8-bit RGB arrays (H, W, 3) the encoder's transform normalizes: decoded (JPEG draft to
+    ``draft``), tiled and resized by its own PIL steps (the published resize for the full
+    profile: 224 x 224 bilinear, the whole image). An encoder without a splittable transform gets
+    a bilinear resize to its input size. What two decodings of one image are compared on."""
+    import numpy as np
+    from PIL import Image
+
+    tiles = crop_grid(load_image(path, draft=draft), grid)
+    split = _split_transform(getattr(encoder, "transform", None))
+    if split is not None:
+        steps = split[0]
+    else:
+        size = transform_input_size(getattr(encoder, "transform", None), getattr(encoder, "data_config", None))
+        if size is None:
+            raise ValueError("the encoder's input size is unknown: cannot compare decodings")
+        steps = [lambda im: im.resize(size, Image.BILINEAR)]
+    out = []
+    for t in tiles:
+        t = t if t.mode == "RGB" else t.convert("RGB")
+        for step in steps:
+            t = step(t)
+        out.append(np.asarray(t, dtype=np.uint8))
+    return out
+
+
+def decode_difference(path, encoder, *, grid: int = 1, draft: tuple[int, int]) -> dict:
+    """How far a JPEG draft decoding moves the encoder's input from a full decoding, in grey levels
+    (0..255) per channel after the encoder's resize: max, mean and the share of values off by more
+    than 1; with the draft decode's size."""
+    import numpy as np
+
+    full = np.stack(encoder_input_pixels(path, encoder, grid=grid)).astype(np.int16)
+    fast = np.stack(encoder_input_pixels(path, encoder, grid=grid, draft=draft)).astype(np.int16)
+    d = np.abs(full - fast)
+    return {"draft_decode_size": list(load_image(path, draft=draft).size), "max_grey_levels": int(d.max()),
+            "mean_grey_levels": round(float(d.mean()), 4), "share_over_1": round(float((d > 1).mean()), 6)}
+
+
 def _split_transform(transform):
     """(PIL steps, mean, std) of a ``Compose([PIL steps..., ToTensor, Normalize])``, else None.
 

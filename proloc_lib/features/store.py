@@ -502,3 +502,20 @@ def check_complete(store_dir: str | Path, keys, *, what: str) -> EmbeddingStore:
             + "; run the rest (`proloc extract` for the other shards, then `proloc merge`) "
             "and rerun this notebook; no manifest was written")
     return store
+
+
+def store_checksums(folder: str | Path) -> dict:
+    """What a stage manifest records of the stores under ``folder`` (``02_embeddings``): each
+    store's ``store.json`` with its sha256 and each shard with the checksum its name carries
+    (a shard is named by its content and checked against it when a store is verified), keyed
+    ``<store>/<file>``. Cheap on stores of any size; a store that gained or lost shards differs."""
+    folder = Path(folder)
+    out = {}
+    for meta in sorted(folder.glob("*/store.json")):
+        store = meta.parent.name
+        out[f"{store}/store.json"] = file_sha256(meta)
+        for shard in sorted(meta.parent.glob(SHARD_GLOB)):
+            m = SHARD_NAME.match(shard.name)
+            if m:
+                out[f"{store}/{shard.name}"] = m["sha"]
+    return out

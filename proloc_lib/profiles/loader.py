@@ -1,4 +1,10 @@
-"""Profiles: ``configs/<name>.yaml`` (or a path), following ``extends:``, every key checked by the schema."""
+"""Profiles: ``configs/<name>.yaml`` (or a path), following ``extends:``, every key checked by the schema.
+
+A profile is named on the command line by its name in ``configs/`` (letters, digits, ``._-``) or by
+the path of a file (ending in .yaml or .yml). Its outputs go to folders named after its own
+``profile:`` key (not one inherited through ``extends``), else after the file's stem; that name is
+checked to be one folder name (``paths.check_name``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from proloc_lib.core.paths import CONFIG_DIR, PROJECT_ROOT
+from proloc_lib.core.paths import CONFIG_DIR, PROJECT_ROOT, BadName, check_name
 from proloc_lib.profiles.schema import ProfileError, UnknownProfile, describe_value, validate_profile
 from proloc_lib.training.plan import Plan
 
@@ -33,7 +39,13 @@ def _shown(path: Path) -> str:
 def profile_path(name: str | os.PathLike) -> Path:
     """``configs/<name>.yaml``, or ``name`` itself when it is a path to a .yaml/.yml file."""
     name = str(name)
-    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{name}.yaml"
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+    else:
+        try:
+            path = CONFIG_DIR / f"{check_name(name)}.yaml"
+        except BadName as exc:
+            raise UnknownProfile(str(exc)) from None
     if not path.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         what = "is a folder" if path.is_dir() else "does not exist"
@@ -184,6 +196,27 @@ class Profile(dict):
         return self["profile"]
 
 
+def profile_reference(cfg: Profile) -> str:
+    """How a command line names ``cfg``: its name when it is ``configs/<name>.yaml``, else its file's path."""
+    path = Path(cfg.path)
+    try:
+        if path.resolve() == (CONFIG_DIR / f"{path.stem}.yaml").resolve():
+            return path.stem
+    except OSError:
+        pass
+    return str(path.resolve()) if path.exists() else str(path)
+
+
+def _named(cfg: dict, name, *, file: str) -> None:
+    """Set ``cfg['profile']`` to ``name`` once checked to be one folder name."""
+    if not isinstance(name, str):
+        raise ProfileError(f"{file}: profile: expected a name (letters, digits, '._-'), got {name!r}")
+    try:
+        cfg["profile"] = check_name(name)
+    except BadName as exc:
+        raise ProfileError(f"{file}: profile: {exc}") from None
+
+
 def load_profile(name: str | os.PathLike) -> Profile:
     """Read ``configs/<name>.yaml`` (or a path), following ``extends:``, checked against the schema.
 
@@ -194,14 +227,15 @@ def load_profile(name: str | os.PathLike) -> Profile:
     path = profile_path(name)
     cfg, origins = _load_chain(path, ())
     cfg.pop("extends", None)
+    own = _read_yaml(path).get("profile")     # the file's own name; a parent's is not inherited
+    _named(cfg, own if own is not None else path.stem, file=_shown(path))
     plan = validate_profile(cfg, file=_shown(path), origins=origins)
-    cfg.setdefault("profile", path.stem)
     return Profile(cfg, path=path, plan=plan)
 
 
 def profile_from_dict(cfg: dict, *, name: str) -> Profile:
     """A profile given as a mapping (made in code rather than a file), checked like a file's."""
     cfg = _merge({}, cfg)
+    _named(cfg, cfg.get("profile", name), file=f"profile '{name}'")
     plan = validate_profile(cfg, file=f"profile '{name}'")
-    cfg.setdefault("profile", name)
     return Profile(cfg, path=Path(f"<{name}>"), plan=plan)

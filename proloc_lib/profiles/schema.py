@@ -68,8 +68,7 @@ class Split(Section):
     folds: Optional[_num(int, ge=0, le=100)] = None    # 0: none; 1 is refused (one fold is no cross-validation)
     val_fraction: Optional[FRACTION] = None
     test_fraction: Optional[FRACTION] = None
-    identity: Optional[_num(float, gt=0, le=1)] = None   # homology: sequence identity that links two proteins
-    coverage: Optional[_num(float, gt=0, le=1)] = None   # homology: alignment coverage of the shorter sequence
+    identity: Optional[_num(float, gt=0, le=1)] = None   # global (needle) identity that links two proteins (data.homology)
 
 
 class Data(Section):
@@ -77,7 +76,9 @@ class Data(Section):
     label_map: str
     labels: Optional[Literal["columns", "mapping"]] = None
     mirror: Optional[str] = None          # base URL of a mirror (null: the public sources)
+    authors_table: Optional[bool] = None  # fetch the authors' own test table (pinned) for a second test truth
     max_proteins: Optional[_num(int, ge=1, le=10**6)] = None  # seeded sample of proteins per benchmark file (null: all)
+    proteins: Optional[list[str]] = None  # only these Ensembl gene ids (a trial build; null: all)
     subsample_seed: Optional[SEED] = None
     rate_limit_per_s: Optional[_num(float, gt=0, le=1000)] = None  # image requests per second (null: none for a 127.0.0.1 mirror)
     stream: Optional[bool] = None

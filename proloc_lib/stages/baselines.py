@@ -12,6 +12,8 @@ from proloc_lib.core.runtime import seed_everything
 from proloc_lib.evaluation import scoring
 from proloc_lib.stages.common import (
     SPLITS,
+    STAGE_TABLES,
+    STORE_FILES,
     RunResults,
     Stage,
     StageData,
@@ -113,21 +115,31 @@ def write_baseline_outputs(results: RunResults, out_dir: str | Path, *, cfg: dic
                            params: dict) -> Path:
     """Stage 04's folder, swapped into place whole: ``metrics.csv``, ``predictions.parquet``, manifest."""
     with manifest.stage_output(out_dir, "04_baselines", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
-        results.metrics.assign(git_commit=manifest.git_commit()).to_csv(tmp / "metrics.csv", index=False)
-        results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
-        extra["runs"] = sorted(set(results.metrics["model"]))
+        fill_baseline_outputs(tmp, extra, results)
     return Path(out_dir)
+
+
+def fill_baseline_outputs(tmp: Path, extra: dict, results: RunResults) -> None:
+    """Stage 04's files into the temporary folder ``tmp`` of ``stage_output``."""
+    results.metrics.assign(git_commit=manifest.git_commit()).to_csv(tmp / "metrics.csv", index=False)
+    results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
+    extra["runs"] = sorted(set(results.metrics["model"]))
 
 
 class BaselinesStage(Stage):
     """Notebook 04: ``header``, ``train``, ``write``."""
     name = "04_baselines"
 
-    def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None):
-        super().__init__(profile, seed=seed, device=device, data_root=data_root)
+    reads = {"01_data_assembly": STAGE_TABLES, "02_embeddings": STORE_FILES}
+
+    def open(self) -> None:
         seed_everything(self.seed)
-        self.data = load_stage_data(self.profile, data_root=data_root)
+        self.data = load_stage_data(self.profile, data_root=self.data_root, seed=self.seed)
         self.results = RunResults()
+
+    @classmethod
+    def parameters_for(cls, cfg, *, seed: int, device: str, data_root=None) -> dict:
+        return {"profile": cfg.name, "seed": seed, "baselines": cfg["baselines"]}
 
     def header(self) -> str:
         return f"**Profile `{self.profile}`.** {self.data.note}"
@@ -138,8 +150,10 @@ class BaselinesStage(Stage):
         return self.results.table()
 
     def write(self) -> Path:
-        params = {"profile": self.profile, "seed": self.seed, "baselines": self.cfg["baselines"]}
-        return write_baseline_outputs(self.results, self.out_dir, cfg=self.cfg, data=self.data, params=params)
+        with self.publishing(inputs=self.data.inputs()) as (tmp, extra):
+            fill_baseline_outputs(tmp, extra, self.results)
+        self.release()
+        return self.out_dir
 
     def run(self) -> Path:
         self.train()

@@ -18,9 +18,9 @@ from proloc_lib.core.runtime import seed_everything
 from proloc_lib.features.encoders import load_image_encoder, load_sequence_encoder
 from proloc_lib.features.image import extract_images
 from proloc_lib.features.sequence import extract_sequences
-from proloc_lib.features.store import check_complete, store_size_bytes
+from proloc_lib.features.store import check_complete, store_checksums, store_size_bytes
 from proloc_lib.features.variants import image_store_dir, image_variants
-from proloc_lib.stages.common import Stage, stage_note
+from proloc_lib.stages.common import STAGE_TABLES, Stage, stage_note
 
 
 def embed_sequence_stage(cfg: dict, proteins, out_dir: str | Path, device: str, shard: str | None = None,
@@ -79,22 +79,32 @@ class EmbeddingsStage(Stage):
     """
     name = "02_embeddings"
 
+    reads = {"01_data_assembly": STAGE_TABLES}
+
     def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, shard: str | None = None,
                  on_stale: str = "recompute"):
+        self.shard, self.on_stale = shard, on_stale
         super().__init__(profile, seed=seed, device=device, data_root=data_root)
+
+    def open(self) -> None:
         seed_everything(self.seed)
         self.device  # checked before any work
-        self.shard, self.on_stale = shard, on_stale
         self.in_dir = self.stage_dir("01_data_assembly")
-        manifest.read_manifest(self.in_dir)  # a clear message if notebook 01 has not completed
         self.proteins = pd.read_parquet(self.in_dir / "proteins.parquet")
         self.images = pd.read_parquet(self.in_dir / "images.parquet")
         (self.out_dir / manifest.MANIFEST).unlink(missing_ok=True)  # incomplete until this run finishes
         self.seq_report = self.img_report = None
         self.seq_store = self.img_stores = None
 
+    @classmethod
+    def parameters_for(cls, cfg, *, seed: int, device: str, data_root=None, shard: str | None = None) -> dict:
+        return {"profile": cfg.name, "seed": seed, "device": device, "shard": shard, "embeddings": cfg["embeddings"]}
+
+    def options(self) -> dict:
+        return {"shard": self.shard}
+
     def header(self) -> str:
-        return (f"**Profile `{self.profile}`** on `{self.device}`. {stage_note(self.cfg, self.data_root)}  \n"
+        return (f"**Profile `{self.profile}`** on `{self.device}`. {stage_note(self.cfg, self.data_root, seed=self.seed)}  \n"
                 f"{len(self.proteins)} proteins, {self.proteins['seq_hash'].nunique()} unique sequences, "
                 f"{len(self.images)} images.")
 
@@ -142,15 +152,18 @@ class EmbeddingsStage(Stage):
 
     def write(self) -> Path:
         """The manifest, written last: the stores are complete and verified."""
-        params = {"profile": self.profile, "seed": self.seed, "device": self.device, "shard": self.shard,
-                  "embeddings": self.cfg["embeddings"]}
+        self.lock.acquire()
+        self.lock.check_owned()
+        params = self.parameters()
         inputs = [self.in_dir / "proteins.parquet", self.in_dir / "images.parquet"]
         img_store = self.img_stores["images"]
         man = manifest.build_manifest(self.name, params, inputs, provenance=self.cfg["provenance"], extra={
             "sequence_store": self.seq_store.meta, "image_store": img_store.meta,
             "image_variant_stores": {n: s.meta for n, s in self.img_stores.items() if n != "images"},
-            "sequence_report": self.seq_report, "image_report": self.img_report})
+            "sequence_report": self.seq_report, "image_report": self.img_report, **self.record(params)},
+            outputs=store_checksums(self.out_dir))
         write_text(self.out_dir / manifest.MANIFEST, json.dumps(man, indent=2, default=str))
+        self.release()
         return self.out_dir / manifest.MANIFEST
 
     def run(self) -> Path:

@@ -26,7 +26,7 @@ from proloc_lib.core.errors import UserError
 from proloc_lib.data.images import load_image
 from proloc_lib.evaluation import figures, scoring, statistics, tables
 from proloc_lib.features.store import EmbeddingStore
-from proloc_lib.stages.common import Stage, stage_note
+from proloc_lib.stages.common import STAGE_TABLES, STORE_FILES, Stage, stage_note
 from proloc_lib.training.checkpoint import Checkpoint
 
 CORRECTED, AUTHORS = runs.FUSION_CORRECTED, runs.FUSION_AUTHORS
@@ -63,13 +63,36 @@ class FiguresStage(Stage):
     they are made)."""
     name = "05_figures"
 
+    reads = {"01_data_assembly": STAGE_TABLES, "02_embeddings": STORE_FILES,
+             "03_training": ("metrics.csv", "history.csv", "predictions.parquet", "checkpoint-corrected/*"),
+             "04_baselines": ("metrics.csv", "predictions.parquet")}
+
     def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, figures_root=None):
+        self.figures_root = figures_root
         super().__init__(profile, seed=seed, device=device, data_root=data_root)
+
+    @classmethod
+    def extra_outputs(cls, cfg, *, seed: int, data_root=None, figures_root=None) -> list[Path]:
+        return [paths.figures_dir(cfg.name, figures_root, seed=seed, data_root=data_root)]
+
+    @classmethod
+    def parameters_for(cls, cfg, *, seed: int, device: str, data_root=None, figures_root=None) -> dict:
+        return {"profile": cfg.name, "seed": seed,
+                "bootstrap_resamples": int(cfg["figures"].get("bootstrap_resamples", FULL_BOOTSTRAP)),
+                "permutation_resamples": int(cfg["figures"].get("permutation_resamples", 1000)),
+                "formats": cfg["figures"]["formats"]}   # where the figures go is checked by stage_status, not here
+
+    def options(self) -> dict:
+        return {"figures_root": self.figures_root}
+
+    def open(self) -> None:
         self.data_dir = self.stage_dir("01_data_assembly")
         self.train_dir, self.base_dir = self.stage_dir("03_training"), self.stage_dir("04_baselines")
-        self.fig_dir = paths.figures_dir(self.profile, figures_root)
+        self.fig_dir = self.extra_outputs(self.cfg, seed=self.seed, data_root=self.data_root,
+                                          figures_root=self.figures_root)[0]
+        self.fig_lock = self.hold(self.fig_dir)   # the figures folder is this stage's output too
+        manifest.recover(self.fig_dir)
         self.labels = manifest.read_manifest(self.data_dir)["labels"]
-        manifest.read_manifest(self.train_dir), manifest.read_manifest(self.base_dir)
         self.proteins = pd.read_parquet(self.data_dir / "proteins.parquet")
         self.results_in = pd.concat([pd.read_csv(self.base_dir / "metrics.csv"),
                                      pd.read_csv(self.train_dir / "metrics.csv")], ignore_index=True)
@@ -89,7 +112,7 @@ class FiguresStage(Stage):
         self.boot_note = (f"Intervals: 95%, {self.n_boot} bootstrap resamples over test proteins"
                           + (f" (fewer than the full profile's {FULL_BOOTSTRAP}, to keep the demo within its time "
                              "budget)." if self.n_boot < FULL_BOOTSTRAP else "."))
-        self.caption = f"Profile '{self.profile}'. {stage_note(self.cfg, data_root)}"  # stage 01's provenance
+        self.caption = f"Profile '{self.profile}'. {stage_note(self.cfg, self.data_root, seed=self.seed)}"  # stage 01's
         self.out = figures.Outputs(self.caption)
         self.summary: dict = {"profile": self.profile, "provenance": self.caption}
         figures.set_style()
@@ -295,18 +318,17 @@ class FiguresStage(Stage):
     def write(self) -> list[Path]:
         """``figures/<profile>/`` (figures, tables, a manifest of exactly these files) and the tidy
         table of all metrics in ``05_figures/``, each in one step."""
-        params = {"profile": self.profile, "seed": self.seed, "bootstrap_resamples": self.n_boot,
-                  "permutation_resamples": self.n_perm}
         inputs = [self.train_dir / "metrics.csv", self.base_dir / "metrics.csv", self.train_dir / "history.csv",
                   self.train_dir / "predictions.parquet", self.base_dir / "predictions.parquet"]
-        with manifest.stage_output(self.fig_dir, self.name, params, inputs, provenance=self.cfg["provenance"]) as (tmp, _):
+        with self.publishing(self.fig_dir, inputs=inputs, lock=self.fig_lock) as (tmp, _):
             written = self.out.write(tmp, self.cfg["figures"]["formats"])
             summary = {**self.summary, "main_table": _cells(self.out.tables.get("main_table"))}
             (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
             written.append(tmp / SUMMARY)
-        with manifest.stage_output(self.out_dir, self.name, params, inputs, provenance=self.cfg["provenance"]) as (tmp, extra):
+        with self.publishing(inputs=inputs) as (tmp, extra):
             self.results_in.assign(provenance=self.caption).to_csv(tmp / "all_metrics.csv", index=False)
             extra["figures_dir"] = str(self.fig_dir)
+        self.release()
         return written
 
     def run(self) -> list[Path]:

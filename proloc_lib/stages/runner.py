@@ -1,16 +1,37 @@
-"""Notebooks through papermill: each executed copy is written whole, a failed run keeps the last good copy."""
+"""Notebooks through papermill: each executed copy is written whole, a failed run keeps the last good copy.
+
+``run_stages`` is ``proloc run``'s batch: for each notebook it takes the stage's lock (a second run
+of the same stage is refused in one line naming the holder), skips the stage when it is up to date
+(``stages.common.stage_status``: inputs, parameters and code unchanged) unless forced, and otherwise
+executes the notebook with the lock handed to its kernel (``core.locks``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
-from proloc_lib.core import paths
+from proloc_lib.core import locks, paths
 from proloc_lib.core.errors import RunFailed, UserError
+from proloc_lib.core.fileio import publish
+from proloc_lib.profiles.loader import Profile, profile_reference
+from proloc_lib.stages.assembly import AssemblyStage
+from proloc_lib.stages.baselines import BaselinesStage
+from proloc_lib.stages.common import stage_status
+from proloc_lib.stages.embeddings import EmbeddingsStage
+from proloc_lib.stages.figures import FiguresStage
+from proloc_lib.stages.training import TrainingStage
 
 # the inline backend: executed notebooks keep their figures as outputs (Agg would drop them)
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+STAGE_CLASSES = {cls.name: cls for cls in (AssemblyStage, EmbeddingsStage, TrainingStage, BaselinesStage,
+                                           FiguresStage)}
 
 
 # -- run: the notebooks ---------------------------------------------------------------------------
@@ -47,28 +68,94 @@ def _short_error(exc) -> str:
     return f"{ename}: {text}" if text else ename
 
 
-def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool = True) -> Path:
+def _remove_leftovers(dest: Path) -> None:
+    """Temporary copies of ``dest`` left by runs that were killed (their pid is gone)."""
+    prefix = f".{dest.stem}.running-"
+    for path in dest.parent.glob(f"{prefix}*.ipynb"):
+        pid = path.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not locks.pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+    dest.with_name(f".{dest.stem}.running.ipynb").unlink(missing_ok=True)   # the fixed name of earlier versions
+
+
+def _kernel_manager(stderr, env: dict, stopping: list):
+    """A kernel manager whose kernel writes its own stderr to ``stderr`` (kept from the terminal: a
+    kernel stopped mid-cell prints ZMQ tracebacks there) and gets ``env`` on top of ours; when the
+    run is being stopped (``stopping``), the kernel is interrupted before it is shut down, so the
+    stage stops and cleans up rather than being killed mid-write."""
+    from jupyter_client import AsyncKernelManager
+
+    class StageKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw["stderr"] = stderr
+            kw["env"] = {**(kw.get("env") or os.environ), **env}
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+        async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False):
+            if stopping and self.has_kernel and not now:
+                try:
+                    await self._async_interrupt_kernel()
+                except Exception:  # already gone
+                    pass
+            return await super()._async_shutdown_kernel(now=now, restart=restart)
+
+    return StageKernelManager
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stopping: list):
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt here and are noted in ``stopping`` (main thread only)."""
+    def stop(signum, frame):
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool = True,
+                     env: dict | None = None) -> Path:
     """Run one notebook into ``dest`` without ever leaving a half-written or failed copy there.
 
-    It runs into a temporary file beside ``dest``; on success that replaces ``dest``; on failure
-    it is kept as ``<name>.failed.ipynb`` (the error inside) and ``dest``, the last good copy, is
-    untouched. Kernels get the inline matplotlib backend, so figures stay in the executed copy.
+    It runs into a temporary file of its own beside ``dest``; on success that replaces ``dest``; on
+    failure it is kept as ``<name>.failed.ipynb`` (the error inside) and ``dest``, the last good
+    copy, is untouched; when interrupted (Ctrl-C, SIGTERM) it is removed. Kernels get the inline
+    matplotlib backend, so figures stay in the executed copy, and ``env`` (e.g. the locks handed
+    to them).
     """
     import papermill as pm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.running.ipynb")
+    _remove_leftovers(dest)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.stem}.running-{os.getpid()}-", suffix=".ipynb", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
     previous = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = INLINE_BACKEND
+    kernel_err = tempfile.TemporaryFile(mode="w+b")
+    interrupted, stopping = False, []
     try:
-        pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent),
-                            progress_bar=progress, kernel_name="python3",
-                            # the kernel's own start-up warnings (e.g. "running over TCP") are noise here
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        with _stop_on_signals(stopping):
+            pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent),
+                                progress_bar=progress, kernel_name="python3",
+                                kernel_manager_class=_kernel_manager(kernel_err, env or {}, stopping),
+                                # the kernel's own start-up warnings (e.g. "running over TCP") are noise here
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    except KeyboardInterrupt:
+        interrupted = True
+        tmp.unlink(missing_ok=True)
+        raise
     except BaseException as exc:
         if tmp.exists():
-            os.replace(tmp, failed)
+            publish(tmp, failed)
         if isinstance(exc, pm.PapermillExecutionError):
             kept = f"; the last good copy {dest} is kept" if dest.exists() else ""
             raise StageFailed(f"{src.stem} failed: {_short_error(exc)} (executed copy with the error: "
@@ -79,7 +166,53 @@ def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool 
             os.environ.pop("MPLBACKEND", None)
         else:
             os.environ["MPLBACKEND"] = previous
-    os.replace(tmp, dest)
+        if not interrupted:   # what the kernel printed outside its cells (an interrupted one: only noise)
+            kernel_err.seek(0)
+            text = kernel_err.read().decode(errors="replace")
+            if text.strip():
+                sys.stderr.write(text)
+        kernel_err.close()
+    publish(tmp, dest)   # the user's permissions (a temporary file is made 0600)
     if failed.exists():
         failed.unlink()  # superseded by a good run
     return dest
+
+
+# -- run: the batch -------------------------------------------------------------------------------
+def run_stages(cfg: Profile, books: list[Path], *, seed: int, device: str, data_root=None, out: Path,
+               mirror: str | None = None, gpus: int = 1, force: bool = False,
+               progress: bool = True) -> list[tuple[str, str]]:
+    """``proloc run``: each of ``books`` in order under its stage's lock, skipped when up to date
+    (unless ``force``). ``device``: resolved; ``gpus``: notebook 03's training ranks (how it runs,
+    not what it computes: an up-to-date stage 03 is not rerun for another number). Returns
+    (notebook, "ran" | "skipped") per notebook."""
+    label = cfg.name if seed == 0 else f"{cfg.name} (seed {seed})"
+    params = {"profile": profile_reference(cfg), "seed": seed, "device": device}
+    if data_root is not None:
+        params["data_root"] = str(paths.data_root(data_root))
+    done = []
+    for book in books:
+        cls = STAGE_CLASSES.get(book.stem)
+        options = {"mirror": mirror} if cls is AssemblyStage else {}
+        extra = {"mirror": mirror} if mirror and cls is AssemblyStage else {}
+        if cls is TrainingStage and gpus > 1:
+            extra["gpus"] = gpus
+        if cls is None:   # a notebook without a stage driver: always run
+            print(f"== {label}: {book.name}", flush=True)
+            execute_notebook(book, out / book.name, {**params, **extra}, progress=progress)
+            done.append((book.name, "ran"))
+            continue
+        with locks.FolderLock(paths.stage_dir(cfg.name, cls.name, data_root, seed=seed)) as lock:
+            # stale or missing inputs stop the run here, in one line, before a kernel starts
+            why = stage_status(cls, cfg, seed=seed, device=device, data_root=data_root, **options)
+            why = "forced" if force else why
+            if why is None and (out / book.name).exists():
+                print(f"== {label}: {book.name} up to date (inputs, parameters and code unchanged); skipped",
+                      flush=True)
+                done.append((book.name, "skipped"))
+                continue
+            print(f"== {label}: {book.name} ({why or 'no executed copy'})", flush=True)
+            execute_notebook(book, out / book.name, {**params, **extra}, progress=progress,
+                             env=locks.delegation_env(lock))
+            done.append((book.name, "ran"))
+    return done

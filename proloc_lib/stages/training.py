@@ -23,6 +23,8 @@ from proloc_lib.data import splits
 from proloc_lib.evaluation import scoring
 from proloc_lib.stages.common import (
     SPLITS,
+    STAGE_TABLES,
+    STORE_FILES,
     RunResults,
     Stage,
     StageData,
@@ -30,9 +32,9 @@ from proloc_lib.stages.common import (
     combine,
     load_stage_data,
 )
-from proloc_lib.training import loop, mil, settings
+from proloc_lib.training import distributed, loop, mil, settings
 from proloc_lib.training.checkpoint import Checkpoint
-from proloc_lib.training.datasets import FusionDataset, pad_length
+from proloc_lib.training.datasets import IMAGE_LABEL_PREFIX, FusionDataset, pad_length
 from proloc_lib.training.datasets import image_samples as training_image_samples
 from proloc_lib.training.plan import Plan
 
@@ -42,43 +44,65 @@ PERMUTED_CONTROL = runs.CONTROL_PERMUTED
 # ---------------------------------------------------------------------------------------------
 # building blocks
 
-def image_samples(data: StageData, split: str, *, targets: str = "protein",
+def image_samples(data: StageData, split: str | tuple[str, ...], *, targets: str = "protein",
                   proteins: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per image of ``split`` with its protein's sequence key and the training targets.
+    """One row per image of ``split`` (a split name, or several: ``("train", "val")``) with its
+    protein's sequence key and the training targets.
 
     ``targets="protein"``: the union of the protein's labels; ``"image"``: the image row's own
-    label columns (the published loop). Row order is the same for both.
+    label columns (the published loop). Row order is the same for both. An image listed under two
+    proteins is two rows, one per protein. The authors' own test labels (``authors_table:<label>``
+    columns of images.parquet, full profile) come along, for scoring.
     """
     prot = data.proteins if proteins is None else proteins
-    samples = training_image_samples(data.images, prot, data.labels, split)
+    wanted = (split,) if isinstance(split, str) else tuple(split)
+    samples = training_image_samples(data.images, prot, data.labels)
+    samples = samples[samples["split"].isin(wanted)].reset_index(drop=True)
     if targets == "image":
-        own = data.images.drop_duplicates("image_id").set_index("image_id")
-        missing = [lab for lab in data.labels if lab not in own.columns]
+        own = [IMAGE_LABEL_PREFIX + lab for lab in data.labels]
+        missing = [lab for lab, col in zip(data.labels, own) if col not in samples.columns]
         if missing:
             raise UserError(f"{data.data_dir / 'images.parquet'}: no image label columns {missing} "
                             "(training.targets: image needs them)")
-        samples[data.labels] = own.loc[samples["image_id"], data.labels].to_numpy(dtype=int)
+        samples[data.labels] = samples[own].to_numpy(dtype=int)
+    authors = [scoring.AUTHORS_PREFIX + lab for lab in data.labels]
+    if all(c in data.images.columns for c in authors):
+        extra = data.images[["image_id", "protein_id", *authors]].drop_duplicates(["image_id", "protein_id"])
+        samples = samples.merge(extra, on=["image_id", "protein_id"], how="left", validate="many_to_one")
     return samples
 
 
 def fusion_datasets(data: StageData, *, targets: str = "protein", image_variant: str | None = None,
-                    proteins: pd.DataFrame | None = None) -> dict[str, FusionDataset]:
-    """train/val/test ``FusionDataset`` over the stores (``image_variant``: that image store)."""
+                    proteins: pd.DataFrame | None = None, train_on=("train",)) -> dict[str, FusionDataset]:
+    """train/val/test ``FusionDataset`` over the stores (``image_variant``: that image store), and one
+    per ``train_on`` value beyond "train" (``"train+val"``: the train and val proteins together)."""
     img_store = data.image_store(image_variant)
-    return {s: FusionDataset(image_samples(data, s, targets=targets, proteins=proteins), data.labels,
-                                      data.seq_store, img_store) for s in SPLITS}
+    names = {s: (s,) for s in SPLITS} | {t: settings.TRAINING_SPLITS[t] for t in train_on}
+    return {name: FusionDataset(image_samples(data, parts, targets=targets, proteins=proteins), data.labels,
+                                data.seq_store, img_store) for name, parts in names.items()}
 
 
 def _job(datasets: dict, cfg: settings.TrainConfig, *, seed: int, resume_dir: Path | None = None) -> loop.TrainJob:
-    """One training run on ``datasets`` (every split: the "global" padding width is over all of them)."""
-    return loop.TrainJob(train_ds=datasets["train"], val_ds=datasets["val"], cfg=cfg, seed=int(seed),
-                             resume_dir=resume_dir,
-                             global_pad_to=_pad_to(cfg, datasets["train"], datasets) if cfg.padding == "global" else None)
+    """One training run on ``datasets[cfg.train_on]`` (validation loss on ``datasets["val"]``: for
+    ``train+val`` only reported, those proteins being trained on; the "global" padding width is over
+    every split)."""
+    train = datasets[cfg.train_on]
+    return loop.TrainJob(train_ds=train, val_ds=datasets["val"], cfg=cfg, seed=int(seed), resume_dir=resume_dir,
+                         global_pad_to=_pad_to(cfg, train, datasets) if cfg.padding == "global" else None)
+
+
+def training_set(datasets: dict, cfg: settings.TrainConfig) -> dict:
+    """What a run of ``cfg`` trains on: ``train_on``, proteins, distinct images and samples (image rows)."""
+    s = datasets[cfg.train_on].samples
+    return {"train_on": cfg.train_on, "train_proteins": int(s["protein_id"].nunique()),
+            "train_images": int(s["image_id"].nunique()), "train_samples": int(len(s))}
 
 
 def _pad_to(cfg: settings.TrainConfig, ds: FusionDataset, datasets: dict) -> int | None:
-    """Padding width under ``cfg.padding`` (``pad_length``: one rule for training and inference)."""
-    return pad_length(cfg, ds, all_splits=list(datasets.values()))
+    """Padding width under ``cfg.padding`` (``pad_length``: one rule for training and inference).
+    ``"split"`` pads each dataset to its own longest sequence: for ``train+val`` that is the whole
+    benchmark train file, as the published prott5.py pads each file."""
+    return pad_length(cfg, ds, all_splits=[datasets[s] for s in SPLITS])
 
 
 def _predict(model, datasets: dict, cfg: settings.TrainConfig, device: str, splits_=("val", "test")) -> dict:
@@ -90,20 +114,23 @@ def _predict(model, datasets: dict, cfg: settings.TrainConfig, device: str, spli
 # notebook 03: training runs
 
 def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progress: bool = True,
-                    resume_root: str | Path | None = None) -> RunResults:
+                    resume_root: str | Path | None = None, ranks: int = 1) -> RunResults:
     """Train every run of the plan (all its seeds), predict val and test, evaluate.
 
     Thresholds as each configuration chooses them (tuned on validation or fixed 0.5). Returns
-    ``RunResults``; ``models`` holds the first seed's model of every run.
+    ``RunResults``; ``models`` holds the first seed's model of every run. ``ranks``: training
+    processes, one GPU each (``training.distributed``); every run here is trained alike.
     """
     grouped: dict[str, list[dict]] = {}
     for r in plan.runs:
         grouped.setdefault(r["run_id"], []).append(r)
     cache: dict[tuple, dict] = {}
+    train_on = tuple(dict.fromkeys(r["train"].train_on for r in plan.runs if r["train"].train_on != "train"))
 
     def datasets_for(targets, variant):
         if (targets, variant) not in cache:
-            cache[(targets, variant)] = fusion_datasets(data, targets=targets, image_variant=variant)
+            cache[(targets, variant)] = fusion_datasets(data, targets=targets, image_variant=variant,
+                                                        train_on=train_on)
         return cache[(targets, variant)]
 
     planned = []   # (run, its config, its datasets, the datasets it is scored on), every seed of every run
@@ -114,11 +141,11 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
         planned += [(r, tcfg, *sets) for r in group]
     if progress:
         print("== training", ", ".join(f"{rid} (seeds {', '.join(str(r['seed']) for r in g)})" for rid, g in grouped.items()))
-    # every run in one call: on the CPU they share the cores (loop.train_jobs)
-    trained = loop.train_jobs(
+    # every run in one call: on the CPU they share the cores (loop.train_jobs), with ranks the GPUs
+    trained = distributed.train_jobs(
         [_job(ds, tcfg, seed=r["seed"], resume_dir=Path(resume_root) / r["run_id"] / f"seed-{r['seed']}"
               if resume_root else None) for r, tcfg, ds, _ in planned],
-        data.labels, device=device, progress=progress)
+        data.labels, device=device, progress=progress, ranks=ranks)
     metrics, preds, hists, models = [], [], [], {}
     for (r, tcfg, ds, ds_eval), (model, hist) in zip(planned, trained):
         run_id, seed = r["run_id"], r["seed"]
@@ -127,7 +154,8 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
             run_id, data.labels, data.proteins, (ds_eval["val"].samples, probs["val"]),
             (ds_eval["test"].samples, probs["test"]), seed=seed, tune=tcfg.thresholds == "tuned",
             config=r["config"], config_hash=tcfg.hash(),
-            strict_threshold=tcfg.thresholds == "fixed", provenance=data.note)
+            strict_threshold=tcfg.thresholds == "fixed", provenance=data.note, truth=data.truth,
+            training_set=training_set(ds, tcfg))
         metrics.append(res)
         preds.append(pred)
         hists.append(hist.assign(model=run_id, seed=seed))
@@ -146,30 +174,33 @@ class _SplitRun:
     fold: int | None = None
 
 
-def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: str, progress: bool) -> list[tuple]:
+def _train_and_score(data: StageData, split_runs: list[_SplitRun], *, device: str, progress: bool,
+                     ranks: int = 1) -> list[tuple]:
     """Train the runs at once (``loop.train_jobs``), then score each on its own split:
     [(tidy metrics, predictions, history)] in order."""
     sets = []
     for sr in split_runs:
-        ds = fusion_datasets(data, targets=sr.cfg.targets, proteins=sr.proteins)
+        extra = () if sr.cfg.train_on == "train" else (sr.cfg.train_on,)
+        ds = fusion_datasets(data, targets=sr.cfg.targets, proteins=sr.proteins, train_on=extra)
         ds_eval = (fusion_datasets(data, targets=data.eval_targets, proteins=sr.proteins)
                    if sr.cfg.targets != data.eval_targets else ds)
         sets.append((ds, ds_eval))
-    trained = loop.train_jobs([_job(ds, sr.cfg, seed=sr.seed) for sr, (ds, _) in zip(split_runs, sets)],
-                                  data.labels, device=device, progress=progress)
+    trained = distributed.train_jobs([_job(ds, sr.cfg, seed=sr.seed) for sr, (ds, _) in zip(split_runs, sets)],
+                                     data.labels, device=device, progress=progress, ranks=ranks)
     out = []
     for sr, (ds, ds_eval), (model, hist) in zip(split_runs, sets, trained):
         probs = _predict(model, ds, sr.cfg, device)
         res, _, pred = scoring.evaluate(sr.run_id, data.labels, sr.proteins, (ds_eval["val"].samples, probs["val"]),
                                            (ds_eval["test"].samples, probs["test"]), seed=sr.seed,
                                            tune=sr.cfg.thresholds == "tuned", config=sr.config,
-                                           config_hash=sr.cfg.hash(), fold=sr.fold, provenance=data.note)
+                                           config_hash=sr.cfg.hash(), fold=sr.fold, provenance=data.note,
+                                           truth=data.truth, training_set=training_set(ds, sr.cfg))
         out.append((res, pred, hist.assign(model=sr.run_id, seed=sr.seed)))
     return out
 
 
 def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", seed: int = 0,
-                         progress: bool = True) -> RunResults:
+                         progress: bool = True, ranks: int = 1) -> RunResults:
     """Train ``plan.cross_validation`` once per fold (run id ``cv.<config>``, the ``fold`` column set).
 
     Fold f is the test side, fold f+1 the validation side (``splits.fold_split``). Empty when the
@@ -182,7 +213,7 @@ def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", se
     folds = range(int(data.proteins["fold"].max()) + 1)
     scored = _train_and_score(data, [_SplitRun(proteins=data.proteins.assign(split=splits.fold_split(data.proteins["fold"], f)),
                                                cfg=cv_cfg, run_id=run_id, config=name, seed=seed, fold=f) for f in folds],
-                              device=device, progress=progress)
+                              device=device, progress=progress, ranks=ranks)
     return _collect([res for res, _, _ in scored], [pred.assign(fold=f) for f, (_, pred, _) in zip(folds, scored)],
                     [hist.assign(fold=f) for f, (_, _, hist) in zip(folds, scored)])
 
@@ -224,7 +255,7 @@ def permute_labels(proteins: pd.DataFrame, labels: list[str], *, seed: int,
 
 
 def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu", seed: int | None = None,
-                            progress: bool = True) -> RunResults:
+                            progress: bool = True, ranks: int = 1) -> RunResults:
     """``control.permuted_labels``: ``plan.control`` trained, selected (early stopping) and
     thresholded on permuted training and validation labels, scored on the true test labels;
     one run per seed of ``plan.control_seeds`` (or only ``seed``).
@@ -243,10 +274,11 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
     # systematically (statistics.permutation_control)
     true_test = fusion_datasets(data, targets=data.eval_targets)["test"]   # test: the true labels
     permuted = {s: permute_labels(data.proteins, data.labels, seed=s) for s in seeds}
-    sets = {s: {**fusion_datasets(data, targets="protein", proteins=permuted[s]), "test": true_test}  # train, val: permuted
-            for s in seeds}
-    trained = loop.train_jobs([_job(sets[s], tcfg, seed=s) for s in seeds], data.labels, device=device,
-                                  progress=progress)
+    extra = () if tcfg.train_on == "train" else (tcfg.train_on,)
+    sets = {s: {**fusion_datasets(data, targets="protein", proteins=permuted[s], train_on=extra),
+                "test": true_test} for s in seeds}  # train, val: permuted
+    trained = distributed.train_jobs([_job(sets[s], tcfg, seed=s) for s in seeds], data.labels, device=device,
+                                     progress=progress, ranks=ranks)
     metrics, preds, hists = [], [], []
     for s, (model, hist) in zip(seeds, trained):
         ds = sets[s]
@@ -254,7 +286,8 @@ def run_permutation_control(data: StageData, plan: Plan, *, device: str = "cpu",
         res, _, pred = scoring.evaluate(PERMUTED_CONTROL, data.labels, permuted[s], (ds["val"].samples, probs["val"]),
                                            (ds["test"].samples, probs["test"]), seed=s,
                                            tune=tcfg.thresholds == "tuned", config=plan.control,
-                                           config_hash=tcfg.hash(), provenance=data.note)
+                                           config_hash=tcfg.hash(), provenance=data.note, truth=data.truth,
+                                           training_set=training_set(ds, tcfg))
         metrics.append(res)
         preds.append(pred)
         hists.append(hist.assign(model=PERMUTED_CONTROL, seed=s))
@@ -274,18 +307,19 @@ def resplit(data: StageData, method: str, *, seed: int, split_cfg: dict) -> pd.S
 
 
 def run_resplits(data: StageData, plan: Plan, split_cfg: dict, *, device: str = "cpu",
-                 progress: bool = True) -> RunResults:
+                 progress: bool = True, ranks: int = 1) -> RunResults:
     """Variance over re-splits: ``plan.resplits['config']`` retrained on ``repeats`` fresh splits of
-    each protocol in ``methods``; run id ``resplit.<method>``, the repeat r in ``seed`` (split seed
-    = training seed = r)."""
+    each protocol in ``methods``; run id ``resplit.<method>``, repeat r with split seed = training
+    seed = ``plan.seed_offset + r`` (in ``seed``)."""
     if not plan.resplits:
         return RunResults()
     tcfg = plan.configs[plan.resplits["config"]]
+    repeats = [plan.seed_offset + r for r in range(plan.resplits["repeats"])]
     scored = _train_and_score(data, [
         _SplitRun(proteins=data.proteins.assign(split=resplit(data, method, seed=r, split_cfg=split_cfg).to_numpy()),
                   cfg=tcfg, run_id=runs.make_id("resplit", method), config=plan.resplits["config"], seed=r)
-        for method in plan.resplits["methods"] for r in range(plan.resplits["repeats"])],
-        device=device, progress=progress)
+        for method in plan.resplits["methods"] for r in repeats],
+        device=device, progress=progress, ranks=ranks)
     return _collect([res for res, _, _ in scored], [pred for _, pred, _ in scored], [hist for _, _, hist in scored])
 
 
@@ -326,23 +360,30 @@ def write_training_outputs(results: RunResults, out_dir: str | Path, *, cfg: dic
     that was trained (``Checkpoint.save``), ``manifest.json``."""
     with full_disk_as_error(f"stage 03's outputs in {out_dir}"), \
             manifest.stage_output(out_dir, "03_training", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
-        results.metrics.assign(git_commit=manifest.git_commit()).to_csv(tmp / "metrics.csv", index=False)
-        results.history.to_csv(tmp / "history.csv", index=False)
-        results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
-        written = {}
-        for run_id in checkpoint_runs:
-            if run_id in results.models:
-                model, thresholds, tcfg = results.models[run_id]
-                ck = make_checkpoint(model, run_id=run_id, thresholds=thresholds, train_cfg=tcfg, cfg=cfg, data=data)
-                written[run_id] = ck.save(tmp / checkpoint_dir_name(run_id)).name
-        extra["checkpoints"] = written
-        extra["runs"] = sorted(set(results.metrics["model"])) if len(results.metrics) else []
+        fill_training_outputs(tmp, extra, results, cfg=cfg, data=data, checkpoint_runs=checkpoint_runs)
     return Path(out_dir)
 
 
-def training_params(plan: Plan, *, profile: str, seed: int, device: str) -> dict:
-    """Stage 03's manifest parameters: the profile, seed, device and every run with its switches."""
-    return {"profile": profile, "seed": seed, "device": device,
+def fill_training_outputs(tmp: Path, extra: dict, results: RunResults, *, cfg: dict, data: StageData,
+                          checkpoint_runs=CHECKPOINT_RUNS) -> None:
+    """Stage 03's files into the temporary folder ``tmp`` of ``stage_output`` (``extra``: its manifest fields)."""
+    results.metrics.assign(git_commit=manifest.git_commit()).to_csv(tmp / "metrics.csv", index=False)
+    results.history.to_csv(tmp / "history.csv", index=False)
+    results.predictions.to_parquet(tmp / "predictions.parquet", index=False)
+    written = {}
+    for run_id in checkpoint_runs:
+        if run_id in results.models:
+            model, thresholds, tcfg = results.models[run_id]
+            ck = make_checkpoint(model, run_id=run_id, thresholds=thresholds, train_cfg=tcfg, cfg=cfg, data=data)
+            written[run_id] = ck.save(tmp / checkpoint_dir_name(run_id)).name
+    extra["checkpoints"] = written
+    extra["runs"] = sorted(set(results.metrics["model"])) if len(results.metrics) else []
+
+
+def training_params(plan: Plan, *, profile: str, seed: int, device: str, split: dict | None = None) -> dict:
+    """Stage 03's manifest parameters: the profile, seed, device and every run with its switches
+    (``split``: the profile's ``data.split``, which the re-splits follow)."""
+    return {"profile": profile, "seed": seed, "device": device, **({"split": split} if split is not None else {}),
             "plan": [{"run_id": r["run_id"], "seed": r["seed"], "config_hash": r["train"].hash(),
                       **({"image_variant": r["image_variant"]} if "image_variant" in r else {}),
                       **settings.train_config_dict(r["train"])} for r in plan.runs],
@@ -356,18 +397,34 @@ def clear_resume(resume_root: str | Path) -> None:
 
 
 class TrainingStage(Stage):
-    """Notebook 03: ``header``, ``train``, ``cross_validate``, ``attention_mil``, ``controls``, ``write``."""
+    """Notebook 03: ``header``, ``train``, ``cross_validate``, ``attention_mil``, ``controls``, ``write``.
+
+    ``gpus``: training processes, one GPU each (``training.distributed``; on the CPU, processes
+    sharing the cores): every training call of the stage is spread over them, the rest stays here.
+    """
     name = "03_training"
 
-    def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, progress: bool = True):
+    reads = {"01_data_assembly": STAGE_TABLES, "02_embeddings": STORE_FILES}
+
+    def __init__(self, profile, *, seed: int = 0, device: str = "auto", data_root=None, progress: bool = True,
+                 gpus: int = 1):
+        if int(gpus) < 1:
+            raise UserError(f"gpus must be 1 or more, got {gpus}")
+        self.progress, self.gpus = progress, int(gpus)   # how it runs, not what it computes: not a parameter
         super().__init__(profile, seed=seed, device=device, data_root=data_root)
-        self.plan = self.cfg.plan           # expanded and checked with the profile, before any work
+
+    def open(self) -> None:
+        self.plan = self.cfg.plan.for_run_seed(self.seed)   # expanded and checked with the profile
         seed_everything(self.seed)
         self.device  # checked before any work
-        self.progress = progress
-        self.data = load_stage_data(self.profile, data_root=data_root)
+        self.data = load_stage_data(self.profile, data_root=self.data_root, seed=self.seed)
         self.resume_root = self.out_dir.with_name(self.name + ".resume")
         self.fusion = self.cv = self.mil = self.control = self.resplit = RunResults()
+
+    @classmethod
+    def parameters_for(cls, cfg, *, seed: int, device: str, data_root=None) -> dict:
+        return training_params(cfg.plan.for_run_seed(seed), profile=cfg.name, seed=seed, device=device,
+                               split=cfg["data"].get("split", {}))
 
     def header(self) -> str:
         return (f"**Profile `{self.profile}`** on `{self.device}`: {len(self.data.proteins)} proteins, "
@@ -377,7 +434,7 @@ class TrainingStage(Stage):
         """Every run of the plan (all seeds, the ablations) in one call; the test split's paper
         metrics per configuration, image and protein level (mean over seeds)."""
         self.fusion = run_fusion_plan(self.data, self.plan, device=self.device, progress=self.progress,
-                                      resume_root=self.resume_root)
+                                      resume_root=self.resume_root, ranks=self.gpus)
         return pd.concat({lvl: self.fusion.table(level=lvl, kinds=("fusion",)) for lvl in ("image", "protein")})
 
     def ablation_table(self) -> pd.DataFrame:
@@ -386,8 +443,8 @@ class TrainingStage(Stage):
 
     def cross_validate(self) -> pd.DataFrame:
         """One run per fold of the grouped k-fold column (when the profile asks for it); mean ± sd over folds."""
-        self.cv = run_cross_validation(self.data, self.plan, device=self.device, seed=self.seed,
-                                       progress=self.progress)
+        self.cv = run_cross_validation(self.data, self.plan, device=self.device, seed=self.plan.seeds[0],
+                                       progress=self.progress, ranks=self.gpus)
         return self.cv.summary()
 
     def attention_mil(self) -> pd.DataFrame:
@@ -397,9 +454,10 @@ class TrainingStage(Stage):
 
     def controls(self) -> pd.DataFrame:
         """The label-permutation control and the re-splits the profile asks for; test proteins."""
-        self.control = run_permutation_control(self.data, self.plan, device=self.device, progress=self.progress)
+        self.control = run_permutation_control(self.data, self.plan, device=self.device, progress=self.progress,
+                                               ranks=self.gpus)
         self.resplit = run_resplits(self.data, self.plan, self.cfg["data"].get("split", {}), device=self.device,
-                                    progress=self.progress)
+                                    progress=self.progress, ranks=self.gpus)
         return combine(self.fusion, self.control, self.resplit).summary(kinds=("fusion", "control", "resplit"))
 
     def results(self) -> RunResults:
@@ -407,10 +465,11 @@ class TrainingStage(Stage):
 
     def write(self) -> Path:
         """The stage's folder, swapped into place whole; the per-epoch resume states are dropped after."""
-        write_training_outputs(self.results(), self.out_dir, cfg=self.cfg, data=self.data,
-                               params=training_params(self.plan, profile=self.profile, seed=self.seed,
-                                                      device=self.device))
+        with full_disk_as_error(f"stage 03's outputs in {self.out_dir}"), \
+                self.publishing(inputs=self.data.inputs()) as (tmp, extra):
+            fill_training_outputs(tmp, extra, self.results(), cfg=self.cfg, data=self.data)
         clear_resume(self.resume_root)
+        self.release()
         return self.out_dir
 
     def run(self) -> Path:

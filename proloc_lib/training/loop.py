@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from proloc_lib.core.fileio import full_disk_as_error
 from proloc_lib.core.runtime import torch_threads
 from proloc_lib.features.store import STORE_DTYPE
+from proloc_lib.training import capture, stacked
 from proloc_lib.training.datasets import (
     FusionDataset,
     epoch_batches,
@@ -154,7 +155,8 @@ class _Run:
         self.train_pad = pad_to if cfg.padding == "global" else pad_length(cfg, train_ds)
         self.val_pad = pad_to if cfg.padding == "global" else pad_length(cfg, val_ds)
         steps_per_epoch = len(epoch_batches(train_ds.seq_lengths, cfg, shuffle=True, seed=seed, pad_to=self.train_pad))
-        self.sched = _schedule(self.opt, cfg, cfg.max_epochs * steps_per_epoch)
+        self.total_steps = cfg.max_epochs * steps_per_epoch
+        self.sched = _schedule(self.opt, cfg, self.total_steps)
         self.lossf = loss_fn(cfg, labels.index("plasma membrane") if "plasma membrane" in labels else len(labels) - 1)
         # float16 needs loss scaling against gradient underflow; bfloat16 and float32 do not
         self.scaler = torch.amp.GradScaler("cuda", enabled=_amp_dtype(cfg, device) == torch.float16)
@@ -256,44 +258,170 @@ class _Run:
         return self.model, hist
 
 
-def _lockstep(runs: list[_Run], device: str, bar, *, reuse: bool, stop: threading.Event | None = None,
-              share: int | None = None, threads=None):
-    """Train ``runs`` epoch by epoch, step by step in turn (on CUDA each on its own stream).
+class _Stack:
+    """Runs stepped as one model (``training.stacked``): the seeds of one configuration on the
+    same data (``cfg.stack_seeds``), or one run alone whose step is compiled (``cfg.capture_step``).
 
-    ``share``: how many runs train at the same time in all (threads), for each run's share of the
-    wall time in its history; default: the runs stepped here. Returns early when ``stop`` is set.
-    ``threads``: a function giving this thread's intra-op threads, asked before every step.
+    Built from its runs' current state (weights, optimiser, schedule; the dropout generators are
+    the runs' own), stepped with one batch of all runs' batches side by side, and copied back into
+    the runs after every epoch (:meth:`sync`): validation, selection, resume states and results
+    stay the runs' own, in the format a run trained alone writes.
+    """
+
+    def __init__(self, runs: list[_Run], device: str):
+        self.runs, self.cfg, self.device = runs, runs[0].cfg, device
+        cfg, cuda = self.cfg, torch.device(device).type == "cuda"
+        compiled = capture.capture_active(cfg, device)
+        draws = stacked.SeedDraws([r.gen for r in runs])
+        self.draws = capture.DrawAhead(draws) if compiled else draws
+        self.model = stacked.stack_models([r.model for r in runs], self.draws)
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        # a compiled optimiser step reads a changing learning rate from a tensor (no recompiles)
+        lr = torch.tensor(cfg.lr) if compiled and cfg.schedule != "constant" else cfg.lr
+        self.opt = opt_cls(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
+                           **({"foreach": True, "capturable": compiled} if cuda else {}))
+        self.sched = _schedule(self.opt, cfg, runs[0].total_steps)
+        self.sched.load_state_dict(runs[0].sched.state_dict())
+        stacked.stack_optimizer_state(self.opt, self.model, [r.opt for r in runs], [r.model for r in runs])
+        self.seed_losses = torch.func.vmap(runs[0].lossf)   # one loss per run, each over its own rows
+        self.params = list(self.model.parameters())
+        self.stream = runs[0].stream
+        self.compiled = (capture.CompiledStep(self._forward, self._update, self.draws, params=self.params,
+                                              device=device) if compiled else None)
+
+    def _forward(self, img, seq, mask, y):
+        with _autocast(self.cfg, self.device):
+            logits = self.model(img, seq, mask)
+        n = len(self.runs)
+        return self.seed_losses(logits.float().view(n, -1, logits.shape[-1]), y.view(n, -1, y.shape[-1]))
+
+    def _update(self):
+        if self.cfg.grad_clip is not None:
+            stacked.clip_per_seed(self.params, self.cfg.grad_clip, len(self.runs))
+        self.opt.step()
+
+    def step(self, img, seq, mask, y) -> torch.Tensor:
+        """One step of every run (rows of run s: ``s*B .. s*B+B-1``); returns the S losses."""
+        if self.compiled is not None:
+            losses = self.compiled(img, seq, mask, y)
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            losses = self._forward(img, seq, mask, y)
+            losses.sum().backward()   # run s's gradient is the gradient of its own loss
+            self._update()
+            losses = losses.detach()
+        self.sched.step()
+        return losses
+
+    def sync(self) -> None:
+        """Each run's weights, optimiser and schedule from the stack's (after every epoch)."""
+        models, opts = [r.model for r in self.runs], [r.opt for r in self.runs]
+        stacked.unstack_into(self.model, models)
+        stacked.unstack_optimizer_state(self.opt, self.model, opts, models)
+        state = self.sched.state_dict()
+        state["_last_lr"] = [float(x) for x in state.get("_last_lr", [])]
+        for r in self.runs:
+            r.sched.load_state_dict(state)
+
+
+def _asks_to_stack(r: _Run, device: str) -> bool:
+    return bool(r.cfg.stack_seeds or capture.capture_active(r.cfg, device))
+
+
+def _can_stack(r: _Run, device: str) -> bool:
+    """Every batch of the same shape, and no float16 loss scaling (its skipped steps are per run)."""
+    return r.train_pad is not None and not r.cfg.bucket_batches and _amp_dtype(r.cfg, device) != torch.float16
+
+
+def _stacks(r: _Run, device: str) -> bool:
+    """Whether ``r`` steps in a :class:`_Stack` (``stack_seeds``, ``capture_step``; where possible)."""
+    return _asks_to_stack(r, device) and _can_stack(r, device)
+
+
+def _stack_key(r: _Run, device: str):
+    """Runs with the same key step as one stack; None: the run steps alone."""
+    if not _stacks(r, device):
+        return None
+    if not r.cfg.stack_seeds:   # compiled alone
+        return ("alone", id(r))
+    return (r.cfg.hash(), id(r.train_ds), id(r.val_ds), r.state["epoch"])
+
+
+def _units(runs: list[_Run], device: str, stacks: dict) -> list:
+    """``runs`` as what steps together: :class:`_Stack` s (kept in ``stacks`` while their runs
+    stay the same) and lone runs, in the order of their first run."""
+    groups: dict = {}
+    for r in runs:
+        key = _stack_key(r, device)
+        groups.setdefault(("lone", id(r)) if key is None else key, []).append(r)
+    units, used = [], set()
+    for key, members in groups.items():
+        if key[0] == "lone":
+            units.append(members[0])
+            continue
+        ids = tuple(id(r) for r in members)
+        if ids not in stacks:   # new, or a run left it (early stopping): built from the runs' state
+            stacks[ids] = _Stack(members, device)
+        used.add(ids)
+        units.append(stacks[ids])
+    for ids in [k for k in stacks if k not in used]:
+        del stacks[ids]
+    return units
+
+
+def _lockstep(runs: list[_Run], device: str, bar, *, reuse: bool, stop: threading.Event | None = None,
+              concurrent: int = 1, threads=None):
+    """Train ``runs`` epoch by epoch, step by step in turn (on CUDA each on its own stream); runs
+    that stack (:func:`_stacks`) step as one :class:`_Stack`, their batches gathered side by side.
+
+    ``concurrent``: how many such loops run at the same time (threads), for each run's share of
+    the wall time in its history. Returns early when ``stop`` is set. ``threads``: a function
+    giving this thread's intra-op threads, asked before every step.
     """
     first = min(r.state["epoch"] for r in runs) + 1
+    stacks: dict = {}
     for epoch in range(first, max(r.cfg.max_epochs for r in runs) + 1):
         active = [r for r in runs if not r.state["finished"] and r.state["epoch"] < epoch <= r.cfg.max_epochs]
         if not active:
             return
         t0 = time.perf_counter()
+        units = _units(active, device, stacks)
         plans = {id(r): [(torch.as_tensor(i).to(device, non_blocking=True), w) for i, w in r.plan(epoch)]
                  for r in active}
         sums = {id(r): torch.zeros((), device=device) for r in active}
         ns = {id(r): 0 for r in active}
-        for r in active:
-            r.model.train()
-            if r.stream is not None:  # the index tensors were made on the default stream
-                r.stream.wait_stream(torch.cuda.current_stream(device))
+        for u in units:
+            u.model.train()
+            if u.stream is not None:  # the index tensors were made on the default stream
+                u.stream.wait_stream(torch.cuda.current_stream(device))
         for k in range(max(len(p) for p in plans.values())):
             if stop is not None and stop.is_set():
                 return
             if threads is not None:
                 torch.set_num_threads(threads())
-            for r in active:
-                if k >= len(plans[id(r)]):
+            for u in units:
+                members = u.runs if isinstance(u, _Stack) else [u]
+                if k >= len(plans[id(members[0])]):
                     continue
-                idx, width = plans[id(r)][k]
-                with torch.cuda.stream(r.stream) if r.stream is not None else contextlib.nullcontext():
-                    img, seq, mask, y = r.feats.batch(idx, width, reuse=reuse)
-                    sums[id(r)] += r.step(img, seq, mask, y) * len(idx)
-                ns[id(r)] += len(idx)
+                steps = [plans[id(r)][k] for r in members]
+                width = steps[0][1]
+                idx = steps[0][0] if len(steps) == 1 else torch.cat([i for i, _ in steps])
+                with torch.cuda.stream(u.stream) if u.stream is not None else contextlib.nullcontext():
+                    img, seq, mask, y = members[0].feats.batch(idx, width, reuse=reuse)
+                    losses = u.step(img, seq, mask, y)
+                    if isinstance(u, _Stack):
+                        for s, (r, (i, _)) in enumerate(zip(members, steps)):
+                            sums[id(r)] += losses[s] * len(i)
+                    else:
+                        sums[id(u)] += losses * len(idx)
+                for r, (i, _) in zip(members, steps):
+                    ns[id(r)] += len(i)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = (time.perf_counter() - t0) / (share or len(active))  # each run's share of the wall time
+        for u in units:
+            if isinstance(u, _Stack):
+                u.sync()
+        seconds = (time.perf_counter() - t0) / (len(active) * concurrent)  # each run's share of the wall time
         for r in active:
             r.end_epoch(epoch, sums[id(r)], ns[id(r)], seconds, reuse=reuse)
             bar.update(1)
@@ -310,7 +438,18 @@ def _workers(workers, device: str, n_runs: int) -> int:
     return max(1, min(torch.get_num_threads(), n_runs))
 
 
-def _train_runs(runs: list[_Run], device: str, progress: bool, resident, workers="auto"):
+class _Ticks:
+    """A progress bar that also tells ``on_epoch`` of every finished epoch (a rank's progress file)."""
+
+    def __init__(self, bar, on_epoch):
+        self.bar, self.on_epoch = bar, on_epoch
+
+    def update(self, n: int = 1):
+        self.bar.update(n)
+        self.on_epoch(n)
+
+
+def _train_runs(runs: list[_Run], device: str, progress: bool, resident, workers="auto", on_epoch=None):
     """Train the runs (see :func:`train_jobs`) on features loaded once per dataset."""
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls on tensor cores (authors' amp off)
@@ -327,29 +466,36 @@ def _train_runs(runs: list[_Run], device: str, progress: bool, resident, workers
             if key not in feats:
                 feats[key] = features_on_device(ds, device, targets=r.cfg.targets, resident=resident, out_dtype=out)
             setattr(r, attr, feats[key])
-    n_workers = _workers(workers, device, len(todo))
+    # what trains in one thread: a run, or the runs that step as one stack
+    groups: dict = {}
+    for r in todo:
+        key = _stack_key(r, device)
+        groups.setdefault(("lone", id(r)) if key is None else key, []).append(r)
+    n_workers = _workers(workers, device, len(groups))
     total = sum(r.cfg.max_epochs - r.state["epoch"] for r in todo)
     with tqdm(total=total, desc="epochs" if len(todo) == 1 else f"epochs ({len(todo)} runs)",
               disable=not progress) as bar:
+        if on_epoch is not None:
+            bar = _Ticks(bar, on_epoch)
         if n_workers == 1:
             # one step at a time on the CPU: the gather buffers can be reused
             _lockstep(todo, device, bar, reuse=torch.device(device).type == "cpu")
             return
-        stop, cores, left, lock = threading.Event(), torch.get_num_threads(), [len(todo)], threading.Lock()
+        stop, cores, left, lock = threading.Event(), torch.get_num_threads(), [len(groups)], threading.Lock()
         # each thread's share of the cores, grown as runs finish (the last runs alone get them all)
         def share_of_cores():
             return max(1, cores // min(n_workers, max(1, left[0])))
 
-        def work(run):
+        def work(group):
             try:
                 with torch_threads(share_of_cores()):
-                    _lockstep([run], device, bar, reuse=False, stop=stop, share=n_workers, threads=share_of_cores)
+                    _lockstep(group, device, bar, reuse=False, stop=stop, concurrent=n_workers, threads=share_of_cores)
             finally:
                 with lock:
                     left[0] -= 1
 
         with ThreadPoolExecutor(n_workers, thread_name_prefix="proloc-train") as pool:
-            futures = [pool.submit(work, r) for r in todo]
+            futures = [pool.submit(work, g) for g in groups.values()]
             try:
                 wait(futures, return_when=FIRST_EXCEPTION)
                 for f in futures:
@@ -375,7 +521,7 @@ class TrainJob:
 
 
 def train_jobs(jobs: list[TrainJob], labels: list[str], *, device: str = "cpu", progress: bool = True,
-               resident="auto", workers="auto") -> list[tuple]:
+               resident="auto", workers="auto", on_epoch=None) -> list[tuple]:
     """Train several runs at once (any configurations, seeds and data): [(model, history)] in order.
 
     On the CPU the runs train in parallel threads (``workers``: "auto" = one per core, up to the
@@ -383,17 +529,23 @@ def train_jobs(jobs: list[TrainJob], labels: list[str], *, device: str = "cpu", 
     (the published loop stays at batch 2 per model). Each run draws only from its own random
     streams (``_Run``), so its result equals the same run trained alone; a test checks weights and
     losses. A failed run (NaNLossError) or an interrupt stops them all; every finished epoch is in
-    the resume states.
+    the resume states. Runs whose configuration asks for it step as one stacked model
+    (``stack_seeds``) or through a compiled step (``capture_step``): :class:`_Stack`.
+    ``on_epoch(n)``: called after every finished epoch of any run (``distributed``'s progress).
     """
     runs = [_Run(j, labels, device, _global_pad(j.cfg, j.train_ds, j.val_ds, j.global_pad_to)) for j in jobs]
+    for name in sorted({f"{r.cfg.hash()}" for r in runs if _asks_to_stack(r, device) and not _can_stack(r, device)}):
+        warnings.warn(f"configuration {name}: stack_seeds / capture_step need batches of one shape (padding: split "
+                      "or global, bucket_batches: false) and no float16 loss scaling; its runs step one by one",
+                      stacklevel=2)
     if torch.device(device).type == "cuda" and workers in ("auto", 1):
         groups: dict[tuple, list[_Run]] = {}
         for j, r in zip(jobs, runs):   # features of one group at a time in device memory
             groups.setdefault((j.cfg.hash(), id(j.train_ds), id(j.val_ds)), []).append(r)
         for group in groups.values():
-            _train_runs(group, device, progress, resident, workers=1)
+            _train_runs(group, device, progress, resident, workers=1, on_epoch=on_epoch)
     else:
-        _train_runs(runs, device, progress, resident, workers)
+        _train_runs(runs, device, progress, resident, workers, on_epoch=on_epoch)
     return [r.result() for r in runs]
 
 

@@ -50,20 +50,40 @@ class FusionConfig(ModelSwitches):
         return asdict(self)
 
 
-def dropout_keep(like: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+class MaskSource:
+    """Where a model's dropout masks come from when that is more than one generator: several
+    runs stepped as one model (``training.stacked``), or masks drawn ahead of a compiled step
+    (``training.capture``). Given to :meth:`FusionModel.use_generator` in place of a generator."""
+
+    def keep(self, like: torch.Tensor, p: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def dropout_keep(like: torch.Tensor, p: float, generator: "torch.Generator | MaskSource | None") -> torch.Tensor:
     """Inverted-dropout multiplier for ``like``: 0 where dropped, 1/(1-p) where kept.
 
     Drawn as uniform numbers from ``generator`` (the training run's own; None: torch's global
     one): a run's masks then depend only on its own draws, whatever else trains beside it, and on
     the CPU ``rand`` is about 3x faster than the ``bernoulli_`` that ``nn.Dropout`` uses.
     """
+    if isinstance(generator, MaskSource):
+        return generator.keep(like, p)
     if p >= 1:
         return torch.zeros_like(like)
-    keep = torch.rand(like.shape, generator=generator, device=like.device) >= p
-    return keep.to(like.dtype) * (1.0 / (1.0 - p))
+    return keep_from_uniform(torch.rand(like.shape, generator=generator, device=like.device), p, like.dtype)
 
 
-class Dropout(nn.Module):
+def keep_from_uniform(u: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """The dropout multiplier from uniform numbers ``u``: 0 where ``u < p``, 1/(1-p) elsewhere."""
+    return (u >= p).to(dtype) * (1.0 / (1.0 - p))
+
+
+class DrawsMasks:
+    """A module whose dropout masks come from ``self.generator`` (set by ``FusionModel.use_generator``)."""
+    generator: "torch.Generator | MaskSource | None" = None
+
+
+class Dropout(nn.Module, DrawsMasks):
     """``nn.Dropout`` drawing its masks from ``self.generator`` (see :func:`dropout_keep`)."""
 
     def __init__(self, p: float):
@@ -77,12 +97,10 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-class Attention(nn.MultiheadAttention):
+class Attention(nn.MultiheadAttention, DrawsMasks):
     """``nn.MultiheadAttention`` (the same parameters and names; batch first) whose dropout on the
     attention weights draws from ``self.generator``. Without that dropout (evaluation, or p=0)
     it is the parent's forward, with its fused kernels."""
-
-    generator: torch.Generator | None = None
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, average_attn_weights=True):
         if not (self.training and self.dropout > 0):
@@ -161,10 +179,11 @@ class FusionModel(nn.Module):
         self.drop = Dropout(cfg.dropout) if cfg.residual_dropout else nn.Identity()
         self.head = nn.Linear(d, cfg.n_labels)
 
-    def use_generator(self, generator: torch.Generator | None) -> None:
-        """Every dropout mask from ``generator`` (a training run's own random stream; None: global)."""
+    def use_generator(self, generator: "torch.Generator | MaskSource | None") -> None:
+        """Every dropout mask from ``generator`` (a training run's own random stream, or a
+        :class:`MaskSource`; None: torch's global one)."""
         for m in self.modules():
-            if isinstance(m, (Dropout, Attention)):
+            if isinstance(m, DrawsMasks):
                 m.generator = generator
 
     @classmethod

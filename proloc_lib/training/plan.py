@@ -4,12 +4,15 @@ section (the schema has checked its keys and types). No torch import."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
 from proloc_lib.core.runs import CONTROL_PERMUTED, make_id, parse, slug
 from proloc_lib.training.settings import TrainConfig, make_config, train_config_dict
+
+# run seed s trains with every seed of the profile plus s * SEED_STRIDE: replicates never share a seed
+SEED_STRIDE = 1000
 
 
 @dataclass(kw_only=True)
@@ -21,6 +24,7 @@ class Plan:
     configuration used by any part. ``cross_validation`` and ``control``: the configuration each
     trains (or None). ``control_seeds``: one label-permutation control run per seed (each its
     own permutation). ``resplits``: ``{"methods", "repeats", "config"}`` (or None).
+    ``seed_offset``: added to every training, control and re-split seed (``for_run_seed``).
     """
     runs: list[dict]
     seeds: list[int]
@@ -29,6 +33,19 @@ class Plan:
     control: str | None = None
     control_seeds: list[int] = field(default_factory=list)
     resplits: dict | None = None
+    seed_offset: int = 0
+
+    def for_run_seed(self, run_seed: int) -> "Plan":
+        """The plan of run seed ``run_seed`` (``proloc run --seed``): every training seed, each
+        control run's and each re-split's seed, moved by ``run_seed * SEED_STRIDE``; run seed 0 is
+        the profile's plan."""
+        offset = int(run_seed) * SEED_STRIDE
+        if offset == self.seed_offset:
+            return self
+        shift = offset - self.seed_offset
+        return replace(self, runs=[{**r, "seed": r["seed"] + shift} for r in self.runs],
+                       seeds=[s + shift for s in self.seeds], control_seeds=[s + shift for s in self.control_seeds],
+                       seed_offset=offset)
 
     def table(self) -> pd.DataFrame:
         """One row per run and seed with every switch (what notebook 03 shows first)."""
@@ -49,8 +66,8 @@ class Plan:
                      "train": self.configs[self.control]} for s in self.control_seeds]
         if self.resplits:
             name = self.resplits["config"]
-            out += [{"run_id": make_id("resplit", m), "config": name, "seed": r, "train": self.configs[name]}
-                    for m in self.resplits["methods"] for r in range(self.resplits["repeats"])]
+            out += [{"run_id": make_id("resplit", m), "config": name, "seed": self.seed_offset + r,
+                     "train": self.configs[name]} for m in self.resplits["methods"] for r in range(self.resplits["repeats"])]
         return out
 
 

@@ -10,6 +10,11 @@ import numbers
 import typing
 from dataclasses import asdict, dataclass, fields
 
+# ``train_on``: which splits of the protein table a run learns from
+TRAINING_SPLITS = {"train": ("train",), "train+val": ("train", "val")}
+# switches added after the first release: hashed only when set away from these values
+HASHED_ONLY_OFF_DEFAULT = {"train_on": "train"}
+
 # Allowed values of the numeric fields, in pydantic's words (ge, gt, le, lt): checked by every
 # ``__post_init__`` (profiles, checkpoints and resume states alike) and, at ``proloc run --check``,
 # by the profile schema. The upper bounds keep an absurd value (a typo, a hostile checkpoint)
@@ -122,17 +127,32 @@ class TrainConfig(ModelSwitches):
     images_per_protein: int | None = None  # ablation: train on at most this many images per protein
     pad_multiple: int = 1            # round each batch's padded width up to a multiple of this (fewer
                                      # distinct shapes for compiled kernels; masked models give the same output)
+    train_on: str = "train"          # the proteins it learns from: "train" (validation held out for early
+                                     # stopping and thresholds); authors: "train+val" (the published train.py
+                                     # has no validation part: every non-test protein, the whole benchmark
+                                     # train file; its validation loss is then only reported)
+    # -- execution only: how the runs are stepped, not what they compute (outside hash() and the resume key)
+    stack_seeds: bool = False        # the seeds of this configuration stepped as one model with a leading
+                                     # seed dimension (training.stacked); needs fixed batch shapes:
+                                     # padding split/global, no bucket_batches, no float16 loss scaling.
+                                     # For GPUs (fewer, larger kernels): on the CPU it is slower
+    capture_step: str = "off"        # the fixed-shape step compiled once (training.capture): "cuda" (CUDA
+                                     # graphs on a GPU, eager on the CPU), "always" (the CPU too), "off"
 
     CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
                "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
                "thresholds": ("fixed", "tuned"), "padding": ("batch", "split", "global"),
-               "targets": ("protein", "image")}
+               "targets": ("protein", "image"), "train_on": tuple(TRAINING_SPLITS),
+               "capture_step": ("off", "cuda", "always")}
     RANGES = {"lr": dict(gt=0, le=10), "weight_decay": dict(ge=0, le=10), "warmup_frac": dict(ge=0, lt=1),
               "grad_clip": dict(gt=0, le=1e6), "batch_size": dict(ge=1, le=65536),
               "batch_tokens": dict(ge=1, le=10**9), "max_epochs": dict(ge=1, le=10000),
               "patience": dict(ge=1, le=10000), "bce_weight": dict(ge=0, le=1000), "focal_weight": dict(ge=0, le=1000),
               "focal_gamma": dict(ge=0, le=100), "images_per_protein": dict(ge=1, le=10000),
               "pad_multiple": dict(ge=1, le=4096)}
+    # switches that change how runs execute, never their result: a run trained with or without them
+    # has the same hash, resume key and checkpoint configuration hash
+    EXECUTION_ONLY = ("stack_seeds", "capture_step")
 
     def __post_init__(self):
         super().__post_init__()
@@ -162,7 +182,19 @@ class TrainConfig(ModelSwitches):
         return cls(**d)
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The configuration's id: what its runs compute. Execution-only switches never enter it; a
+        switch added after the first release enters it only away from its default, so every
+        configuration that existed before keeps its hash (checkpoints, resume states)."""
+        d = {k: v for k, v in asdict(self).items()
+             if k not in self.EXECUTION_ONLY
+             and not (k in HASHED_ONLY_OFF_DEFAULT and v == HASHED_ONLY_OFF_DEFAULT[k])}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def training_splits(self) -> tuple[str, ...]:
+        """The split names (of the protein table's ``split``) a run of this configuration trains on."""
+        return TRAINING_SPLITS[self.train_on]
+
 
 
 # The two named configurations. A profile's ``training.base`` (sizes, epochs) applies to both.
@@ -171,11 +203,11 @@ NAMED_CONFIGS = {
                     ff_activation="relu", residual_dropout=False, cross_residual=False, optimizer="adam",
                     lr=1e-5, weight_decay=0.0, schedule="constant", grad_clip=None, batch_size=2,
                     bucket_batches=False, padding="split", targets="image", loss="authors",
-                    select_on="train_loss", patience=None, thresholds="fixed", amp=False),
+                    select_on="train_loss", patience=None, thresholds="fixed", amp=False, train_on="train+val"),
     "corrected": dict(apply_mask=True, share_blocks=False, attn_dropout=0.0, ff_activation="gelu",
                       residual_dropout=True, cross_residual=True, loss="bce_focal", optimizer="adamw",
                       schedule="warmup_cosine", grad_clip=1.0, bucket_batches=True, padding="batch",
-                      targets="protein", select_on="val_loss", thresholds="tuned", amp=True),
+                      targets="protein", select_on="val_loss", thresholds="tuned", amp=True, train_on="train"),
 }
 
 

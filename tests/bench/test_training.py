@@ -165,10 +165,15 @@ def test_profile_names_the_attention_kernels(csv):
 
 def test_bench_seeds_reports_all_seeds_against_one(csv):
     """The published loop's seeds together (threads here, lockstep on CUDA) against one seed."""
-    res = training.seeds_throughput(reference=csv, profile="smoke", device="cpu", n_seeds=2, n_samples=4)
+    res = training.seeds_throughput(reference=csv, profile="smoke", device="cpu", n_seeds=2, n_samples=4,
+                                    modes=("eager", "stacked"))
     assert (res["config"], res["n_seeds"], res["batch_size"], res["n_samples"]) == ("authors", 2, 2, 4)
     assert res["samples_per_s_one_seed"] > 0 and res["samples_per_s_all_seeds"] > 0
     assert res["speedup"] == pytest.approx(res["samples_per_s_all_seeds"] / res["samples_per_s_one_seed"])
+    stacked, pub = res["modes"]["stacked"], res["published_seeds"]   # the profile's authors seeds at that rate
+    assert stacked["published_seeds_hours"] == pytest.approx(
+        pub["seeds"] * pub["max_epochs"] * pub["train_images"] / stacked["samples_per_s"] / 3600)
+    assert res["best_mode"] in ("eager", "stacked") and res["padded_width"] == 61
     assert res["random_features"] is True
 
 

@@ -1,4 +1,7 @@
-"""Image extraction: JPEG draft decoding, parallel decoding, image feature variants, tiled bags."""
+"""Image extraction: JPEG draft decoding, parallel decoding, image feature variants, tiled bags. The
+full profile's preprocessing is the published one (full JPEG decode + the ViTImageProcessor resize:
+224 x 224 bilinear, whole image); JPEG draft decoding stays an option whose difference is measured
+in grey levels on the real HPA image."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,8 +9,10 @@ import torch
 from PIL import Image
 
 from proloc_lib.core import errors
+from proloc_lib.core.paths import reference_dir
 from proloc_lib.data.images import BadImageError, load_image
 from proloc_lib.features import image, store, variants
+from proloc_lib.features import encoders
 from proloc_lib.features.encoders import load_image_encoder
 from proloc_lib.profiles.loader import load_profile
 from proloc_lib.stages import embeddings
@@ -166,3 +171,34 @@ def test_high_resolution_mode_embeds_a_bag_of_tiles(tmp_path):
     assert grid.meta["fingerprint"]["crop_grid"] == 3
     with pytest.raises(store.StaleStoreError):      # whole-image and tiled stores never mix
         image.extract_images({"big": path}, TileEnc(), tmp_path / "grid", grid=1, progress=False)
+
+
+SAMPLE = reference_dir() / "hpa_ihc_sample.jpg"
+TINY_PUBLISHED = {"model": "vit_base_patch16_224", "pretrained": False, "init_seed": 0,
+                  "overrides": {"embed_dim": 32, "depth": 1, "num_heads": 2},
+                  "crop_mode": "squash", "crop_pct": 1.0, "interpolation": "bilinear"}
+
+
+def test_full_profile_decodes_and_embeds_as_the_published_code():
+    emb = load_profile("full")["embeddings"]
+    assert emb["jpeg_draft"] is False          # vit.py: Image.open, the whole JPEG decoded
+    assert emb["image_autocast"] is False      # vit.py: the ViT in float32
+    assert emb["max_residues"] == 5999 and emb["long_policy"] == "truncate"   # prott5.py: max_length 6000 tokens
+    enc = encoders.load_image_encoder(TINY_PUBLISHED, device="cpu")
+    assert image.draft_size(enc, 1, emb["jpeg_draft"]) is None
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="../shared/reference/hpa_ihc_sample.jpg not found")
+def test_draft_decoding_moves_the_published_input_on_the_real_hpa_image():
+    enc = encoders.load_image_encoder(TINY_PUBLISHED, device="cpu")
+    full = image.encoder_input_pixels(SAMPLE, enc)[0]
+    with Image.open(SAMPLE) as im:      # the published input: whole image, bilinear, 224 x 224
+        want = np.asarray(im.convert("RGB").resize((224, 224), Image.BILINEAR))
+    np.testing.assert_array_equal(full, want)
+    # jpeg_draft: true decodes the 3200-pixel image at 1/8 (400 px): up to ~10 grey levels off
+    fast = image.decode_difference(SAMPLE, enc, draft=image.draft_size(enc, 1, True))
+    assert fast["draft_decode_size"] == [400, 400] and 5 <= fast["max_grey_levels"] <= 15
+    # a 1/2-scale decode (1600 px) stays within 1 grey level of the published input
+    half = image.decode_difference(SAMPLE, enc, draft=(1600, 1600))
+    assert half["draft_decode_size"] == [1600, 1600] and half["max_grey_levels"] <= 1
+    assert half["mean_grey_levels"] < fast["mean_grey_levels"]

@@ -1,5 +1,6 @@
 """Sequence extraction: each unique sequence embedded once at its true length, resumable, long
-sequences truncated or windowed, bad items listed while the rest goes on."""
+sequences truncated or windowed, bad items listed while the rest goes on; under the full profile
+no test sequence is cut (the published prott5.py keeps FLG's 4,061 residues)."""
 import json
 
 import numpy as np
@@ -7,9 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from proloc_lib.core.paths import reference_dir
+from proloc_lib.data.hpa import read_authors_csv
 from proloc_lib.data.sequences import sequence_hash
 from proloc_lib.features import image, sequence
 from proloc_lib.features import store as store_mod
+from proloc_lib.profiles.loader import load_profile
 
 
 def test_each_unique_sequence_embedded_once_at_true_length(tmp_path, counting_encoder, random_sequences):
@@ -86,3 +90,23 @@ def test_bad_sequences_and_images_are_listed_and_the_rest_goes_on(tmp_path, coun
     assert json.loads((tmp_path / "i" / "failures.json").read_text())[0]["path"] == str(junk)
 
 
+class ResidueEncoder:
+    """One row per residue given (what a ProtT5 store keeps: residues, no </s>)."""
+    hidden_size = 2
+
+    def fingerprint(self):
+        return {"model_id": "residues"}
+
+    def embed_batch(self, seqs):
+        return [torch.arange(len(s), dtype=torch.float32)[:, None].repeat(1, 2) for s in seqs]
+
+
+@pytest.mark.skipif(not (reference_dir() / "proloc_ihs_test.csv").exists(), reason="reference table not found")
+def test_no_test_sequence_is_cut_under_the_full_profile(tmp_path):
+    ref = read_authors_csv(reference_dir() / "proloc_ihs_test.csv")
+    longest = ref.loc[ref["sequence"].str.len().idxmax()]
+    assert len(longest["sequence"]) == 4061                      # FLG, the longest test protein
+    emb = load_profile("full")["embeddings"]
+    rep = sequence.extract_sequences({"flg": longest["sequence"]}, ResidueEncoder(), tmp_path / "s",
+                                     max_residues=emb["max_residues"], long_policy=emb["long_policy"], progress=False)
+    assert rep["long_sequences"] == 0 and store_mod.EmbeddingStore(tmp_path / "s").get("flg").shape[0] == 4061

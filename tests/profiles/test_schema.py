@@ -285,3 +285,28 @@ def test_values_quoted_in_messages_are_bounded(tmp_path):
     deep = "[" * 40 + "1" + "]" * 40
     msg = error_of(write(tmp_path, "deep", f"extends: demo\ndata: {{n_proteins: {deep}}}\n"))
     assert "data.n_proteins" in msg and len(msg) < 300
+
+
+# -- execution switches: on in a profile, checked like any key, the run unchanged ------------------
+def _with_authors(**switches):
+    full = profiles.load_profile("full")
+    tr = full["training"]
+    configurations = {**tr["configurations"], "authors": {**tr["configurations"]["authors"], **switches}}
+    return full, profiles.profile_from_dict({**full, "training": {**tr, "configurations": configurations}}, name="fast")
+
+
+def test_a_profile_turns_the_switches_on_without_changing_the_run():
+    full, fast = _with_authors(stack_seeds=True, capture_step="cuda")
+    a, b = full.plan.configs["authors"], fast.plan.configs["authors"]
+    assert (a.stack_seeds, a.capture_step) == (False, "off") and (b.stack_seeds, b.capture_step) == (True, "cuda")
+    assert a.hash() == b.hash()
+
+
+@pytest.mark.parametrize("switches, text", [
+    ({"capture_step": "yes"}, "training.configurations.authors.capture_step: input should be 'off', 'cuda' or 'always'"),
+    ({"stack_seeds": "true"}, "training.configurations.authors.stack_seeds"),
+])
+def test_bad_values_are_one_line(switches, text):
+    with pytest.raises(profiles.ProfileError, match=text) as err:
+        _with_authors(**switches)
+    assert "\n" not in str(err.value)

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from proloc_lib.core import manifest
 from proloc_lib.data.labels import LABELS
-from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.features.store import EmbeddingStore, store_checksums
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
 
@@ -42,8 +43,7 @@ def _write_tiny_stage(root, n=60, seed=0, variant=None):
     images = pd.DataFrame(img_rows)
     proteins.to_parquet(d01 / "proteins.parquet")
     images.to_parquet(d01 / "images.parquet")
-    (d01 / "manifest.json").write_text(json.dumps({"stage": "01_data_assembly", "labels": LABELS,
-                                                   "label_map": "test-map v1"}))
+    _seal(d01, "01_data_assembly", {}, labels=LABELS, label_map="test-map v1")
     seq = EmbeddingStore.open(d02 / "sequences", {"m": "s"}, 6, "sequence")
     seq.commit({f"h{i}": torch.tensor(rng.normal(size=(int(rng.integers(3, 9)), 6)), dtype=torch.float32)
                 for i in range(n)})
@@ -51,10 +51,18 @@ def _write_tiny_stage(root, n=60, seed=0, variant=None):
     if variant:   # an image feature variant: the same signal, other noise, 12-wide
         EmbeddingStore.open(d02 / f"images-{variant}", {"m": "i2"}, 12, "image").commit(
             {k: torch.cat([t, torch.randn(4, 4) * 0.1], 1) for k, t in img_tokens.items()})
-    (d02 / "manifest.json").write_text(json.dumps({"stage": "02_embeddings",
-                                                   "sequence_store": {"fingerprint": {"m": "s"}},
-                                                   "image_store": {"fingerprint": {"m": "i"}}}))
+    tables = {f: c for f, c in json.loads((d01 / "manifest.json").read_text())["outputs"].items()
+              if f.endswith(".parquet")}
+    _seal(d02, "02_embeddings", {"01_data_assembly": tables}, outputs=store_checksums(d02),
+          sequence_store={"fingerprint": {"m": "s"}}, image_store={"fingerprint": {"m": "i"}})
     return proteins, images
+
+
+def _seal(folder, stage, upstream, outputs=None, **fields):
+    """The manifest a stage writes last: its outputs' checksums and what it read (``Stage`` checks them)."""
+    man = manifest.build_manifest(stage, {"profile": "tiny", "seed": 0}, outputs_dir=folder, outputs=outputs,
+                                  extra={"upstream": upstream, **fields})
+    (folder / "manifest.json").write_text(json.dumps(man))
 
 
 @pytest.fixture(scope="session")

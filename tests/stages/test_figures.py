@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from proloc_lib.cli.main import main as proloc
+from proloc_lib.core import manifest
 from proloc_lib.evaluation import scoring, statistics
 from proloc_lib.stages import figures as stage_figures
 from proloc_lib.stages.figures import (
@@ -20,11 +21,16 @@ LABELS = ["cytoplasm", "nucleus", "mitochondria"]
 PROVENANCE = {"real_sequences": True, "synthetic_images": True, "random_weight_encoders": True}
 
 
-def _write_stage(folder, files: dict, **manifest):
-    folder.mkdir(parents=True)
+def _write_stage(folder, files: dict, upstream=None, **fields) -> dict:
+    """A stage folder and the manifest notebook 05 checks it against (outputs, what it read); returns
+    the outputs' checksums."""
     for name, frame in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (frame.to_parquet if name.endswith(".parquet") else lambda p: frame.to_csv(p, index=False))(folder / name)
-    (folder / "manifest.json").write_text(json.dumps({"stage": folder.name, "provenance": PROVENANCE, **manifest}))
+    man = manifest.build_manifest(folder.name, {"profile": "smoke", "seed": 0}, outputs_dir=folder,
+                                  provenance=PROVENANCE, extra={"upstream": upstream or {}, **fields})
+    (folder / "manifest.json").write_text(json.dumps(man))
+    return man["outputs"]
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +56,16 @@ def stage(tmp_path_factory):
     train += [run("control.permuted_labels", 0.0, s) for s in range(4)]
     base = [run("baseline.label_frequency", 0.0, 0), run("baseline.composition_lr", 0.2, 0)]
     data = root / "data" / "smoke"
-    _write_stage(data / "01_data_assembly", {"proteins.parquet": proteins}, labels=LABELS)
+    read = {"01_data_assembly": _write_stage(data / "01_data_assembly", {"proteins.parquet": proteins}, labels=LABELS)}
+    read["02_embeddings"] = _write_stage(data / "02_embeddings", {"images/store.json": pd.DataFrame()},
+                                         upstream=dict(read))   # no stores: nothing here draws attention maps
     history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "best": [0, 1],
                             "model": "fusion.corrected", "seed": 0})
     _write_stage(data / "03_training", {"metrics.csv": pd.concat([r[0] for r in train]),
                                         "predictions.parquet": pd.concat([r[2] for r in train]),
-                                        "history.csv": history})
+                                        "history.csv": history}, upstream=read)
     _write_stage(data / "04_baselines", {"metrics.csv": pd.concat([r[0] for r in base]),
-                                         "predictions.parquet": pd.concat([r[2] for r in base])})
+                                         "predictions.parquet": pd.concat([r[2] for r in base])}, upstream=read)
     st = FiguresStage("smoke", data_root=root / "data", figures_root=root / "figures")
     st.main_table()
     st.paired_comparisons()

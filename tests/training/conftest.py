@@ -37,3 +37,20 @@ def tiny_stores():
     """Factory (tmp_path, n=40, seed=0) -> {"train", "val", "test": FusionDataset}: stores where
     label j is on iff image token 0 carries signal j (one image per protein, half of them train)."""
     return _tiny_stores
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, d_model: int, **tol) -> None:
+    """Every weight of ``a`` close to ``b``'s, except the key projection's bias inside an
+    attention's ``in_proj_bias`` (rows d..2d): it adds the same amount to every score of a query,
+    so softmax cancels it; its true gradient is 0 and its computed one rounding noise, which Adam
+    scales to steps of size lr. Two float orders of the same run leave it different, with no effect."""
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        if name.endswith("in_proj_bias"):
+            x, y = torch.cat([x[:d_model], x[2 * d_model:]]), torch.cat([y[:d_model], y[2 * d_model:]])
+        torch.testing.assert_close(x, y, msg=name, **tol)
+
+
+@pytest.fixture
+def same_weights():
+    """Function (a, b, d_model, **tolerances): asserts two models' weights agree (see _assert_same_weights)."""
+    return _assert_same_weights

@@ -1,6 +1,8 @@
 """The training loop: it learns, resumes to the same weights, selects as each configuration says,
 stops on a NaN loss; several seeds and runs train together exactly as alone; resume is keyed by
-the run and a finished run is never trained further."""
+the run and a finished run is never trained further. Its execution switches (stack_seeds,
+capture_step) change how runs step, not what they compute: the same hash and resume key, the
+same results as the plain loop. A full disk while saving the resume state is one line."""
 import errno
 import json
 import warnings
@@ -13,7 +15,7 @@ import torch
 
 from proloc_lib.core.errors import EXIT_FAILED, DiskFull
 from proloc_lib.data.labels import LABELS
-from proloc_lib.training import datasets, loop, settings
+from proloc_lib.training import capture, datasets, loop, settings
 
 SMALL = dict(d_model=16, n_heads=2, n_blocks=1)
 
@@ -267,6 +269,59 @@ def test_a_failing_run_stops_the_runs_beside_it(tmp_path, monkeypatch, tiny_stor
     saved = tmp_path / "ok" / "last_state.pt"
     epochs_done = json.loads(torch.load(saved, weights_only=True)["state_json"])["epoch"] if saved.exists() else 0
     assert epochs_done < 200
+
+
+# -- execution switches: stack_seeds, capture_step ------------------------------------------------
+def _seeds(ds, cfg, seeds=(0, 1), **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return loop.train_fusion_seeds(ds["train"], ds["val"], cfg, LABELS, seeds=list(seeds), progress=False, **kw)
+
+
+def test_execution_switches_leave_the_hash_and_the_resume_key_alone(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
+    plain = settings.make_config("authors", **SMALL)
+    fast = settings.make_config("authors", **SMALL, stack_seeds=True, capture_step="cuda")
+    assert plain.hash() == fast.hash()
+    assert loop.run_key(ds["train"], ds["val"], plain, 0) == loop.run_key(ds["train"], ds["val"], fast, 0)
+    assert settings.make_config("authors", **SMALL, dropout=0.4).hash() != plain.hash()   # a result switch does
+    assert set(settings.TrainConfig.EXECUTION_ONLY) == {"stack_seeds", "capture_step"}
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_captured_steps_through_the_loop_equal_the_plain_loop(tmp_path, monkeypatch, stack, tiny_stores,
+                                                              same_weights, one_intra_op_thread):
+    monkeypatch.setattr(capture, "BACKEND", "aot_eager")   # the compiled path without code generation
+    ds = tiny_stores(tmp_path)
+    over = dict(**SMALL, max_epochs=2, lr=1e-3)
+    got = _seeds(ds, settings.make_config("authors", **over, stack_seeds=stack, capture_step="always"))
+    expected = _seeds(ds, settings.make_config("authors", **over), workers=1)
+    for (m1, h1), (m2, h2) in zip(got, expected, strict=True):
+        np.testing.assert_allclose(h1["train_loss"], h2["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-5)
+        assert list(h1["best"]) == list(h2["best"])
+        same_weights(m1, m2, SMALL["d_model"], rtol=1e-4, atol=1e-5)
+
+
+def test_capture_on_cuda_only_leaves_a_cpu_run_as_it_was(tmp_path, tiny_stores, one_intra_op_thread):
+    ds = tiny_stores(tmp_path)
+    over = dict(**SMALL, max_epochs=2, lr=1e-3)
+    (m1, h1), = _seeds(ds, settings.make_config("authors", **over, capture_step="cuda"), seeds=[0])
+    (m2, h2), = _seeds(ds, settings.make_config("authors", **over), seeds=[0])
+    assert list(h1["train_loss"]) == list(h2["train_loss"])
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_every_finished_epoch_of_every_run_is_reported(tmp_path, tiny_stores):
+    ds = tiny_stores(tmp_path)
+    ticks = []
+    jobs = [loop.TrainJob(train_ds=ds["train"], val_ds=ds["val"], seed=s,
+                          cfg=settings.make_config("authors", **SMALL, max_epochs=e, stack_seeds=True))
+            for s, e in ((0, 2), (1, 2), (2, 3))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loop.train_jobs(jobs, LABELS, progress=False, on_epoch=ticks.append)
+    assert sum(ticks) == 2 + 2 + 3
 
 
 # -- a full disk while saving the resume state -----------------------------------------------------

@@ -38,3 +38,17 @@ def test_unknown_options_fail_before_any_work():
     assert [r["run_id"] for r in plan] == ["fusion.corrected", "fusion.authors"] * 2 + [
         "ablation.reference", "ablation.mask_off"]
     assert plan[-1]["train"].apply_mask is False and plan[-1]["train"].d_model == 16
+
+
+def test_config_hash_of_every_earlier_configuration_is_unchanged():
+    """train_on enters the hash only away from "train": the named configurations as they were before
+    it existed keep their hashes (checkpoints, resume states); authors' own (train+val) is new."""
+    assert settings.make_config("authors", train_on="train").hash() == "3e91fe0b4a36"
+    assert settings.make_config("corrected").hash() == "d5fedadf0dea"
+    d = settings.train_config_dict(settings.make_config("corrected"))
+    d.pop("train_on")   # a configuration written before the switch existed
+    assert settings.TrainConfig.from_dict(d).hash() == "d5fedadf0dea"
+    assert settings.make_config("authors").hash() != "3e91fe0b4a36"
+    assert settings.make_config("authors").train_on == "train+val"
+    with pytest.raises(ValueError, match="train_on"):
+        settings.make_config("corrected", train_on="everything")
