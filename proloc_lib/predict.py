@@ -62,7 +62,7 @@ import torch
 from PIL import Image
 
 from proloc_lib.core.errors import RunFailed, UserError
-from proloc_lib.core.fileio import publish, write_text
+from proloc_lib.core.fileio import full_disk_as_error, publish, write_text
 from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.network import OfflineError
 from proloc_lib.core.runtime import resolve_device
@@ -325,8 +325,9 @@ def write_csv(df: pd.DataFrame, out: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        for_csv(df).to_csv(tmp, index=False)
-        publish(tmp, out)
+        with full_disk_as_error(f"--out {out}"):
+            for_csv(df).to_csv(tmp, index=False)
+            publish(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

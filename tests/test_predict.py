@@ -223,6 +223,34 @@ def test_missing_and_corrupt_images(env, capsys):
         predict_mod.predict(env["ckpt"], env["fasta"], None, device="cpu")
 
 
+def test_what_was_done_to_each_image_is_said_in_its_row(env, tmp_path):
+    """Several pages, an EXIF orientation, grayscale: the row says what was used, or why not."""
+    from PIL import Image
+
+    src = Image.fromarray(np.asarray(load_image(env["paths"]["P1"][0])))   # pixels only, no JPEG info
+    images = tmp_path / "images"
+    images.mkdir()
+    src.save(images / "UP_1.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6                      # stored turned a quarter left, shown upright
+    Image.fromarray(np.rot90(np.asarray(src), k=1)).save(images / "ROT_1.png", exif=exif)
+    # a black first page (a copy of src: PIL keeps an image's last save settings)
+    Image.new("RGB", src.size).save(images / "PAGES_1.tif", save_all=True, append_images=[src.copy()])
+    src.save(images / "PAGES_2.png")
+    src.convert("L").save(images / "GRAY_1.png")
+    fasta = tmp_path / "p.fasta"
+    fasta.write_text("".join(f">{pid}\n{SEQS['P1']}\n" for pid in ("UP", "ROT", "PAGES", "GRAY")))
+    df = predict_mod.predict(env["ckpt"], fasta, images, device="cpu", progress=False).set_index("protein_id")
+    assert df.loc["UP", "warnings"] == ""
+    np.testing.assert_allclose(df.loc["ROT", PROB].to_numpy(float), df.loc["UP", PROB].to_numpy(float), atol=1e-6)
+    assert "converted ROT_1.png: EXIF orientation 6 applied (rotated 90° clockwise" in df.loc["ROT", "warnings"]
+    # the two-page TIFF is skipped with its reason; the protein's other image still predicts
+    assert df.loc["PAGES", "n_images"] == 1 and df.loc["PAGES", "n_images_skipped"] == 1
+    assert "PAGES_1.tif has 2 pages that differ" in df.loc["PAGES", "warnings"]
+    np.testing.assert_allclose(df.loc["PAGES", PROB].to_numpy(float), df.loc["UP", PROB].to_numpy(float), atol=1e-6)
+    assert "converted GRAY_1.png: grayscale (L) copied to R, G and B" in df.loc["GRAY", "warnings"]
+
+
 def test_find_images_rule(tmp_path):
     for name in ("A.png", "A_x.jpg", "A_1_y.TIF", "A_1/z.JPEG", "A_1/notes.txt", ".A_h.png", "AB_1.png",
                  "B/sub/deep.png"):
@@ -259,3 +287,26 @@ def test_cli_fails_when_no_protein_is_predicted(env, tmp_path, capsys):
     assert predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images", str(empty),
                    "--out", str(out), "--device", "cpu", "--no-progress"]) == 1
     assert len(pd.read_csv(out)) == 3 and "3 of 3 protein(s) not predicted" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_writing_out_is_one_line_and_keeps_the_old_file(env, tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "pred.csv"
+    out.write_text("previous result\n")
+    real = pd.DataFrame.to_csv
+
+    def full(self, path=None, *args, **kwargs):
+        if path is not None and str(path).startswith(str(tmp_path)):
+            with open(path, "w") as fh:
+                fh.write("protein_id,n_im")            # half a file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    rc = predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images",
+                                  str(env["images"]), "--out", str(out), "--device", "cpu", "--no-progress"])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning:", "summary:"))]
+    assert rc == 1 and len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"proloc predict: no space left on the device writing --out {out} (")
+    assert out.read_text() == "previous result\n" and sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"]

@@ -29,6 +29,10 @@ class RunFailed(UserError):
     exit_code = EXIT_FAILED
 
 
+class DiskFull(RunFailed):
+    """A write failed because the disk (or the user's quota) is full; names what was being written."""
+
+
 def debug_requested(argv: list[str] | None) -> bool:
     return "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("PROLOC_DEBUG") == "1"
 

@@ -9,6 +9,7 @@ import pandas as pd
 from proloc_lib.data.hpa import (
     IMAGE_COLUMNS,
     SRC_PREFIX,
+    SchemaError,
     label_disagreements,
     location_set,
     read_table,
@@ -18,6 +19,11 @@ from proloc_lib.data.labels import LabelMap, UnknownLocationError
 from proloc_lib.data.sequences import sequence_hash
 
 # ----------------------------------------------------------------------------- audit
+
+
+def _raw_columns(df: pd.DataFrame) -> list[str]:
+    """The label columns the file itself had (``src:<name>``), by their own names."""
+    return [c[len(SRC_PREFIX):] for c in df.columns if str(c).startswith(SRC_PREFIX)]
 
 
 def _fmt_set(s: frozenset) -> str:
@@ -40,6 +46,11 @@ def audit(paths, label_map: LabelMap) -> dict:
     for p in paths:
         df = read_table(p)  # no label_map: unknown locations are reported, not raised
         checked = [lab for lab in label_map.labels if SRC_PREFIX + lab in df.columns]
+        missing = [lab for lab in label_map.labels if lab not in checked]
+        if missing:   # the audit compares every label column with the locations: a table without one is not auditable
+            raise SchemaError(f"{p}: no label column {', '.join(repr(m) for m in missing)} (the audit compares "
+                              f"each of the mapping's labels {label_map.labels} with the locations; "
+                              f"found label columns {_raw_columns(df)})")
         summary = summarize(df, label_map.labels)
         summary["label_disagreements"] = label_disagreements(df, label_map, max_examples=0)["rows"]
         files.append({"path": str(p), "layout": df.attrs.get("layout", "?"), **summary,

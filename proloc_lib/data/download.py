@@ -20,8 +20,8 @@ from urllib.parse import urljoin, urlsplit
 import pandas as pd
 import requests
 
+from proloc_lib.core.fileio import file_sha256, umask_mode
 from proloc_lib.core.progress import bar as progress_bar
-from proloc_lib.core.fileio import file_sha256
 from proloc_lib.data.images import BadImageError, load_image
 from proloc_lib.data.sequences import InvalidSequenceError, clean_sequence
 
@@ -101,6 +101,7 @@ def fetch_pinned(url: str, name: str, known_hash: str, cache_dir, *, what: str, 
                             f"got {got.group(1) if got else '?'}; nothing kept in {cache_dir}") from exc
     except requests.RequestException as exc:
         raise DownloadError(f"{what} {name}: could not download {url}: {exc}") from exc
+    os.chmod(path, umask_mode())   # pooch moves its 0600 temporary file into place: the umask decides
     return Path(path)
 
 

@@ -8,6 +8,7 @@ images in different orders.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import re
 from pathlib import Path
@@ -105,8 +106,6 @@ def check_csv_file(path) -> None:
     rows (a row with more or fewer fields than the header), which pandas would read silently
     as NaN or fail on with a parser traceback.
     """
-    import csv
-
     path = Path(path)
     if not path.exists():
         raise TableError(f"{path}: file not found")
@@ -127,15 +126,42 @@ def check_csv_file(path) -> None:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise TableError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
-    rows = csv.reader(text.splitlines())
+    lines = text.splitlines()
+    rows = csv.reader(lines)
     try:
         header = next(rows)
+        other = _separator_of(lines[0], len(header))
+        if other:
+            raise TableError(f"{path}: looks {other}-separated (its header splits into "
+                             f"{len(_split(lines[0], SEPARATORS[other]))} fields at {other}s, {len(header)} at "
+                             "commas); HPA tables are read as comma-separated CSV: save it with commas")
         for i, row in enumerate(rows, start=2):
+            if row == header and detect_layout(header) != "unknown":   # a header: not a data row seen twice
+                raise TableError(f"{path}: line {i} repeats the header row (two tables joined into one?); "
+                                 "remove it")
             if row and len(row) != len(header):
+                hint = _separator_of(lines[rows.line_num - 1], len(row), want=len(header))
                 raise TableError(f"{path}: ragged table: line {i} has {len(row)} fields, the header "
-                                 f"has {len(header)}")
+                                 f"has {len(header)}" + (f" (that line looks {hint}-separated)" if hint else ""))
     except csv.Error as exc:
         raise TableError(f"{path}: not a CSV table ({exc})") from None
+
+
+SEPARATORS = {"tab": "\t", "semicolon": ";", "pipe": "|"}
+
+
+def _split(line: str, sep: str) -> list[str]:
+    return next(csv.reader([line], delimiter=sep), [])
+
+
+def _separator_of(line: str, comma_fields: int, *, want: int | None = None) -> str | None:
+    """The name of another separator that splits ``line`` into more fields than commas do
+    (into exactly ``want`` fields when given), or None."""
+    for name, sep in SEPARATORS.items():
+        n = len(_split(line, sep)) if sep in line else 1
+        if n > max(comma_fields, 1) and (want is None or n == want):
+            return name
+    return None
 
 
 def _read_raw(path) -> pd.DataFrame:

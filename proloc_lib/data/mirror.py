@@ -21,7 +21,10 @@ profile at its base URL (``data.mirror: http://127.0.0.1:PORT``) runs the whole 
 
 ``/proloc-mirror.json`` says all this in machine-readable form; ``hpa.assemble`` reads it and
 marks the build (report, data card, manifest provenance) as synthetic images + stand-in
-sequences. The server is bounded: it stops itself after ``max_seconds``.
+sequences. The server is bounded: it stops itself after ``max_seconds``; each connection has a
+socket timeout and at most ``MAX_HANDLERS`` are served at once (others get 503 and retry, as
+downloads do); ID-mapping jobs expire after ``job_ttl_s``; a malformed request (``size=abc``,
+a non-numeric ``Content-Length``) gets 400 with a one-line reason.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -51,6 +56,13 @@ AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 # UniProtKB/Swiss-Prot amino-acid composition (%), for stand-ins that look like proteins
 AA_FREQ = [8.25, 1.38, 5.46, 6.72, 3.86, 7.07, 2.27, 5.91, 5.80, 9.65, 2.41, 4.06, 4.74, 3.93, 5.53,
            6.65, 5.36, 6.86, 1.10, 2.92]
+SOCKET_TIMEOUT_S = 30      # a client that stops sending frees its handler after this
+MAX_HANDLERS = 32          # connections served at once
+SLOT_WAIT_S = 2.0          # how long a new connection waits for a free handler before 503
+JOB_TTL_S = 600.0          # ID-mapping jobs are forgotten this long after they were submitted
+MAX_JOBS = 1000            # and never more than this many are kept
+MAX_PAGE = 500             # UniProt's own largest page
+MAX_BODY = 1 << 20         # bytes of a POST body
 NOTE = ("offline mirror: SYNTHETIC stand-in images drawn from each row's labels; seeded STAND-IN "
         "sequences except the 54 real test proteins; numbers made from it are not results")
 
@@ -132,9 +144,25 @@ class MirrorData:
                 "n_genes": len(self.genes), "real_sequence_genes": sorted(g for g in self.genes if g in self.real)}
 
 
+class BadRequest(ValueError):
+    """A request the mirror answers with 400 and this one-line reason."""
+
+
+def _int_param(query: dict, name: str, default: int, lo: int, hi: int) -> int:
+    raw = (query.get(name) or [str(default)])[0]
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        raise BadRequest(f"{name} must be an integer from {lo} to {hi}, got {raw[:40]!r}")
+    return value
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "proloc-mirror/1"
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S
 
     def log_message(self, *args):  # quiet: a build makes thousands of requests
         pass
@@ -179,7 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
             job = path.rsplit("/", 1)[-1]
             if job not in srv.jobs:
                 return self._json({"messages": [f"job {job} not found"]}, 404, head)
-            srv.jobs[job]["polls"] += 1
+            with srv.lock:
+                srv.jobs[job]["polls"] += 1
             if srv.jobs[job]["polls"] == 1:  # the real service answers RUNNING while it works
                 return self._json({"jobStatus": "RUNNING"}, head=head)
             return self._send(303, b"", headers={"Location": f"/idmapping/uniprotkb/results/{job}"}, head=head)
@@ -193,8 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
             if job not in srv.jobs:
                 return self._json({"messages": [f"job {job} not found"]}, 404, head)
             ids = srv.jobs[job]["ids"]
-            size = int((query.get("size") or ["25"])[0])
-            start = int((query.get("cursor") or ["0"])[0])
+            size = _int_param(query, "size", 25, 1, MAX_PAGE)     # size=0 would link to itself forever
+            start = _int_param(query, "cursor", 0, 0, len(ids))
             page = [g for g in ids[start:start + size] if g in srv.known]
             body = "From\tEntry\tReviewed\tSequence\n" + "".join(
                 f"{g}\t{data.accession(g)}\treviewed\t{data.sequence(g)}\n" for g in page)
@@ -208,16 +237,32 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, img, "image/jpeg", {"X-Proloc-Synthetic": "stand-in image"}, head)
         return self._json({"message": f"{path}: not in this mirror"}, 404, head)
 
+    def _answer(self, route, head: bool = False):
+        try:
+            route(head)
+        except BadRequest as exc:
+            self.close_connection = True      # a request body may be left unread
+            self._json({"messages": [str(exc)]}, 400, head)
+
     def do_GET(self):
-        self._route(head=False)
+        self._answer(self._route)
 
     def do_HEAD(self):
-        self._route(head=True)
+        self._answer(self._route, head=True)
 
     def do_POST(self):
+        self._answer(lambda head: self._post())
+
+    def _post(self):
         srv = self.server
-        n = int(self.headers.get("Content-Length") or 0)
-        form = parse_qs(self.rfile.read(n).decode())
+        raw = self.headers.get("Content-Length") or "0"
+        n = int(raw) if raw.strip().isdigit() else -1
+        if not 0 <= n <= MAX_BODY:
+            raise BadRequest(f"Content-Length must be an integer from 0 to {MAX_BODY}, got {raw[:40]!r}")
+        try:
+            form = parse_qs(self.rfile.read(n).decode())
+        except UnicodeDecodeError:
+            raise BadRequest("the form is not UTF-8 text") from None
         path = urlsplit(self.path).path
         srv.count(path)
         if path != "/idmapping/run":
@@ -225,23 +270,59 @@ class _Handler(BaseHTTPRequestHandler):
         ids = [i.strip() for i in ",".join(form.get("ids", [])).split(",") if i.strip()]
         if form.get("from") != ["Ensembl"] or form.get("to") != ["UniProtKB-Swiss-Prot"] or not ids:
             return self._json({"messages": ["this mirror maps from=Ensembl to=UniProtKB-Swiss-Prot"]}, 400)
-        with srv.lock:
-            job = f"mirror{len(srv.jobs) + 1}"
-            srv.jobs[job] = {"ids": ids, "polls": 0}
-        return self._json({"jobId": job})
+        return self._json({"jobId": srv.add_job(ids)})
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr, data: MirrorData):
+    def __init__(self, addr, data: MirrorData, *, job_ttl_s: float = JOB_TTL_S):
         super().__init__(addr, _Handler)
         self.data = data
         self.known = set(data.genes)
         self.jobs: dict[str, dict] = {}
+        self.job_ttl_s = job_ttl_s
+        self._job_ids = itertools.count(1)
         self.lock = threading.Lock()
         self.requests: dict[str, int] = {}
+        self.rejected = 0                     # connections answered 503 (all handlers busy)
+        self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def add_job(self, ids: list[str]) -> str:
+        """A new ID-mapping job; jobs past their time, and the oldest beyond MAX_JOBS, are dropped."""
+        now = time.monotonic()
+        with self.lock:
+            for job in [j for j, v in self.jobs.items() if now - v["created"] >= self.job_ttl_s]:
+                del self.jobs[job]
+            while len(self.jobs) >= MAX_JOBS:
+                del self.jobs[next(iter(self.jobs))]
+            job = f"mirror{next(self._job_ids)}"
+            self.jobs[job] = {"ids": ids, "polls": 0, "created": now}
+        return job
+
+    def process_request(self, request, client_address):
+        """A thread per connection, at most MAX_HANDLERS at once; beyond that, 503 (clients retry)."""
+        if not self._slots.acquire(timeout=SLOT_WAIT_S):
+            with self.lock:
+                self.rejected += 1
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def count(self, path: str) -> None:
         kind = ("zenodo" if path.startswith("/api/") else "uniprot" if path.startswith("/idmapping")
@@ -267,6 +348,11 @@ class Mirror:
     def requests(self) -> dict:
         return dict(self._server.requests)
 
+    @property
+    def jobs_held(self) -> int:
+        """ID-mapping jobs kept in memory now (they expire)."""
+        return len(self._server.jobs)
+
     def start(self) -> "Mirror":
         self._thread.start()
         self._timer.start()
@@ -286,11 +372,11 @@ class Mirror:
 
 @contextlib.contextmanager
 def serve(vislocas_dir=None, reference_csv=None, *, port: int = 0, max_seconds: float = 3600.0,
-          image_size: int = IMAGE_SIZE):
+          image_size: int = IMAGE_SIZE, job_ttl_s: float = JOB_TTL_S):
     """Run the mirror on 127.0.0.1 (``port`` 0: any free one) for at most ``max_seconds``."""
     data = MirrorData(vislocas_dir, reference_csv, image_size=image_size)
     try:
-        server = _Server(("127.0.0.1", int(port)), data)
+        server = _Server(("127.0.0.1", int(port)), data, job_ttl_s=job_ttl_s)
     except OSError as exc:
         raise MirrorError(f"127.0.0.1:{port}: cannot serve the mirror there ({exc.strerror or exc})") from None
     m = Mirror(server, max_seconds).start()

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from proloc_lib.core.fileio import publish
 from proloc_lib.data.images import BadImageError, load_image
 from proloc_lib.data.labels import LABELS
 
@@ -308,7 +309,7 @@ def write_protein_images(protein_id: str, labels, out_dir: str | Path, n_images:
         try:
             with os.fdopen(fd, "wb") as fh:
                 img.save(fh, format="JPEG", quality=int(quality))
-            os.replace(tmp, path)
+            publish(tmp, path)   # mkstemp made it 0600: the user's umask decides the final mode
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)

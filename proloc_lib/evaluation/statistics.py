@@ -4,12 +4,28 @@ the label-permutation control can and cannot rule out."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
 from proloc_lib.core import runs
 from proloc_lib.evaluation import metrics
 from proloc_lib.evaluation.scoring import unpack
+
+
+MIN_INTERVAL_PROTEINS = 10   # fewer proteins: a bootstrap interval says nothing (one protein gives [x, x])
+
+
+def too_few_for_interval(n: int) -> str | None:
+    """What a table shows instead of an interval over ``n`` proteins when they are too few (None: enough)."""
+    return f"n={n}: too few proteins for an interval" if n < MIN_INTERVAL_PROTEINS else None
+
+
+def _warn_if_too_few(n: int, what: str) -> None:
+    if n < MIN_INTERVAL_PROTEINS:
+        warnings.warn(f"{what} over only {n} protein(s): a bootstrap interval needs at least "
+                      f"{MIN_INTERVAL_PROTEINS} to say anything; tables mark it as not informative", stacklevel=3)
 
 
 def bootstrap_f1_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels: list[str], n_boot: int = 2000,
@@ -25,6 +41,7 @@ def bootstrap_f1_difference(pred_a: pd.DataFrame, pred_b: pd.DataFrame, labels: 
     if not np.array_equal(ya, yb):
         raise ValueError("the two prediction sets disagree on the true labels: not the same proteins/split")
     diff = metrics.sample_f1(ya, metrics.binarize(pa, ta)) - metrics.sample_f1(yb, metrics.binarize(pb, tb))
+    _warn_if_too_few(len(diff), "the paired sample-F1 difference")
     rng = np.random.default_rng(seed)
     boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(1)
     lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2])
@@ -124,6 +141,7 @@ def main_comparison(pred: pd.DataFrame, labels: list[str], a: str = runs.FUSION_
             raise ValueError(f"{a} and {b} disagree on the true labels (seed {s}): not the same proteins/split")
         rows.append(metrics.sample_f1(ya, metrics.binarize(prob_a, ta))
                     - metrics.sample_f1(yb, metrics.binarize(prob_b, tb)))
+    _warn_if_too_few(len(proteins), f"the comparison {a} - {b}")
     out = hierarchical_bootstrap(np.stack(rows), n_boot=n_boot, seed=seed, ci=ci)
     return {"model_a": a, "model_b": b, "metric": "sample F1 (per protein)", **out, "seeds": [int(s) for s in seeds]}
 
@@ -182,6 +200,7 @@ def bootstrap_per_label(pred: pd.DataFrame, labels: list[str], *, models=None, l
             continue
         y, p, t = unpack(s, labels)
         n = len(y)
+        _warn_if_too_few(n, f"per-label intervals of {model}")
         idx = rng.integers(0, n, size=(n_boot, n))
         w = np.stack([np.bincount(r, minlength=n) for r in idx])          # (B, n) multiplicities
         calls = metrics.binarize(p, t).astype(float)

@@ -19,6 +19,12 @@ re-hashes the shards whose size or mtime changed since they were verified; ``ver
 (run by ``extract`` and notebook 02) re-hashes all of them, which also finds corruption inside
 the data region. A writer (``EmbeddingStore.open``) moves a bad shard to ``bad/`` and reports
 it, so its items are re-embedded; a reader raises :class:`CorruptStoreError` naming the file.
+A stored item holding NaN or infinity is refused on read (:class:`NonFiniteFeatureError`,
+naming the item, the store and the shard).
+
+Temporary files. A shard is written as ``.shard-<host>-<pid>-*.tmp`` (a merge: ``.merge-...``)
+and renamed; a writer killed mid-write leaves its temporary file behind. Opening a store for
+writing removes those of this host whose process is gone, never one of a live writer.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -36,7 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from proloc_lib.core.errors import UserError
-from proloc_lib.core.fileio import file_sha256, publish, write_text
+from proloc_lib.core.fileio import file_sha256, full_disk_as_error, publish, write_text
 
 STORE_FORMAT = "safetensors-shards-v1"
 STORE_DTYPE = torch.float16
@@ -45,6 +52,7 @@ SHARD_NAME = re.compile(r"^shard-(?P<tag>[A-Za-z0-9_.]+)-(?P<sha>[0-9a-f]{32})\.
 VERIFIED = "verified.json"
 BAD_DIR = "bad"
 MAX_HEADER = 512 << 20          # a safetensors header larger than this is garbage, not a shard
+TEMP_NAME = re.compile(r"^\.(?:shard|merge)-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-.*\.tmp$")
 
 
 class StoreError(UserError):
@@ -65,6 +73,44 @@ class ShardSpecError(UserError, ValueError):
 
 class IncompleteStoreError(StoreError):
     """Items that the stage tables need are not in the store."""
+
+
+class NonFiniteFeatureError(StoreError, ValueError):
+    """A stored item holds NaN or infinite values (the encoder produced them)."""
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def temp_prefix(kind: str) -> str:
+    """``.shard-<host>-<pid>-``: whose temporary file it is, so a later writer can tell a dead one's."""
+    return f".{kind}-{_host()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:           # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Delete the temporary shard/merge files in ``path`` left by dead writers of this host; returns them.
+    Files of live processes, of other hosts (a shared folder) and of unknown naming are kept."""
+    removed, host = [], _host()
+    for f in Path(path).glob(".*.tmp"):
+        m = TEMP_NAME.match(f.name)
+        if m and m["host"] == host and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+            try:
+                f.unlink()
+                removed.append(f)
+            except FileNotFoundError:     # another writer removed it first
+                pass
+    return removed
 
 
 def fingerprint_id(fingerprint: dict) -> str:
@@ -145,6 +191,7 @@ class EmbeddingStore:
         self._handles: dict[Path, object] = {}
         self.index_builds = 0
         self.problems: list[dict] = []      # bad shards found (and set aside) by a writer's check
+        self.removed_temp_files: list[Path] = []   # dead writers' temporary files removed by ``open``
 
     # -- creation -------------------------------------------------------------------------
     @classmethod
@@ -190,7 +237,9 @@ class EmbeddingStore:
         if not meta_path.exists():
             path.mkdir(parents=True, exist_ok=True)
             write_text(meta_path, json.dumps(meta, indent=2, default=str))
+        removed = remove_stale_temp_files(path)
         store = cls(path)
+        store.removed_temp_files = removed
         store.verify(full=verify == "full", repair=True)
         return store
 
@@ -306,7 +355,13 @@ class EmbeddingStore:
             raise KeyError(f"'{key}' not in embedding store {self.path}")
         if shard not in self._handles:
             self._handles[shard] = safe_open(str(shard), framework="pt")
-        return self._handles[shard].get_tensor(key + ".mean" if pooled else key)
+        t = self._handles[shard].get_tensor(key + ".mean" if pooled else key)
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteFeatureError(
+                f"item '{key}' in embedding store {self.path} (shard {shard.name}) holds NaN or infinite values; "
+                f"move that shard aside (e.g. into {self.path / BAD_DIR}) and run `proloc extract` (or notebook 02) "
+                "to re-embed its items")
+        return t
 
     def get_many(self, keys, pooled: bool = False, dtype=torch.float32) -> list[torch.Tensor]:
         return [self.get(k, pooled).to(dtype) for k in keys]
@@ -334,10 +389,11 @@ class EmbeddingStore:
             tensors[k] = t
             tensors[k + ".mean"] = t.float().mean(0).to(STORE_DTYPE)
         index = self._ensure_index()
-        fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".tmp", dir=self.path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix("shard"), suffix=".tmp", dir=self.path)
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"fingerprint_id": self.meta["fingerprint_id"]})
+            with full_disk_as_error(f"a shard of the embedding store {self.path}"):
+                save_file(tensors, tmp, metadata={"fingerprint_id": self.meta["fingerprint_id"]})
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             final = self.path / f"shard-{tag}-{file_sha256(tmp)[:32]}.safetensors"
@@ -405,7 +461,7 @@ def merge_stores(sources: list[str | Path], dest: str | Path) -> EmbeddingStore:
                 continue
             m = SHARD_NAME.match(shard.name)
             name = shard.name if m else f"shard-{_tag_of(shard.name)}-{file_sha256(shard)[:32]}.safetensors"
-            fd, tmp = tempfile.mkstemp(prefix=".merge-", suffix=".tmp", dir=out.path)
+            fd, tmp = tempfile.mkstemp(prefix=temp_prefix("merge"), suffix=".tmp", dir=out.path)
             os.close(fd)
             try:
                 shutil.copyfile(shard, tmp)

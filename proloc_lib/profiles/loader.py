@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from proloc_lib.core.paths import CONFIG_DIR, PROJECT_ROOT, BadName, check_name
-from proloc_lib.profiles.schema import ProfileError, UnknownProfile, validate_profile
+from proloc_lib.profiles.schema import ProfileError, UnknownProfile, describe_value, validate_profile
 from proloc_lib.training.plan import Plan
 
 
@@ -53,9 +53,86 @@ def profile_path(name: str | os.PathLike) -> Path:
     return path
 
 
+# A profile holds a few hundred values; aliases that expand past this many are a "billion laughs"
+# file (nested anchors), refused before anything walks the expanded values.
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
+
+class _ProfileLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    shown = "profile"
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue          # '<<' merges may be overridden by the mapping's own keys
+                key = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise ProfileError(f"{self.shown}: key '{_short(key_node.value)}' given twice in one mapping "
+                                       f"(lines {seen[key]} and {line}); YAML would keep only the last: remove one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _expanded_size(root, shown: str) -> int:
+    """Values the node graph holds once its aliases are expanded (each node's size counted once)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ProfileError(f"{shown}: line {node.start_mark.line + 1}: a YAML alias refers to a value that "
+                               "contains it (a recursive anchor); write the value out")
+        if depth > MAX_DEPTH:
+            raise ProfileError(f"{shown}: line {node.start_mark.line + 1}: values nested more than {MAX_DEPTH} "
+                               "levels deep")
+        active.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        else:
+            n = 1
+        active.discard(key)
+        sizes[key] = n = min(n, MAX_VALUES + 1)   # capped: the sum cannot grow without bound either
+        if n > MAX_VALUES:
+            raise ProfileError(f"{shown}: line {node.start_mark.line + 1}: its YAML aliases expand to more than "
+                               f"{MAX_VALUES} values (nested anchors, a 'billion laughs'); write the values out")
+        return n
+
+    return size(root, 0)
+
+
+def _parse(text: str, shown: str):
+    loader = _ProfileLoader(text)
+    loader.shown = shown
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, shown)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        cfg = _parse(path.read_text(encoding="utf-8"), _shown(path))
+    except RecursionError:
+        raise ProfileError(f"{_shown(path)}: values nested too deeply to read") from None
     except UnicodeDecodeError:
         raise ProfileError(f"{_shown(path)}: not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
@@ -93,7 +170,8 @@ def _load_chain(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict]:
     if "extends" in cfg:
         parent = cfg["extends"]
         if not isinstance(parent, str) or not parent:
-            raise ProfileError(f"{_shown(path)}: 'extends' must name a profile (e.g. extends: demo), got {parent!r}")
+            raise ProfileError(f"{_shown(path)}: 'extends' must name a profile (e.g. extends: demo), "
+                               f"got {describe_value(parent)}")
         beside = path.parent / (parent if parent.endswith((".yaml", ".yml")) else f"{parent}.yaml")
         try:  # a profile beside this file first (user profiles kept together), then configs/
             parent_path = beside if beside.is_file() else profile_path(parent)

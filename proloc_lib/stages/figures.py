@@ -36,6 +36,29 @@ SUMMARY = "summary.json"
 NBSP, NBHYPHEN = "\u00a0", "\u2011"
 
 
+def interval_cell(value: float, low: float, high: float, n: int) -> str:
+    """'0.812 [0.701, 0.905]'; 'undefined (no positive)'; an interval over too few proteins is
+    not shown as if it meant something: '1.000 (n=1: too few proteins for an interval)'."""
+    if pd.isna(value):
+        return "undefined (no positive)"
+    few = statistics.too_few_for_interval(int(n))
+    return f"{value:.3f} ({few})" if few else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def mark_uninformative(table: pd.DataFrame, *, n_col: str = "n_proteins",
+                       cols=("ci_low", "ci_high", "p_value", "p_holm")) -> pd.DataFrame:
+    """Rows over too few proteins: their interval (and bootstrap p-value) columns say so instead of
+    giving numbers."""
+    if table.empty or n_col not in table:
+        return table
+    cols = [c for c in cols if c in table]
+    notes = table[n_col].map(lambda n: statistics.too_few_for_interval(int(n)))
+    out = table.astype({c: object for c in cols})
+    for c in cols:
+        out.loc[notes.notna(), c] = notes[notes.notna()]
+    return out
+
+
 class FiguresStage(Stage):
     """Notebook 05, one method per section; each returns the table it shows (figures are shown as
     they are made)."""
@@ -220,7 +243,7 @@ class FiguresStage(Stage):
             for (a, b), row in zip(pairs, comparisons.to_dict("records")):
                 if (a, b) == (COMPOSITION, FREQUENCY):
                     self.summary["composition_vs_frequency"] = _plain(row)
-        return self.out.table("paired_comparisons", comparisons.round(4), index=False,
+        return self.out.table("paired_comparisons", mark_uninformative(comparisons.round(4)), index=False,
                               note=f"Paired per-protein bootstrap of the sample-F1 difference A - B (first seed of "
                                    f"each model). p_value: two-sided, from the bootstrap standard error (normal "
                                    f"approximation); p_holm: Holm's adjustment over the {len(comparisons)} "
@@ -234,8 +257,9 @@ class FiguresStage(Stage):
         if not main:
             return pd.DataFrame()
         self.summary["main_comparison"] = _plain(main)
-        table = pd.DataFrame([{**main, "model_a": runs.display_name(CORRECTED), "model_b": runs.display_name(AUTHORS),
-                               "seeds": ", ".join(map(str, main["seeds"]))}]).round(4)
+        table = mark_uninformative(pd.DataFrame([{**main, "model_a": runs.display_name(CORRECTED),
+                                                  "model_b": runs.display_name(AUTHORS),
+                                                  "seeds": ", ".join(map(str, main["seeds"]))}]).round(4))
         return self.out.table("main_comparison", table, index=False,
                               note=f"{runs.display_name(CORRECTED)} minus {runs.display_name(AUTHORS)}, per-protein "
                                    "sample F1, runs paired by training seed. One 95% interval over both sources of "
@@ -262,10 +286,8 @@ class FiguresStage(Stage):
         for metric in ("f1", "average_precision"):
             self.out.figure(f"per_label_{metric}", figures.per_label_intervals(boot, self.labels, metric=metric))
 
-        def cell(r):
-            return "undefined (no positive)" if pd.isna(r.value) else f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
-
-        table = (boot.assign(cell=[cell(r) for r in boot.itertuples()], model=boot["model"].map(runs.display_name))
+        table = (boot.assign(cell=[interval_cell(r.value, r.ci_low, r.ci_high, r.n) for r in boot.itertuples()],
+                             model=boot["model"].map(runs.display_name))
                  .pivot_table(index=["model", "metric"], columns="label", values="cell", aggfunc="first")[self.labels])
         self.out.table("per_label_intervals", table, note=self.boot_note)
         self.out.figure("pr_curves", figures.pr_curves(self.pred, self.labels, self.main_models))

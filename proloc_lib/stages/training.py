@@ -17,6 +17,7 @@ import pandas as pd
 
 from proloc_lib.core import manifest, runs
 from proloc_lib.core.errors import UserError
+from proloc_lib.core.fileio import full_disk_as_error
 from proloc_lib.core.runtime import seed_everything
 from proloc_lib.data import splits
 from proloc_lib.data.images import summarize_image_statistics
@@ -365,7 +366,8 @@ def write_training_outputs(results: RunResults, out_dir: str | Path, *, cfg: dic
     """Stage 03's folder, swapped into place whole: ``metrics.csv`` (tidy, + git commit),
     ``history.csv``, ``predictions.parquet``, ``checkpoint-<name>/`` per run of ``checkpoint_runs``
     that was trained (``Checkpoint.save``), ``manifest.json``."""
-    with manifest.stage_output(out_dir, "03_training", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
+    with full_disk_as_error(f"stage 03's outputs in {out_dir}"), \
+            manifest.stage_output(out_dir, "03_training", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
         fill_training_outputs(tmp, extra, results, cfg=cfg, data=data, checkpoint_runs=checkpoint_runs)
     return Path(out_dir)
 
@@ -471,7 +473,8 @@ class TrainingStage(Stage):
 
     def write(self) -> Path:
         """The stage's folder, swapped into place whole; the per-epoch resume states are dropped after."""
-        with self.publishing(inputs=self.data.inputs()) as (tmp, extra):
+        with full_disk_as_error(f"stage 03's outputs in {self.out_dir}"), \
+                self.publishing(inputs=self.data.inputs()) as (tmp, extra):
             fill_training_outputs(tmp, extra, self.results(), cfg=self.cfg, data=self.data)
         clear_resume(self.resume_root)
         self.release()

@@ -12,6 +12,11 @@ On disk: ``model.safetensors`` (weights, no pickle) + ``config.json`` (everythin
   with a ``file``, a ``local-dir:`` model, a local folder as a hub id): the fingerprints are
   computed from the very config that would load the file, so they cannot catch it.
 
+* weights: sizes in config.json within ``TrainConfig``'s ranges, then the tensors the declared
+  model needs compared with the safetensors header (names, shapes, float dtypes) before any
+  model is built or tensor read (a config declaring 10^8 blocks allocates nothing), then every
+  tensor finite.
+
 Errors are ``CheckpointError`` (a ``errors.UserError``: one line naming the file, exit code 2).
 """
 
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from proloc_lib.core.errors import UserError
 from proloc_lib.core.fileio import publish, write_text
@@ -170,16 +176,16 @@ def validate_config(meta, cfg_path: Path, *, labels=None) -> dict:
     for key in ("seq_dim", "img_dim"):
         if key not in meta["model"]:
             raise CheckpointError(f"{cfg_path} lacks required key 'model.{key}'")
-    try:
-        mcfg = FusionConfig(**meta["model"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{cfg_path}: bad 'model' config: {exc}") from None
+    model = meta["model"]
     sizes = ("seq_dim", "img_dim", "n_labels", "d_model", "n_heads", "ff_mult")
-    bad = [k for k in sizes if isinstance(getattr(mcfg, k), bool) or not isinstance(getattr(mcfg, k), int)
-           or getattr(mcfg, k) < 1]
+    bad = [k for k in sizes if isinstance(model.get(k), int) and not isinstance(model[k], bool) and model[k] < 1]
     if bad:
-        raise CheckpointError(f"{cfg_path}: model {', '.join(f'{k}={getattr(mcfg, k)!r}' for k in bad)}: "
+        raise CheckpointError(f"{cfg_path}: model {', '.join(f'{k}={model[k]!r}' for k in bad)}: "
                               f"sizes must be positive integers")
+    try:  # types and ranges (TrainConfig's): nothing absurd is ever built
+        mcfg = FusionConfig(**model)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{cfg_path}: bad 'model' config: {' '.join(str(exc).split())[:300]}") from None
     n_labels = mcfg.n_labels
     _check_labels(meta["labels"], n_labels, labels, cfg_path)
     thr = meta["thresholds"]
@@ -224,17 +230,87 @@ def read_config(ckpt_dir: str | Path, *, labels=None) -> dict:
     return validate_config(meta, cfg_path, labels=labels)
 
 
+MAX_HEADER = 16 << 20          # bytes of safetensors header: a fusion model's is a few kB
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+def weights_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (dtype, shape)} from a safetensors file's header alone (no tensor is read),
+    after checking that the file is as long as the header says."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= min(size - 8, MAX_HEADER):
+                raise CheckpointError(f"{path} is not a readable safetensors file (truncated or garbage header)")
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is not a readable safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a readable safetensors file (its header is not a JSON object)")
+    header.pop("__metadata__", None)
+    out, end = {}, 0
+    try:
+        for name, entry in header.items():
+            shape = tuple(int(d) for d in entry["shape"])
+            out[name] = (str(entry["dtype"]), shape)
+            end = max(end, int(entry["data_offsets"][1]))
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise CheckpointError(f"{path} is not a readable safetensors file (malformed tensor entries)") from None
+    if 8 + n + end != size:
+        raise CheckpointError(f"{path} is truncated or padded: {size} bytes on disk, its header says {8 + n + end}")
+    return out
+
+
+def expected_shapes(cfg: FusionConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors the model of ``cfg`` holds, from a model on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = FusionModel(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_weights_fit(path: Path, cfg: FusionConfig, cfg_path: Path) -> None:
+    """The weights file holds exactly the tensors (names, shapes, float dtypes) that config.json's
+    model declares: compared from the header, before any model is built or tensor read."""
+    have, want = weights_header(path), expected_shapes(cfg)
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit the model in {cfg_path.name}: "
+                              + "; ".join(f"{what} {_names(keys)}" for what, keys in
+                                          (("missing", missing), ("unexpected", unexpected)) if keys))
+    for name, shape in want.items():
+        dtype, got = have[name]
+        if got != shape:
+            raise CheckpointError(f"{path}: tensor '{name}' has shape {list(got)}, the model in {cfg_path.name} "
+                                  f"needs {list(shape)}")
+        if dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{path}: tensor '{name}' is {dtype}, not a floating-point weight")
+
+
+def _names(keys: list[str], n: int = 3) -> str:
+    return ", ".join(f"'{k}'" for k in keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
 def _read_weights(path: Path, device: str):
-    """(state dict, metadata) from a safetensors file; a damaged file is named, not a traceback."""
+    """(state dict, metadata) from a safetensors file; a damaged file is named, not a traceback;
+    a tensor holding NaN or infinity is refused, named."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt", device=device) as fh:
             meta = fh.metadata() or {}
-            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # SafetensorError, OSError, HeaderTooLarge...: all mean "not usable"
         raise CheckpointError(f"{path} is not a readable safetensors file ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]})") from None
+    for name, t in state.items():
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor '{name}' holds NaN or infinite values; these weights cannot "
+                                  "predict anything (did training diverge?)")
+    return state, meta
 
 
 # -- the object --------------------------------------------------------------------------------
@@ -291,6 +367,8 @@ class Checkpoint:
         """Read and validate; ``labels``: the label names and order the caller expects."""
         ckpt_dir = Path(ckpt_dir)
         meta = read_config(ckpt_dir, labels=labels)
+        mcfg = FusionConfig(**meta["model"])          # sizes in range: checked by read_config
+        check_weights_fit(ckpt_dir / WEIGHTS, mcfg, ckpt_dir / CONFIG)
         state, wmeta = _read_weights(ckpt_dir / WEIGHTS, device)
         if "labels" in wmeta:
             try:
@@ -305,7 +383,7 @@ class Checkpoint:
             _warn(f"{ckpt_dir / WEIGHTS} records no label names (older checkpoint); the label order "
                   f"is taken from {CONFIG} unchecked")
         try:
-            model = FusionModel(FusionConfig(**meta["model"]))
+            model = FusionModel(mcfg)
             model.load_state_dict(state)
         except RuntimeError as exc:  # shape / key mismatch between config.json and the weights
             raise CheckpointError(f"{ckpt_dir / WEIGHTS} does not fit the model in {CONFIG}: "

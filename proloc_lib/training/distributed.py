@@ -40,6 +40,7 @@ import torch.multiprocessing as mp
 
 from proloc_lib.core.errors import RunFailed, one_line
 from proloc_lib.core.progress import bar as progress_bar
+from proloc_lib.core.fileio import full_disk_as_error
 from proloc_lib.core.runtime import check_ranks
 from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.training import loop
@@ -119,7 +120,12 @@ def _jobs_of(spec: dict, rank: int) -> tuple[list[int], list[loop.TrainJob]]:
 
 def _write_whole(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
+    try:
+        with full_disk_as_error(path):
+            write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from proloc_lib.core.progress import bar as progress_bar
+from proloc_lib.core.fileio import full_disk_as_error
 from proloc_lib.core.runtime import torch_threads
 from proloc_lib.features.store import STORE_DTYPE
 from proloc_lib.training import capture, stacked
@@ -197,11 +198,16 @@ class _Run:
             return
         self.resume.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.resume.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                    "scheduler": self.sched.state_dict(), "best_model": self.keep.weights,
-                    "state_json": json.dumps({**self.state, "keep": self.keep.state_dict()}),
-                    "run_key": json.dumps(self.key), "rng": self.gen.get_state(), "scaler": self.scaler.state_dict()},
-                   tmp)
+        try:
+            with full_disk_as_error(f"the resume state {self.resume}"):
+                torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                            "scheduler": self.sched.state_dict(), "best_model": self.keep.weights,
+                            "state_json": json.dumps({**self.state, "keep": self.keep.state_dict()}),
+                            "run_key": json.dumps(self.key), "rng": self.gen.get_state(),
+                            "scaler": self.scaler.state_dict()}, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)   # never leave a half-written state beside the good one
+            raise
         tmp.replace(self.resume)
 
     def step(self, img, seq, mask, y):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from proloc_lib.core.errors import UserError
-from proloc_lib.training.settings import ModelSwitches, make_config
+from proloc_lib.training.settings import ModelSwitches, check_ranges, make_config
 
 
 class PublishedWeightsError(UserError, ValueError):
@@ -39,6 +39,12 @@ class FusionConfig(ModelSwitches):
     seq_dim: int
     img_dim: int
     n_labels: int = 5
+
+    INPUT_RANGES = {"seq_dim": dict(ge=1, le=65536), "img_dim": dict(ge=1, le=65536), "n_labels": dict(ge=1, le=1000)}
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ranges(self, self.INPUT_RANGES)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -108,13 +108,19 @@ def build_plan(section: dict) -> Plan:
     base = section.get("base") or {}
     seeds = [int(s) for s in section.get("seeds", [0])]
     if not seeds:
-        raise ValueError("training.seeds is empty: give at least one seed")
+        raise ValueError("training.seeds: empty; give at least one seed")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"training.seeds repeats a seed: {seeds}")
+        raise ValueError(f"training.seeds: repeats a seed: {seeds}")
     configurations = section.get("configurations") or {"corrected": {}}
 
+    def config(where: str, name: str, **over) -> TrainConfig:
+        try:
+            return make_config(name, base, **over)
+        except ValueError as exc:   # say which run's merged settings are wrong
+            raise ValueError(f"{where} (with training.base): {exc}") from None
+
     def named(name: str) -> TrainConfig:
-        return make_config(name, base, **(configurations.get(name) or {}))
+        return config(f"training.configurations.{name}", name, **(configurations.get(name) or {}))
 
     runs, configs = [], {}
     for seed in seeds:
@@ -125,7 +131,8 @@ def build_plan(section: dict) -> Plan:
     ablations = section.get("ablations") or {}
     common = section.get("ablation_overrides") or {}
     if any(slug(label) == "reference" for label in ablations):
-        raise ValueError("'reference' is reserved for the run the ablations are compared with; rename that ablation")
+        raise ValueError("training.ablations: 'reference' is reserved for the run the ablations are compared with; "
+                         "rename that ablation")
     seen = set()
     for label, spec in ({"reference": {}, **ablations} if ablations else {}).items():
         spec = dict(spec or {})
@@ -133,11 +140,11 @@ def build_plan(section: dict) -> Plan:
         variant = spec.pop("image_variant", None)
         rid = make_id("ablation", label)
         if rid in seen:
-            raise ValueError(f"ablation '{label}' gives the run id {rid} twice (ablation names must differ "
-                             "after slugging; 'reference' is reserved)")
+            raise ValueError(f"training.ablations.{label}: gives the run id {rid} twice (ablation names must "
+                             "differ after slugging; 'reference' is reserved)")
         seen.add(rid)
         over = {**(configurations.get(of) or {}), **common, **spec}
-        run = {"run_id": rid, "model": rid, "config": of, "seed": seeds[0], "train": make_config(of, base, **over),
+        run = {"run_id": rid, "model": rid, "config": of, "seed": seeds[0], "train": config(f"training.ablations.{label}", of, **over),
                "ablation": parse(rid)[1]}
         if variant is not None:
             run["image_variant"] = str(variant)

@@ -2,14 +2,57 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
+import numbers
+import typing
 from dataclasses import asdict, dataclass, fields
 
 # ``train_on``: which splits of the protein table a run learns from
 TRAINING_SPLITS = {"train": ("train",), "train+val": ("train", "val")}
 # switches added after the first release: hashed only when set away from these values
 HASHED_ONLY_OFF_DEFAULT = {"train_on": "train"}
+
+# Allowed values of the numeric fields, in pydantic's words (ge, gt, le, lt): checked by every
+# ``__post_init__`` (profiles, checkpoints and resume states alike) and, at ``proloc run --check``,
+# by the profile schema. The upper bounds keep an absurd value (a typo, a hostile checkpoint)
+# from being attempted at all.
+_OPS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+        "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+
+def range_text(bounds: dict) -> str:
+    """``{"ge": 1, "le": 64}`` -> ``'>= 1 and <= 64'``."""
+    return " and ".join(f"{_OPS[op][1]} {b}" for op, b in bounds.items())
+
+
+@functools.lru_cache(maxsize=None)
+def _number_kinds(cls) -> dict:
+    """{field: (integral, None allowed)} from the dataclass's annotations."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        args = typing.get_args(tp) or (tp,)
+        out[name] = (int in args and float not in args, type(None) in args)
+    return out
+
+
+def check_ranges(obj, ranges: dict) -> None:
+    """Raise ValueError naming the first field of ``obj`` outside its range (None passes where the
+    field allows it)."""
+    kinds = _number_kinds(type(obj))
+    for name, bounds in ranges.items():
+        v = getattr(obj, name)
+        integral, optional = kinds[name]
+        if v is None and optional:
+            continue
+        kind = numbers.Integral if integral else numbers.Real
+        if isinstance(v, bool) or not isinstance(v, kind) or (isinstance(v, float) and not math.isfinite(v)):
+            what = "an integer" if integral else "a finite number"
+            raise ValueError(f"option {name}={v!r}: give {what} {range_text(bounds)}")
+        if not all(_OPS[op][0](v, b) for op, b in bounds.items()):
+            raise ValueError(f"option {name}={v!r}: must be {range_text(bounds)}")
 
 
 @dataclass(kw_only=True)
@@ -35,15 +78,16 @@ class ModelSwitches:
     query: str = "image"             # which modality asks: "image" (paper) or "sequence" (ablation)
 
     MODEL_CHOICES = {"ff_activation": ("gelu", "relu"), "query": ("image", "sequence")}
+    MODEL_RANGES = {"d_model": dict(ge=1, le=8192), "n_heads": dict(ge=1, le=256), "n_blocks": dict(ge=0, le=64),
+                    "ff_mult": dict(ge=1, le=64), "dropout": dict(ge=0, lt=1), "attn_dropout": dict(ge=0, lt=1)}
 
     def __post_init__(self):
+        check_ranges(self, self.MODEL_RANGES)   # first: n_heads 0 must not reach the division below
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+            raise ValueError(f"option n_heads={self.n_heads}: d_model {self.d_model} is not divisible by it")
         for key, allowed in self.MODEL_CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model option {key}={getattr(self, key)!r}: choose one of {allowed}")
-        if self.n_blocks < 0:
-            raise ValueError("n_blocks must be >= 0")
 
     def model_switches(self) -> dict:
         """Only the architecture fields (what ``FusionConfig`` needs besides the input widths)."""
@@ -100,17 +144,34 @@ class TrainConfig(ModelSwitches):
                "thresholds": ("fixed", "tuned"), "padding": ("batch", "split", "global"),
                "targets": ("protein", "image"), "train_on": tuple(TRAINING_SPLITS),
                "capture_step": ("off", "cuda", "always")}
+    RANGES = {"lr": dict(gt=0, le=10), "weight_decay": dict(ge=0, le=10), "warmup_frac": dict(ge=0, lt=1),
+              "grad_clip": dict(gt=0, le=1e6), "batch_size": dict(ge=1, le=65536),
+              "batch_tokens": dict(ge=1, le=10**9), "max_epochs": dict(ge=1, le=10000),
+              "patience": dict(ge=1, le=10000), "bce_weight": dict(ge=0, le=1000), "focal_weight": dict(ge=0, le=1000),
+              "focal_gamma": dict(ge=0, le=100), "images_per_protein": dict(ge=1, le=10000),
+              "pad_multiple": dict(ge=1, le=4096)}
     # switches that change how runs execute, never their result: a run trained with or without them
     # has the same hash, resume key and checkpoint configuration hash
     EXECUTION_ONLY = ("stack_seeds", "capture_step")
 
     def __post_init__(self):
         super().__post_init__()
+        check_ranges(self, self.RANGES)
         for key, allowed in self.CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"training option {key}={getattr(self, key)!r}: choose one of {allowed}")
-        if not isinstance(self.pad_multiple, int) or self.pad_multiple < 1:
-            raise ValueError(f"training option pad_multiple={self.pad_multiple!r}: give an integer >= 1")
+
+    def run_problem(self) -> str | None:
+        """What makes this configuration pointless to train as a profile's run (None: nothing).
+
+        Not raised by ``__post_init__``: saved configs (checkpoints, resume states) keep loading;
+        the profile check (``proloc run --check``) refuses them before any work."""
+        if self.patience is not None and self.patience > self.max_epochs:
+            return (f"option patience={self.patience}: more than max_epochs {self.max_epochs}, so early stopping "
+                    "can never stop anything; lower it or set patience: null")
+        if self.loss == "bce_focal" and self.bce_weight == 0 and self.focal_weight == 0:
+            return "options bce_weight and focal_weight are both 0: the loss would be zero and nothing would be learnt"
+        return None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -5,12 +5,16 @@ of responses, the last one repeated) and records every request, so retries, Rang
 quarantine and UniProt job polling are exercised over real HTTP without the network.
 """
 import hashlib
+import io
 import json
+import os
+import stat
 import time
 from urllib.parse import parse_qs
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from proloc_lib.data.download import (
     ZENODO_FILES,
@@ -332,3 +336,24 @@ def test_streaming_fetches_a_repeated_image_once(server, tmp_path):
     assert sum(len(c) for c in calls) == 3 and len({k for c in calls for k in c}) == 3
     assert table["sha256"].iloc[0] == table["sha256"].iloc[2] == table["sha256"].iloc[4]
     assert len([r for r in server.log if r["path"] == "/5560/d0.jpg"]) == 1
+
+
+# -- file modes of the download caches -------------------------------------------------------------
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_cached_downloads_follow_the_umask(server, tmp_path, umask, mode):
+    body = b"Protein Id,Antibody Id,locations\nENSG00000000001,HPA000001,nucleoplasm\n"
+    server.routes[f"{ZPATH}/data_test.csv/content"] = [server.send(200, body)]
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (180, 90, 40)).save(buf, format="JPEG")
+    server.routes["/5560/a.jpg"] = [server.send(200, buf.getvalue(), {"Content-Type": "image/jpeg"})]
+    old = os.umask(umask)
+    try:
+        table = fetch_zenodo("data_test.csv", tmp_path / "z", base_url=server.url + ZPATH,
+                             known_hash="md5:" + hashlib.md5(body).hexdigest(), progress=False)
+        ok, failures = fetch_images(pd.DataFrame({"url": [f"{server.url}/5560/a.jpg"]}), tmp_path / "img",
+                                    rate_limit_per_s=None, progress=False)
+    finally:
+        os.umask(old)
+    assert failures == []
+    for path in (table, tmp_path / "img" / "5560" / "a.jpg"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -200,3 +201,15 @@ def test_write_protein_images_deterministic_across_dirs(tmp_path):
     a = write_protein_images("Q9", onehot("cytoplasm"), tmp_path / "a", 2, base_seed=3, size=96)
     b = write_protein_images("Q9", onehot("cytoplasm"), tmp_path / "b", 2, base_seed=3, size=96)
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+# -- file modes ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_synthetic_images_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        paths = write_protein_images("P1", [1, 0, 0, 1, 0], tmp_path, 2, 0, size=64)
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [mode, mode]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["P1_0.jpg", "P1_1.jpg"]   # no temporary file left

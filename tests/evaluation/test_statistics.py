@@ -3,6 +3,7 @@ variance, the permutation control; and what each claims, checked on simulated da
 is known: the control's bound and detectable excess, the one interval over seeds and proteins,
 Holm's correction, the ECE floor."""
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -323,3 +324,44 @@ def test_calibrated_forecasts_stay_under_the_floor_p95_at_about_the_stated_rate(
     floor = statistics.ece_floor(p, n_sim=2000, rng=rng)
     observed = [metrics.calibration((rng.random(p.shape) < p).astype(int), p)["ece"] for _ in range(1000)]
     assert abs(np.mean(np.array(observed) <= np.quantile(floor, 0.95)) - 0.95) < 0.025
+
+
+# -- intervals over too few proteins ---------------------------------------------------------------
+TWO = ["a", "b"]
+
+
+def _two_label_pred(model: str, y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
+    df = pd.DataFrame({"protein_id": [f"P{i}" for i in range(len(y))], "model": model, "seed": 0,
+                       "split": "test", "level": "protein"})
+    for j, lab in enumerate(TWO):
+        df[f"y:{lab}"], df[f"p:{lab}"], df[f"t:{lab}"] = y[:, j], p[:, j], 0.5
+    return df
+
+
+def test_one_test_protein_gives_a_degenerate_interval_and_a_one_line_warning():
+    pred = _two_label_pred("m", np.array([[1, 0]]), np.array([[0.9, 0.2]]))
+    with pytest.warns(UserWarning) as record:
+        out = statistics.bootstrap_per_label(pred, TWO, n_boot=50)
+    f1 = out[(out["label"] == "a") & (out["metric"] == "f1")].iloc[0]
+    assert (f1["value"], f1["ci_low"], f1["ci_high"], f1["n"]) == (1.0, 1.0, 1.0, 1)   # "1.000 [1.000, 1.000]"
+    msg = str(record[0].message)
+    assert msg == ("per-label intervals of m over only 1 protein(s): a bootstrap interval needs at least 10 to say "
+                   "anything; tables mark it as not informative") and "\n" not in msg
+    with pytest.warns(UserWarning, match="paired sample-F1 difference over only 1 protein"):
+        statistics.bootstrap_f1_difference(pred, pred, TWO, n_boot=20)
+
+
+def test_enough_proteins_give_no_warning():
+    rng = np.random.default_rng(0)
+    y = (rng.random((statistics.MIN_INTERVAL_PROTEINS, 2)) < 0.5).astype(int)
+    pred = _two_label_pred("m", y, rng.random(y.shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        statistics.bootstrap_per_label(pred, TWO, n_boot=20)
+        statistics.bootstrap_f1_difference(pred, pred, TWO, n_boot=20)
+
+
+@pytest.mark.parametrize("n, note", [(1, "n=1: too few proteins for an interval"),
+                                     (9, "n=9: too few proteins for an interval"), (10, None), (500, None)])
+def test_too_few_for_interval(n, note):
+    assert statistics.too_few_for_interval(n) == note

@@ -9,7 +9,13 @@ from proloc_lib.cli.main import main as proloc
 from proloc_lib.core import manifest
 from proloc_lib.evaluation import scoring, statistics
 from proloc_lib.stages import figures as stage_figures
-from proloc_lib.stages.figures import FiguresStage, quote_matches, readme_mismatches
+from proloc_lib.stages.figures import (
+    FiguresStage,
+    interval_cell,
+    mark_uninformative,
+    quote_matches,
+    readme_mismatches,
+)
 
 
 LABELS = ["cytoplasm", "nucleus", "mitochondria"]
@@ -201,3 +207,20 @@ def test_new_figures_and_the_confusion_table_are_written(smoke_run):
         assert r["TP"] + r["FN"] == y.sum()
         assert r["TP"] + r["FP"] == (test[f"p:{r['label']}"] >= test[f"t:{r['label']}"]).sum()
     assert counts["provenance"].str.contains("SYNTHETIC").all()
+
+
+# -- intervals over too few proteins in the tables -------------------------------------------------
+def test_interval_cells():
+    assert interval_cell(1.0, 1.0, 1.0, 1) == "1.000 (n=1: too few proteins for an interval)"
+    assert interval_cell(0.8125, 0.7011, 0.905, 54) == "0.812 [0.701, 0.905]"
+    assert interval_cell(float("nan"), float("nan"), float("nan"), 3) == "undefined (no positive)"
+
+
+def test_paired_comparisons_over_too_few_proteins_are_marked():
+    table = pd.DataFrame({"model A": ["x", "x"], "model B": ["y", "z"], "mean_difference": [0.0, 0.1],
+                          "ci_low": [0.0, 0.02], "ci_high": [0.0, 0.2], "n_proteins": [1, 54], "n_boot": [200, 200]})
+    out = mark_uninformative(table)
+    assert list(out["ci_low"]) == ["n=1: too few proteins for an interval", 0.02]
+    assert list(out["ci_high"]) == ["n=1: too few proteins for an interval", 0.2]
+    assert list(out["mean_difference"]) == [0.0, 0.1] and table["ci_low"].tolist() == [0.0, 0.02]   # input unchanged
+    assert mark_uninformative(pd.DataFrame()).empty

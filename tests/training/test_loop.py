@@ -2,15 +2,18 @@
 stops on a NaN loss; several seeds and runs train together exactly as alone; resume is keyed by
 the run and a finished run is never trained further. Its execution switches (stack_seeds,
 capture_step) change how runs step, not what they compute: the same hash and resume key, the
-same results as the plain loop."""
+same results as the plain loop. A full disk while saving the resume state is one line."""
+import errno
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from proloc_lib.core.errors import EXIT_FAILED, DiskFull
 from proloc_lib.data.labels import LABELS
 from proloc_lib.training import capture, datasets, loop, settings
 
@@ -319,3 +322,35 @@ def test_every_finished_epoch_of_every_run_is_reported(tmp_path, tiny_stores):
         warnings.simplefilter("ignore")
         loop.train_jobs(jobs, LABELS, progress=False, on_epoch=ticks.append)
     assert sum(ticks) == 2 + 2 + 3
+
+
+# -- a full disk while saving the resume state -----------------------------------------------------
+def test_a_full_disk_while_saving_the_resume_state_is_one_line_and_keeps_the_last_state(tmp_path, monkeypatch,
+                                                                                        tiny_stores):
+    ds = tiny_stores(tmp_path)
+    cfg = settings.make_config("corrected", d_model=16, n_heads=2, n_blocks=1, max_epochs=3, patience=None, batch_size=8)
+    resume = tmp_path / "resume"
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(Path(f))
+        if len(saves) == 2:                        # epoch 2: the disk is full half-way through the write
+            Path(f).write_bytes(b"half a state")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(loop.torch, "save", save)
+    with pytest.raises(DiskFull) as info:
+        loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+    msg = str(info.value)
+    assert msg.startswith(f"no space left on the device writing the resume state {resume / 'last_state.pt'} (")
+    assert "\n" not in msg and info.value.exit_code == EXIT_FAILED
+    assert sorted(p.name for p in resume.iterdir()) == ["last_state.pt"]   # no half-written .tmp beside it
+    kept = loop.torch.load(resume / "last_state.pt", weights_only=True)
+    assert json.loads(kept["state_json"])["epoch"] == 1                      # the last good state, epoch 1
+
+    monkeypatch.setattr(loop.torch, "save", real_save)
+    _, hist = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False, resume_dir=resume)
+    _, fresh = loop.train_fusion(ds["train"], ds["val"], cfg, LABELS, seed=0, progress=False)
+    assert list(hist["epoch"]) == [1, 2, 3]
+    assert hist["train_loss"].round(6).tolist() == fresh["train_loss"].round(6).tolist()   # continued exactly
