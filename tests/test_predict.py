@@ -306,7 +306,7 @@ def test_a_full_disk_while_writing_out_is_one_line_and_keeps_the_old_file(env, t
     monkeypatch.setattr(pd.DataFrame, "to_csv", full)
     rc = predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images",
                                   str(env["images"]), "--out", str(out), "--device", "cpu", "--no-progress"])
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning:", "summary:"))]
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning:", "summary:", "note:"))]
     assert rc == 1 and len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith(f"proloc predict: no space left on the device writing --out {out} (")
     assert out.read_text() == "previous result\n" and sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"]

@@ -3,6 +3,8 @@ the same models and histories as one process, bit for bit at one thread per proc
 rank stops the other with one line; runs resume run by run. (The stage's metrics, predictions and
 checkpoints on two ranks: tests/stages/test_training.py.)"""
 import json
+import os
+import time
 import warnings
 
 import pandas as pd
@@ -83,7 +85,7 @@ def test_two_ranks_continue_interrupted_runs_and_equal_one_process(tmp_path, mon
 
 
 def _poisoned(tmp_path, tiny_stores):
-    """The tiny stores, and a train set whose image tokens are all NaN: a loss that is NaN at once."""
+    """The tiny stores, and a train set whose image tokens are all NaN (refused when read, on its rank)."""
     ds = tiny_stores(tmp_path)
     img = EmbeddingStore.open(tmp_path / "img-nan", {"m": "nan"}, 8, "image")
     img.commit({k: torch.full((4, 8), float("nan")) for k in ds["train"].img_store.keys()})
@@ -93,17 +95,17 @@ def _poisoned(tmp_path, tiny_stores):
 
 def test_a_failing_rank_stops_the_other_with_one_line(tmp_path, tiny_stores):
     bad, ds = _poisoned(tmp_path, tiny_stores)
-    healthy = settings.make_config("corrected", **SMALL, max_epochs=100_000, patience=None, batch_size=8)
+    healthy = settings.make_config("corrected", **SMALL, max_epochs=10_000, patience=None, batch_size=8)
     jobs = [loop.TrainJob(train_ds=ds["train"], val_ds=ds["val"], cfg=healthy, resume_dir=tmp_path / "ok"),
             loop.TrainJob(train_ds=bad, val_ds=ds["val"], cfg=settings.make_config("corrected", **SMALL, max_epochs=2))]
     assert distributed.shares([distributed.job_cost(j) for j in jobs], 2) == [0, 1]
-    with pytest.raises(loop.NaNLossError) as err:
+    with pytest.raises(distributed.RankFailed) as err:
         distributed.train_jobs(jobs, LABELS, progress=False, ranks=2)
     message = str(err.value)
-    assert "\n" not in message and message.startswith("training rank 1 of 2: non-finite training loss at epoch 1")
+    assert "\n" not in message and message.startswith("training rank 1 of 2 failed: NonFiniteFeatureError: item")
     state = tmp_path / "ok" / "last_state.pt"   # the healthy rank was stopped, far from its last epoch
     done = json.loads(torch.load(state, weights_only=True)["state_json"])["epoch"] if state.exists() else 0
-    assert done < 100_000
+    assert done < 10_000
 
 
 def test_too_many_ranks_for_the_gpus_is_one_line(tmp_path, monkeypatch, tiny_stores):
@@ -111,3 +113,12 @@ def test_too_many_ranks_for_the_gpus_is_one_line(tmp_path, monkeypatch, tiny_sto
     ds = tiny_stores(tmp_path)
     with pytest.raises(Exception, match=r"^2 training ranks need 2 CUDA devices, one each; this machine has 1"):
         distributed.train_jobs(_jobs(ds), LABELS, device="cuda", progress=False, ranks=2)
+
+
+def test_a_rank_stopped_by_a_non_finite_loss_is_reported_as_one(tmp_path):
+    (tmp_path / "error-1").write_text("NaNLossError: non-finite training loss at epoch 3; the best model so far is kept")
+    (tmp_path / "error-0").write_text("RankFailed: stopped because rank 1 failed")
+    os.utime(tmp_path / "error-0", (time.time() + 5, time.time() + 5))     # the rank that stopped first speaks
+    err = distributed._failure(tmp_path, 2, RuntimeError("a child process failed"))
+    assert isinstance(err, loop.NaNLossError)
+    assert str(err) == ("training rank 1 of 2: non-finite training loss at epoch 3; the best model so far is kept")
