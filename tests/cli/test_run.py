@@ -69,6 +69,7 @@ training:
   cross_validation: false
   ablations: null
   base: {max_epochs: 1}
+  configurations: {corrected: {patience: 1}}   # no more than max_epochs
 figures:
   formats: [png]
   bootstrap_resamples: 20
