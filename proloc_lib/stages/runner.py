@@ -112,12 +112,19 @@ def _kernel_manager(stderr, env: dict, stopping: list):
             return await super()._async_launch_kernel(kernel_cmd, **kw)
 
         async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False):
-            if stopping and self.has_kernel and not now:
-                try:
-                    await self._async_interrupt_kernel()
-                except Exception:  # already gone
-                    pass
+            self.interrupt_on_shutdown = bool(stopping)
             return await super()._async_shutdown_kernel(now=now, restart=restart)
+
+        async def _async_interrupt_kernel(self):
+            # jupyter_client interrupts every kernel it shuts down; a kernel whose notebook has
+            # finished has nothing to stop, and the interrupt can land while it still flushes its
+            # output, adding "KeyboardInterrupt caught in kernel" to what the run prints
+            if not getattr(self, "interrupt_on_shutdown", True):
+                return
+            try:
+                await super()._async_interrupt_kernel()
+            except Exception:  # already gone
+                pass
 
     return StageKernelManager
 

@@ -111,7 +111,7 @@ def test_ctrl_c_during_the_swap_waits_until_the_new_output_is_in_place(tmp_path,
     real_publish = manifest.publish
 
     def interrupted_publish(src, dest):   # Ctrl-C between moving the old output away and the new in
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)   # delivered to this thread, not to any thread of the process
         return real_publish(src, dest)
 
     monkeypatch.setattr(manifest, "publish", interrupted_publish)
