@@ -23,13 +23,30 @@ PROTT5_HIDDEN = 1024          # ProtT5-XL-U50 per-residue width
 REPEAT_IF_UNDER_S = 20.0     # repeat a timing only when one run is shorter than this
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _machine(device: str, threads: int | None = None) -> dict:
-    """Where a benchmark ran: the fields every JSON report carries."""
-    return {"device": device,
-            "device_name": (torch.cuda.get_device_name() if device.startswith("cuda")
-                            else platform.processor() or platform.machine()),
-            "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch_threads": threads or torch.get_num_threads()}
+    """Where a benchmark ran: the fields every JSON report carries (the load average too, since a
+    busy machine slows every timing)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"device": device, "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cpus_usable": usable,
+            "torch_threads": threads or torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+    info["device_name"] = (torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda")
+                           else f"CPU ({info['cpu']}, {usable} usable cores)")
+    try:
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return info
 
 
 def _log(msg: str) -> None:

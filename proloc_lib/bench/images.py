@@ -32,8 +32,6 @@ and its load: the JSON names the device, the CPU and the thread counts.
 
 from __future__ import annotations
 
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ import torch
 
 from proloc_lib.core import paths, runtime
 from proloc_lib.core.errors import RunFailed, UserError
+from proloc_lib.bench.common import _machine
 from proloc_lib.data.images import load_image
 from proloc_lib.features import image as image_features
 from proloc_lib.features import store
@@ -57,29 +56,8 @@ def default_sample_image() -> Path:
     return paths.reference_dir() / SAMPLE_IMAGE
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: str) -> dict:
-    info = {"device": device, "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-            "cpus_usable": image_features.decode_workers("auto"), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
-    if device.startswith("cuda"):
-        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
-    else:
-        info["device_name"] = f"CPU ({info['cpu']}, {info['cpus_usable']} usable cores)"
-    try:
-        info["load_average_1min"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    return info
+    return {**_machine(device), "cpus_usable": image_features.decode_workers("auto")}
 
 
 def load_encoder(image_cfg: dict, device: str):
