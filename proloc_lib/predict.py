@@ -79,6 +79,7 @@ from proloc_lib.training.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     read_config,
+    trained_end_token,
 )
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -404,11 +405,14 @@ def sequence_use(seq: str, max_residues: int, long_policy: str) -> tuple[str, st
                          f"(checkpoint max_residues); residues {max_residues + 1}-{len(seq)} were not used")
 
 
-def embed_protein_sequence(seq_enc, seq: str, max_residues: int, long_policy: str) -> torch.Tensor:
-    """Per-residue features exactly as extract_sequences stored them (before fp16 storage)."""
+def embed_protein_sequence(seq_enc, seq: str, max_residues: int, long_policy: str, *,
+                           end_token: str = "drop") -> torch.Tensor:
+    """Sequence features exactly as extract_sequences stored them (before fp16 storage) and as
+    the model was trained on them: the residues, and with ``end_token="keep"`` the ``</s>`` row last."""
+    keep = end_token == "keep"
     if len(seq) > max_residues and long_policy == "windows":
-        return embed_sequence_long(seq_enc, seq, max_residues)
-    return seq_enc.embed_batch([seq[:max_residues]])[0]
+        return embed_sequence_long(seq_enc, seq, max_residues, end_token=keep)
+    return seq_enc.embed_batch([seq[:max_residues]], end_token=keep)[0]
 
 
 @torch.no_grad()
@@ -483,6 +487,7 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
     labels, enc = meta["labels"], meta["encoders"]
     thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
     grid = image_grid(meta)
+    end_token = trained_end_token(meta)   # the sequence rows the model was trained on
     note = demo_note(meta)
     if note:
         _warn(note)
@@ -524,7 +529,7 @@ def predict(checkpoint: str | Path, fasta: str | Path, images: str | Path | None
                     row["error"] = f"{why}: {fusion_needs_images([pid])}"
                 else:
                     seq_tokens = _as_trained(embed_protein_sequence(seq_enc, seq, enc["max_residues"],
-                                                                    enc["long_policy"]))
+                                                                    enc["long_policy"], end_token=end_token))
                     row["_prob"] = protein_probabilities(model, seq_tokens, img_tokens, device, batch_size)
             except torch.OutOfMemoryError:  # one huge protein must not cost the others their rows
                 row.pop("_prob", None)

@@ -121,6 +121,42 @@ def test_probabilities_equal_the_evaluation_path(env):
                                expected.to_numpy(), rtol=0, atol=1e-5)
 
 
+def test_a_model_trained_with_the_end_token_row_gets_it_for_new_sequences(env):
+    """training.end_token "keep" (authors: the published input): predict embeds each sequence with
+    its </s> row last, as the store kept it and the evaluation fed it; older checkpoints (no
+    end_token recorded, as in ``env``) get the residues only."""
+    ckpt = _edit(env, "ckpt_keep", lambda m: m["training"].update(end_token="keep"))
+    df = predict_mod.predict(ckpt, env["fasta"], env["images"], device="cpu", progress=False)
+    model = Checkpoint.load(ckpt).model
+    for pid, seq in SEQS.items():
+        with torch.no_grad():
+            s = env["seq_enc"].embed_batch([seq[:MAX_RESIDUES]], end_token=True)[0].half().float()
+            assert len(s) == min(len(seq), MAX_RESIDUES) + 1
+            im = env["img_enc"].embed_batch([load_image(p) for p in env["paths"][pid]]).half().float()
+            probs = torch.sigmoid(model(im, s.expand(len(im), -1, -1), torch.ones(len(im), len(s), dtype=bool)))
+        np.testing.assert_allclose(df.loc[df["protein_id"] == pid, PROB].to_numpy()[0],
+                                   probs.mean(0).numpy(), rtol=0, atol=1e-5)
+    assert not np.allclose(df[PROB].to_numpy(), env["df"][PROB].to_numpy(), atol=1e-4)   # the row counts
+    # the evaluation path on a store with end rows, the dataset keeping them, gives the same numbers
+    root = env["root"] / "stores-keep"
+    extract_sequences({sequence_hash(s): s for s in SEQS.values()}, env["seq_enc"], root / "seq",
+                      max_residues=MAX_RESIDUES, progress=False)
+    files = {pid: [str(p) for p in ps] for pid, ps in env["paths"].items()}
+    extract_images({file_sha256(p): p for ps in files.values() for p in ps}, env["img_enc"], root / "img",
+                   progress=False)
+    images = pd.DataFrame([{"image_id": file_sha256(p), "protein_id": pid} for pid, ps in files.items() for p in ps])
+    proteins = pd.DataFrame([{"protein_id": pid, "seq_hash": sequence_hash(s), "split": "test",
+                              **dict(zip(LABELS, env["labels"][pid]))} for pid, s in SEQS.items()])
+    ds = FusionDataset(image_samples(images, proteins, LABELS), LABELS, EmbeddingStore(root / "seq"),
+                       EmbeddingStore(root / "img"), end_token="keep")
+    expected = pd.DataFrame(predict_proba(model, ds)).groupby(ds.samples["protein_id"].to_numpy()).mean()
+    np.testing.assert_allclose(df.set_index("protein_id").loc[expected.index, PROB].to_numpy(),
+                               expected.to_numpy(), rtol=0, atol=1e-5)
+    bad = _edit(env, "ckpt_bad_end", lambda m: m["training"].update(end_token="both"))
+    with pytest.raises(checkpoint.CheckpointError, match="end_token"):
+        predict_mod.predict(bad, env["fasta"], env["images"], device="cpu", progress=False)
+
+
 def test_windows_policy_embeds_long_sequences_in_windows(env):
     def windows(m):
         m["encoders"].update(long_policy="windows", max_residues=30)

@@ -15,7 +15,7 @@ import torch
 
 from proloc_lib.core import paths
 from proloc_lib.data.sequences import clean_sequence, sequence_hash
-from proloc_lib.features.store import STORE_DTYPE, EmbeddingStore
+from proloc_lib.features.store import END_ROWS, STORE_DTYPE, EmbeddingStore
 from proloc_lib.training import datasets, settings
 
 REFERENCE_CSV = "proloc_ihs_test.csv"
@@ -195,9 +195,10 @@ def build_random_stores(rows: pd.DataFrame, widths: dict, root: str | os.PathLik
     store, samples with ``image_id``, ``seq_hash``, ``length`` and the label columns).
     """
     gen = torch.Generator().manual_seed(seed)
+    end_gen = torch.Generator().manual_seed(seed + 1)
     root = Path(root)
     seq_store = EmbeddingStore.open(root / "sequences", {"benchmark": "training", "random": True, "seed": seed},
-                                    widths["seq_dim"], "sequence")
+                                    widths["seq_dim"], "sequence", extraction={END_ROWS: True})
     img_store = EmbeddingStore.open(root / "images", {"benchmark": "training", "random": True, "seed": seed},
                                     widths["img_dim"], "image")
     samples = pd.DataFrame({"image_id": [f"sample-{i:05d}" for i in rows["sample"]],
@@ -212,8 +213,11 @@ def build_random_stores(rows: pd.DataFrame, widths: dict, root: str | os.PathLik
                                 ([(k, None) for k in samples["image_id"]], img_store,
                                  lambda _: (widths["image_tokens"], widths["img_dim"]))):
         for start in range(0, len(items), shard_size):
-            store.commit({k: torch.randn(*shape(v), generator=gen).to(STORE_DTYPE)
-                          for k, v in items[start:start + shard_size]})
+            chunk = {k: torch.randn(*shape(v), generator=gen).to(STORE_DTYPE) for k, v in items[start:start + shard_size]}
+            # the </s> rows (TrainConfig.end_token "keep") from their own stream: the other draws stay as they were
+            ends = ({k: torch.randn(widths["seq_dim"], generator=end_gen) for k in chunk}
+                    if store is seq_store else None)
+            store.commit(chunk, end_rows=ends)
         store.close()
     return seq_store.path, img_store.path, samples
 
@@ -277,7 +281,8 @@ def epoch_flops(ds, cfg, widths: dict, seed: int, pad_to: int | None = None) -> 
     """Training FLOPs of one epoch (forward x 3 for forward + backward) over the batches it feeds."""
 
     return sum(3 * forward_flops(cfg, widths, len(i), w)
-               for i, w in datasets.epoch_batches(ds.seq_lengths, cfg, shuffle=True, seed=seed, pad_to=pad_to))
+               for i, w in datasets.epoch_batches(ds.for_config(cfg).seq_lengths, cfg, shuffle=True, seed=seed,
+                                                  pad_to=pad_to))
 
 
 def _write_json(res: dict, out) -> str:

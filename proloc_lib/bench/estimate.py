@@ -102,6 +102,7 @@ def dry_run(profile: str = "full", device: str = "auto", *, data_root=None, refe
         # train_on: train+val (authors) learns from the validation samples too
         n_fit = n_tr + (n_va if "val" in c.training_splits else 0)
         fit_len = tr_len if n_fit == n_tr else np.concatenate([tr_len, rng.choice(lengths, n_va)])
+        fit_len = datasets.row_lengths(fit_len, c)   # + the </s> row where the configuration keeps it
         plan = datasets.epoch_batches(fit_len, c, shuffle=True, seed=0,
                                       pad_to=None if c.padding == "batch" else int(fit_len.max()))
         widths_used = [w for _, w in plan]
@@ -202,6 +203,7 @@ def activation_bytes(cfg, widths: dict, width: int, *, batch: int = 1) -> int:
 
 def _run_workload(c, tr_len, va_len, widths) -> dict:
     """Batches, FLOPs and the largest batch x width of one run at its max_epochs."""
+    tr_len, va_len = datasets.row_lengths(tr_len, c), datasets.row_lengths(va_len, c)
     pad = None if c.padding == "batch" else int(max(tr_len.max(), va_len.max()))
     train = datasets.epoch_batches(tr_len, c, shuffle=True, seed=0, pad_to=pad)
     val = datasets.epoch_batches(va_len, c, shuffle=False, seed=0, pad_to=pad)

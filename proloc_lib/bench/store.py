@@ -27,7 +27,7 @@ from proloc_lib.data.sequences import clean_sequence, prott5_format
 from proloc_lib.features import encoders
 from proloc_lib.features.batching import length_buckets
 from proloc_lib.features.encoders import load_sequence_encoder
-from proloc_lib.features.store import STORE_DTYPE, EmbeddingStore, store_size_bytes
+from proloc_lib.features.store import END_ROWS, STORE_DTYPE, EmbeddingStore, store_size_bytes
 from proloc_lib.profiles import loader as profiles
 
 AUTHORS_BYTES_PER_VALUE = 4   # float32
@@ -49,14 +49,16 @@ def store_size(reference_csv: str | os.PathLike, hidden_size: int = PROTT5_HIDDE
     authors = n_rows * l_max * hidden_size * AUTHORS_BYTES_PER_VALUE
     authors_eos = n_rows * (l_max + 1) * hidden_size * AUTHORS_BYTES_PER_VALUE
     itemsize = torch.finfo(STORE_DTYPE).bits // 8
-    payload = (sum(lengths) + len(lengths)) * hidden_size * itemsize  # per-residue + one mean each
+    # per-residue + one mean and one </s> row each (a sequence store keeps its end rows)
+    payload = (sum(lengths) + 2 * len(lengths)) * hidden_size * itemsize
     with tempfile.TemporaryDirectory(prefix="proloc-bench-store-", dir=workdir) as tmp:
         store = EmbeddingStore.open(Path(tmp) / "store", {"benchmark": "store_size", "hidden_size": hidden_size},
-                                    hidden_size, "sequence")
+                                    hidden_size, "sequence", extraction={END_ROWS: True})
         keys = list(seqs)
         for start in range(0, len(keys), shard_size):
-            store.commit({k: torch.zeros(len(seqs[k]), hidden_size, dtype=STORE_DTYPE)
-                          for k in keys[start:start + shard_size]})
+            chunk = keys[start:start + shard_size]
+            store.commit({k: torch.zeros(len(seqs[k]), hidden_size, dtype=STORE_DTYPE) for k in chunk},
+                         end_rows={k: torch.zeros(hidden_size, dtype=STORE_DTYPE) for k in chunk})
         n_stored = len(store.keys())
         ours = store_size_bytes(store.path)
         n_files = sum(1 for p in store.path.rglob("*") if p.is_file())
@@ -76,7 +78,7 @@ def store_size(reference_csv: str | os.PathLike, hidden_size: int = PROTT5_HIDDE
         "authors_bytes": authors,
         "authors_bytes_with_end_token": authors_eos,
         "ours_layout": (f"one {str(STORE_DTYPE).replace('torch.', '')} matrix per unique sequence at its true "
-                        "length + its mean vector, safetensors shards + store.json (measured on disk)"),
+                        "length + its mean vector + its </s> row, safetensors shards + store.json (measured on disk)"),
         "ours_payload_bytes": payload,
         "ours_bytes": ours,
         "ours_overhead_bytes": ours - payload,

@@ -6,7 +6,8 @@
    float32 ProtT5 matrix per *image row*: ``rows x L_max x 1024 x 4`` bytes, ``L_max`` being the
    longest sequence of the set. (Their code also keeps the ``</s>`` row, i.e. ``L_max + 1``; the
    headline ratio uses the smaller, conservative ``L_max`` and reports the other beside it.) Ours
-   keeps each *unique* sequence once, float16, at its true length, plus a float16 mean vector.
+   keeps each *unique* sequence once, float16, at its true length, plus a float16 mean vector
+   and its ``</s>`` row.
    Both are computed from the real row count and sequence lengths of the reference set, and ours
    is *measured*: a real store of zero tensors with the true shapes is written to a temporary
    folder with :class:`EmbeddingStore` (safetensors headers and ``store.json`` included), sized
@@ -89,7 +90,7 @@ def loader_stats(ds, cfg, seed: int) -> dict:
     set's longest) under the authors' global padding. Epoch ``e`` of train_fusion uses
     ``seed + e``, so ``seed + 1`` describes its first epoch exactly.
     """
-
+    ds = ds.for_config(cfg)   # the rows the configuration is fed (authors: + the </s> row)
     loader = datasets.make_loader(ds, cfg, True, seed)
     pad_to = loader.collate_fn.keywords.get("pad_to")
     lengths = ds.seq_lengths
@@ -257,6 +258,7 @@ def loader_only(ds, cfg, device: str, *, seed: int = 0, min_seconds: float = 2.0
 
     _sync(device)
     t0 = time.perf_counter()
+    ds = ds.for_config(cfg)
     out = STORE_DTYPE if loop._amp_dtype(cfg, device) is not None else torch.float32  # as train_fusion does
     feats = datasets.features_on_device(ds, device, targets=cfg.targets, resident=resident, out_dtype=out)
     _sync(device)
@@ -325,7 +327,8 @@ def profile_training(reference=None, profile: str = "full", device: str = "auto"
     cuda = device.startswith("cuda")
     with tempfile.TemporaryDirectory(prefix="proloc-bench-prof-", dir=workdir) as tmp:
         seq_path, img_path, samples = build_random_stores(rows, widths, tmp, LABELS, 0)
-        ds = datasets.FusionDataset(samples, list(LABELS), EmbeddingStore(seq_path), EmbeddingStore(img_path))
+        ds = datasets.FusionDataset(samples, list(LABELS), EmbeddingStore(seq_path),
+                                    EmbeddingStore(img_path)).for_config(cfg)
         run = loop._Run(loop.TrainJob(train_ds=ds, val_ds=ds, cfg=cfg), list(LABELS), device, None)
         out = STORE_DTYPE if loop._amp_dtype(cfg, device) is not None else torch.float32
         feats = datasets.features_on_device(ds, device, targets=cfg.targets, out_dtype=out)

@@ -39,6 +39,8 @@ PREPROCESSING_KEYS = ("crop_pct", *PREPROCESSING_CHOICES)
 T5_ARCH_KEYS = {"d_model", "d_ff", "num_layers", "num_heads", "d_kv", "relative_attention_num_buckets",
                 "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon",
                 "dropout_rate", "initializer_factor"}
+# The residue rows (what checkpoints record); a store also keeping the </s> row says so in its
+# extraction settings (store.END_ROWS), not here, so checkpoints made before still match.
 PROTT5_PREPROCESSING = "prott5: UZOB->X, space-separated, </s> dropped"
 IMAGE_TOKENS = "forward_features: all tokens (cls + patches) after final norm"
 # Random-weight ViTs take their default input transform (mean/std, interpolation, crop) from this
@@ -209,7 +211,7 @@ def _load_t5_tokenizer(source: str, **kwargs):
 
 # -- sequence encoder ----------------------------------------------------------------------------
 class SequenceEncoder:
-    """Frozen ProtT5-style encoder; per-residue features, end token dropped."""
+    """Frozen ProtT5-style encoder; per-residue features (the end token's row on request)."""
 
     def __init__(self, model, tokenizer, model_id: str, revision: str, device: str, dtype: torch.dtype,
                  random_weights: bool, config: dict | None = None, init_seed: int | None = None,
@@ -243,8 +245,10 @@ class SequenceEncoder:
         return f"SequenceEncoder({self.model_id}, {tag}, hidden {self.hidden_size}, {self.device}, {self.dtype})"
 
     @torch.inference_mode()
-    def embed_batch(self, seqs: list[str]) -> list[torch.Tensor]:
-        """Per-residue float32 CPU tensors of shape (len(seq), hidden), one per sequence."""
+    def embed_batch(self, seqs: list[str], *, end_token: bool = False) -> list[torch.Tensor]:
+        """Per-residue float32 CPU tensors of shape (len(seq), hidden), one per sequence; with
+        ``end_token``, (len(seq) + 1, hidden): the ``</s>`` position's row last, as the published
+        prott5.py keeps it (the store saves it apart, see ``store.END_SUFFIX``)."""
         if not seqs:
             return []
         seqs = [clean_sequence(s) for s in seqs]  # idempotent on clean input; guards the token count
@@ -258,8 +262,9 @@ class SequenceEncoder:
         ids = enc["input_ids"].to(self.device)
         mask = enc["attention_mask"].to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        # Residues come first, then </s>, then padding: keep exactly the residue rows.
-        return [hidden[i, :len(s)].float().cpu() for i, s in enumerate(seqs)]
+        # Residues come first, then </s>, then padding: keep exactly the residue rows (+ </s>).
+        extra = 1 if end_token else 0
+        return [hidden[i, :len(s) + extra].float().cpu() for i, s in enumerate(seqs)]
 
 
 def load_sequence_encoder(cfg: dict, device: str = "auto", cache_dir: str | None = None) -> SequenceEncoder:

@@ -9,6 +9,13 @@ Each sequence is embedded once, keyed by its hash, whatever the number of its im
 image is keyed by its file checksum. Per-residue tensors are kept in float16 at their true
 length (no padding), with a mean-pooled vector ``<key>.mean`` for the baselines.
 
+End-token rows. A sequence store whose ``extraction`` says ``end_rows`` also keeps each
+sequence's ``</s>`` row (ProtT5's end token, which the published prott5.py feeds the model) as
+``<key>.end``, beside its residue rows: ``get(key)`` and the pooled vector stay the residues
+only, ``get(key, end_row=True)`` appends the ``</s>`` row. ``end_rows`` enters the fingerprint id,
+so an extraction over a store made before (without them) finds it stale and re-embeds it; such a
+store stays readable for everything that reads residue rows only.
+
 Integrity. A shard is named by its content: ``shard-<tag>-<sha256[:32]>.safetensors``, so names
 never collide whatever is deleted, and the name is the shard's checksum. The index (key ->
 shard) is derived from the files on disk, built once per opened store and kept in step with
@@ -52,6 +59,9 @@ SHARD_NAME = re.compile(r"^shard-(?P<tag>[A-Za-z0-9_.]+)-(?P<sha>[0-9a-f]{32})\.
 VERIFIED = "verified.json"
 BAD_DIR = "bad"
 MAX_HEADER = 512 << 20          # a safetensors header larger than this is garbage, not a shard
+END_SUFFIX = ".end"             # <key>.end: the sequence's </s> row (stores with end rows)
+DERIVED_SUFFIXES = (".mean", END_SUFFIX)
+END_ROWS = "end_rows"           # extraction key: the store keeps every sequence's </s> row
 TEMP_NAME = re.compile(r"^\.(?:shard|merge)-(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-.*\.tmp$")
 
 
@@ -166,7 +176,7 @@ def read_shard_header(path: str | Path) -> tuple[list[str], dict]:
         raise CorruptStoreError(f"shard {path} is garbage: malformed tensor entries in its header") from None
     if 8 + n + end != size:
         raise CorruptStoreError(f"shard {path} is truncated: {size} bytes on disk, its header says {8 + n + end}")
-    return [k for k in header if not k.endswith(".mean")], meta
+    return [k for k in header if not k.endswith(DERIVED_SUFFIXES)], meta
 
 
 class EmbeddingStore:
@@ -189,6 +199,8 @@ class EmbeddingStore:
             raise StoreError(f"{meta} is not an embedding store description (unreadable or wrong format)") from None
         self._index: dict[str, Path] | None = None
         self._handles: dict[Path, object] = {}
+        # float32 rows read once per store object and shared by every dataset over it (see ``rows``)
+        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.index_builds = 0
         self.problems: list[dict] = []      # bad shards found (and set aside) by a writer's check
         self.removed_temp_files: list[Path] = []   # dead writers' temporary files removed by ``open``
@@ -325,6 +337,7 @@ class EmbeddingStore:
         self._index = index
         self.index_builds += 1
         self._handles.clear()
+        self._rows.clear()
         self.problems = problems
         return problems
 
@@ -348,20 +361,53 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return len(self._ensure_index())
 
-    def get(self, key: str, pooled: bool = False) -> torch.Tensor:
+    @property
+    def end_rows(self) -> bool:
+        """Whether the store keeps each sequence's ``</s>`` row (``<key>.end``)."""
+        return bool((self.meta.get("extraction") or {}).get(END_ROWS))
+
+    def _check_end_rows(self) -> None:
+        if not self.end_rows:
+            raise StoreError(f"embedding store {self.path} holds no end-token (</s>) rows (made before they were "
+                             "stored, or not a sequence store); run `proloc extract` (or notebook 02) to re-embed it")
+
+    def _tensor(self, key: str, name: str) -> torch.Tensor:
         index = self._ensure_index()
         shard = index.get(key)
         if shard is None:
             raise KeyError(f"'{key}' not in embedding store {self.path}")
         if shard not in self._handles:
             self._handles[shard] = safe_open(str(shard), framework="pt")
-        t = self._handles[shard].get_tensor(key + ".mean" if pooled else key)
+        t = self._handles[shard].get_tensor(name)
         if not bool(torch.isfinite(t).all()):
             raise NonFiniteFeatureError(
                 f"item '{key}' in embedding store {self.path} (shard {shard.name}) holds NaN or infinite values; "
                 f"move that shard aside (e.g. into {self.path / BAD_DIR}) and run `proloc extract` (or notebook 02) "
                 "to re-embed its items")
         return t
+
+    def get(self, key: str, pooled: bool = False, *, end_row: bool = False) -> torch.Tensor:
+        """The item's rows (a sequence: its residues), its mean over them (``pooled``), or the
+        residues with the ``</s>`` row appended (``end_row``; stores with end rows only)."""
+        if pooled:
+            return self._tensor(key, key + ".mean")
+        t = self._tensor(key, key)
+        if end_row:
+            self._check_end_rows()
+            t = torch.cat([t, self._tensor(key, key + END_SUFFIX).reshape(1, -1)])
+        return t
+
+    def rows(self, key: str, *, end_row: bool = False) -> torch.Tensor:
+        """float32 rows of ``key`` as ``get`` gives them, read once per store object: every dataset
+        over this store shares one copy (the residue rows are a view of the rows with ``</s>``).
+        Kept until ``close`` (or a re-verification)."""
+        if end_row:
+            self._check_end_rows()
+        hit = self._rows.get(key)
+        if hit is None:
+            full = self.get(key, end_row=self.end_rows).float()
+            hit = self._rows[key] = (full, full[:-1] if self.end_rows else full)
+        return hit[0] if end_row else hit[1]
 
     def get_many(self, keys, pooled: bool = False, dtype=torch.float32) -> list[torch.Tensor]:
         return [self.get(k, pooled).to(dtype) for k in keys]
@@ -376,11 +422,20 @@ class EmbeddingStore:
         return [k for k in keys if k not in index]
 
     # -- writing --------------------------------------------------------------------------
-    def commit(self, items: dict[str, torch.Tensor], tag: str = "all") -> Path | None:
+    def commit(self, items: dict[str, torch.Tensor], tag: str = "all", *,
+               end_rows: dict[str, torch.Tensor] | None = None) -> Path | None:
         """Write one shard atomically (temp file, fsync, rename to its content name, umask
-        permissions) and add its keys to the index. Adds ``<key>.mean``."""
+        permissions) and add its keys to the index. Adds ``<key>.mean`` (over ``items``' rows) and,
+        in a store with end rows, ``<key>.end`` from ``end_rows`` (one ``</s>`` row per item)."""
         if not items:
             return None
+        if self.end_rows:
+            lacking = [k for k in items if k not in (end_rows or {})]
+            if lacking:
+                raise ValueError(f"store {self.path} keeps end-token rows; none given for {lacking[:3]}")
+        elif end_rows:
+            raise ValueError(f"store {self.path} keeps no end-token rows (open it with extraction "
+                             f"{{'{END_ROWS}': True}})")
         tensors = {}
         for k, t in items.items():
             if t.shape[-1] != self.hidden_size:
@@ -388,6 +443,12 @@ class EmbeddingStore:
             t = t.detach().to("cpu", STORE_DTYPE).contiguous()
             tensors[k] = t
             tensors[k + ".mean"] = t.float().mean(0).to(STORE_DTYPE)
+            if self.end_rows:
+                end = end_rows[k].detach().to("cpu", STORE_DTYPE).reshape(-1).contiguous()
+                if end.numel() != self.hidden_size:
+                    raise ValueError(f"end row of item '{k}' has {end.numel()} values, store {self.path} "
+                                     f"expects {self.hidden_size}")
+                tensors[k + END_SUFFIX] = end
         index = self._ensure_index()
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix("shard"), suffix=".tmp", dir=self.path)
         os.close(fd)
@@ -419,6 +480,7 @@ class EmbeddingStore:
 
     def close(self):
         self._handles.clear()
+        self._rows.clear()
 
 
 def _tag_of(name: str) -> str:

@@ -27,7 +27,7 @@ from proloc_lib.data.images import load_image
 from proloc_lib.evaluation import figures, scoring, statistics, tables
 from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.stages.common import STAGE_TABLES, STORE_FILES, Stage, stage_note
-from proloc_lib.training.checkpoint import Checkpoint
+from proloc_lib.training.checkpoint import Checkpoint, trained_end_token
 
 CORRECTED, AUTHORS = runs.FUSION_CORRECTED, runs.FUSION_AUTHORS
 COMPOSITION, FREQUENCY = "baseline.composition_lr", "baseline.label_frequency"
@@ -378,12 +378,13 @@ class FiguresStage(Stage):
         """Where the corrected model's cross-attention goes for the first ``n`` test proteins."""
         emb_dir = self.stage_dir("02_embeddings")
         seq_store, img_store = EmbeddingStore(emb_dir / "sequences"), EmbeddingStore(emb_dir / "images")
-        model = Checkpoint.load(self.train_dir / "checkpoint-corrected", labels=self.labels).model
+        ck = Checkpoint.load(self.train_dir / "checkpoint-corrected", labels=self.labels)
+        model, end_row = ck.model, trained_end_token(ck.meta()) == "keep"   # the rows it was trained on
         images = pd.read_parquet(self.data_dir / "images.parquet")
         by_id = self.proteins.set_index("protein_id")
         picks = images[images["split"] == "test"].groupby("protein_id").head(1).head(n)
         examples = [{"image": load_image(self.profile_dir / row.path), "img_tokens": img_store.get(row.image_id),
-                     "seq_tokens": seq_store.get(by_id.loc[row.protein_id, "seq_hash"]),
+                     "seq_tokens": seq_store.get(by_id.loc[row.protein_id, "seq_hash"], end_row=end_row),
                      "title": f"{row.protein_id}: " + ", ".join(lab for lab in self.labels if images.loc[row.Index, lab])}
                     for row in picks.itertuples()]
         self.out.figure("attention_maps", figures.attention_maps(model, examples))

@@ -87,6 +87,7 @@ def _job(datasets: dict, cfg: settings.TrainConfig, *, seed: int, resume_dir: Pa
     """One training run on ``datasets[cfg.train_on]`` (validation loss on ``datasets["val"]``: for
     ``train+val`` only reported, those proteins being trained on; the "global" padding width is over
     every split)."""
+    datasets = for_config(datasets, cfg)
     train = datasets[cfg.train_on]
     return loop.TrainJob(train_ds=train, val_ds=datasets["val"], cfg=cfg, seed=int(seed), resume_dir=resume_dir,
                          global_pad_to=_pad_to(cfg, train, datasets) if cfg.padding == "global" else None)
@@ -99,6 +100,11 @@ def training_set(datasets: dict, cfg: settings.TrainConfig) -> dict:
             "train_images": int(s["image_id"].nunique()), "train_samples": int(len(s))}
 
 
+def for_config(datasets: dict, cfg: settings.TrainConfig) -> dict[str, FusionDataset]:
+    """The datasets with the sequence rows ``cfg`` trains and predicts on (``cfg.end_token``)."""
+    return {name: ds.for_config(cfg) for name, ds in datasets.items()}
+
+
 def _pad_to(cfg: settings.TrainConfig, ds: FusionDataset, datasets: dict) -> int | None:
     """Padding width under ``cfg.padding`` (``pad_length``: one rule for training and inference).
     ``"split"`` pads each dataset to its own longest sequence: for ``train+val`` that is the whole
@@ -107,6 +113,7 @@ def _pad_to(cfg: settings.TrainConfig, ds: FusionDataset, datasets: dict) -> int
 
 
 def _predict(model, datasets: dict, cfg: settings.TrainConfig, device: str, splits_=("val", "test")) -> dict:
+    datasets = for_config(datasets, cfg)
     return {s: loop.predict_proba(model, datasets[s], device, pad_to=_pad_to(cfg, datasets[s], datasets))
             for s in splits_}
 
@@ -227,7 +234,7 @@ def run_attention_mil(data: StageData, fusion: RunResults, *, device: str = "cpu
     if of not in fusion.models:
         return RunResults()
     model, _, tcfg = fusion.models[of]
-    ds = fusion.datasets
+    ds = for_config(fusion.datasets, tcfg)
     bag_sets = {s: mil.bags(ds[s].samples, mil.image_features(model, ds[s], device, pad_to=_pad_to(tcfg, ds[s], ds)),
                             data.labels) for s in SPLITS}
     mil_model = mil.fit_mil(bag_sets["train"], bag_sets["val"], len(data.labels), seed=seed)

@@ -35,6 +35,7 @@ from proloc_lib.core.errors import UserError
 from proloc_lib.core.fileio import publish, write_text
 from proloc_lib.features.encoders import IMAGE_KEYS, SEQUENCE_KEYS
 from proloc_lib.training.model import FusionConfig, FusionModel
+from proloc_lib.training.settings import TrainConfig
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "proloc-checkpoint/1"
@@ -199,6 +200,9 @@ def validate_config(meta, cfg_path: Path, *, labels=None) -> dict:
     if (not isinstance(fallback, list) or not all(isinstance(x, str) for x in fallback)
             or not set(fallback) <= set(meta["labels"])):
         raise CheckpointError(f"{cfg_path}: 'threshold_fallback' must list label names of 'labels', got {fallback!r}")
+    if trained_end_token(meta) not in END_TOKENS:
+        raise CheckpointError(f"{cfg_path}: training.end_token must be one of {END_TOKENS}, "
+                              f"got {trained_end_token(meta)!r}")
     # the dims the model was built for must be the hidden sizes of the features it was fed
     for kind, dim in (("sequence", "seq_dim"), ("image", "img_dim")):
         stored = meta[f"{kind}_encoder"].get("hidden_size")
@@ -207,6 +211,13 @@ def validate_config(meta, cfg_path: Path, *, labels=None) -> dict:
                 f"{cfg_path}: model {dim} is {meta['model'][dim]} but the stored {kind} encoder "
                 f"fingerprint has hidden size {stored}")
     return meta
+
+
+def trained_end_token(meta: dict) -> str:
+    """The sequence rows the model was trained on (``TrainConfig.end_token``): "keep" (residues and
+    the ``</s>`` row last) or "drop" (residues); checkpoints written before the switch: "drop"."""
+    training = meta.get("training")
+    return training.get("end_token", "drop") if isinstance(training, dict) else "drop"
 
 
 def read_config(ckpt_dir: str | Path, *, labels=None) -> dict:
@@ -230,6 +241,7 @@ def read_config(ckpt_dir: str | Path, *, labels=None) -> dict:
     return validate_config(meta, cfg_path, labels=labels)
 
 
+END_TOKENS = TrainConfig.CHOICES["end_token"]
 MAX_HEADER = 16 << 20          # bytes of safetensors header: a fusion model's is a few kB
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 

@@ -41,16 +41,23 @@ def image_samples(images: pd.DataFrame, proteins: pd.DataFrame, labels: list[str
 
 
 class FusionDataset(Dataset):
-    """Reads tokens lazily from the stores; each unique sequence is loaded once.
+    """Reads tokens lazily from the stores; each unique sequence is loaded once per store object
+    (``EmbeddingStore.rows``: datasets over one store share the copy).
 
-    ``y`` holds the protein's labels (``targets="protein"``), ``y_image`` the image row's own
-    labels when the samples carry them (``targets="image"``), else None.
+    ``end_token``: the sequence rows it gives, the residues ("drop") or the residues and the
+    ``</s>`` row last ("keep", the published input; needs a store with end rows).
+    :meth:`for_config` gives the dataset of a configuration's choice. ``y`` holds the protein's
+    labels (``targets="protein"``), ``y_image`` the image row's own labels when the samples carry
+    them (``targets="image"``), else None.
     """
 
     def __init__(self, samples: pd.DataFrame, labels: list[str], seq_store: EmbeddingStore,
-                 img_store: EmbeddingStore):
+                 img_store: EmbeddingStore, *, end_token: str = "drop"):
+        if end_token not in ("drop", "keep"):
+            raise ValueError(f"end_token must be 'drop' or 'keep', got {end_token!r}")
         self.samples = samples.reset_index(drop=True)
         self.labels = labels
+        self.end_token = end_token
         self.y = torch.tensor(self.samples[labels].to_numpy(np.float32))
         img_cols = [IMAGE_LABEL_PREFIX + lab for lab in labels]
         self.y_image = (torch.tensor(self.samples[img_cols].to_numpy(np.float32))
@@ -61,12 +68,22 @@ class FusionDataset(Dataset):
         if missing_seq or missing_img:
             raise KeyError(f"{len(missing_seq)} sequences and {len(missing_img)} images of this split are not in "
                            f"the embedding stores (failed or not extracted; see the stores' failures.json)")
-        self._seq_cache: dict[str, torch.Tensor] = {}
+        self._views = {end_token: self}
         self.seq_lengths = np.array([self._seq(h).shape[0] for h in self.samples["seq_hash"]], dtype=np.int64)
 
     def subset(self, rows) -> "FusionDataset":
         """The same stores, only the given sample rows (labels come along)."""
-        return FusionDataset(self.samples.loc[sorted(rows)], self.labels, self.seq_store, self.img_store)
+        return FusionDataset(self.samples.loc[sorted(rows)], self.labels, self.seq_store, self.img_store,
+                             end_token=self.end_token)
+
+    def for_config(self, cfg: TrainConfig) -> "FusionDataset":
+        """This dataset with ``cfg.end_token``'s sequence rows: itself, or one view per choice, made
+        once (the same object every call, so runs of one configuration share it)."""
+        if cfg.end_token not in self._views:
+            view = FusionDataset(self.samples, self.labels, self.seq_store, self.img_store, end_token=cfg.end_token)
+            view._views = self._views
+            self._views[cfg.end_token] = view
+        return self._views[cfg.end_token]
 
     def targets(self, kind: str = "protein") -> torch.Tensor:
         """The training targets: the protein's label union, or the image row's own label columns."""
@@ -80,10 +97,9 @@ class FusionDataset(Dataset):
             return self.y
         return self.y_image
 
-    def _seq(self, h):
-        if h not in self._seq_cache:
-            self._seq_cache[h] = self.seq_store.get(h).float()
-        return self._seq_cache[h]
+    def _seq(self, h) -> torch.Tensor:
+        """The float32 rows of sequence ``h`` this dataset gives (the store's shared copy)."""
+        return self.seq_store.rows(h, end_row=self.end_token == "keep")
 
     def __len__(self):
         return len(self.samples)
@@ -123,17 +139,24 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
     return batches
 
 
+def row_lengths(residues: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The sequence rows ``cfg`` sees for sequences of ``residues`` residues (for plans made from
+    lengths alone): one more each under ``end_token="keep"`` (the ``</s>`` row)."""
+    return np.asarray(residues) + (1 if cfg.end_token == "keep" else 0)
+
+
 def pad_length(cfg: TrainConfig, ds: FusionDataset, *, all_splits=()) -> int | None:
     """The fixed sequence width of ``ds``'s batches under ``cfg.padding`` (None: each batch its own longest).
 
     ``"split"`` (the published code, per file): the longest of ``ds`` itself; ``"global"``: the
-    longest over ``ds`` and ``all_splits`` (pass every split: train, val and test).
+    longest over ``ds`` and ``all_splits`` (pass every split: train, val and test). Lengths as
+    ``cfg.end_token`` gives the rows: with "keep", the longest ``L + 1`` (the published file's width).
     """
     if cfg.padding == "batch":
         return None
     if cfg.padding == "split":
-        return int(ds.seq_lengths.max())
-    return max(int(d.seq_lengths.max()) for d in (ds, *all_splits))
+        return int(ds.for_config(cfg).seq_lengths.max())
+    return max(int(d.for_config(cfg).seq_lengths.max()) for d in (ds, *all_splits))
 
 
 def epoch_batches(lengths: np.ndarray, cfg: TrainConfig, *, shuffle: bool, seed: int,
@@ -164,6 +187,7 @@ def make_loader(ds: FusionDataset, cfg: TrainConfig, shuffle: bool, seed: int, *
                 pad_to: int | None = None) -> DataLoader:
     """The store-reading loader (per-sample reads, CPU padding): the reference the device-resident
     path is tested against, and the fallback when features do not fit in device memory."""
+    ds = ds.for_config(cfg)
     if pad_to is None and cfg.padding != "batch":
         pad_to = int(ds.seq_lengths.max())
     fn = partial(collate, pad_to=pad_to)
@@ -193,12 +217,16 @@ class ResidentFeatures:
         self.out_dtype = out_dtype
         keys = list(dict.fromkeys(ds.samples["seq_hash"]))
         pos = {k: i for i, k in enumerate(keys)}
-        seqs = [ds.seq_store.get(k) for k in keys]
+        seqs = [ds._seq(k) for k in keys]   # the dataset's rows (with </s> under end_token "keep")
         lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.int64)
         offsets = torch.zeros(len(keys), dtype=torch.int64)
         offsets[1:] = torch.cumsum(lengths, 0)[:-1]
-        zero = torch.zeros(1, ds.seq_store.hidden_size, dtype=seqs[0].dtype if seqs else STORE_DTYPE)
-        self.seq = torch.cat([*seqs, zero]).to(self.device, keep)
+        # packed in the kept dtype, one sequence at a time (no second float32 copy of them all);
+        # float16 -> float32 (the shared copy) -> float16 on CUDA gives back the stored values
+        packed = torch.zeros(int(lengths.sum()) + 1, ds.seq_store.hidden_size, dtype=keep)
+        for s, o in zip(seqs, offsets.tolist()):
+            packed[o:o + s.shape[0]] = s
+        self.seq = packed.to(self.device)
         self.zero_row = int(self.seq.shape[0] - 1)
         self.seq_len, self.seq_off = lengths.to(self.device), offsets.to(self.device)
         self.sample_seq = torch.tensor([pos[k] for k in ds.samples["seq_hash"]], dtype=torch.int64, device=self.device)

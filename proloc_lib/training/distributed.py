@@ -82,7 +82,7 @@ def _spec(jobs: list[loop.TrainJob], labels: list[str], *, device: str, ranks: i
         if id(ds) not in ref:
             ref[id(ds)] = len(sets)
             sets.append({"samples": ds.samples, "labels": list(ds.labels), "seq_store": str(ds.seq_store.path),
-                         "img_store": str(ds.img_store.path)})
+                         "img_store": str(ds.img_store.path), "end_token": ds.end_token})
         return ref[id(ds)]
 
     return {"labels": list(labels), "device": device, "threads": threads, "resident": resident, "workers": workers,
@@ -105,7 +105,8 @@ def _jobs_of(spec: dict, rank: int) -> tuple[list[int], list[loop.TrainJob]]:
     def dataset(i: int) -> FusionDataset:
         if i not in built:
             d = spec["datasets"][i]
-            built[i] = FusionDataset(d["samples"], d["labels"], store(d["seq_store"]), store(d["img_store"]))
+            built[i] = FusionDataset(d["samples"], d["labels"], store(d["seq_store"]), store(d["img_store"]),
+                                     end_token=d["end_token"])
         return built[i]
 
     mine = [i for i, r in enumerate(spec["rank_of"]) if r == rank]

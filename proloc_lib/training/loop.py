@@ -519,6 +519,10 @@ class TrainJob:
     resume_dir: str | Path | None = None
     global_pad_to: int | None = None
 
+    def __post_init__(self):
+        # the sequence rows the configuration asks for (TrainConfig.end_token), whatever was passed
+        self.train_ds, self.val_ds = self.train_ds.for_config(self.cfg), self.val_ds.for_config(self.cfg)
+
 
 def train_jobs(jobs: list[TrainJob], labels: list[str], *, device: str = "cpu", progress: bool = True,
                resident="auto", workers="auto", on_epoch=None) -> list[tuple]:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 # ``train_on``: which splits of the protein table a run learns from
 TRAINING_SPLITS = {"train": ("train",), "train+val": ("train", "val")}
 # switches added after the first release: hashed only when set away from these values
-HASHED_ONLY_OFF_DEFAULT = {"train_on": "train"}
+HASHED_ONLY_OFF_DEFAULT = {"train_on": "train", "end_token": "drop"}
 
 # Allowed values of the numeric fields, in pydantic's words (ge, gt, le, lt): checked by every
 # ``__post_init__`` (profiles, checkpoints and resume states alike) and, at ``proloc run --check``,
@@ -131,6 +131,10 @@ class TrainConfig(ModelSwitches):
                                      # stopping and thresholds); authors: "train+val" (the published train.py
                                      # has no validation part: every non-test protein, the whole benchmark
                                      # train file; its validation loss is then only reported)
+    end_token: str = "drop"          # the sequence's rows: its residues ("drop"), or the residues and the
+                                     # ProtT5 end token's (</s>) row last ("keep"; authors: the published
+                                     # prott5.py keeps it, so its files hold L + 1 rows, padded per file
+                                     # to the longest L + 1)
     # -- execution only: how the runs are stepped, not what they compute (outside hash() and the resume key)
     stack_seeds: bool = False        # the seeds of this configuration stepped as one model with a leading
                                      # seed dimension (training.stacked); needs fixed batch shapes:
@@ -142,7 +146,7 @@ class TrainConfig(ModelSwitches):
     CHOICES = {"optimizer": ("adam", "adamw"), "schedule": ("constant", "warmup_cosine"),
                "loss": ("bce_focal", "authors"), "select_on": ("val_loss", "train_loss"),
                "thresholds": ("fixed", "tuned"), "padding": ("batch", "split", "global"),
-               "targets": ("protein", "image"), "train_on": tuple(TRAINING_SPLITS),
+               "targets": ("protein", "image"), "train_on": tuple(TRAINING_SPLITS), "end_token": ("drop", "keep"),
                "capture_step": ("off", "cuda", "always")}
     RANGES = {"lr": dict(gt=0, le=10), "weight_decay": dict(ge=0, le=10), "warmup_frac": dict(ge=0, lt=1),
               "grad_clip": dict(gt=0, le=1e6), "batch_size": dict(ge=1, le=65536),
@@ -203,11 +207,13 @@ NAMED_CONFIGS = {
                     ff_activation="relu", residual_dropout=False, cross_residual=False, optimizer="adam",
                     lr=1e-5, weight_decay=0.0, schedule="constant", grad_clip=None, batch_size=2,
                     bucket_batches=False, padding="split", targets="image", loss="authors",
-                    select_on="train_loss", patience=None, thresholds="fixed", amp=False, train_on="train+val"),
+                    select_on="train_loss", patience=None, thresholds="fixed", amp=False, train_on="train+val",
+                    end_token="keep"),
     "corrected": dict(apply_mask=True, share_blocks=False, attn_dropout=0.0, ff_activation="gelu",
                       residual_dropout=True, cross_residual=True, loss="bce_focal", optimizer="adamw",
                       schedule="warmup_cosine", grad_clip=1.0, bucket_batches=True, padding="batch",
-                      targets="protein", select_on="val_loss", thresholds="tuned", amp=True, train_on="train"),
+                      targets="protein", select_on="val_loss", thresholds="tuned", amp=True, train_on="train",
+                      end_token="drop"),
 }
 
 

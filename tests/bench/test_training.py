@@ -72,8 +72,8 @@ def test_authors_batches_are_padded_to_the_global_longest(csv, tmp_path):
         assert stats["residue_tokens_fed"] == sum(n * w for n, w in seen)
         assert sum(stats["batch_shapes"].values()) == len(seen)
         assert f"{seen[0][0]}x{seen[0][1]}" in stats["batch_shapes"]
-        if name == "authors":  # batch 2, every batch as long as the longest of the whole set
-            assert {w for _, w in seen} == {L_MAX} and stats["pad_to"] == L_MAX and stats["batch_sizes"] == [2]
+        if name == "authors":  # batch 2, every batch as long as the longest of the whole set, + its </s> row
+            assert {w for _, w in seen} == {L_MAX + 1} and stats["pad_to"] == L_MAX + 1 and stats["batch_sizes"] == [2]
         else:  # each bucket only as long as its own longest
             assert min(w for _, w in seen) < L_MAX and stats["pad_to"] is None
     assert training.loader_stats(ds, cfgs["corrected"], 1)["residue_tokens_fed"] < \
@@ -96,7 +96,7 @@ def test_training_throughput_in_process(csv, tmp_path):
     # the same samples went through both production loops, each counted by train_fusion itself
     assert a["samples_seen_per_epoch"] == c["samples_seen_per_epoch"] == [6]
     assert a["samples_digest"] == c["samples_digest"] and a["max_sequence_length"] == L_MAX
-    assert a["loader"]["pad_to"] == L_MAX and a["loader"]["padded_lengths_min_max"] == [L_MAX, L_MAX]
+    assert a["loader"]["pad_to"] == L_MAX + 1 and a["loader"]["padded_lengths_min_max"] == [L_MAX + 1] * 2
     assert a["config"]["batch_size"] == 2 and c["config"]["bucket_batches"] is True
     assert a["amp_active"] is False and c["amp_active"] is False  # CPU: no mixed precision
     assert r["training_speedup"] == pytest.approx(c["samples_per_s"] / a["samples_per_s"])
@@ -173,7 +173,7 @@ def test_bench_seeds_reports_all_seeds_against_one(csv):
     stacked, pub = res["modes"]["stacked"], res["published_seeds"]   # the profile's authors seeds at that rate
     assert stacked["published_seeds_hours"] == pytest.approx(
         pub["seeds"] * pub["max_epochs"] * pub["train_images"] / stacked["samples_per_s"] / 3600)
-    assert res["best_mode"] in ("eager", "stacked") and res["padded_width"] == 61
+    assert res["best_mode"] in ("eager", "stacked") and res["padded_width"] == 61 + 1   # + the </s> row
     assert res["random_features"] is True
 
 

@@ -16,7 +16,7 @@ class CountingEncoder:
     def fingerprint(self):
         return {"model_id": "counting", "tag": self.tag}
 
-    def embed_batch(self, seqs):
+    def embed_batch(self, seqs, *, end_token=False):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
@@ -25,7 +25,9 @@ class CountingEncoder:
         for s in seqs:
             codes = torch.tensor([ord(c) for c in s], dtype=torch.float32)
             pos = torch.arange(len(s), dtype=torch.float32)
-            out.append(torch.stack([codes / 100 + k * pos / 50 for k in range(self.hidden_size)], 1))
+            rows = torch.stack([codes / 100 + k * pos / 50 for k in range(self.hidden_size)], 1)
+            # the </s> row: -(length) in every column, told apart from any residue row
+            out.append(torch.cat([rows, torch.full((1, self.hidden_size), -float(len(s)))]) if end_token else rows)
         return out
 
 

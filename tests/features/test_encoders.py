@@ -81,6 +81,25 @@ def test_tokenizer_follows_prott5_convention(seq_enc):
     assert torch.equal(out[0], out[1])  # rare residues embed as X
 
 
+def test_end_token_row_is_the_hidden_state_at_the_eos_position(seq_enc):
+    """end_token=True appends the row of the </s> token (the published prott5.py keeps it), in a
+    padded batch too; the residue rows are those given without it."""
+    short, long_ = "MSTNPKPQRKTKRNTNRRPQ", "ACDEFGHIKLMNPQRSTVWY" * 3
+    ids = seq_enc.tokenizer(prott5_format(short), return_tensors="pt")["input_ids"]
+    eos_at = int((ids[0] == seq_enc.tokenizer.eos_token_id).nonzero()[0, 0])
+    assert eos_at == len(short) and ids.shape[1] == len(short) + 1    # </s> right after the residues
+    with torch.inference_mode():
+        hidden = seq_enc.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+    kept = seq_enc.embed_batch([long_, short], end_token=True)
+    dropped = seq_enc.embed_batch([long_, short])
+    assert [tuple(t.shape) for t in kept] == [(len(long_) + 1, 64), (len(short) + 1, 64)]
+    torch.testing.assert_close(kept[1][-1], hidden[eos_at], atol=1e-5, rtol=0)
+    torch.testing.assert_close(kept[1][:-1], hidden[:eos_at], atol=1e-5, rtol=0)
+    for k, d in zip(kept, dropped):
+        assert torch.equal(k[:-1], d)
+    assert not torch.allclose(kept[1][-1], kept[1][-2])    # a row of its own, not a residue's
+
+
 def test_vocab_is_deterministic_and_reused(tmp_path):
     a = encoders.build_prott5_vocab(tmp_path / "a")
     b = encoders.build_prott5_vocab(tmp_path / "b")

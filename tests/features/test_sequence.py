@@ -91,14 +91,15 @@ def test_bad_sequences_and_images_are_listed_and_the_rest_goes_on(tmp_path, coun
 
 
 class ResidueEncoder:
-    """One row per residue given (what a ProtT5 store keeps: residues, no </s>)."""
+    """One row per residue given, and the </s> row (-1) when asked."""
     hidden_size = 2
 
     def fingerprint(self):
         return {"model_id": "residues"}
 
-    def embed_batch(self, seqs):
-        return [torch.arange(len(s), dtype=torch.float32)[:, None].repeat(1, 2) for s in seqs]
+    def embed_batch(self, seqs, *, end_token=False):
+        rows = [torch.arange(len(s), dtype=torch.float32)[:, None].repeat(1, 2) for s in seqs]
+        return [torch.cat([r, -torch.ones(1, 2)]) for r in rows] if end_token else rows
 
 
 @pytest.mark.skipif(not (reference_dir() / "proloc_ihs_test.csv").exists(), reason="reference table not found")

@@ -302,3 +302,49 @@ def test_a_nan_feature_is_refused_naming_the_item_and_the_store(tmp_path):
                        EmbeddingStore(tmp_path / "img"))
     with pytest.raises(NonFiniteFeatureError, match=f"item 'i2' in embedding store {tmp_path / 'img'}"):
         ResidentFeatures(ds, "cpu")
+
+
+def test_end_rows_are_stored_apart_and_residue_reads_are_unchanged(tmp_path, counting_encoder):
+    """Extraction keeps each sequence's </s> row as <key>.end: get() and the pooled vector stay the
+    residues (baselines, light attention), get(end_row=True) appends the </s> row."""
+    seqs = {"a": "MKTAYIAK", "b": "GLSDGEWQQVLNVWGKVEAD"}
+    enc = counting_encoder()
+    sequence.extract_sequences(seqs, enc, tmp_path / "st", progress=False)
+    st = EmbeddingStore(tmp_path / "st")
+    assert st.end_rows and sorted(st.keys()) == ["a", "b"]           # the .end tensors are not items
+    for k, s in seqs.items():
+        residues = counting_encoder().embed_batch([s])[0].half()
+        assert torch.equal(st.get(k), residues)
+        torch.testing.assert_close(st.get(k, pooled=True).float(), residues.float().mean(0), atol=2e-3, rtol=0)
+        full = st.get(k, end_row=True)
+        assert full.shape == (len(s) + 1, 8) and torch.equal(full[:-1], residues)
+        assert torch.equal(full[-1], torch.full((8,), -float(len(s))).half())   # the stand-in's </s> row
+
+
+def test_a_store_made_without_end_rows_is_stale_for_extraction_and_readable_for_residues(tmp_path, counting_encoder):
+    seqs = {"a": "MKTAYIAK", "b": "GLSDGEWQQ"}
+    enc = counting_encoder()
+    fp = dict(enc.fingerprint(), max_residues=1000, long_policy="truncate")   # what extraction records
+    old = EmbeddingStore.open(tmp_path / "st", fp, 8, "sequence")          # as written before end rows
+    old.commit({k: enc.embed_batch([s])[0] for k, s in seqs.items()})
+    reader = EmbeddingStore(tmp_path / "st")
+    assert not reader.end_rows and reader.get("a").shape == (8, 8)       # residues: readable as before
+    with pytest.raises(store_mod.StoreError, match=r"no end-token .*proloc extract"):
+        reader.get("a", end_row=True)
+    with pytest.raises(store_mod.StaleStoreError, match="end_rows"):
+        sequence.extract_sequences(seqs, counting_encoder(), tmp_path / "st", progress=False)
+    again = counting_encoder()
+    sequence.extract_sequences(seqs, again, tmp_path / "st", on_stale="recompute", progress=False)
+    assert sorted(again.seen) == sorted(seqs.values())                    # every sequence re-embedded
+    assert EmbeddingStore(tmp_path / "st").get("b", end_row=True).shape == (10, 8)
+    with pytest.raises(ValueError, match="end-token rows"):               # a writer must give them
+        EmbeddingStore(tmp_path / "st").commit({"c": torch.zeros(3, 8)})
+
+
+def test_windows_take_the_end_row_of_the_window_that_ends_the_sequence(counting_encoder):
+    """Long sequences in windows: the </s> row comes from the last window (the stand-in's </s>
+    row is minus the length it was given: the last window's, not the whole sequence's)."""
+    seq = "ACDEFGHIKLMNPQRSTVWY" * 2                                      # 40 residues, windows of 16
+    rows = sequence.embed_sequence_long(counting_encoder(), seq, 16, end_token=True)
+    assert rows.shape == (41, 8) and torch.equal(rows[-1], torch.full((8,), -16.0))
+    assert torch.equal(rows[:-1], sequence.embed_sequence_long(counting_encoder(), seq, 16))

@@ -8,7 +8,7 @@ import torch
 
 from proloc_lib.core import manifest
 from proloc_lib.data.labels import LABELS
-from proloc_lib.features.store import EmbeddingStore, store_checksums
+from proloc_lib.features.store import END_ROWS, EmbeddingStore, store_checksums
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
 
@@ -44,9 +44,10 @@ def _write_tiny_stage(root, n=60, seed=0, variant=None):
     proteins.to_parquet(d01 / "proteins.parquet")
     images.to_parquet(d01 / "images.parquet")
     _seal(d01, "01_data_assembly", {}, labels=LABELS, label_map="test-map v1")
-    seq = EmbeddingStore.open(d02 / "sequences", {"m": "s"}, 6, "sequence")
+    seq = EmbeddingStore.open(d02 / "sequences", {"m": "s"}, 6, "sequence", extraction={END_ROWS: True})
+    end_rng = np.random.default_rng(seed + 1)   # the </s> rows: a stream of their own
     seq.commit({f"h{i}": torch.tensor(rng.normal(size=(int(rng.integers(3, 9)), 6)), dtype=torch.float32)
-                for i in range(n)})
+                for i in range(n)}, end_rows={f"h{i}": torch.tensor(end_rng.normal(size=6)) for i in range(n)})
     EmbeddingStore.open(d02 / "images", {"m": "i"}, 8, "image").commit(img_tokens)
     if variant:   # an image feature variant: the same signal, other noise, 12-wide
         EmbeddingStore.open(d02 / f"images-{variant}", {"m": "i2"}, 12, "image").commit(

@@ -23,7 +23,7 @@ from proloc_lib.core import runs
 from proloc_lib.core.errors import UserError
 from proloc_lib.data.labels import LABELS
 from proloc_lib.evaluation import scoring, tables
-from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.features.store import END_ROWS, EmbeddingStore
 from proloc_lib.stages import common, training
 from proloc_lib.stages.common import StageData
 from proloc_lib.training import loop, settings
@@ -155,6 +155,8 @@ def test_inference_padding_follows_the_configuration():
     from types import SimpleNamespace
 
     ds = {s: SimpleNamespace(seq_lengths=np.array(v)) for s, v in {"train": [5, 90], "val": [7, 30], "test": [12]}.items()}
+    for d in ds.values():
+        d.for_config = lambda cfg, d=d: d   # these rows whatever the configuration
 
     def pad(padding, s):
         return training._pad_to(settings.make_config("corrected", padding=padding), ds[s], ds)
@@ -193,8 +195,9 @@ def bench_stage(tmp_path_factory):
     for lab in LABELS:   # the authors' own test labels: the same, except cytoplasm switched on every test image
         images[scoring.AUTHORS_PREFIX + lab] = np.where(test, images[lab], np.nan)
     images.loc[test, scoring.AUTHORS_PREFIX + "cytoplasm"] = 1 - images.loc[test, "cytoplasm"]
-    seq = EmbeddingStore.open(root / "sequences", {"m": "s"}, 6, "sequence")
-    seq.commit({f"h{i}": torch.randn(L, 6) for i, L in enumerate(LENGTHS)})
+    seq = EmbeddingStore.open(root / "sequences", {"m": "s"}, 6, "sequence", extraction={END_ROWS: True})
+    seq.commit({f"h{i}": torch.randn(L, 6) for i, L in enumerate(LENGTHS)},
+               end_rows={f"h{i}": torch.full((6,), 10.0 + i) for i in range(n)})   # </s> rows, told apart
     img = EmbeddingStore.open(root / "images", {"m": "i"}, 8, "image")
     img.commit(tokens)
     return StageData(labels=LABELS, proteins=proteins, images=images, seq_store=seq, img_store=img, data_dir=root,
@@ -210,7 +213,7 @@ def test_authors_trains_on_the_whole_train_file_corrected_holds_val_out(bench_st
     assert set(ds) == {"train", "val", "test", "train+val"}
     whole = ds["train+val"].samples
     assert set(whole["protein_id"]) == {f"P{i}" for i in range(12)}                 # the train file
-    assert training._job(ds, authors, seed=0).train_ds is ds["train+val"]
+    assert training._job(ds, authors, seed=0).train_ds is ds["train+val"].for_config(authors)
     assert training._job(ds, corrected, seed=0).train_ds is ds["train"]
     # counts as the result rows give them: the shared image is one image, trained on under both proteins
     assert training.training_set(ds, authors) == {"train_on": "train+val", "train_proteins": 12,
@@ -220,13 +223,43 @@ def test_authors_trains_on_the_whole_train_file_corrected_holds_val_out(bench_st
 
 
 def test_split_padding_is_the_published_per_file_width(bench_stage):
-    """The published prott5.py pads each file to its own longest sequence: with train+val, the
-    train file's longest (20, a val protein), the test file's (15); not train's alone (12)."""
+    """The published prott5.py pads each file to its own longest sequence, </s> row included: with
+    train+val, the train file's longest (20, a val protein) + 1, the test file's (15) + 1; not
+    train's alone (12 + 1). Without the </s> row (end_token drop), one less."""
     authors = settings.make_config("authors")
     ds = training.fusion_datasets(bench_stage, train_on=("train+val",))
-    assert training._pad_to(authors, ds["train+val"], ds) == 20 == max(LENGTHS[:12])
-    assert training._pad_to(authors, ds["test"], ds) == 15 == max(LENGTHS[12:])
-    assert training._pad_to(authors, ds["train"], ds) == 12
+    assert training._pad_to(authors, ds["train+val"], ds) == 21 == max(LENGTHS[:12]) + 1
+    assert training._pad_to(authors, ds["test"], ds) == 16 == max(LENGTHS[12:]) + 1
+    assert training._pad_to(authors, ds["train"], ds) == 13
+    dropped = settings.make_config("authors", end_token="drop")
+    assert training._pad_to(dropped, ds["train+val"], ds) == 20
+
+
+def test_authors_trains_and_predicts_on_the_end_row_corrected_on_the_residues(bench_stage):
+    """authors (end_token keep) gets each sequence's stored </s> row last, in training and in the
+    predictions it is scored on; corrected gets the residue rows alone."""
+    ds = training.fusion_datasets(bench_stage, train_on=("train+val",))
+    authors, corrected = settings.make_config("authors"), settings.make_config("corrected")
+    train = training._job(ds, authors, seed=0).train_ds
+    for i, h in ((8, "h8"), (0, "h0")):                                   # a val protein, a train one
+        rows = train._seq(h)
+        assert rows.shape == (LENGTHS[i] + 1, 6) and torch.equal(rows[-1], torch.full((6,), 10.0 + i))
+    assert torch.equal(training._job(ds, corrected, seed=0).train_ds._seq("h8"), bench_stage.seq_store.get("h8").float())
+
+    class Spy(torch.nn.Module):   # records what inference feeds the model
+        def forward(self, img, seq, mask):
+            seen.append((seq.clone(), mask.clone()))
+            return torch.zeros(len(img), len(LABELS))
+    for cfg, extra in ((authors, 1), (corrected, 0)):
+        seen = []
+        training._predict(Spy(), ds, cfg, "cpu", splits_=("test",))
+        assert len(seen) == 1                                              # 8 test images: one batch
+        seq, mask = seen[0]
+        test = ds["test"].samples["seq_hash"].map(lambda h: int(h[1:])).tolist()
+        assert mask.sum(1).tolist() == [LENGTHS[i] + extra for i in test]
+        if extra:
+            assert seq.shape[1] == max(LENGTHS[12:]) + 1                   # the published file's width
+            assert all(torch.equal(seq[r, LENGTHS[i]], torch.full((6,), 10.0 + i)) for r, i in enumerate(test))
 
 
 def test_result_rows_say_what_each_run_trained_on_and_score_both_truths(bench_stage):

@@ -5,17 +5,18 @@ import pytest
 import torch
 
 from proloc_lib.data.labels import LABELS
-from proloc_lib.features.store import EmbeddingStore
+from proloc_lib.features.store import END_ROWS, EmbeddingStore
 from proloc_lib.training import datasets
 
 
 def _tiny_stores(tmp_path, n=40, seed=0):
     rng = np.random.default_rng(seed)
     y = (rng.random((n, 5)) < 0.4).astype(int)
-    seq = EmbeddingStore.open(tmp_path / "seq", {"m": "s"}, 6, "sequence")
+    seq = EmbeddingStore.open(tmp_path / "seq", {"m": "s"}, 6, "sequence", extraction={END_ROWS: True})
     img = EmbeddingStore.open(tmp_path / "img", {"m": "i"}, 8, "image")
+    end_rng = np.random.default_rng(seed + 1)   # the </s> rows: a stream of their own
     seq.commit({f"h{i}": torch.tensor(rng.normal(size=(int(rng.integers(3, 9)), 6)), dtype=torch.float32)
-                for i in range(n)})
+                for i in range(n)}, end_rows={f"h{i}": torch.tensor(end_rng.normal(size=6)) for i in range(n)})
     imgs = {}
     for i in range(n):
         t = torch.tensor(rng.normal(size=(4, 8)) * 0.1, dtype=torch.float32)

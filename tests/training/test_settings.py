@@ -43,7 +43,7 @@ def test_unknown_options_fail_before_any_work():
 def test_config_hash_of_every_earlier_configuration_is_unchanged():
     """train_on enters the hash only away from "train": the named configurations as they were before
     it existed keep their hashes (checkpoints, resume states); authors' own (train+val) is new."""
-    assert settings.make_config("authors", train_on="train").hash() == "3e91fe0b4a36"
+    assert settings.make_config("authors", train_on="train", end_token="drop").hash() == "3e91fe0b4a36"
     assert settings.make_config("corrected").hash() == "d5fedadf0dea"
     d = settings.train_config_dict(settings.make_config("corrected"))
     d.pop("train_on")   # a configuration written before the switch existed
@@ -52,3 +52,20 @@ def test_config_hash_of_every_earlier_configuration_is_unchanged():
     assert settings.make_config("authors").train_on == "train+val"
     with pytest.raises(ValueError, match="train_on"):
         settings.make_config("corrected", train_on="everything")
+
+
+def test_end_token_enters_the_hash_only_when_kept():
+    """end_token "drop" (the rows every earlier configuration saw) leaves every hash as it was;
+    "keep" (authors: the published input, </s> row included) is a configuration of its own."""
+    corrected = settings.make_config("corrected")
+    assert corrected.end_token == "drop" and corrected.hash() == "d5fedadf0dea"
+    d = settings.train_config_dict(corrected)
+    d.pop("end_token")   # a configuration written before the switch existed: its rows were dropped
+    assert settings.TrainConfig.from_dict(d).end_token == "drop"
+    assert settings.TrainConfig.from_dict(d).hash() == "d5fedadf0dea"
+    authors = settings.make_config("authors")
+    assert authors.end_token == "keep"
+    assert authors.hash() != settings.make_config("authors", end_token="drop").hash()
+    assert settings.make_config("corrected", end_token="keep").hash() != "d5fedadf0dea"
+    with pytest.raises(ValueError, match="end_token"):
+        settings.make_config("corrected", end_token="both")
