@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,13 @@ def command_parser(name: str, monkeypatch) -> CommandParser:
 def test_the_dispatcher_table_has_every_command():
     assert set(main.COMMANDS) == EXPECTED
     assert {cmd.group for cmd in main.COMMANDS.values()} <= set(main.GROUP_TITLES)
+
+
+def test_every_command_the_documentation_names_exists():
+    """README.md and docs/ name commands as `proloc X`; each X is a command of the dispatcher."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {m for page in pages for m in re.findall(r"\bproloc ([a-z][a-z-]+)", page.read_text())}
+    assert named and named <= set(main.COMMANDS), sorted(named - set(main.COMMANDS))
 
 
 def test_top_level_help_lists_every_command_once_under_its_group(run_proloc):

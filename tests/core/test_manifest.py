@@ -115,8 +115,13 @@ def test_ctrl_c_during_the_swap_waits_until_the_new_output_is_in_place(tmp_path,
         return real_publish(src, dest)
 
     monkeypatch.setattr(manifest, "publish", interrupted_publish)
-    with pytest.raises(KeyboardInterrupt):
-        _write_run(out, 2)
+    # Ctrl-C as a user's terminal delivers it, whatever handler an earlier test left behind
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _write_run(out, 2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert manifest.read_manifest(out)["parameters"] == {"run": 2}      # whole, not missing
     assert (out / "c.txt").read_text().startswith("run 2")
 

@@ -1,10 +1,10 @@
 """The full profile's data path on the real Vislocas tables, through the offline mirror.
 
-``proloc_lib.mirror`` serves the real tables (read in place from ../shared/reference/vislocas),
+``proloc_lib.data.mirror`` serves the real tables (read in place from ../shared/reference/vislocas),
 a synthetic stand-in image for every image URL and UniProt ID mapping in the real protocol.
 The full profile's ``data`` section pointed at it (``mirror=``) builds the protein and image
 tables; here on a seeded subsample of each table's proteins (``data.max_proteins``) to keep
-CI fast. README gives the time of one full-size build.
+CI fast.
 """
 import functools
 import hashlib
