@@ -1,4 +1,5 @@
-"""The old entry ``python -m proloc_lib.embeddings``: replaced by `proloc extract` and `proloc merge` (it forwards there)."""
+"""The old entry ``python -m proloc_lib.embeddings``: replaced by `proloc extract` and `proloc merge`
+(it forwards there)."""
 
 if __name__ == "__main__":
     from proloc_lib.cli.legacy import forward

@@ -63,8 +63,8 @@ from PIL import Image
 
 from proloc_lib.core.errors import RunFailed, UserError
 from proloc_lib.core.fileio import full_disk_as_error, publish, write_text
-from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.network import OfflineError
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.runtime import resolve_device
 from proloc_lib.data.images import CONVERSION_NOTE, BadImageError, image_statistics, load_image
 from proloc_lib.data.labels import LABELS

@@ -312,7 +312,8 @@ def test_cli_writes_csv(env, tmp_path, capsys):
     assert "unknown device 'tpu'" in capsys.readouterr().err
     bad = tmp_path / "bad.fasta"
     bad.write_text(">X\nMK1LV\n")
-    assert predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(bad), "--images", str(env["images"])]) == 2
+    assert predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(bad),
+                                    "--images", str(env["images"])]) == 2
     assert "non-amino-acid" in capsys.readouterr().err
 
 
@@ -320,8 +321,9 @@ def test_cli_fails_when_no_protein_is_predicted(env, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "pred.csv"
-    assert predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images", str(empty),
-                   "--out", str(out), "--device", "cpu", "--no-progress"]) == 1
+    assert predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]),
+                                    "--images", str(empty), "--out", str(out), "--device", "cpu",
+                                    "--no-progress"]) == 1
     assert len(pd.read_csv(out)) == 3 and "3 of 3 protein(s) not predicted" in capsys.readouterr().err
 
 
@@ -342,7 +344,8 @@ def test_a_full_disk_while_writing_out_is_one_line_and_keeps_the_old_file(env, t
     monkeypatch.setattr(pd.DataFrame, "to_csv", full)
     rc = predict.predict_command(["--checkpoint", str(env["ckpt"]), "--fasta", str(env["fasta"]), "--images",
                                   str(env["images"]), "--out", str(out), "--device", "cpu", "--no-progress"])
-    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning:", "summary:", "note:"))]
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if not line.startswith(("warning:", "summary:", "note:"))]
     assert rc == 1 and len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith(f"proloc predict: no space left on the device writing --out {out} (")
     assert out.read_text() == "previous result\n" and sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"]

@@ -78,7 +78,8 @@ def test_ids_never_reach_outside_the_images_folder(env):
     root = env["images"].resolve()
     assert env["opened"] and all(root in p.resolve().parents for p in env["opened"])
     assert "'../outside' is not a plain file name" in env["err"]
-    assert predict_mod.find_images(env["images"], ["..", "a/b", "../outside"]) == {"..": [], "a/b": [], "../outside": []}
+    assert (predict_mod.find_images(env["images"], ["..", "a/b", "../outside"])
+            == {"..": [], "a/b": [], "../outside": []})
 
 
 def test_unmatched_images_are_reported(env):

@@ -213,7 +213,8 @@ def build_random_stores(rows: pd.DataFrame, widths: dict, root: str | os.PathLik
                                 ([(k, None) for k in samples["image_id"]], img_store,
                                  lambda _: (widths["image_tokens"], widths["img_dim"]))):
         for start in range(0, len(items), shard_size):
-            chunk = {k: torch.randn(*shape(v), generator=gen).to(STORE_DTYPE) for k, v in items[start:start + shard_size]}
+            chunk = {k: torch.randn(*shape(v), generator=gen).to(STORE_DTYPE)
+                     for k, v in items[start:start + shard_size]}
             # the </s> rows (TrainConfig.end_token "keep") from their own stream: the other draws stay as they were
             ends = ({k: torch.randn(widths["seq_dim"], generator=end_gen) for k in chunk}
                     if store is seq_store else None)

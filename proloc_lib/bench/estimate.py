@@ -224,7 +224,8 @@ def _seconds_on(kind: GpuKind, c, work: dict, n_params: int, act_per_sample: flo
     batch, width = work["largest_batch"]
     act = act_per_sample * batch * (work["median_padded_width"] / max(1, width))   # a typical step's
     bytes_per_epoch = work["steps_per_epoch"] * (40 * n_params + 2 * act) + work["val_batches"] * (4 * n_params + act)
-    per_epoch = (work["flops_per_epoch"] / peak + bytes_per_epoch / (kind.bandwidth_gbs * 1e9 * ACHIEVED_BANDWIDTH_FRACTION)
+    per_epoch = (work["flops_per_epoch"] / peak
+                 + bytes_per_epoch / (kind.bandwidth_gbs * 1e9 * ACHIEVED_BANDWIDTH_FRACTION)
                  + steps * STEP_OVERHEAD_S)
     return c.max_epochs * per_epoch
 

@@ -38,13 +38,12 @@ from pathlib import Path
 
 import torch
 
+from proloc_lib.bench.common import _machine
 from proloc_lib.core import paths, runtime
 from proloc_lib.core.errors import RunFailed, UserError
-from proloc_lib.bench.common import _machine
 from proloc_lib.data.images import load_image
+from proloc_lib.features import encoders, store
 from proloc_lib.features import image as image_features
-from proloc_lib.features import store
-from proloc_lib.features import encoders
 from proloc_lib.features.encoders import load_image_encoder
 from proloc_lib.profiles import loader as profiles
 
@@ -112,7 +111,8 @@ def run(*, profile: str = "demo", device: str = "auto", image: str | Path | None
         size, fmt = im.size, im.format
     grid = int(ecfg.get("crop_grid", 1))
     draft_on = ecfg.get("jpeg_draft", True) if jpeg_draft is None else jpeg_draft
-    n_workers = image_features.decode_workers(ecfg.get("decode_workers", "auto") if workers in (None, "auto") else workers)
+    n_workers = image_features.decode_workers(
+        ecfg.get("decode_workers", "auto") if workers in (None, "auto") else workers)
     batch_size = batch_size or int(ecfg.get("image_batch_size", 32))
     encoder, weights = load_encoder(ecfg["image"], device)
     draft = image_features.draft_size(encoder, grid, draft_on)

@@ -191,7 +191,8 @@ def training_throughput(reference=None, profile: str = "demo", device: str = "au
                  + (", fresh process" if isolate else ""))
             if isolate:
                 with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                    res[name] = pool.submit(_train_worker, dict(job, cfg=tcfg, loader_only=name == "corrected")).result()
+                    res[name] = pool.submit(_train_worker,
+                                            dict(job, cfg=tcfg, loader_only=name == "corrected")).result()
             else:
                 before = torch.get_num_threads()
                 try:

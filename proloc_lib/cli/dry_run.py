@@ -81,7 +81,8 @@ def dry_run_command(argv: list[str] | None = None) -> int:
           f"{res['n_train']} training samples ({res['sample_counts']}), lengths from {res['lengths']}")
     for r in res["runs"]:
         print(f"  {r['run']:<40} seed {r['seed']}  {r['epochs_max']:>3} epochs x {r['steps_per_epoch']:>5} steps "
-              f"(batch {r['batch_size']}, ~{r['median_padded_width']} residues)  ~{format_hours(r['estimated_seconds'] / 3600)}")
+              f"(batch {r['batch_size']}, ~{r['median_padded_width']} residues)  "
+              f"~{format_hours(r['estimated_seconds'] / 3600)}")
     print(f"estimated training time: {format_hours(res['estimated_training_hours'])} on this device (measured probe). "
           f"{res['note']}")
     return 0
@@ -127,7 +128,8 @@ def gpu_table(res: dict) -> str:
               "Measured or counted here: " + "; ".join(res["measured"]) + ".",
               "Assumed: " + "; ".join(f"{k}: {v}" for k, v in res["assumptions"].items()
                                      if k not in ("colab sessions",)) + ".",
-              "Colab sessions (assumed): " + "; ".join(f"{k} {v}" for k, v in res["assumptions"]["colab sessions"].items())
+              "Colab sessions (assumed): "
+              + "; ".join(f"{k} {v}" for k, v in res["assumptions"]["colab sessions"].items())
               + ". Fewer seeds: a copy of the profile with a shorter training.seeds list."]
     return "\n".join(lines)
 

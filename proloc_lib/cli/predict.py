@@ -80,7 +80,8 @@ def predict_command(argv: list[str] | None = None) -> int:
         for pid, err in zip(failed["protein_id"], failed["error"]):
             print(f"  {pid}: {err}", file=sys.stderr)
     notes = {"truncated": "sequence(s) truncated", "windows": "sequence(s) embedded in windows"}
-    summary = [f"{int((df['sequence_use'] == k).sum())} {v}" for k, v in notes.items() if (df["sequence_use"] == k).any()]
+    summary = [f"{int((df['sequence_use'] == k).sum())} {v}" for k, v in notes.items()
+               if (df["sequence_use"] == k).any()]
     if df["n_images_skipped"].sum():
         summary.append(f"{int(df['n_images_skipped'].sum())} image(s) skipped")
     if df.attrs.get("unmatched_images"):

@@ -168,7 +168,8 @@ class FolderLock:
             return self
         with _HELD_GUARD:
             mine = _HELD.get(str(self.path))
-        if mine is not None and mine._owner_thread == threading.get_ident() and holder and holder.get("pid") == os.getpid():
+        if (mine is not None and mine._owner_thread == threading.get_ident()
+                and holder and holder.get("pid") == os.getpid()):
             if self.shared:          # reading what this thread itself is writing
                 self.state = "joined"
                 return self

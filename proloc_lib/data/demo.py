@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.fileio import file_sha256
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.data.images import load_image
 from proloc_lib.data.labels import LabelMap, add_label_columns
 from proloc_lib.data.sequences import clean_sequence, sequence_hash

@@ -32,7 +32,8 @@ GRAYSCALE_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N",
 # EXIF orientation tag -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
 ORIENTATIONS = {2: (Image.Transpose.FLIP_LEFT_RIGHT, "mirrored"), 3: (Image.Transpose.ROTATE_180, "rotated 180°"),
                 4: (Image.Transpose.FLIP_TOP_BOTTOM, "flipped"), 5: (Image.Transpose.TRANSPOSE, "transposed"),
-                6: (Image.Transpose.ROTATE_270, "rotated 90° clockwise"), 7: (Image.Transpose.TRANSVERSE, "transversed"),
+                6: (Image.Transpose.ROTATE_270, "rotated 90° clockwise"),
+                7: (Image.Transpose.TRANSVERSE, "transversed"),
                 8: (Image.Transpose.ROTATE_90, "rotated 90° counter-clockwise")}
 
 

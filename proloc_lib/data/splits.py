@@ -1,8 +1,9 @@
 """Protein-disjoint, multi-label-stratified train/validation/test splits.
 
 Proteins that share an identical sequence, an antibody or an image (an HPA image listed under
-two paralogs) are linked into one group, and groups never straddle two sides. Stratification is iterative (Sechidis et al. 2011, via
-the ``iterative-stratification`` package) over the groups' label vectors.
+two paralogs) are linked into one group, and groups never straddle two sides. Stratification is
+iterative (Sechidis et al. 2011, via the ``iterative-stratification`` package) over the groups'
+label vectors.
 
 Three protocols (``split.method``): ``benchmark`` (the benchmark's own train/test, the
 paper's test set; validation carved from train), ``stratified`` (a grouped re-split), and

@@ -5,9 +5,9 @@ figures) and metric, so every notebook appends to the same shape and the figures
 reads one format. Runs of the training stage add ``truth`` (which labels the row is scored
 against: the image table's own, named by stage 01, or ``authors_table``: the authors' published
 test labels, image level, test split, where the build fetched them) and what the run trained
-on (``train_on``, ``train_proteins``, ``train_images``, ``train_samples``). Thresholds are chosen on the validation split only: ``evaluate`` tunes
-on the validation predictions it is given and applies them to the test predictions, and
-``tune_thresholds`` refuses any split but "val".
+on (``train_on``, ``train_proteins``, ``train_images``, ``train_samples``). Thresholds are chosen
+on the validation split only: ``evaluate`` tunes on the validation predictions it is given and
+applies them to the test predictions, and ``tune_thresholds`` refuses any split but "val".
 """
 
 from __future__ import annotations

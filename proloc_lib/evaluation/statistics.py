@@ -13,7 +13,6 @@ from proloc_lib.core import runs
 from proloc_lib.evaluation import metrics
 from proloc_lib.evaluation.scoring import unpack
 
-
 MIN_INTERVAL_PROTEINS = 10   # fewer proteins: a bootstrap interval says nothing (one protein gives [x, x])
 
 

@@ -1,4 +1,5 @@
-"""Tables from the tidy metrics: the paper's table, summaries (mean ± sd over seeds), the main table, per-label tables."""
+"""Tables from the tidy metrics: the paper's table, summaries (mean ± sd over seeds), the main table,
+per-label tables."""
 
 from __future__ import annotations
 

@@ -225,7 +225,8 @@ class EmbeddingStore:
         meta_path = path / "store.json"
         meta = {"format": STORE_FORMAT, "kind": kind, "hidden_size": int(hidden_size),
                 "dtype": str(STORE_DTYPE).replace("torch.", ""), "fingerprint": fingerprint,
-                "fingerprint_id": fingerprint_id(dict(fingerprint, _extraction=extraction) if extraction else fingerprint)}
+                "fingerprint_id": fingerprint_id(dict(fingerprint, _extraction=extraction) if extraction
+                                                 else fingerprint)}
         if extraction:
             meta["extraction"] = extraction
         if meta_path.exists():
@@ -439,7 +440,8 @@ class EmbeddingStore:
         tensors = {}
         for k, t in items.items():
             if t.shape[-1] != self.hidden_size:
-                raise ValueError(f"item '{k}' has hidden size {t.shape[-1]}, store {self.path} expects {self.hidden_size}")
+                raise ValueError(f"item '{k}' has hidden size {t.shape[-1]}, "
+                                 f"store {self.path} expects {self.hidden_size}")
             t = t.detach().to("cpu", STORE_DTYPE).contiguous()
             tensors[k] = t
             tensors[k + ".mean"] = t.float().mean(0).to(STORE_DTYPE)

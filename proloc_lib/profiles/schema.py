@@ -68,7 +68,8 @@ class Split(Section):
     folds: Optional[_num(int, ge=0, le=100)] = None    # 0: none; 1 is refused (one fold is no cross-validation)
     val_fraction: Optional[FRACTION] = None
     test_fraction: Optional[FRACTION] = None
-    identity: Optional[_num(float, gt=0, le=1)] = None   # global (needle) identity that links two proteins (data.homology)
+    # global (needle) identity that links two proteins (data.homology)
+    identity: Optional[_num(float, gt=0, le=1)] = None
 
 
 class Data(Section):
@@ -80,7 +81,8 @@ class Data(Section):
     max_proteins: Optional[_num(int, ge=1, le=10**6)] = None  # seeded sample of proteins per benchmark file (null: all)
     proteins: Optional[list[str]] = None  # only these Ensembl gene ids (a trial build; null: all)
     subsample_seed: Optional[SEED] = None
-    rate_limit_per_s: Optional[_num(float, gt=0, le=1000)] = None  # image requests per second (null: none for a 127.0.0.1 mirror)
+    # image requests per second (null: none for a 127.0.0.1 mirror)
+    rate_limit_per_s: Optional[_num(float, gt=0, le=1000)] = None
     stream: Optional[bool] = None
     n_proteins: Optional[_num(int, ge=10, le=10**6)] = None   # fewer cannot fill train, validation and test
     min_length: Optional[_num(int, ge=1, le=100_000)] = None
@@ -405,8 +407,8 @@ def validate_profile(cfg: dict, *, file: str, origins: dict | None = None) -> Pl
             _raise(exc, lambda loc, allowed=allowed: allowed, prefix, file, origins)
     named = set(NAMED_CONFIGS)
     refs = [(("training", "configurations", n), n) for n in (training.get("configurations") or {})]
-    refs += [(("training", "ablations", lab, "of"), spec["of"]) for lab, spec in (training.get("ablations") or {}).items()
-             if "of" in spec]
+    refs += [(("training", "ablations", lab, "of"), spec["of"])
+             for lab, spec in (training.get("ablations") or {}).items() if "of" in spec]
     for key in ("cross_validation", "control"):
         if isinstance(training.get(key), dict) and training[key].get("config") is not None:
             refs.append((("training", key, "config"), training[key]["config"]))

@@ -114,7 +114,8 @@ def run_baselines_stage(data: StageData, bcfg: dict, *, seed: int = 0) -> RunRes
 def write_baseline_outputs(results: RunResults, out_dir: str | Path, *, cfg: dict, data: StageData,
                            params: dict) -> Path:
     """Stage 04's folder, swapped into place whole: ``metrics.csv``, ``predictions.parquet``, manifest."""
-    with manifest.stage_output(out_dir, "04_baselines", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
+    with manifest.stage_output(out_dir, "04_baselines", params, data.inputs(),
+                               provenance=cfg["provenance"]) as (tmp, extra):
         fill_baseline_outputs(tmp, extra, results)
     return Path(out_dir)
 

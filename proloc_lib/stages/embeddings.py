@@ -104,7 +104,8 @@ class EmbeddingsStage(Stage):
         return {"shard": self.shard}
 
     def header(self) -> str:
-        return (f"**Profile `{self.profile}`** on `{self.device}`. {stage_note(self.cfg, self.data_root, seed=self.seed)}  \n"
+        return (f"**Profile `{self.profile}`** on `{self.device}`. "
+                f"{stage_note(self.cfg, self.data_root, seed=self.seed)}  \n"
                 f"{len(self.proteins)} proteins, {self.proteins['seq_hash'].nunique()} unique sequences, "
                 f"{len(self.images)} images.")
 
@@ -140,7 +141,8 @@ class EmbeddingsStage(Stage):
                                                   for n, s in self.img_stores.items()]
         return pd.DataFrame([
             {"store": name, "items": len(st), "MB": store_size_bytes(st.path) / 1e6, "failures": len(st.failures()),
-             "model": st.meta["fingerprint"]["model_id"], "random weights": st.meta["fingerprint"].get("random_weights")}
+             "model": st.meta["fingerprint"]["model_id"],
+             "random weights": st.meta["fingerprint"].get("random_weights")}
             for name, st in rows])
 
     def shapes(self) -> str:

@@ -209,7 +209,8 @@ class FiguresStage(Stage):
         """The main metrics as bars, and every metric per level (mean ± sd over seeds)."""
         main = self.results[self.results["model"].isin(self.main_models)]
         self.out.figure("main_metrics", figures.metric_bars_by_family(
-            scoring.primary_truth(main), self.main_models, ["absolute_true", "accuracy", "f1", "f1_paper", "micro_f1", "macro_f1"]))
+            scoring.primary_truth(main), self.main_models,
+            ["absolute_true", "accuracy", "f1", "f1_paper", "micro_f1", "macro_f1"]))
         levels = [lvl for lvl in ("image", "protein") if (self.results["level"] == lvl).any()]
         shown = self.results[self.results["model"].isin(self.table_models)]
         return pd.concat({lvl: self.out.table(
@@ -385,7 +386,8 @@ class FiguresStage(Stage):
         picks = images[images["split"] == "test"].groupby("protein_id").head(1).head(n)
         examples = [{"image": load_image(self.profile_dir / row.path), "img_tokens": img_store.get(row.image_id),
                      "seq_tokens": seq_store.get(by_id.loc[row.protein_id, "seq_hash"], end_row=end_row),
-                     "title": f"{row.protein_id}: " + ", ".join(lab for lab in self.labels if images.loc[row.Index, lab])}
+                     "title": f"{row.protein_id}: "
+                              + ", ".join(lab for lab in self.labels if images.loc[row.Index, lab])}
                     for row in picks.itertuples()]
         self.out.figure("attention_maps", figures.attention_maps(model, examples))
 

@@ -148,7 +148,8 @@ def run_fusion_plan(data: StageData, plan: Plan, *, device: str = "cpu", progres
         sets = datasets_for(tcfg.targets, variant), datasets_for(data.eval_targets, variant)
         planned += [(r, tcfg, *sets) for r in group]
     if progress:
-        print("== training", ", ".join(f"{rid} (seeds {', '.join(str(r['seed']) for r in g)})" for rid, g in grouped.items()))
+        print("== training", ", ".join(f"{rid} (seeds {', '.join(str(r['seed']) for r in g)})"
+                                       for rid, g in grouped.items()))
     # every run in one call: on the CPU they share the cores (loop.train_jobs), with ranks the GPUs
     trained = distributed.train_jobs(
         [_job(ds, tcfg, seed=r["seed"], resume_dir=Path(resume_root) / r["run_id"] / f"seed-{r['seed']}"
@@ -219,9 +220,10 @@ def run_cross_validation(data: StageData, plan: Plan, *, device: str = "cpu", se
     name = plan.cross_validation
     cv_cfg, run_id = plan.configs[name], runs.make_id("cv", name)
     folds = range(int(data.proteins["fold"].max()) + 1)
-    scored = _train_and_score(data, [_SplitRun(proteins=data.proteins.assign(split=splits.fold_split(data.proteins["fold"], f)),
-                                               cfg=cv_cfg, run_id=run_id, config=name, seed=seed, fold=f) for f in folds],
-                              device=device, progress=progress, ranks=ranks)
+    scored = _train_and_score(
+        data, [_SplitRun(proteins=data.proteins.assign(split=splits.fold_split(data.proteins["fold"], f)),
+                         cfg=cv_cfg, run_id=run_id, config=name, seed=seed, fold=f) for f in folds],
+        device=device, progress=progress, ranks=ranks)
     return _collect([res for res, _, _ in scored], [pred.assign(fold=f) for f, (_, pred, _) in zip(folds, scored)],
                     [hist.assign(fold=f) for f, (_, _, hist) in zip(folds, scored)])
 
@@ -244,7 +246,8 @@ def run_attention_mil(data: StageData, fusion: RunResults, *, device: str = "cpu
     first_seed = int(fusion.metrics.loc[fusion.metrics["model"] == of, "seed"].min())
     res, _, pred = scoring.evaluate(run_id, data.labels, data.proteins, (bag_rows["val"], bag_probs["val"]),
                                        (bag_rows["test"], bag_probs["test"]), seed=first_seed, tune=True,
-                                       config=runs.parse(of)[1], config_hash=tcfg.hash(), image_level=False, provenance=data.note)
+                                       config=runs.parse(of)[1], config_hash=tcfg.hash(), image_level=False,
+                                       provenance=data.note)
     return _collect([res], [pred], [])
 
 
@@ -374,7 +377,8 @@ def write_training_outputs(results: RunResults, out_dir: str | Path, *, cfg: dic
     ``history.csv``, ``predictions.parquet``, ``checkpoint-<name>/`` per run of ``checkpoint_runs``
     that was trained (``Checkpoint.save``), ``manifest.json``."""
     with full_disk_as_error(f"stage 03's outputs in {out_dir}"), \
-            manifest.stage_output(out_dir, "03_training", params, data.inputs(), provenance=cfg["provenance"]) as (tmp, extra):
+            manifest.stage_output(out_dir, "03_training", params, data.inputs(),
+                                  provenance=cfg["provenance"]) as (tmp, extra):
         fill_training_outputs(tmp, extra, results, cfg=cfg, data=data, checkpoint_runs=checkpoint_runs)
     return Path(out_dir)
 

@@ -1,4 +1,5 @@
-"""Training samples (one per image, joined to its protein's sequence), batches (shuffled, length-bucketed, padded) and device-resident features."""
+"""Training samples (one per image, joined to its protein's sequence), batches (shuffled,
+length-bucketed, padded) and device-resident features."""
 
 from __future__ import annotations
 

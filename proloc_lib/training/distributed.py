@@ -39,8 +39,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from proloc_lib.core.errors import RunFailed, one_line
-from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.fileio import full_disk_as_error
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.runtime import check_ranks
 from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.training import loop
@@ -207,7 +207,8 @@ def _read_result(path: Path, job: loop.TrainJob, labels: list[str], device: str)
 
 
 def train_jobs(jobs: list[loop.TrainJob], labels: list[str], *, device: str = "cpu", progress: bool = True,
-               ranks: int = 1, resident="auto", workers="auto", workdir: str | os.PathLike | None = None) -> list[tuple]:
+               ranks: int = 1, resident="auto", workers="auto",
+               workdir: str | os.PathLike | None = None) -> list[tuple]:
     """``loop.train_jobs`` over ``ranks`` processes, one device each (``cuda:0`` .. ``cuda:N-1``; on
     the CPU each rank gets its share of the cores): [(model, history)] in order, models on ``device``.
 
@@ -232,7 +233,8 @@ def train_jobs(jobs: list[loop.TrainJob], labels: list[str], *, device: str = "c
         spawn_log.setLevel(logging.ERROR)   # its "terminating process" notes: our one line says it
         ctx = mp.start_processes(_rank_main, args=(str(work), ranks), nprocs=ranks, join=False, start_method="spawn")
         try:
-            with progress_bar(total=total, desc=f"epochs ({len(jobs)} runs, {ranks} ranks)", disable=not progress) as bar:
+            with progress_bar(total=total, desc=f"epochs ({len(jobs)} runs, {ranks} ranks)",
+                              disable=not progress) as bar:
                 while not ctx.join(timeout=1.0, grace_period=5.0):
                     bar.update(_progress(work, ranks) - bar.n)
                 bar.update(_progress(work, ranks) - bar.n)

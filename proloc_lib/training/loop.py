@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.fileio import full_disk_as_error
+from proloc_lib.core.progress import bar as progress_bar
 from proloc_lib.core.runtime import torch_threads
 from proloc_lib.features.store import STORE_DTYPE
 from proloc_lib.training import capture, stacked

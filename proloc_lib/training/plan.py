@@ -67,7 +67,8 @@ class Plan:
         if self.resplits:
             name = self.resplits["config"]
             out += [{"run_id": make_id("resplit", m), "config": name, "seed": self.seed_offset + r,
-                     "train": self.configs[name]} for m in self.resplits["methods"] for r in range(self.resplits["repeats"])]
+                     "train": self.configs[name]}
+                    for m in self.resplits["methods"] for r in range(self.resplits["repeats"])]
         return out
 
 
@@ -102,8 +103,9 @@ def build_plan(section: dict) -> Plan:
     ``ablation_overrides`` (e.g. a shorter schedule) apply to every ablation run and to the run
     ``ablation.reference`` they are compared with. ``cross_validation: false | {config: name}``;
     ``control: false | {config: name, runs: n}`` (default on, ``corrected``, one run per training
-    seed: ``runs`` sets how many, which fixes how small a leak it can detect); ``resplits: {methods: [stratified, homology], repeats: n, config: name}``
-    (repeat r re-splits with seed r and trains with seed r).
+    seed: ``runs`` sets how many, which fixes how small a leak it can detect);
+    ``resplits: {methods: [stratified, homology], repeats: n, config: name}`` (repeat r re-splits with
+    seed r and trains with seed r).
     """
     base = section.get("base") or {}
     seeds = [int(s) for s in section.get("seeds", [0])]
@@ -144,8 +146,8 @@ def build_plan(section: dict) -> Plan:
                              "differ after slugging; 'reference' is reserved)")
         seen.add(rid)
         over = {**(configurations.get(of) or {}), **common, **spec}
-        run = {"run_id": rid, "model": rid, "config": of, "seed": seeds[0], "train": config(f"training.ablations.{label}", of, **over),
-               "ablation": parse(rid)[1]}
+        run = {"run_id": rid, "model": rid, "config": of, "seed": seeds[0],
+               "train": config(f"training.ablations.{label}", of, **over), "ablation": parse(rid)[1]}
         if variant is not None:
             run["image_variant"] = str(variant)
         runs.append(run)

@@ -1,4 +1,5 @@
-"""Every switch of the published and the corrected protocol (``TrainConfig``) and the two named configurations. No torch import."""
+"""Every switch of the published and the corrected protocol (``TrainConfig``) and the two named
+configurations. No torch import."""
 
 from __future__ import annotations
 

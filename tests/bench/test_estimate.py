@@ -144,7 +144,8 @@ def test_unknown_gpu_kind_is_one_line(capsys):
 # -- the tier with the published seeds at a measured rate -----------------------------------------
 def _dry():
     runs = [{"run": "fusion.authors", "config": "authors", "seed": s, "estimated_seconds": 7200.0} for s in range(5)]
-    runs += [{"run": "fusion.corrected", "config": "corrected", "seed": s, "estimated_seconds": 360.0} for s in range(5)]
+    runs += [{"run": "fusion.corrected", "config": "corrected", "seed": s, "estimated_seconds": 360.0}
+             for s in range(5)]
     total = sum(r["estimated_seconds"] for r in runs)
     return {"runs": runs, "estimated_training_seconds": total, "estimated_training_hours": total / 3600,
             "n_train": 3000, "n_val": 900, "device_name": "GPU X"}
@@ -156,7 +157,8 @@ def test_the_published_runs_take_the_measured_time_plus_their_validation():
     te = estimate.tier_estimate(_dry(), seeds)
     assert te["published_runs"] == 5 and te["published_mode"] == "stacked+captured"
     assert te["published_hours_one_by_one"] == pytest.approx(10.0)          # 5 x 2 h
-    assert te["published_hours_measured"] == pytest.approx(0.5 * (1 + 900 / 9000))   # + a third of a step per val sample
+    # + a third of a step per val sample
+    assert te["published_hours_measured"] == pytest.approx(0.5 * (1 + 900 / 9000))
     assert te["tier_hours_one_by_one"] == pytest.approx(10.5)
     assert te["tier_hours"] == pytest.approx(10.5 - 10.0 + 0.55)
 

@@ -10,11 +10,9 @@ import sys
 import pytest
 import torch
 
-from proloc_lib.bench import common
-from proloc_lib.bench import store
+from proloc_lib.bench import common, store
 from proloc_lib.cli.main import main as proloc
-from proloc_lib.core import network
-from proloc_lib.core import paths
+from proloc_lib.core import network, paths
 from proloc_lib.features import encoders
 from proloc_lib.profiles import loader as profiles
 

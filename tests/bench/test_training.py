@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from proloc_lib.bench import common
-from proloc_lib.bench import training
+from proloc_lib.bench import common, training
 from proloc_lib.cli.main import main as proloc
+from proloc_lib.data.labels import LABELS
+from proloc_lib.features.store import EmbeddingStore
 from proloc_lib.profiles import loader as profiles
 from proloc_lib.training import datasets, settings
-from proloc_lib.features.store import EmbeddingStore
-from proloc_lib.data.labels import LABELS
 
 AA = "ACDEFGHIKLMNPQRSTVWY"
 PROTEINS = {"ENSG00000000001": ("M" + AA[:11], 3),       # 12 residues, 3 images
@@ -41,7 +40,8 @@ def test_sample_rows_are_seeded_and_hold_the_longest(csv):
 
 def test_encoder_widths_of_the_profiles():
     assert common.encoder_widths(profiles.load_profile("demo")) == {"seq_dim": 64, "img_dim": 64, "image_tokens": 197}
-    assert common.encoder_widths(profiles.load_profile("full")) == {"seq_dim": 1024, "img_dim": 768, "image_tokens": 197}
+    assert common.encoder_widths(profiles.load_profile("full")) == {"seq_dim": 1024, "img_dim": 768,
+                                                                     "image_tokens": 197}
 
 
 def test_configs_share_the_model_size():

@@ -23,8 +23,8 @@ from proloc_lib.cli import run as run_cli
 from proloc_lib.cli.main import main
 from proloc_lib.core import manifest, paths
 from proloc_lib.core.locks import lock_path, pid_alive
-from proloc_lib.stages import runner
 from proloc_lib.core.paths import PROJECT_ROOT as ROOT
+from proloc_lib.stages import runner
 
 
 @pytest.mark.parametrize("argv, text", [
@@ -46,8 +46,8 @@ def test_run_rejects_bad_arguments_before_any_work(argv, text, tmp_path, run_pro
 def test_offline_full_profile_ends_with_one_short_line(tmp_path):
     """`proloc run --profile full` offline: the notebook's own one-line error, exit 1, nothing written."""
     out_dir = tmp_path / "executed"
-    out = subprocess.run([sys.executable, "-m", "proloc_lib", "run", "--profile", "full", "--only", "01", "--no-progress",
-                          "--out", str(out_dir), "--data-root", str(tmp_path / "data")],
+    out = subprocess.run([sys.executable, "-m", "proloc_lib", "run", "--profile", "full", "--only", "01",
+                          "--no-progress", "--out", str(out_dir), "--data-root", str(tmp_path / "data")],
                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     err_lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 1, out.stderr
@@ -323,7 +323,8 @@ exit 0
     assert calls.count("-m proloc_lib run --profile smoke --seed 3 --device auto") == 2
     out = subprocess.run(["bash", "run_all.sh", "--dry-run", "--profile=full", "--device", "cuda"], capture_output=True,
                          text=True, cwd=project_copy, env=env)
-    assert out.returncode == 0 and log.read_text().splitlines()[-1] == "-m proloc_lib dry-run --profile full --device cuda"
+    assert (out.returncode == 0
+            and log.read_text().splitlines()[-1] == "-m proloc_lib dry-run --profile full --device cuda")
 
 
 def test_ci_overlays_cover_the_lowest_admitted_transformers():

@@ -44,7 +44,7 @@ BETA2,{P2},CAB004567,supported,Colon,Colon,high,strong;moderate,>75%,{P2}/Colon/
 GAMMA3,{P3},HPA010000,enhanced,Heart muscle,Heart,high,strong,>75%,{P3}/Heart/Heart muscle/HPA010000/303_A_1_1.jpg,enhanced,mitochondria,,303_A_1_1.jpg
 DELTA4,{P4},HPA000045,enhanced,Lung,Lung,high,strong,>75%,{P4}/Lung/Lung/HPA000045/404_A_1_1.jpg,supported,endoplasmic reticulum;nucleoli,,404_A_1_1.jpg
 EPS5,{P5},HPA000555,uncertain,Skin,Skin,high,strong,>75%,{P5}/Skin/Skin/HPA000555/505_A_1_1.jpg,uncertain,cytosol,,505_A_1_1.jpg
-"""
+"""  # noqa: E501
 TEST_CSV = f"""\
 ,Protein Name,Protein Id,Antibody Id,Reliability Verification,Tissue,Organ,Staining Level,Intensity Level,Quantity,SnomedParameters,URL,IF Verification,locations,IF Organ,cytoplasm,cytoskeleton,endoplasmic reticulum,golgi apparatus,lysosomes,mitochondria,nucleoli,nucleus,plasma membrane,vesicles
 11,ALPHA1,{P1},HPA000123,enhanced,Cerebellum,Brain,high,strong,>75%,"Normal tissue, NOS;Cerebellum",{P1}/Brain/Cerebellum/HPA000123/101_C_1_1.jpg,enhanced,nucleoplasm;vesicles,Brain,0,0,1,0,0,0,0,1,0,0
@@ -52,7 +52,7 @@ TEST_CSV = f"""\
 15,DELTA4,{P4}.12,HPA000045,enhanced,Lung,Lung,high,strong;weak,>75%,"Normal tissue, NOS",{P4}.12/Lung/Lung/HPA000045/404_B_1_1.jpg,enhanced,endoplasmic reticulum;nucleoli,Lung,0,0,1,0,0,0,0,1,0,0
 18,ZETA6,{P6},HPA000666,enhanced,Testis,Testis,high,strong,>75%,"Normal tissue, NOS",{P6}/Testis/Testis/HPA000666/606_A_1_1.jpg,enhanced,nucleoli,Testis,0,0,0,0,0,0,0,1,0,0
 21,EPS5,{P5},HPA000555,enhanced,Skin,Skin,not detected,,,"Normal tissue, NOS",{P5}/Skin/Skin/HPA000555/505_B_1_1.jpg,enhanced,cytosol,Skin,1,0,0,0,0,0,0,0,0,0
-"""
+"""  # noqa: E501
 ZENODO = {"data_train.csv": TRAIN_CSV.encode(), "data_test.csv": TEST_CSV.encode()}
 
 # Images that pass the filters, by server path; 202_B_1_1 (P2) answers an HTML page.

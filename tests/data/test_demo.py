@@ -115,6 +115,7 @@ def test_quota_serves_the_rarest_label_and_fills_at_random(scl_label_map):
     pd.testing.assert_frame_equal(prot, again)
     assert set(prot["protein_id"]) != set(other["protein_id"])
     # no quota: a plain seeded sample, which here misses the rare label most of the time
-    plain = [demo.select_proteins(table, scl_label_map, 15, seed=s, min_label_share=0.0)[0]["endoplasmic reticulum"].sum()
+    plain = [demo.select_proteins(table, scl_label_map, 15, seed=s,
+                                  min_label_share=0.0)[0]["endoplasmic reticulum"].sum()
              for s in range(20)]
     assert np.mean(np.array(plain) == 0) > 0.5

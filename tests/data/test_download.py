@@ -79,7 +79,8 @@ def test_interrupted_run_resumes_from_part_file(server, tmp_path):
 
 def test_html_page_is_quarantined_and_refetched(server, tmp_path):
     img = server.jpeg_bytes()
-    server.routes["/5560/d.jpg"] = [server.send(200, server.HTML_PAGE, {"Content-Type": "text/html"}), server.serve_file(img)]
+    server.routes["/5560/d.jpg"] = [server.send(200, server.HTML_PAGE, {"Content-Type": "text/html"}),
+                                    server.serve_file(img)]
     table, failures = fetch_images(rows(server, "d.jpg"), tmp_path, **FAST)
     assert failures == []
     assert table.loc[0, "fetch_status"] == "refetched"
@@ -245,7 +246,8 @@ def test_uniprot_batches_and_finished_status_without_redirect(server):
         server.routes[f"/idmapping/status/{job}"] = [server.send_json({"jobStatus": "FINISHED"})]
         server.routes[f"/idmapping/details/{job}"] = [
             server.send_json({"redirectURL": f"{server.url}/idmapping/uniprotkb/results/{job}"})]
-        server.routes[f"/idmapping/uniprotkb/results/{job}"] = [server.send(200, tsv((gene, acc, "reviewed", "MKTAYIAKQR")))]
+        server.routes[f"/idmapping/uniprotkb/results/{job}"] = [
+            server.send(200, tsv((gene, acc, "reviewed", "MKTAYIAKQR")))]
     table, dropped = uniprot_map_ensembl(["ENSG00000000001", "ENSG00000000002", "ENSG00000000003"],
                                          base_url=server.url, batch_size=2, **UP)
     runs = server.requests_to("/idmapping/run")
@@ -323,7 +325,8 @@ def test_streaming_fetches_a_repeated_image_once(server, tmp_path):
     from proloc_lib.data.download import stream_images
 
     for i in range(3):
-        server.routes[f"/5560/d{i}.jpg"] = [server.serve_file(server.jpeg_bytes(300, (60 * i, 90, 40)))]  # one answer each
+        # one answer each
+        server.routes[f"/5560/d{i}.jpg"] = [server.serve_file(server.jpeg_bytes(300, (60 * i, 90, 40)))]
     calls = []
 
     def embed(paths):

@@ -49,9 +49,11 @@ def test_homology_split_keeps_families_together(family_tables):
     assert rep["method"] == "homology" and rep["identity"] == 0.3 and rep["clusters"] == 12 + 24
     assert "parasail" in rep["aligner"]
     # the check itself catches a family split on purpose
-    bad = proteins.assign(split=split.where(proteins["protein_id"] != "F0_1", "test" if side["F0_0"] != "test" else "train"))
+    bad = proteins.assign(split=split.where(proteins["protein_id"] != "F0_1",
+                                            "test" if side["F0_0"] != "test" else "train"))
     with pytest.raises(splits.SplitLeakError, match="homologous"):
-        splits.check_homology_disjoint(bad, homology.homology_pairs(dict(zip(proteins["protein_id"][:3], proteins["sequence"][:3]))))
+        splits.check_homology_disjoint(
+            bad, homology.homology_pairs(dict(zip(proteins["protein_id"][:3], proteins["sequence"][:3]))))
 
 
 @needs_parasail
@@ -94,7 +96,8 @@ def test_identity_counts_every_column_of_the_global_alignment():
     # two residues deleted inside: 20 identical columns over 22 (the gap's columns count)
     assert homology.global_identity(a, "MKTAYIAKQISFVKSHFSRQ") == (20 / 22, 20, 22)
     # end gaps are free to open (needle's default) but their columns count: 20 of 6 + 20 + 4
-    ident, matches, length = homology.global_identity("GGGGGG" + "MKTAYIAKQISFVKSHFSRQ", "MKTAYIAKQISFVKSHFSRQ" + "WWWW")
+    ident, matches, length = homology.global_identity("GGGGGG" + "MKTAYIAKQISFVKSHFSRQ",
+                                                      "MKTAYIAKQISFVKSHFSRQ" + "WWWW")
     assert (matches, length) == (20, 30) and ident == pytest.approx(2 / 3)
 
 

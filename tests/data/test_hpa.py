@@ -5,9 +5,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proloc_lib.data.hpa import IMAGE_COLUMNS, SRC_PREFIX, SchemaError, filter_images, image_url, SOURCE_LABEL_COLUMNS, parse_vislocas_csv, protein_table, read_authors_csv
 from proloc_lib.core.paths import PROJECT_ROOT, reference_dir
 from proloc_lib.data import hpa, splits
+from proloc_lib.data.hpa import (
+    IMAGE_COLUMNS,
+    SOURCE_LABEL_COLUMNS,
+    SRC_PREFIX,
+    SchemaError,
+    filter_images,
+    image_url,
+    parse_vislocas_csv,
+    protein_table,
+    read_authors_csv,
+)
 from proloc_lib.data.labels import LABELS, UnknownLocationError
 from proloc_lib.data.sequences import InvalidSequenceError
 
@@ -285,7 +295,8 @@ def test_the_authors_test_labels_join_image_by_image(tables):
     cols = [hpa.AUTHORS_PREFIX + lab for lab in LABELS]
     assert rep["image_rows_joined"] == 566 and rep["table_rows_without_image"] == 0
     joined = out[out[cols].notna().all(axis=1)]
-    assert set(joined["benchmark_split"]) == {"test"} and out.loc[out["benchmark_split"] == "train", cols].isna().all().all()
+    assert (set(joined["benchmark_split"]) == {"test"}
+            and out.loc[out["benchmark_split"] == "train", cols].isna().all().all())
     # 26 images of 3 proteins (ARHGEF5, PSME3, NFIA) carry other labels in the authors' table
     differ = (joined[cols].to_numpy(dtype=int) != joined[LABELS].to_numpy(dtype=int)).any(axis=1)
     assert rep["images_differing"] == differ.sum() == 26 and rep["proteins_differing"] == 3

@@ -152,9 +152,11 @@ def test_full_profile_build_through_the_mirror(srv, label_map, full_data_cfg, tm
 
     # sequences: the real ones for the paper's test proteins, marked stand-ins for the rest
     test_ids = set(exp.loc[exp["file"] == "data_test.csv", "Protein Id"])
-    assert set(proteins.loc[proteins["sequence_source"] == "uniprot", "protein_id"]) == test_ids & set(proteins["protein_id"])
+    assert (set(proteins.loc[proteins["sequence_source"] == "uniprot", "protein_id"])
+            == test_ids & set(proteins["protein_id"]))
     standin = proteins[proteins["sequence_source"] == "standin"]
-    assert len(standin) and all(s == mirror.standin_sequence(p) for p, s in zip(standin["protein_id"], standin["sequence"]))
+    assert len(standin) and all(s == mirror.standin_sequence(p)
+                                for p, s in zip(standin["protein_id"], standin["sequence"]))
     prov = report["provenance"]
     assert prov["synthetic_images"] and prov["standin_sequences"] and prov["mirror"] == srv.url
     assert prov["n_standin_sequences"] == len(standin) and prov["n_synthetic_images"] == len(images)

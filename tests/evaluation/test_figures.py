@@ -2,21 +2,21 @@
 second layout pass; the F1-against-threshold figure draws no curve for a label without positives."""
 import colorsys
 
-from PIL import Image
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from proloc_lib.core import provenance
 from proloc_lib.evaluation import figures, scoring
-
 
 LABELS = ["a", "b", "c"]  # the three labels of the toy_scores fixture
 
 
 def test_every_table_file_carries_its_provenance(tmp_path, toy_scores):
-    note = provenance.provenance_note({"synthetic_images": True, "random_weight_encoders": True, "real_sequences": True})
+    note = provenance.provenance_note({"synthetic_images": True, "random_weight_encoders": True,
+                                       "real_sequences": True})
     table = pd.DataFrame({"F1_paper": [0.7, np.nan], "F1": ["0.61 ± 0.02", "undefined"]},
                          index=pd.Index(["fusion (corrected)", "label frequency"], name="model"))
     paths = figures.save_table(table, tmp_path, "main_table", f"Profile 'demo'. {note}", note="50 resamples (demo).")

@@ -304,7 +304,8 @@ def test_calibration_table_says_when_an_ece_is_within_noise():
     rng = np.random.default_rng(9)
     small = rng.random((40, 3))
     big = rng.random((640, 3))
-    calibrated = [_pred("calibrated", (rng.random(p.shape) < p).astype(int), p, seed=s) for s, p in enumerate([small] * 3)]
+    calibrated = [_pred("calibrated", (rng.random(p.shape) < p).astype(int), p, seed=s)
+                  for s, p in enumerate([small] * 3)]
     tab = statistics.calibration_table(pd.concat(calibrated), LABELS, n_sim=500).set_index("model")
     row = tab.loc["calibrated"]
     assert row["ece"] > 0.03                            # a calibrated model on 40 proteins is not at 0 ...

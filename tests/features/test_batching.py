@@ -16,7 +16,8 @@ def test_length_buckets_respect_budget_and_cover_all():
 def test_one_length_bucketing_function_serves_embedding_and_training():
     rng_lengths = np.random.default_rng(1).integers(10, 2000, size=300)
     for seed in range(3):
-        ours = batching.length_buckets(rng_lengths, 16384, 32, rng=np.random.default_rng(seed), jitter=0.1, shuffle=True)
+        ours = batching.length_buckets(rng_lengths, 16384, 32, rng=np.random.default_rng(seed), jitter=0.1,
+                                       shuffle=True)
         theirs = bucketed_batches(rng_lengths, 32, np.random.default_rng(seed), batch_tokens=16384)
         assert ours == theirs
     batches = batching.length_buckets(list(rng_lengths), 5000, 16)

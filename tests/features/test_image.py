@@ -11,8 +11,7 @@ from PIL import Image
 from proloc_lib.core import errors
 from proloc_lib.core.paths import reference_dir
 from proloc_lib.data.images import BadImageError, load_image
-from proloc_lib.features import image, store, variants
-from proloc_lib.features import encoders
+from proloc_lib.features import encoders, image, store, variants
 from proloc_lib.features.encoders import load_image_encoder
 from proloc_lib.profiles.loader import load_profile
 from proloc_lib.stages import embeddings
@@ -97,7 +96,8 @@ def test_image_variants_get_their_own_stores(tmp_path):
     cfg["embeddings"]["image_variants"] = {"tiles": {"crop_grid": 2},
                                            "wide": {"image": {"overrides": {"embed_dim": 32}}}}
     sections = variants.image_variants(cfg)
-    assert sections["tiles"]["crop_grid"] == 2 and sections["wide"]["image"]["model"] == cfg["embeddings"]["image"]["model"]
+    assert (sections["tiles"]["crop_grid"] == 2
+            and sections["wide"]["image"]["model"] == cfg["embeddings"]["image"]["model"])
     prof = tmp_path / "prof"
     (prof / "images").mkdir(parents=True)
     rows = []

@@ -27,7 +27,8 @@ def test_each_unique_sequence_embedded_once_at_true_length(tmp_path, counting_en
     for x in s:
         t = store.get(sequence_hash(x))
         assert t.shape == (len(x), 8) and t.dtype == torch.float16
-        torch.testing.assert_close(store.get(sequence_hash(x), pooled=True).float(), t.float().mean(0), atol=2e-3, rtol=0)
+        torch.testing.assert_close(store.get(sequence_hash(x), pooled=True).float(), t.float().mean(0),
+                                   atol=2e-3, rtol=0)
     # a second run embeds nothing
     enc2 = counting_encoder()
     sequence.extract_sequences(unique, enc2, tmp_path / "st", token_budget=300, progress=False)
@@ -36,7 +37,8 @@ def test_each_unique_sequence_embedded_once_at_true_length(tmp_path, counting_en
 
 def test_interrupted_run_resumes_to_identical_store(tmp_path, counting_encoder, random_sequences, store_contents):
     unique = {sequence_hash(x): x for x in random_sequences(30)}
-    sequence.extract_sequences(unique, counting_encoder(), tmp_path / "ref", token_budget=200, shard_size=3, progress=False)
+    sequence.extract_sequences(unique, counting_encoder(), tmp_path / "ref", token_budget=200, shard_size=3,
+                               progress=False)
     with pytest.raises(KeyboardInterrupt):
         sequence.extract_sequences(unique, counting_encoder(fail_after=4), tmp_path / "res", token_budget=200,
                             shard_size=3, progress=False)
@@ -45,7 +47,8 @@ def test_interrupted_run_resumes_to_identical_store(tmp_path, counting_encoder, 
     enc = counting_encoder()
     sequence.extract_sequences(unique, enc, tmp_path / "res", token_budget=200, shard_size=3, progress=False)
     assert len(enc.seen) == 30 - len(partial)      # only the missing ones
-    ref, res = store_contents(store_mod.EmbeddingStore(tmp_path / "ref")), store_contents(store_mod.EmbeddingStore(tmp_path / "res"))
+    ref, res = (store_contents(store_mod.EmbeddingStore(tmp_path / "ref")),
+                store_contents(store_mod.EmbeddingStore(tmp_path / "res")))
     assert ref.keys() == res.keys()
     for k in ref:
         assert torch.equal(ref[k], res[k])

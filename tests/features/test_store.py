@@ -197,7 +197,8 @@ def test_merge_skips_a_corrupt_source_shard_and_names_it(tmp_path, counting_enco
     unique = {sequence_hash(x): x for x in random_sequences(20)}
     parts = []
     for i in range(2):
-        sequence.extract_sequences(unique, counting_encoder(), tmp_path / f"p{i}", shard=f"{i}/2", shard_size=4, progress=False)
+        sequence.extract_sequences(unique, counting_encoder(), tmp_path / f"p{i}", shard=f"{i}/2", shard_size=4,
+                                   progress=False)
         parts.append(tmp_path / f"p{i}")
     bad = sorted(parts[1].glob("shard-*.safetensors"))[0]
     data = bytearray(bad.read_bytes())
@@ -262,7 +263,8 @@ def test_temp_files_of_live_writers_other_hosts_and_unknown_names_are_kept(tmp_p
     dead.wait()
     try:
         host = store_mod._host()
-        files = {"live": path / f".shard-{host}-{live.pid}-abc.tmp", "mine": path / f".shard-{host}-{os.getpid()}-x.tmp",
+        files = {"live": path / f".shard-{host}-{live.pid}-abc.tmp",
+                 "mine": path / f".shard-{host}-{os.getpid()}-x.tmp",
                  "other_host": path / f".shard-elsewhere-{dead.pid}-abc.tmp", "unknown": path / ".shard-abc.tmp",
                  "dead": path / f".merge-{host}-{dead.pid}-abc.tmp"}
         for f in files.values():

@@ -37,19 +37,23 @@ def error_of(path) -> str:
     ("extends: demo\ndata:\n  split:\n    metod: benchmark\n", "data.split.metod", "method"),
     ("extends: demo\ndata:\n  n_protiens: 10\n", "data.n_protiens", "n_proteins"),
     ("extends: demo\nembeddings:\n  max_residue: 10\n", "embeddings.max_residue", "max_residues"),
-    ("extends: demo\nembeddings: {sequence: {config: {d_modle: 3}}}\n", "embeddings.sequence.config.d_modle", "d_model"),
+    ("extends: demo\nembeddings: {sequence: {config: {d_modle: 3}}}\n",
+     "embeddings.sequence.config.d_modle", "d_model"),
     ("extends: demo\ntrainig: {}\n", "trainig", "training"),
     ("extends: demo\ntraining: {base: {n_block: 2}}\n", "training.base.n_block", "n_blocks"),
     ("extends: demo\ntraining:\n  configurations: {corrected: {optimiser: adam}}\n",
      "training.configurations.corrected.optimiser", "optimizer"),
-    ("extends: demo\ntraining:\n  ablations: {x: {apply_msk: false}}\n", "training.ablations.x.apply_msk", "apply_mask"),
+    ("extends: demo\ntraining:\n  ablations: {x: {apply_msk: false}}\n",
+     "training.ablations.x.apply_msk", "apply_mask"),
     ("extends: demo\ntraining:\n  cross_validation: {conf: corrected}\n", "training.cross_validation.conf", "config"),
-    ("extends: demo\nembeddings:\n  image_variants: {augreg: {imag: {}}}\n", "embeddings.image_variants.augreg.imag", "image"),
+    ("extends: demo\nembeddings:\n  image_variants: {augreg: {imag: {}}}\n",
+     "embeddings.image_variants.augreg.imag", "image"),
 ])
 def test_unknown_nested_key_names_key_file_and_allowed(tmp_path, text, key, allowed):
     msg = error_of(write(tmp_path, "typo", text))
     assert msg.startswith(f"{tmp_path / 'typo.yaml'}: unknown key '{key}'")
-    assert f"did you mean '{allowed}'" in msg and f"allowed in {key.rsplit('.', 1)[0] if '.' in key else 'the top level'}: " in msg
+    assert (f"did you mean '{allowed}'" in msg
+            and f"allowed in {key.rsplit('.', 1)[0] if '.' in key else 'the top level'}: " in msg)
     assert allowed in msg.split("allowed in")[1]
 
 
@@ -59,8 +63,10 @@ def test_unknown_nested_key_names_key_file_and_allowed(tmp_path, text, key, allo
     ("extends: demo\ndata: 5\n", "data", "dictionary"),
     ("extends: demo\ntraining: {seeds: [0, x]}\n", "training.seeds.1", "integer"),
     ("extends: demo\ntraining: {base: {lr: 1e-4}}\n", "training.base.lr", "number"),
-    ("extends: demo\ntraining: {ablations: {x: {padding: weird}}}\n", "training.ablations.x.padding", "'batch', 'split' or 'global'"),
-    ("extends: demo\ndata: {split: {method: random}}\n", "data.split.method", "'stratified', 'benchmark' or 'homology'"),
+    ("extends: demo\ntraining: {ablations: {x: {padding: weird}}}\n", "training.ablations.x.padding",
+     "'batch', 'split' or 'global'"),
+    ("extends: demo\ndata: {split: {method: random}}\n", "data.split.method",
+     "'stratified', 'benchmark' or 'homology'"),
     ("extends: demo\nembeddings: {image: {pretrained: yes please}}\n", "embeddings.image.pretrained", "boolean"),
     ("extends: demo\nfigures: {formats: [png, gif]}\n", "figures.formats.1", "'png', 'svg' or 'pdf'"),
 ])
@@ -276,7 +282,8 @@ def test_alias_bomb_is_refused_before_anything_walks_it(tmp_path):
         f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
     msg = error_of(write(tmp_path, "bomb", "extends: demo\n" + levels + "description: *a9\n"))
     assert "aliases expand to more than" in msg and "billion laughs" in msg
-    assert "refers to a value that contains it" in error_of(write(tmp_path, "loop", "extends: demo\ndescription: &a [*a]\n"))
+    assert "refers to a value that contains it" in error_of(
+        write(tmp_path, "loop", "extends: demo\ndescription: &a [*a]\n"))
 
 
 def test_values_quoted_in_messages_are_bounded(tmp_path):
@@ -303,7 +310,8 @@ def test_a_profile_turns_the_switches_on_without_changing_the_run():
 
 
 @pytest.mark.parametrize("switches, text", [
-    ({"capture_step": "yes"}, "training.configurations.authors.capture_step: input should be 'off', 'cuda' or 'always'"),
+    ({"capture_step": "yes"},
+     "training.configurations.authors.capture_step: input should be 'off', 'cuda' or 'always'"),
     ({"stack_seeds": "true"}, "training.configurations.authors.stack_seeds"),
 ])
 def test_bad_values_are_one_line(switches, text):

@@ -56,7 +56,8 @@ def check(root, reader=FiguresStage, seed=0):
 
 def command(root, first):
     stages = paths.STAGES[paths.STAGES.index(first):]
-    return f"`proloc run --profile smoke --seed 0 --data-root {root.resolve()} --only {','.join(s[:2] for s in stages)}`"
+    return (f"`proloc run --profile smoke --seed 0 --data-root {root.resolve()} "
+            f"--only {','.join(s[:2] for s in stages)}`")
 
 
 def test_consistent_stages_pass_and_give_what_was_read(tmp_path):
@@ -97,7 +98,8 @@ def test_a_file_changed_in_place_names_its_stage(tmp_path):
 @pytest.mark.parametrize("problem, expected", [
     ("missing", r"04_baselines: stage 04_baselines of profile 'smoke' \(seed 0\) has not completed; "
                 r"rebuild it with `proloc run --profile smoke --seed 0 --data-root \S+ --only 04,05`"),
-    ("seed", r"01_data_assembly: made for profile 'smoke' seed 1, not profile 'smoke' seed 0; .*--only 01,02,03,04,05`"),
+    ("seed", r"01_data_assembly: made for profile 'smoke' seed 1, not profile 'smoke' seed 0; "
+             r".*--only 01,02,03,04,05`"),
     ("old", r"03_training: written by an earlier version"),
 ])
 def test_missing_foreign_and_old_stages_are_named(tmp_path, problem, expected):

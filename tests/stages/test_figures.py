@@ -17,7 +17,6 @@ from proloc_lib.stages.figures import (
     readme_mismatches,
 )
 
-
 LABELS = ["cytoplasm", "nucleus", "mitochondria"]
 PROVENANCE = {"real_sequences": True, "synthetic_images": True, "random_weight_encoders": True}
 

@@ -205,7 +205,8 @@ def test_sanitizer_blanks_what_differs_between_runs_and_keeps_the_numbers():
          "epochs (14 runs): 100%|##########| 60/60 [00:58<00:00,  1.11it/s]\n"
          "F1 0.85619999, config 0a1b2c3d4e5f6a7b, at 2026-12-07T10:00:00.000+00:00 in 9.1 s")
     assert clean(a) == clean(b)
-    assert clean("<pandas.io.formats.style.Styler at 0x7f3a1c2b9d10>") == clean("<pandas.io.formats.style.Styler at 0x7f00aa>")
+    assert (clean("<pandas.io.formats.style.Styler at 0x7f3a1c2b9d10>")
+            == clean("<pandas.io.formats.style.Styler at 0x7f00aa>"))
     assert "0.856" in clean(a) and "60/60" in clean(a) and "100%" in clean(a)
     assert clean("F1 0.856") != clean("F1 0.857")               # a real difference still fails
     assert clean("60/60") != clean("35/60")

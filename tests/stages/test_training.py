@@ -154,7 +154,8 @@ def test_authors_train_on_image_targets(tmp_path, write_tiny_stage):
 def test_inference_padding_follows_the_configuration():
     from types import SimpleNamespace
 
-    ds = {s: SimpleNamespace(seq_lengths=np.array(v)) for s, v in {"train": [5, 90], "val": [7, 30], "test": [12]}.items()}
+    ds = {s: SimpleNamespace(seq_lengths=np.array(v))
+          for s, v in {"train": [5, 90], "val": [7, 30], "test": [12]}.items()}
     for d in ds.values():
         d.for_config = lambda cfg, d=d: d   # these rows whatever the configuration
 
@@ -244,7 +245,8 @@ def test_authors_trains_and_predicts_on_the_end_row_corrected_on_the_residues(be
     for i, h in ((8, "h8"), (0, "h0")):                                   # a val protein, a train one
         rows = train._seq(h)
         assert rows.shape == (LENGTHS[i] + 1, 6) and torch.equal(rows[-1], torch.full((6,), 10.0 + i))
-    assert torch.equal(training._job(ds, corrected, seed=0).train_ds._seq("h8"), bench_stage.seq_store.get("h8").float())
+    assert torch.equal(training._job(ds, corrected, seed=0).train_ds._seq("h8"),
+                       bench_stage.seq_store.get("h8").float())
 
     class Spy(torch.nn.Module):   # records what inference feeds the model
         def forward(self, img, seq, mask):
@@ -309,7 +311,8 @@ def test_the_stage_on_two_training_ranks_writes_what_one_process_writes(tmp_path
     m1, m2 = (pd.read_csv(d / "metrics.csv") for d in (one, two))
     assert {"fusion.corrected", "fusion.authors", "control.permuted_labels"} <= set(m1["model"])
     pd.testing.assert_frame_equal(m1, m2)
-    pd.testing.assert_frame_equal(pd.read_parquet(one / "predictions.parquet"), pd.read_parquet(two / "predictions.parquet"))
+    pd.testing.assert_frame_equal(pd.read_parquet(one / "predictions.parquet"),
+                                  pd.read_parquet(two / "predictions.parquet"))
     h1, h2 = (pd.read_csv(d / "history.csv").drop(columns=TIMING_COLUMNS) for d in (one, two))
     pd.testing.assert_frame_equal(h1, h2)
     for ck in ("checkpoint-corrected", "checkpoint-authors"):   # the same tensors and configuration

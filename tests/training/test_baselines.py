@@ -1,12 +1,12 @@
 """Baselines: composition features by hand, label frequency, light attention honours its mask."""
 import warnings
 
+import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-import numpy as np
-import torch
 
 from proloc_lib.features.batching import pad_batch
 from proloc_lib.training import baselines

@@ -116,7 +116,8 @@ def test_too_many_ranks_for_the_gpus_is_one_line(tmp_path, monkeypatch, tiny_sto
 
 
 def test_a_rank_stopped_by_a_non_finite_loss_is_reported_as_one(tmp_path):
-    (tmp_path / "error-1").write_text("NaNLossError: non-finite training loss at epoch 3; the best model so far is kept")
+    (tmp_path / "error-1").write_text("NaNLossError: non-finite training loss at epoch 3; "
+                                      "the best model so far is kept")
     (tmp_path / "error-0").write_text("RankFailed: stopped because rank 1 failed")
     os.utime(tmp_path / "error-0", (time.time() + 5, time.time() + 5))     # the rank that stopped first speaks
     err = distributed._failure(tmp_path, 2, RuntimeError("a child process failed"))

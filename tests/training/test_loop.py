@@ -328,7 +328,8 @@ def test_every_finished_epoch_of_every_run_is_reported(tmp_path, tiny_stores):
 def test_a_full_disk_while_saving_the_resume_state_is_one_line_and_keeps_the_last_state(tmp_path, monkeypatch,
                                                                                         tiny_stores):
     ds = tiny_stores(tmp_path)
-    cfg = settings.make_config("corrected", d_model=16, n_heads=2, n_blocks=1, max_epochs=3, patience=None, batch_size=8)
+    cfg = settings.make_config("corrected", d_model=16, n_heads=2, n_blocks=1, max_epochs=3, patience=None,
+                               batch_size=8)
     resume = tmp_path / "resume"
     real_save, saves = torch.save, []
 

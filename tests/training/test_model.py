@@ -225,9 +225,11 @@ def test_authors_model_equals_the_published_forward():
 
 def test_authors_switches_are_the_published_values():
     a = NAMED_CONFIGS["authors"]
-    assert (a["share_blocks"], a["apply_mask"], a["cross_residual"], a["residual_dropout"]) == (True, False, False, False)
+    assert ((a["share_blocks"], a["apply_mask"], a["cross_residual"], a["residual_dropout"])
+            == (True, False, False, False))
     assert a["ff_activation"] == "relu" and a["dropout"] == 0.5 and a.get("attn_dropout") is None  # 0.5 on weights too
-    assert (a["optimizer"], a["lr"], a["weight_decay"], a["schedule"], a["grad_clip"]) == ("adam", 1e-5, 0.0, "constant", None)
+    assert ((a["optimizer"], a["lr"], a["weight_decay"], a["schedule"], a["grad_clip"])
+            == ("adam", 1e-5, 0.0, "constant", None))
     assert (a["batch_size"], a["padding"], a["targets"], a["loss"]) == (2, "split", "image", "authors")
     assert (a["select_on"], a["patience"], a["thresholds"], a["amp"]) == ("train_loss", None, "fixed", False)
     assert (a["d_model"] if "d_model" in a else 512, a["n_heads"], a["n_blocks"]) == (512, 8, 6)

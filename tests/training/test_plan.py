@@ -18,7 +18,8 @@ def test_plan_names_every_run_by_a_registry_id_and_checks_options_up_front(tiny_
     assert all(runs.parse(i) for i in ids)
     by_id = {r["run_id"]: r for r in plan.runs}
     assert by_id["ablation.augreg"]["image_variant"] == "augreg" and "image_variant" not in by_id["ablation.mask_off"]
-    assert by_id["ablation.mask_off"]["train"].apply_mask is False and by_id["ablation.mask_off"]["train"].max_epochs == 1
+    assert (by_id["ablation.mask_off"]["train"].apply_mask is False
+            and by_id["ablation.mask_off"]["train"].max_epochs == 1)
     # corrected and authors run with the same seeds (pairs)
     assert sorted(r["seed"] for r in plan.runs if r["config"] == "authors" and "ablation" not in r) == [0, 1]
     assert (plan.cross_validation, plan.control, plan.resplits["config"]) == ("corrected", "corrected", "corrected")
@@ -72,7 +73,8 @@ def test_run_seed_moves_every_training_and_resplit_seed():
     assert moved.seeds == [s + 2 * SEED_STRIDE for s in plan.seeds]
     assert [r["seed"] for r in moved.runs] == [r["seed"] + 2 * SEED_STRIDE for r in plan.runs]
     assert moved.control_seeds == [s + 2 * SEED_STRIDE for s in plan.control_seeds]
-    assert [(r["run_id"], r["train"].hash()) for r in moved.runs] == [(r["run_id"], r["train"].hash()) for r in plan.runs]
+    assert ([(r["run_id"], r["train"].hash()) for r in moved.runs]
+            == [(r["run_id"], r["train"].hash()) for r in plan.runs])
     before = plan.all_training_runs(folds=5)
     after = moved.all_training_runs(folds=5)
     assert [r["seed"] for r in after] == [r["seed"] + 2 * SEED_STRIDE for r in before]

@@ -10,9 +10,12 @@ from proloc_lib.training.plan import build_plan
 
 def test_named_configurations_differ_exactly_as_documented():
     a, c = settings.make_config("authors"), settings.make_config("corrected")
-    assert (a.share_blocks, a.apply_mask, a.optimizer, a.lr, a.batch_size, a.dropout) == (True, False, "adam", 1e-5, 2, 0.5)
-    assert (a.select_on, a.thresholds, a.loss, a.padding, a.patience) == ("train_loss", "fixed", "authors", "split", None)
-    assert (c.share_blocks, c.apply_mask, c.select_on, c.thresholds, c.bucket_batches) == (False, True, "val_loss", "tuned", True)
+    assert ((a.share_blocks, a.apply_mask, a.optimizer, a.lr, a.batch_size, a.dropout)
+            == (True, False, "adam", 1e-5, 2, 0.5))
+    assert ((a.select_on, a.thresholds, a.loss, a.padding, a.patience)
+            == ("train_loss", "fixed", "authors", "split", None))
+    assert ((c.share_blocks, c.apply_mask, c.select_on, c.thresholds, c.bucket_batches)
+            == (False, True, "val_loss", "tuned", True))
     assert (a.attn_dropout, c.attn_dropout, c.dropout) == (None, 0.0, 0.1)  # None: attention takes `dropout`
     attn_p = [m.dropout for m in loop.build_model(a, 8, 8, 5).modules() if isinstance(m, torch.nn.MultiheadAttention)]
     assert attn_p == [0.5] * 2  # cross-attention + the one shared block

@@ -202,7 +202,8 @@ def test_stack_seeds_where_shapes_change_warns_and_trains_the_seeds_alone(tmp_pa
     ds = tiny_stores(tmp_path)
     over = dict(**SMALL, max_epochs=2, batch_size=8, dropout=0.1)   # corrected: length-bucketed batches
     with pytest.warns(UserWarning, match="batches of one shape"):
-        got = loop.train_fusion_seeds(ds["train"], ds["val"], settings.make_config("corrected", **over, stack_seeds=True),
+        got = loop.train_fusion_seeds(ds["train"], ds["val"],
+                                      settings.make_config("corrected", **over, stack_seeds=True),
                                       LABELS, seeds=[0, 1], progress=False, workers=1)
     expected = _alone(ds, settings.make_config("corrected", **over), [0, 1])
     for (m1, h1), (m2, h2) in zip(got, expected):   # the plain loop: bit for bit
