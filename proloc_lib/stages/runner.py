@@ -98,6 +98,9 @@ def _remove_leftovers(dest: Path) -> None:
     dest.with_name(f".{dest.stem}.running.ipynb").unlink(missing_ok=True)   # the fixed name of earlier versions
 
 
+KERNEL_ERR_TAIL = 4000   # characters of a dead kernel's own stderr shown with its error
+
+
 def _kernel_manager(stderr, env: dict, stopping: list):
     """A kernel manager whose kernel writes its own stderr to ``stderr`` (kept from the terminal: a
     kernel stopped mid-cell prints ZMQ tracebacks there) and gets ``env`` on top of ours; when the
@@ -166,7 +169,7 @@ def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool 
     tmp = Path(name)
     failed = dest.with_name(f"{dest.stem}.failed.ipynb")
     kernel_err = tempfile.TemporaryFile(mode="w+b")
-    interrupted, stopping = False, []
+    crashed, stopping = False, []
     try:
         with _stop_on_signals(stopping):
             pm.execute_notebook(str(src), str(tmp), parameters=parameters, cwd=str(src.parent),
@@ -176,7 +179,6 @@ def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool 
                                 # the kernel's own start-up warnings (e.g. "running over TCP") are noise here
                                 extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except KeyboardInterrupt:
-        interrupted = True
         tmp.unlink(missing_ok=True)
         raise
     except BaseException as exc:
@@ -186,13 +188,16 @@ def execute_notebook(src: Path, dest: Path, parameters: dict, *, progress: bool 
             kept = f"; the last good copy {dest} is kept" if dest.exists() else ""
             raise StageFailed(f"{src.stem} failed: {_short_error(exc)} (executed copy with the error: "
                               f"{failed}{kept})") from None
+        crashed = True
         raise
     finally:
-        if not interrupted:   # what the kernel printed outside its cells (an interrupted one: only noise)
+        # What the kernel printed outside its cells says why a kernel died; otherwise it is the noise of
+        # its shutdown (ZMQ tracebacks of messages sent after its sockets closed), kept from the terminal.
+        if crashed:
             kernel_err.seek(0)
             text = kernel_err.read().decode(errors="replace")
             if text.strip():
-                sys.stderr.write(text)
+                sys.stderr.write(text[-KERNEL_ERR_TAIL:])
         kernel_err.close()
     publish(tmp, dest)   # the user's permissions (a temporary file is made 0600)
     if failed.exists():
