@@ -58,6 +58,17 @@ def reference_dir() -> Path:
 
 
 @pytest.fixture
+def authors_tables() -> tuple[Path, Path]:
+    """The authors' two test tables (``proloc_ihs_test.csv``, ``proloc_ihs_test_img_URL.csv``);
+    skips where they are absent."""
+    ref = paths.reference_dir()
+    tables = ref / "proloc_ihs_test.csv", ref / "proloc_ihs_test_img_URL.csv"
+    if not all(t.exists() for t in tables):
+        pytest.skip(f"authors' reference tables not found in {ref} (../shared/reference beside the project)")
+    return tables
+
+
+@pytest.fixture
 def vislocas_dir() -> Path:
     """The Vislocas benchmark tables, byte for byte; skips where they are absent."""
     vislocas = paths.reference_dir() / "vislocas"

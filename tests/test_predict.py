@@ -98,14 +98,21 @@ def test_probabilities_equal_direct_computation(env):
                                    probs.mean(0).numpy(), rtol=0, atol=1e-5)
 
 
-def test_probabilities_equal_the_evaluation_path(env):
-    """Stores + FusionDataset + predict_proba + per-protein mean give the same numbers."""
-    root = env["root"] / "stores"
+def _extract_stores(env, root):
+    """The test proteins' sequence and image stores under ``root`` (``seq``, ``img``), as stage 02
+    makes them; returns each protein's image files."""
     extract_sequences({sequence_hash(s): s for s in SEQS.values()}, env["seq_enc"], root / "seq",
                       max_residues=MAX_RESIDUES, progress=False)
     files = {pid: [str(p) for p in ps] for pid, ps in env["paths"].items()}
     extract_images({file_sha256(p): p for ps in files.values() for p in ps}, env["img_enc"], root / "img",
                    progress=False)
+    return files
+
+
+def test_probabilities_equal_the_evaluation_path(env):
+    """Stores + FusionDataset + predict_proba + per-protein mean give the same numbers."""
+    root = env["root"] / "stores"
+    files = _extract_stores(env, root)
     seq_store, img_store = EmbeddingStore(root / "seq"), EmbeddingStore(root / "img")
     # what the store recorded is what the checkpoint stores, and predict() accepts
     meta = json.loads((env["ckpt"] / "config.json").read_text())
@@ -139,11 +146,7 @@ def test_a_model_trained_with_the_end_token_row_gets_it_for_new_sequences(env):
     assert not np.allclose(df[PROB].to_numpy(), env["df"][PROB].to_numpy(), atol=1e-4)   # the row counts
     # the evaluation path on a store with end rows, the dataset keeping them, gives the same numbers
     root = env["root"] / "stores-keep"
-    extract_sequences({sequence_hash(s): s for s in SEQS.values()}, env["seq_enc"], root / "seq",
-                      max_residues=MAX_RESIDUES, progress=False)
-    files = {pid: [str(p) for p in ps] for pid, ps in env["paths"].items()}
-    extract_images({file_sha256(p): p for ps in files.values() for p in ps}, env["img_enc"], root / "img",
-                   progress=False)
+    files = _extract_stores(env, root)
     images = pd.DataFrame([{"image_id": file_sha256(p), "protein_id": pid} for pid, ps in files.items() for p in ps])
     proteins = pd.DataFrame([{"protein_id": pid, "seq_hash": sequence_hash(s), "split": "test",
                               **dict(zip(LABELS, env["labels"][pid]))} for pid, s in SEQS.items()])

@@ -3,27 +3,21 @@ import pandas as pd
 import pytest
 
 from proloc_lib.cli.main import main as proloc
-from proloc_lib.core.paths import PROJECT_ROOT, reference_dir
+from proloc_lib.core.paths import PROJECT_ROOT
 from proloc_lib.data.audit import audit, format_audit
 from proloc_lib.data.hpa import SchemaError, TableError, check_csv_file
 
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures" / "hpa"
-REFERENCE = reference_dir()
-REF_TEST = REFERENCE / "proloc_ihs_test.csv"
-REF_URL = REFERENCE / "proloc_ihs_test_img_URL.csv"
-needs_reference = pytest.mark.skipif(
-    not (REF_TEST.exists() and REF_URL.exists()),
-    reason=f"authors' reference tables not found in {REFERENCE} (../shared/reference beside the project)")
 
 
-@needs_reference
-def test_reference_audit_and_cli(label_map, capsys):
-    report = audit([REF_TEST, REF_URL], label_map)
+def test_reference_audit_and_cli(label_map, capsys, authors_tables):
+    ref_test, ref_url = authors_tables
+    report = audit([ref_test, ref_url], label_map)
     assert report["disagreeing_rows"] == []  # the mapping reproduces the label columns
     assert report["unknown_location_rows"] == []
     # proloc_ihs_test.csv: its locations column differs from the File Name on 42 rows
     assert len(report["name_vs_column_rows"]) == 42
-    assert {r["file"] for r in report["name_vs_column_rows"]} == {str(REF_TEST)}
+    assert {r["file"] for r in report["name_vs_column_rows"]} == {str(ref_test)}
     within = {(r["protein_id"], r["antibody"]) for r in report["location_conflicts_within_antibody"]}
     assert len(within) == 7 and ("ENSG00000162599", "HPA006111") in within
     assert {r["protein_id"] for r in report["location_conflicts_across_antibodies"]} == {
@@ -32,7 +26,7 @@ def test_reference_audit_and_cli(label_map, capsys):
     assert report["cross_file"]["n_common_images"] == 566
     assert report["cross_file"]["location_mismatches"] == []
 
-    assert proloc(["audit", str(REF_TEST), str(REF_URL)]) == 0
+    assert proloc(["audit", str(ref_test), str(ref_url)]) == 0
     out = capsys.readouterr().out
     assert "Rows whose label columns disagree with their locations under the mapping: 0" in out
     assert "differs from the locations in their File Name" in out and ": 42" in out

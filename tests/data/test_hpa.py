@@ -22,31 +22,25 @@ from proloc_lib.data.labels import LABELS, UnknownLocationError
 from proloc_lib.data.sequences import InvalidSequenceError
 
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures" / "hpa"
-REFERENCE = reference_dir()
-REF_TEST = REFERENCE / "proloc_ihs_test.csv"
-REF_URL = REFERENCE / "proloc_ihs_test_img_URL.csv"
-needs_reference = pytest.mark.skipif(
-    not (REF_TEST.exists() and REF_URL.exists()),
-    reason=f"authors' reference tables not found in {REFERENCE} (../shared/reference beside the project)")
 
 
 # ----------------------------------------------------------------------------- reference files
 
-@needs_reference
-def test_mapping_reproduces_reference_label_columns_on_every_row(label_map):
-    raw = pd.read_csv(REF_TEST)
+def test_mapping_reproduces_reference_label_columns_on_every_row(label_map, authors_tables):
+    ref_test, ref_url = authors_tables
+    raw = pd.read_csv(ref_test)
     mapped = label_map.matrix(raw["locations"])
     assert mapped.shape == (566, 5)
     np.testing.assert_array_equal(mapped, raw[LABELS].to_numpy())
     # and through the reader: the source label columns survive as src:<label>
-    df = read_authors_csv(REF_TEST)
+    df = read_authors_csv(ref_test)
     np.testing.assert_array_equal(df[[SRC_PREFIX + lab for lab in LABELS]].to_numpy(),
                                   raw[LABELS].to_numpy())
 
 
-@needs_reference
-def test_image_url_matches_reference_modified_url_on_every_row():
-    raw = pd.read_csv(REF_URL, dtype=str)
+def test_image_url_matches_reference_modified_url_on_every_row(authors_tables):
+    ref_test, ref_url = authors_tables
+    raw = pd.read_csv(ref_url, dtype=str)
     got = [image_url(a, n) for a, n in zip(raw["Antibody Id"], raw["Image Name"])]
     assert got == raw["Modified URL"].tolist()
     assert image_url("HPA005560", "15519_B_9_7.jpg") == "http://images.proteinatlas.org/5560/15519_B_9_7.jpg"
@@ -57,10 +51,10 @@ def test_image_url_rejects_malformed_antibody():
         image_url("HPA-5560", "1_A_1_1.jpg")
 
 
-@needs_reference
-def test_reference_tables_join_by_ensembl_id_and_image_name(label_map):
-    a = read_authors_csv(REF_TEST, label_map)
-    u = read_authors_csv(REF_URL, label_map)
+def test_reference_tables_join_by_ensembl_id_and_image_name(label_map, authors_tables):
+    ref_test, ref_url = authors_tables
+    a = read_authors_csv(ref_test, label_map)
+    u = read_authors_csv(ref_url, label_map)
     assert list(a.columns[:len(IMAGE_COLUMNS)]) == IMAGE_COLUMNS
     assert len(a) == len(u) == 566 and a["protein_id"].nunique() == 54
     # the two files list the images in different orders: row order is no key
@@ -75,9 +69,9 @@ def test_reference_tables_join_by_ensembl_id_and_image_name(label_map):
     assert (m[[f"{lab}_a" for lab in LABELS]].to_numpy() == m[[f"{lab}_u" for lab in LABELS]].to_numpy()).all()
 
 
-@needs_reference
-def test_reference_filters_and_protein_table(label_map):
-    u = read_authors_csv(REF_URL)
+def test_reference_filters_and_protein_table(label_map, authors_tables):
+    ref_test, ref_url = authors_tables
+    u = read_authors_csv(ref_url)
     kept, report = filter_images(u)
     assert report["n_in"] == 566 and report["n_kept"] == 566  # the authors' set already passed them
     assert report["dropped"] == {"if_verification": 0, "intensity": 0, "quantity": 0}

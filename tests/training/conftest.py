@@ -55,3 +55,13 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, d_model: int, *
 def same_weights():
     """Function (a, b, d_model, **tolerances): asserts two models' weights agree (see _assert_same_weights)."""
     return _assert_same_weights
+
+
+@pytest.fixture
+def one_intra_op_thread():
+    """One intra-op thread for the test: runs trained alone, side by side, stacked or on ranks then
+    split their float sums alike, so that "equal" can mean bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

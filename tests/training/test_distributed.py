@@ -19,13 +19,8 @@ SMALL = dict(d_model=16, n_heads=2, n_blocks=1)
 TIMING = ["seconds", "samples_per_s"]   # wall-clock columns: never equal between two runs
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """One thread here; each rank then gets max(1, 1 // 2) = 1 too: float sums split alike."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one thread here; each rank then gets max(1, 1 // 2) = 1 too: float sums split alike
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def assert_identical(got, expected):

@@ -123,15 +123,6 @@ def test_images_per_protein_ablation_trains_on_fewer_images(tmp_path, tiny_store
     assert seen == {1: len(one), None: 2 * len(one)}
 
 
-@pytest.fixture
-def one_intra_op_thread():
-    """Runs in threads use a share of the cores each: give the runs trained alone the same one
-    thread, so that float sums split alike and "equal" can mean bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def assert_same_runs(got, expected):
     for (m1, h1), (m2, h2) in zip(got, expected, strict=True):

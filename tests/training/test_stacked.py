@@ -13,12 +13,7 @@ from proloc_lib.training import loop, model, settings, stacked
 SMALL = dict(d_model=16, n_heads=2, n_blocks=2)
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _models(cfg, n, seq_dim=6, img_dim=8):
