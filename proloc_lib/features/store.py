@@ -50,7 +50,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from proloc_lib.core.errors import UserError
-from proloc_lib.core.fileio import file_sha256, full_disk_as_error, publish, write_text
+from proloc_lib.core.fileio import (
+    SafetensorsHeaderError,
+    file_sha256,
+    full_disk_as_error,
+    publish,
+    read_safetensors_header,
+    write_text,
+)
 
 STORE_FORMAT = "safetensors-shards-v1"
 STORE_DTYPE = torch.float16
@@ -153,29 +160,12 @@ def read_shard_header(path: str | Path) -> tuple[list[str], dict]:
     safetensors' own SafetensorError, which does not name it)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CorruptStoreError(f"shard {path} is truncated ({size} bytes): not a safetensors file")
-            n = int.from_bytes(head, "little")
-            if n > min(size - 8, MAX_HEADER):
-                raise CorruptStoreError(f"shard {path} is truncated or garbage: header of {n} bytes in a "
-                                        f"{size}-byte file")
-            header = json.loads(fh.read(n))
+        header, meta = read_safetensors_header(path, max_header=MAX_HEADER)
     except OSError as exc:
         raise CorruptStoreError(f"shard {path} cannot be read: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CorruptStoreError(f"shard {path} is garbage: its header is not safetensors JSON") from None
-    if not isinstance(header, dict):
-        raise CorruptStoreError(f"shard {path} is garbage: its header is not safetensors JSON")
-    meta = header.pop("__metadata__", None) or {}
-    try:
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (TypeError, KeyError, IndexError, ValueError):
-        raise CorruptStoreError(f"shard {path} is garbage: malformed tensor entries in its header") from None
-    if 8 + n + end != size:
-        raise CorruptStoreError(f"shard {path} is truncated: {size} bytes on disk, its header says {8 + n + end}")
+    except SafetensorsHeaderError as exc:
+        what = {"short": "truncated or garbage", "length": "truncated"}.get(exc.kind, "garbage")
+        raise CorruptStoreError(f"shard {path} is {what}: {exc}") from None
     return [k for k in header if not k.endswith(DERIVED_SUFFIXES)], meta
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from proloc_lib.core.errors import UserError
-from proloc_lib.core.fileio import publish, write_text
+from proloc_lib.core.fileio import SafetensorsHeaderError, publish, read_safetensors_header, write_text
 from proloc_lib.features.encoders import IMAGE_KEYS, SEQUENCE_KEYS
 from proloc_lib.training.model import FusionConfig, FusionModel
 from proloc_lib.training.settings import TrainConfig
@@ -250,30 +250,21 @@ def weights_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """{tensor name: (dtype, shape)} from a safetensors file's header alone (no tensor is read),
     after checking that the file is as long as the header says."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 0 < n <= min(size - 8, MAX_HEADER):
-                raise CheckpointError(f"{path} is not a readable safetensors file (truncated or garbage header)")
-            header = json.loads(fh.read(n))
+        header, _ = read_safetensors_header(path, max_header=MAX_HEADER)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} is not a readable safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a readable safetensors file (its header is not a JSON object)")
-    header.pop("__metadata__", None)
-    out, end = {}, 0
+    except SafetensorsHeaderError as exc:
+        if exc.kind == "length":
+            raise CheckpointError(f"{path} is truncated or padded: {exc}") from None
+        if exc.kind == "short":
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or garbage header)") from None
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    out = {}
     try:
         for name, entry in header.items():
-            shape = tuple(int(d) for d in entry["shape"])
-            out[name] = (str(entry["dtype"]), shape)
-            end = max(end, int(entry["data_offsets"][1]))
+            out[name] = (str(entry["dtype"]), tuple(int(d) for d in entry["shape"]))
     except (TypeError, KeyError, IndexError, ValueError):
         raise CheckpointError(f"{path} is not a readable safetensors file (malformed tensor entries)") from None
-    if 8 + n + end != size:
-        raise CheckpointError(f"{path} is truncated or padded: {size} bytes on disk, its header says {8 + n + end}")
     return out
 
 
